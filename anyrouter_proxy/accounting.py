@@ -1,0 +1,80 @@
+"""The books of one proxied request: its limits admission, credit reservation and usage
+row, closed exactly once however the request ends (success, error, cancel)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .config.model import ModelConfig
+from .credits import CreditReservation, request_cost
+from .errors import ProxyError
+from .ratelimit import Admission
+from .types import GenerationRecord, Usage
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .usage_store import UsageStore
+
+
+class Ledger:
+    """Where closed books go: the usage log and the metrics."""
+
+    def __init__(self, store: UsageStore, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+
+
+class Books:
+    __slots__ = ("_closed", "_ledger", "admission", "model", "prompt_estimate",
+                 "provider_admission", "record", "reservation", "started")
+
+    def __init__(self, ledger: Ledger, record: GenerationRecord, model: ModelConfig,
+                 admission: Admission, reservation: CreditReservation,
+                 prompt_estimate: int) -> None:
+        self._ledger = ledger
+        self._closed = False
+        self.record = record
+        self.model = model
+        self.admission = admission
+        self.reservation = reservation
+        self.provider_admission: Admission | None = None
+        self.prompt_estimate = prompt_estimate
+        self.started = time.perf_counter()
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def first_token(self) -> None:
+        if self.record.ttft_ms is None:
+            self.record.ttft_ms = self.elapsed_ms()
+
+    def close(self, *, status: int = 200, usage: Usage | None = None,
+              error: ProxyError | None = None, cancelled: bool = False,
+              completion_estimate: int = 0) -> float:
+        """Settle everything and queue the usage row; returns the cost. Idempotent."""
+        if self._closed:
+            return self.record.cost
+        self._closed = True
+        rec = self.record
+        if usage is None:
+            usage = Usage(prompt_tokens=self.prompt_estimate if rec.attempts else 0,
+                          completion_tokens=completion_estimate, source="estimated")
+        rec.usage = usage
+        rec.cost = request_cost(self.model.pricing, usage) if rec.attempts else 0.0
+        rec.cancelled = cancelled
+        rec.status_code = error.status if error is not None else (499 if cancelled else status)
+        rec.error_code = error.code if error is not None else ("cancelled" if cancelled else None)
+        rec.latency_ms = self.elapsed_ms()
+        if rec.ttft_ms is not None:
+            rec.generation_time_ms = rec.latency_ms - rec.ttft_ms
+        self.reservation.settle(rec.cost)
+        total_tokens = usage.prompt_tokens + usage.completion_tokens
+        self.admission.settle_tokens(total_tokens)
+        self.admission.release()
+        if self.provider_admission is not None:
+            self.provider_admission.settle_tokens(total_tokens)
+            self.provider_admission.release()
+        self._ledger.store.record(rec)
+        self._ledger.metrics.observe(rec)
+        return rec.cost

@@ -1,0 +1,128 @@
+"""The `anyrouter-proxy` command line (SPEC §2)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config.loader import ConfigError, load_config, schema
+from .config.model import Config
+
+DEFAULT_CONFIG = "config/routes.yaml"
+KEY_PREFIX = "sk-ar-"
+log = logging.getLogger("anyrouter_proxy")
+
+
+def _load_or_report(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(problem.render(exc.source), file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    print(f"{args.config}: OK ({len(config.providers)} providers, {len(config.models)} models, "
+          f"{len(config.keys)} keys)")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(schema(), indent=2))
+    return 0
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    print(f"API key for {args.name} (shown once; store it now):\n\n  {key}\n")
+    print("Paste under `keys:` in routes.yaml:\n")
+    print(f"  {args.name}:\n    key_sha256: {digest}")
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from .usage_report import build_report, format_report, parse_time
+
+    if args.db:
+        db = Path(args.db)
+    else:
+        config = _load_or_report(args.config)
+        if config is None:
+            return 1
+        db = config.storage.sqlite_path
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until, end=True) if args.until else None
+        rows = build_report(db, by=args.by, since=since, until=until)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_report(rows, by=args.by, fmt=args.format), end="")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.runner import serve
+
+    config = _load_or_report(args.config)
+    if config is None:
+        return 1
+    return serve(config, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anyrouter-proxy",
+                                     description="Self-hosted OpenAI-compatible LLM gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the API")
+    serve.add_argument("--config", default=DEFAULT_CONFIG)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.set_defaults(func=cmd_serve)
+
+    check = commands.add_parser("check", help="validate the config")
+    check.add_argument("--config", default=DEFAULT_CONFIG)
+    check.set_defaults(func=cmd_check)
+
+    commands.add_parser("schema", help="print the JSON Schema of routes.yaml").set_defaults(
+        func=cmd_schema)
+
+    keys = commands.add_parser("keys", help="manage API keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_commands.add_parser("new", help="make a new random API key")
+    new.add_argument("name")
+    new.set_defaults(func=cmd_keys_new)
+
+    usage = commands.add_parser("usage", help="usage report from the log")
+    usage.add_argument("--config", default=DEFAULT_CONFIG)
+    usage.add_argument("--db")
+    usage.add_argument("--by", choices=("key", "model", "provider", "day"), default="model")
+    usage.add_argument("--since")
+    usage.add_argument("--until")
+    usage.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    usage.set_defaults(func=cmd_usage)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

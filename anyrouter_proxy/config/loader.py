@@ -1,0 +1,349 @@
+"""routes.yaml -> JSON Schema -> cross-checks -> frozen `Config` (SPEC §3).
+
+Every problem is collected and reported at once, each with its YAML path and line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .model import (
+    Config,
+    Deprecation,
+    KeyConfig,
+    Limits,
+    ModelConfig,
+    Pricing,
+    ProviderConfig,
+    Route,
+    ServerConfig,
+    StorageConfig,
+    Timeouts,
+)
+
+PathItems = tuple[str | int, ...]
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    path: str
+    line: int | None
+    message: str
+
+    def render(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line else source
+        return f"{where}: {self.path or '<root>'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """An invalid config; `problems` lists every one found."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(p.render(source) for p in problems))
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader that keeps dates as strings, so quoted and bare dates read alike."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _TIMESTAMP_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+@cache
+def schema() -> dict[str, Any]:
+    text = resources.files("anyrouter_proxy.config").joinpath("schema.json").read_text("utf-8")
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def schema_path() -> Path:
+    return Path(str(resources.files("anyrouter_proxy.config").joinpath("schema.json")))
+
+
+def render_path(items: PathItems) -> str:
+    out = ""
+    for item in items:
+        out += f"[{item}]" if isinstance(item, int) else (f".{item}" if out else item)
+    return out
+
+
+class _Builder:
+    """Turns a composed YAML node tree into plain data, noting lines and problems."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.lines: dict[PathItems, int] = {}
+        self.problems: list[ConfigProblem] = []
+        self._scalars = _Loader("")
+
+    def build(self, node: yaml.Node, path: PathItems = ()) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
+        value = self._scalars.construct_object(node)
+        if isinstance(value, str) and "${" in value:
+            value = self._substitute(value, path)
+        return value
+
+    def _mapping(self, node: yaml.MappingNode, path: PathItems) -> dict[Any, Any]:
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = self._scalars.construct_object(key_node)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                self._problem(path, key_node.start_mark.line + 1, "mapping keys must be scalars")
+                continue
+            key = str(key)
+            if key in result:
+                self._problem(
+                    (*path, key), key_node.start_mark.line + 1,
+                    f"duplicate key {key!r} (first at line {self.lines[(*path, key)]})",
+                )
+                continue
+            result[key] = self.build(value_node, (*path, key))
+        return result
+
+    def _substitute(self, text: str, path: PathItems) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            self._problem(path, self.lines.get(path), f"environment variable {name} is not set "
+                          f"(write ${{{name}:-}} to make it optional)")
+            return ""
+
+        return _ENV_REF.sub(replace, text)
+
+    def _problem(self, path: PathItems, line: int | None, message: str) -> None:
+        self.problems.append(ConfigProblem(render_path(path), line, message))
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Load, validate and freeze a routes.yaml; raises ConfigError listing every problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, [ConfigProblem("", None, f"cannot read config: {exc}")]) from exc
+    return parse_config(text, source=source, base_dir=path.resolve().parent, environ=environ)
+
+
+def parse_config(
+    text: str,
+    *,
+    source: str = "<config>",
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    builder = _Builder(os.environ if environ is None else environ)
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(source, [ConfigProblem("", line, f"invalid YAML: {exc}")]) from exc
+    data: Any = builder.build(node) if node is not None else None
+    problems = list(builder.problems)
+    for error in sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.path))):
+        items = tuple(error.absolute_path)
+        problems.append(ConfigProblem(render_path(items), _line_of(builder.lines, items),
+                                      _describe(error)))
+    if isinstance(data, dict):
+        problems.extend(_cross_check(data, builder.lines))
+    if problems:
+        raise ConfigError(source, problems)
+    return _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None)
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(
+        schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def _line_of(lines: Mapping[PathItems, int], items: PathItems) -> int | None:
+    while items not in lines and items:
+        items = items[:-1]
+    return lines.get(items)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "additionalProperties":
+        return f"unknown field ({error.message.split('(')[-1].rstrip(')')})"
+    if error.validator == "pattern" and "propertyNames" not in error.schema_path:
+        return f"{error.instance!r} is not in the expected form"
+    return str(error.message)
+
+
+def _dicts(value: Any) -> dict[str, dict[str, Any]]:
+    """The entries of a section that are mappings; schema errors report the others."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(v, dict)}
+
+
+def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterator[ConfigProblem]:
+    """What JSON Schema cannot express: references between sections. Runs on a
+    possibly schema-invalid document, so every access is guarded."""
+
+    def problem(items: PathItems, message: str) -> ConfigProblem:
+        return ConfigProblem(render_path(items), _line_of(lines, items), message)
+
+    providers = _dicts(data.get("providers"))
+    models = _dicts(data.get("models"))
+    for model_id, model in models.items():
+        routes = model.get("routes")
+        for i, route in enumerate(routes if isinstance(routes, list) else []):
+            name = route.get("provider") if isinstance(route, dict) else None
+            if isinstance(name, str) and name not in providers:
+                yield problem(("models", model_id, "routes", i, "provider"),
+                              f"unknown provider {name!r} (known: {', '.join(sorted(providers))})")
+        deprecated = model.get("deprecated")
+        deprecated = deprecated if isinstance(deprecated, dict) else {}
+        successor = deprecated.get("successor")
+        if isinstance(successor, str) and successor not in models:
+            yield problem(("models", model_id, "deprecated", "successor"),
+                          f"successor {successor!r} is not a model of this config")
+        since, sunset = str(deprecated.get("since", "")), str(deprecated.get("sunset", "~"))
+        if since and sunset < since:
+            yield problem(("models", model_id, "deprecated", "sunset"), "sunset is before since")
+    seen_hashes: dict[str, str] = {}
+    for name, key in _dicts(data.get("keys")).items():
+        patterns = key.get("models")
+        for i, pattern in enumerate(patterns if isinstance(patterns, list) else []):
+            if isinstance(pattern, str) and not any(fnmatch.fnmatchcase(m, pattern)
+                                                    for m in models):
+                yield problem(("keys", name, "models", i), f"{pattern!r} matches no model")
+        for pattern in _dicts(key.get("model_limits")):
+            if not any(fnmatch.fnmatchcase(m, pattern) for m in models):
+                yield problem(("keys", name, "model_limits", pattern),
+                              f"{pattern!r} matches no model")
+        digest = key.get("key_sha256")
+        if isinstance(digest, str) and digest in seen_hashes:
+            yield problem(("keys", name, "key_sha256"),
+                          f"same key as {seen_hashes[digest]!r}: each key must be distinct")
+        if isinstance(digest, str):
+            seen_hashes[digest] = name
+        expires = key.get("expires_at")
+        if isinstance(expires, str) and _parse_datetime(expires) is None:
+            yield problem(("keys", name, "expires_at"), "not a valid date or date-time")
+
+
+def _parse_datetime(text: str) -> dt.datetime | None:
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _limits(raw: Mapping[str, Any] | None, fallback: Limits | None = None) -> Limits:
+    raw = raw or {}
+    fallback = fallback or Limits()
+    return Limits(
+        requests_per_minute=raw.get("requests_per_minute", fallback.requests_per_minute),
+        tokens_per_minute=raw.get("tokens_per_minute", fallback.tokens_per_minute),
+        concurrent_requests=raw.get("concurrent_requests", fallback.concurrent_requests),
+    )
+
+
+def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
+    raw_server = dict(data.get("server") or {})
+    default_limits = _limits(raw_server.pop("default_limits", None),
+                             ServerConfig().default_limits)
+    server = ServerConfig(default_limits=default_limits, **raw_server)
+    raw_storage = dict(data.get("storage") or {})
+    sqlite_path = Path(raw_storage.pop("sqlite_path", "data/anyrouter.db"))
+    if not sqlite_path.is_absolute():
+        sqlite_path = (base_dir / sqlite_path).resolve()
+    storage = StorageConfig(sqlite_path=sqlite_path, **raw_storage)
+    providers = {pid: _provider(pid, raw) for pid, raw in data["providers"].items()}
+    models = {mid: _model(mid, raw) for mid, raw in data["models"].items()}
+    keys = {name: _key(name, raw, default_limits) for name, raw in (data.get("keys") or {}).items()}
+    return Config(
+        path=path,
+        server=server,
+        storage=storage,
+        providers=MappingProxyType(providers),
+        models=MappingProxyType(models),
+        keys=MappingProxyType(keys),
+        keys_by_hash=MappingProxyType({k.key_sha256: k for k in keys.values()}),
+        version=data["version"],
+    )
+
+
+def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
+    return ProviderConfig(
+        id=pid,
+        kind=raw["kind"],
+        base_url=raw.get("base_url", "").rstrip("/"),
+        api_key=raw.get("api_key"),
+        timeouts=Timeouts(**raw.get("timeouts", {})),
+        headers=MappingProxyType(dict(raw.get("headers", {}))),
+        limits=_limits(raw["limits"]) if "limits" in raw else None,
+        anthropic_version=raw.get("anthropic_version", "2023-06-01"),
+    )
+
+
+def _model(mid: str, raw: Mapping[str, Any]) -> ModelConfig:
+    routes = tuple(
+        Route(provider=r["provider"], model=r["model"], priority=r.get("priority", i),
+              weight=float(r.get("weight", 1)))
+        for i, r in enumerate(raw["routes"])
+    )
+    deprecated = raw.get("deprecated")
+    return ModelConfig(
+        id=mid,
+        routes=routes,
+        name=raw.get("name"),
+        description=raw.get("description"),
+        context_length=raw.get("context_length"),
+        max_output_tokens=raw.get("max_output_tokens"),
+        pricing=Pricing(**raw.get("pricing", {})),
+        deprecated=Deprecation(
+            since=dt.date.fromisoformat(deprecated["since"]),
+            sunset=dt.date.fromisoformat(deprecated["sunset"]) if "sunset" in deprecated else None,
+            successor=deprecated.get("successor"),
+        ) if deprecated else None,
+    )
+
+
+def _key(name: str, raw: Mapping[str, Any], default_limits: Limits) -> KeyConfig:
+    return KeyConfig(
+        name=name,
+        key_sha256=raw["key_sha256"],
+        limits=_limits(raw.get("limits"), default_limits),
+        credits=float(raw["credits"]) if "credits" in raw else None,
+        models=tuple(raw["models"]) if "models" in raw else None,
+        model_limits=MappingProxyType(
+            {glob: _limits(lim) for glob, lim in (raw.get("model_limits") or {}).items()}
+        ),
+        disabled=bool(raw.get("disabled", False)),
+        expires_at=_parse_datetime(raw["expires_at"]) if "expires_at" in raw else None,
+    )

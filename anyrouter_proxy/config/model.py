@@ -1,0 +1,131 @@
+"""Frozen dataclasses: the validated routes.yaml that the rest of the proxy reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_REQUESTS_PER_MINUTE = 1000
+DEFAULT_MAX_TOKENS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float = 5.0
+    first_byte_s: float = 120.0
+    idle_s: float = 60.0
+    total_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-minute buckets and a concurrency cap; None means unlimited."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent_requests: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """USD per 1M tokens, as written in routes.yaml."""
+
+    prompt: float = 0.0
+    completion: float = 0.0
+    cached_prompt: float | None = None
+    reasoning: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    id: str
+    kind: str  # openai | anthropic | mock
+    base_url: str = ""
+    # None: the upstream needs no key (a local server); "": credentials missing, so the
+    # provider stays configured but unavailable (SPEC §3 `no_credentials`).
+    api_key: str | None = None
+    timeouts: Timeouts = Timeouts()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    limits: Limits | None = None  # protects an upstream quota
+    anthropic_version: str = "2023-06-01"
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.kind == "mock" or self.api_key != ""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str
+    model: str
+    priority: int
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Deprecation:
+    since: dt.date
+    sunset: dt.date | None = None
+    successor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    id: str
+    routes: tuple[Route, ...]
+    name: str | None = None
+    description: str | None = None
+    context_length: int | None = None
+    max_output_tokens: int | None = None
+    pricing: Pricing = Pricing()
+    deprecated: Deprecation | None = None
+    created: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    name: str
+    key_sha256: str
+    limits: Limits
+    credits: float | None = None  # USD; None = unlimited
+    models: tuple[str, ...] | None = None  # allow-list globs; None = all
+    model_limits: Mapping[str, Limits] = field(default_factory=dict)
+    disabled: bool = False
+    expires_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 10 * 1024 * 1024
+    default_limits: Limits = Limits(requests_per_minute=DEFAULT_REQUESTS_PER_MINUTE)
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    metrics_token: str | None = None
+    shutdown_grace_s: float = 30.0
+    sse_keepalive: bool = True
+    sse_keepalive_interval_s: float = 5.0
+    log_level: str = "info"
+    log_format: str = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    sqlite_path: Path = Path("data/anyrouter.db")
+    retention_days: int | None = None
+    queue_max: int = 10000
+    flush_interval_s: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path | None
+    server: ServerConfig
+    storage: StorageConfig
+    providers: Mapping[str, ProviderConfig]
+    models: Mapping[str, ModelConfig]
+    keys: Mapping[str, KeyConfig]
+    keys_by_hash: Mapping[str, KeyConfig] = field(default_factory=dict)
+    version: int = 1

@@ -1,0 +1,202 @@
+"""Credit ledger and cost arithmetic (SPEC §3, §7; issue 5). Pure logic, no I/O.
+
+Before dispatch the gateway reserves a request's worst-case cost against the key's
+remaining credit; afterwards the reservation is settled to the real cost and the rest
+released. The ledger is only touched from the event loop and never awaits, so
+check-and-reserve is atomic: N concurrent requests cannot all see the same headroom.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from anyrouter_proxy.config.model import KeyConfig, ModelConfig, Pricing
+from anyrouter_proxy.errors import InsufficientCredits
+from anyrouter_proxy.types import Usage
+
+PER_TOKENS = 1_000_000  # routes.yaml prices are USD per 1M tokens
+COST_DECIMALS = 10
+TOLERANCE = 1e-12  # float slack on the credit check (sums of reservations drift)
+CHARS_PER_TOKEN = 3  # a pessimistic tokenizer: English averages about 4 chars a token
+MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message (OpenAI's figure)
+REPLY_PRIMING_TOKENS = 3
+IMAGE_TOKENS = 1600  # a large image on OpenAI (high detail) or Anthropic stays below this
+IMAGE_PART_TYPES = frozenset({"image_url", "image", "input_image", "image_file"})
+PROMPT_FIELDS = (
+    "messages", "system", "prompt", "suffix", "input", "instructions",
+    "tools", "functions", "tool_choice", "response_format",
+)
+
+
+def request_cost(pricing: Pricing, usage: Usage) -> float:
+    """USD for one request from the usage the upstream reported (OpenAI-style counts).
+
+    `prompt_tokens` includes `cached_tokens` and `completion_tokens` includes
+    `reasoning_tokens`; cached tokens are billed at `cached_prompt` and reasoning tokens
+    at `reasoning` when those are priced, otherwise at the plain rate.
+    """
+    cached = min(max(0, usage.cached_tokens), max(0, usage.prompt_tokens))
+    uncached = max(0, usage.prompt_tokens) - cached
+    cached_price = pricing.prompt if pricing.cached_prompt is None else pricing.cached_prompt
+    completion = max(0, usage.completion_tokens)
+    if pricing.reasoning is None:
+        output = completion * pricing.completion
+    else:
+        reasoning = min(max(0, usage.reasoning_tokens), completion)
+        output = reasoning * pricing.reasoning + (completion - reasoning) * pricing.completion
+    total = (uncached * pricing.prompt + cached * cached_price + output) / PER_TOKENS
+    return round(total, COST_DECIMALS)
+
+
+def worst_case_cost(
+    model: ModelConfig, prompt_tokens: int, max_tokens: int | None, default_max_tokens: int
+) -> float:
+    """SPEC §7 upper bound: prompt estimate x prompt price + output cap x dearest output price.
+
+    The output cap is the request's `max_tokens`, else the model's `max_output_tokens`,
+    else `server.default_max_tokens`.
+    """
+    if max_tokens is not None and max_tokens >= 0:
+        output = max_tokens
+    elif model.max_output_tokens is not None:
+        output = model.max_output_tokens
+    else:
+        output = default_max_tokens
+    pricing = model.pricing
+    output_price = max(pricing.completion, pricing.reasoning or 0.0)
+    total = (max(0, prompt_tokens) * pricing.prompt + output * output_price) / PER_TOKENS
+    return round(total, COST_DECIMALS)
+
+
+def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """A cheap, pessimistic prompt size without a tokenizer; never raises.
+
+    Walks the prompt-bearing fields of the body (chat `messages`, Anthropic `system`,
+    legacy `prompt`, embeddings `input`, tool definitions, ...): every string counts
+    len / 3 tokens (rounded up over the whole body), every number 1 token (so token-id
+    arrays count exactly), every image part a flat `IMAGE_TOKENS` instead of its base64
+    or URL length, plus `MESSAGE_OVERHEAD_TOKENS` per message and `REPLY_PRIMING_TOKENS`.
+    """
+    try:
+        chars = tokens = 0
+        stack: list[Any] = [body.get(name) for name in PROMPT_FIELDS]
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            tokens += REPLY_PRIMING_TOKENS + MESSAGE_OVERHEAD_TOKENS * len(messages)
+        while stack:
+            node = stack.pop()
+            if isinstance(node, str):
+                chars += len(node) if node.isascii() else len(node.encode("utf-8"))
+            elif isinstance(node, int | float):
+                tokens += 1
+            elif isinstance(node, Mapping):
+                if node.get("type") in IMAGE_PART_TYPES:
+                    tokens += IMAGE_TOKENS
+                else:
+                    stack.extend(node.values())
+            elif isinstance(node, list | tuple):
+                stack.extend(node)
+        return tokens + -(-chars // CHARS_PER_TOKEN)
+    except Exception:  # an odd shape must not fail the request here; upstream judges it
+        return 0
+
+
+def _usd(amount: float) -> str:
+    """Dollars with cents, and more decimals only when the amount needs them."""
+    text = f"{amount:.6f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"{whole}.{cents.ljust(2, '0')}"
+
+
+class CreditReservation:
+    """A worst-case amount held against a key until the request's real cost is known."""
+
+    __slots__ = ("_done", "_ledger", "amount", "key_name")
+
+    def __init__(self, ledger: CreditLedger, key_name: str, amount: float) -> None:
+        self._ledger = ledger
+        self._done = False
+        self.key_name = key_name
+        self.amount = amount
+
+    @property
+    def settled(self) -> bool:
+        return self._done
+
+    def settle(self, actual_cost: float) -> None:
+        """Record the real cost as spent and release the reservation (first call wins).
+
+        The real cost is recorded in full even above the reservation: spend is never hidden.
+        A non-finite cost (broken pricing) is taken as the reserved amount.
+        """
+        if self._done:
+            return
+        self._done = True
+        if not math.isfinite(actual_cost):
+            actual_cost = self.amount
+        self._ledger._settle(self.key_name, self.amount, max(0.0, actual_cost))
+
+    def cancel(self) -> None:
+        """Release without spending: the request never reached upstream."""
+        self.settle(0.0)
+
+
+class CreditLedger:
+    """Spent and reserved USD per key name, in memory; rebuilt from the usage log at start."""
+
+    def __init__(self) -> None:
+        self._spent: dict[str, float] = {}
+        self._reserved: dict[str, float] = {}
+        self._open: dict[str, int] = {}  # outstanding reservations per key
+
+    def load_spend(self, spend_by_key: Mapping[str, float]) -> None:
+        """Set (not add) the spend of the given keys, e.g. sums from the usage log."""
+        for name, amount in spend_by_key.items():
+            self._spent[name] = max(0.0, float(amount))
+
+    def reserve(self, key: KeyConfig, amount: float) -> CreditReservation:
+        """Hold `amount` USD for a request, or raise InsufficientCredits (402).
+
+        Keys with `credits: None` are unlimited but still get a reservation, so their
+        spend is recorded. `key.credits` is read on every call: reloads apply at once.
+        """
+        if not math.isfinite(amount):
+            raise ValueError(f"credit reservation must be finite, got {amount!r}")
+        name, amount = key.name, max(0.0, amount)
+        spent, reserved = self._spent.get(name, 0.0), self._reserved.get(name, 0.0)
+        if key.credits is not None and spent + reserved + amount > key.credits + TOLERANCE:
+            remaining = max(0.0, key.credits - spent - reserved)
+            raise InsufficientCredits(
+                f"Insufficient credits for key {name}: ${_usd(remaining)} remaining, "
+                f"this request may cost up to ${_usd(amount)}",
+                metadata={"key": name, "credits": key.credits, "spent": round(spent, 10),
+                          "reserved": round(reserved, 10), "remaining": round(remaining, 10),
+                          "requested": amount},
+            )
+        self._reserved[name] = reserved + amount
+        self._open[name] = self._open.get(name, 0) + 1
+        return CreditReservation(self, name, amount)
+
+    def _settle(self, name: str, reserved: float, actual: float) -> None:
+        left = self._open.get(name, 0) - 1
+        if left <= 0:  # nothing outstanding: drop accumulated float drift
+            self._open.pop(name, None)
+            self._reserved.pop(name, None)
+        else:
+            self._open[name] = left
+            self._reserved[name] = max(0.0, self._reserved.get(name, 0.0) - reserved)
+        self._spent[name] = self._spent.get(name, 0.0) + actual
+
+    def spent(self, key_name: str) -> float:
+        return self._spent.get(key_name, 0.0)
+
+    def reserved(self, key_name: str) -> float:
+        return self._reserved.get(key_name, 0.0)
+
+    def remaining(self, key: KeyConfig) -> float | None:
+        """Credits minus spent and reserved, floored at 0; None when unlimited."""
+        if key.credits is None:
+            return None
+        return max(0.0, key.credits - self.spent(key.name) - self.reserved(key.name))

@@ -1,0 +1,99 @@
+"""Prometheus metrics (prometheus-client), one registry per app, label children cached.
+
+Labels stay low-cardinality: endpoint, model, provider, key name, status class, outcome.
+Never raw paths, ids or anything a client can invent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .types import GenerationRecord
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# LLM latencies run from milliseconds (embeddings, cache hits) to minutes (long answers).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120,
+                   300, 600)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("anyrouter_requests", "Proxied requests by outcome.",
+                                ["endpoint", "model", "provider", "key", "status_class"],
+                                registry=r)
+        self.duration = Histogram("anyrouter_request_duration_seconds",
+                                  "Proxied request duration, end to end.",
+                                  ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("anyrouter_time_to_first_token_seconds",
+                              "Time to the first streamed event.", ["model", "provider"],
+                              buckets=TTFT_BUCKETS, registry=r)
+        self.attempts = Histogram("anyrouter_upstream_attempt_duration_seconds",
+                                  "One upstream attempt, by provider and outcome.",
+                                  ["provider", "outcome"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("anyrouter_tokens", "Tokens by direction.",
+                              ["model", "provider", "key", "direction"], registry=r)
+        self.cost = Counter("anyrouter_cost_usd", "Cost in USD.", ["model", "key"], registry=r)
+        self.rejections = Counter("anyrouter_rejections", "Requests refused by a limit.",
+                                  ["key", "reason"], registry=r)
+        self.in_flight = Gauge("anyrouter_in_flight_requests", "Proxied requests in flight.",
+                               registry=r)
+        self.streams = Gauge("anyrouter_in_flight_streams", "Streams in flight.", registry=r)
+        self.circuit = Gauge("anyrouter_circuit_state",
+                             "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.",
+                             ["provider"], registry=r)
+        self.queue_depth = Gauge("anyrouter_usage_queue_depth",
+                                 "Usage rows waiting for the writer.", registry=r)
+        self.dropped = Gauge("anyrouter_usage_rows_dropped",
+                             "Usage rows dropped because the queue was full (since start).",
+                             registry=r)
+        self.reloads = Counter("anyrouter_config_reloads", "Config reloads by result.",
+                               ["result"], registry=r)
+        self.config_loaded = Gauge("anyrouter_config_loaded_timestamp_seconds",
+                                   "When the config in force was loaded.", registry=r)
+        self.config_loaded.set(time.time())
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe(self, rec: GenerationRecord) -> None:
+        provider = rec.provider or "none"
+        status_class = f"{rec.status_code // 100}xx"
+        self._child(self.requests, rec.endpoint, rec.model, provider, rec.key_name,
+                    status_class).inc()
+        self._child(self.duration, rec.endpoint, rec.model).observe(rec.latency_ms / 1000)
+        if rec.ttft_ms is not None:
+            self._child(self.ttft, rec.model, provider).observe(rec.ttft_ms / 1000)
+        for attempt in rec.attempts:
+            outcome = "ok" if attempt.status == 200 else str(attempt.status)
+            self._child(self.attempts, attempt.provider, outcome).observe(
+                attempt.latency_ms / 1000)
+        usage = rec.usage
+        for direction, count in (("prompt", usage.prompt_tokens),
+                                 ("completion", usage.completion_tokens),
+                                 ("cached", usage.cached_tokens),
+                                 ("reasoning", usage.reasoning_tokens)):
+            if count:
+                self._child(self.tokens, rec.model, provider, rec.key_name, direction).inc(count)
+        if rec.cost:
+            self._child(self.cost, rec.model, rec.key_name).inc(rec.cost)
+
+    def rejected(self, key_name: str, reason: str) -> None:
+        self._child(self.rejections, key_name, reason).inc()
+
+    def render(self, refresh: Callable[[], None] | None = None) -> bytes:
+        if refresh is not None:
+            refresh()
+        return generate_latest(self.registry)

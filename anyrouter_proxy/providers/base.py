@@ -1,0 +1,70 @@
+"""The fixed shape every provider adapter has (HOUSE-STYLE: providers as typed data).
+
+An `Exchange` is one (client dialect, provider wire) pair: it builds the upstream
+request, reads the upstream answer back into the client's dialect, and makes a stream
+translator. It never does I/O; the gateway sends what it builds through `upstream.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..config.model import ProviderConfig, Route
+from ..sse import SSEEvent
+from ..types import Usage
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What an exchange needs to know about the request it is serving."""
+
+    gen_id: str
+    model: str  # the public model id the client asked for
+    created: int
+    provider: ProviderConfig
+    route: Route
+    stream: bool
+    include_usage: bool  # the client asked for the usage chunk (stream_options)
+    default_max_tokens: int = 4096
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class Reply:
+    """A whole (non-stream) answer, already in the client's dialect."""
+
+    body: dict[str, Any]
+    usage: Usage | None
+    finish_reason: str | None
+    upstream_id: str | None
+
+
+class StreamTranslator(Protocol):
+    usage: Usage | None
+    finish_reason: str | None
+    upstream_id: str | None
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        """Client-bound wire bytes for one upstream event; raises ProxyError for an
+        upstream error event."""
+        ...
+
+    def finish(self) -> list[bytes]:
+        """Closing bytes once the upstream ended; raises UpstreamError when the upstream
+        stream ended without its normal end."""
+        ...
+
+
+class Exchange(Protocol):
+    def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall: ...
+
+    def reply(self, data: Any, ctx: CallContext) -> Reply: ...
+
+    def translator(self, ctx: CallContext) -> StreamTranslator: ...

@@ -1,0 +1,151 @@
+"""The OpenAI wire: chat/completions, completions and embeddings passed through to any
+OpenAI-compatible upstream (OpenAI, vLLM, Ollama, llama.cpp, ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..errors import UpstreamError
+from ..sse import SSEEvent, encode_event
+from ..types import CHAT, COMPLETIONS, ENDPOINT_PATHS, Usage
+from .base import CallContext, Reply, UpstreamCall
+
+DONE_EVENT = b"data: [DONE]\n\n"
+# Request fields that steer the gateway and mean nothing (or something else) upstream.
+GATEWAY_FIELDS = ("provider", "models", "route", "transforms")
+
+
+def openai_headers(ctx: CallContext) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if ctx.provider.api_key:
+        headers["Authorization"] = f"Bearer {ctx.provider.api_key}"
+    headers.update(ctx.provider.headers)
+    return headers
+
+
+def parse_usage(raw: Any) -> Usage | None:
+    """OpenAI `usage` -> Usage; None when absent or malformed."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        prompt_details = raw.get("prompt_tokens_details") or {}
+        completion_details = raw.get("completion_tokens_details") or {}
+        return Usage(
+            prompt_tokens=int(raw.get("prompt_tokens") or 0),
+            completion_tokens=int(raw.get("completion_tokens") or 0),
+            cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+            reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        )
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def invalid_response(ctx: CallContext, what: str) -> UpstreamError:
+    return UpstreamError(f"Provider {ctx.provider.id} sent an invalid response: {what}",
+                         code="upstream_invalid_response",
+                         metadata={"provider_name": ctx.provider.id})
+
+
+class OpenAIPassthrough:
+    """Client and upstream both speak OpenAI: swap the model, keep everything else."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.path = ENDPOINT_PATHS[endpoint]
+
+    def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
+        out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+        out["model"] = ctx.route.model
+        if ctx.stream:
+            # Always ask for usage: every stream is accounted, asked for or not (SPEC §4).
+            options = out.get("stream_options")
+            out["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                     "include_usage": True}
+        return UpstreamCall(self.path, out, openai_headers(ctx))
+
+    def reply(self, data: Any, ctx: CallContext) -> Reply:
+        if not isinstance(data, dict):
+            raise invalid_response(ctx, "not a JSON object")
+        upstream_id = data.get("id")
+        if self.endpoint in (CHAT, COMPLETIONS):
+            choices = data.get("choices")
+            if not isinstance(choices, list):
+                raise invalid_response(ctx, "no choices")
+            data["id"] = ctx.gen_id
+        else:
+            choices = []
+        data["model"] = ctx.model
+        data["provider"] = ctx.provider.id
+        finish = choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) \
+            else None
+        return Reply(data, parse_usage(data.get("usage")), finish,
+                     upstream_id if isinstance(upstream_id, str) else None)
+
+    def translator(self, ctx: CallContext) -> OpenAIStreamRelay:
+        return OpenAIStreamRelay(ctx)
+
+
+class OpenAIStreamRelay:
+    """Relays OpenAI chunks with our id and model; keeps the usage it saw.
+
+    The usage chunk is forwarded only when the client asked for it: the proxy always
+    asks upstream for usage, so it strips what the client would not otherwise get.
+    """
+
+    __slots__ = ("_ctx", "_done", "finish_reason", "upstream_id", "usage")
+
+    def __init__(self, ctx: CallContext) -> None:
+        self._ctx = ctx
+        self._done = False
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.upstream_id: str | None = None
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        if event.is_done:
+            self._done = True
+            return []
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            raise invalid_response(self._ctx, "a stream event is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise invalid_response(self._ctx, "a stream event is not a JSON object")
+        if "error" in chunk:
+            raise _stream_error(chunk["error"], self._ctx)
+        if self.upstream_id is None and isinstance(chunk.get("id"), str):
+            self.upstream_id = chunk["id"]
+        chunk["id"] = self._ctx.gen_id
+        chunk["model"] = self._ctx.model
+        choices = chunk.get("choices")
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+            reason = choices[0].get("finish_reason")
+            if reason:
+                self.finish_reason = reason
+        raw_usage = chunk.get("usage")
+        if raw_usage:
+            self.usage = parse_usage(raw_usage)
+            if not self._ctx.include_usage:
+                if not choices:
+                    return []
+                del chunk["usage"]
+        elif "usage" in chunk and not self._ctx.include_usage:
+            del chunk["usage"]  # `usage: null` on every chunk is noise the client did not ask for
+        return [encode_event(orjson.dumps(chunk))]
+
+    def finish(self) -> list[bytes]:
+        if not self._done:
+            raise UpstreamError(
+                f"Provider {self._ctx.provider.id} ended the stream before [DONE]",
+                code="upstream_invalid_response",
+                metadata={"provider_name": self._ctx.provider.id})
+        return [DONE_EVENT]
+
+
+def _stream_error(raw: Any, ctx: CallContext) -> UpstreamError:
+    message = raw.get("message") if isinstance(raw, dict) else None
+    return UpstreamError(
+        f"Provider {ctx.provider.id} failed mid-stream: {message or 'unknown error'}",
+        metadata={"provider_name": ctx.provider.id})

@@ -1,0 +1,70 @@
+"""create_app(config): the aiohttp application, its routes and its resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ..accounting import Ledger
+from ..config.model import Config
+from ..credits import CreditLedger
+from ..gateway import Gateway
+from ..metrics import Metrics
+from ..providers.mock import MockUpstream
+from ..ratelimit import Limiter
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
+from ..upstream import HttpUpstream, Upstream
+from ..usage_store import UsageStore
+from . import info_handlers as info
+from .middlewares import gateway_middleware
+from .proxy_handlers import proxy_handler
+from .state import GATEWAY, LIMITER, METRICS, STORE
+
+API_PREFIXES = ("/api/v1", "/v1")
+
+
+def create_app(config: Config, *, http: Upstream | None = None) -> web.Application:
+    """The whole proxy for `config`. `http` replaces the outbound seam (tests)."""
+    app = web.Application(middlewares=[gateway_middleware],
+                          client_max_size=config.server.max_body_bytes)
+    store = UsageStore(config.storage.sqlite_path, queue_max=config.storage.queue_max,
+                       flush_interval_s=config.storage.flush_interval_s)
+    metrics = Metrics()
+    limiter = Limiter(config)
+    upstream = http or HttpUpstream()
+    gateway = Gateway(config, http=upstream, mock=MockUpstream(), limiter=limiter,
+                      credits=CreditLedger(), ledger=Ledger(store, metrics))
+    app[GATEWAY], app[LIMITER], app[STORE], app[METRICS] = gateway, limiter, store, metrics
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        await store.open()
+        gateway.credits.load_spend(await store.spend_by_key())  # a restart never refills
+        store.start_retention(config.storage.retention_days)
+        yield
+        await upstream.close()
+        await store.close()
+
+    app.cleanup_ctx.append(resources)
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: web.Application) -> None:
+    router = app.router
+    for prefix in API_PREFIXES:
+        for endpoint, path in ((CHAT, "/chat/completions"), (COMPLETIONS, "/completions"),
+                               (EMBEDDINGS, "/embeddings"), (MESSAGES, "/messages")):
+            router.add_post(prefix + path, proxy_handler(endpoint))
+        router.add_get(prefix + "/models", info.list_models)
+        router.add_get(prefix + "/models/count", info.count_models)
+        router.add_get(prefix + "/models/{model_id:.+}", info.get_model)
+        router.add_get(prefix + "/providers", info.list_providers)
+        router.add_get(prefix + "/health", info.health)
+        router.add_get(prefix + "/credits", info.credits)
+        router.add_get(prefix + "/auth/key", info.key_info)
+        router.add_get(prefix + "/key", info.key_info)
+        router.add_get(prefix + "/generation", info.generation)
+        router.add_get(prefix + "/generation/{gen_id}", info.generation)
+    router.add_get("/health", info.health)
+    router.add_get("/metrics", info.metrics)

@@ -1,0 +1,189 @@
+"""The read endpoints: models, providers, health, credits, key info, generation stats."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..config.model import Config, ModelConfig
+from ..errors import AuthenticationFailed, InvalidRequest, NotFound
+from ..gateway import deprecation_headers
+from .inbound import authenticate
+from .state import GATEWAY, LIMITER, METRICS, STORE
+
+PER_TOKENS = Decimal(1_000_000)
+
+
+def json_response(data: Any, status: int = 200,
+                  headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), headers=headers,
+                        content_type="application/json")
+
+
+def price_per_token(per_million: float | None) -> str:
+    """Plain decimal notation, never exponent form (SPEC §7)."""
+    if not per_million:
+        return "0"
+    text = format(Decimal(str(per_million)) / PER_TOKENS, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def model_object(model: ModelConfig, config: Config) -> dict[str, Any]:
+    pricing = model.pricing
+    prices = {"prompt": price_per_token(pricing.prompt),
+              "completion": price_per_token(pricing.completion),
+              "request": "0", "image": "0"}
+    if pricing.cached_prompt is not None:
+        prices["input_cache_read"] = price_per_token(pricing.cached_prompt)
+    if pricing.reasoning is not None:
+        prices["internal_reasoning"] = price_per_token(pricing.reasoning)
+    owner = model.id.split("/", 1)[0] if "/" in model.id else model.routes[0].provider
+    data: dict[str, Any] = {
+        "id": model.id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": owner,
+        "name": model.name or model.id,
+        "description": model.description or "",
+        "context_length": model.context_length,
+        "pricing": prices,
+        "top_provider": {"context_length": model.context_length,
+                         "max_completion_tokens": model.max_output_tokens,
+                         "is_moderated": False},
+        "providers": list(dict.fromkeys(r.provider for r in model.routes)),
+    }
+    if model.deprecated is not None:
+        d = model.deprecated
+        data["deprecated"] = {"since": d.since.isoformat(),
+                              "sunset": d.sunset.isoformat() if d.sunset else None,
+                              "successor": d.successor}
+    return data
+
+
+def listed_models(config: Config) -> list[ModelConfig]:
+    today = dt.date.today()
+    return [m for m in config.models.values()
+            if not (m.deprecated and m.deprecated.sunset and today >= m.deprecated.sunset)]
+
+
+async def list_models(request: web.Request) -> web.Response:
+    authenticate(request)
+    config = request.app[GATEWAY].config
+    return json_response({"object": "list",
+                          "data": [model_object(m, config) for m in listed_models(config)]})
+
+
+async def count_models(request: web.Request) -> web.Response:
+    authenticate(request)
+    return json_response({"data": {"count": len(listed_models(request.app[GATEWAY].config))}})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    authenticate(request)
+    config = request.app[GATEWAY].config
+    model_id = request.match_info["model_id"]
+    model = config.models.get(model_id)
+    if model is None:
+        raise NotFound(f"Model {model_id} does not exist", code="model_not_found")
+    return json_response(model_object(model, config), headers=deprecation_headers(model))
+
+
+def provider_statuses(config: Config) -> dict[str, dict[str, Any]]:
+    served: dict[str, list[str]] = {pid: [] for pid in config.providers}
+    for model in config.models.values():
+        for route in model.routes:
+            if model.id not in served[route.provider]:
+                served[route.provider].append(model.id)
+    return {
+        pid: {"id": pid, "kind": p.kind,
+              "status": "ok" if p.has_credentials else "no_credentials",
+              "models": served[pid]}
+        for pid, p in config.providers.items()
+    }
+
+
+async def list_providers(request: web.Request) -> web.Response:
+    authenticate(request)
+    statuses = provider_statuses(request.app[GATEWAY].config)
+    return json_response({"object": "list", "data": list(statuses.values())})
+
+
+async def health(request: web.Request) -> web.Response:
+    config = request.app[GATEWAY].config
+    providers = {pid: {"status": s["status"], "kind": s["kind"]}
+                 for pid, s in provider_statuses(config).items()}
+    serving = any(s["status"] == "ok" for s in providers.values())
+    store = request.app[STORE]
+    body: dict[str, Any] = {
+        "status": "ok" if serving else "unavailable",
+        "providers": providers,
+        "usage_log": {"status": "degraded" if store.last_error else "ok",
+                      "queue_depth": store.queue_depth, "dropped": store.dropped},
+    }
+    if not serving:
+        body["error"] = {"message": "No provider can serve requests", "type":
+                         "service_unavailable", "code": "no_provider_available", "param": None}
+    return json_response(body, status=200 if serving else 503)
+
+
+async def credits(request: web.Request) -> web.Response:
+    key = authenticate(request)
+    ledger = request.app[GATEWAY].credits
+    return json_response({"data": {"total_credits": key.credits,
+                                   "total_usage": round(ledger.spent(key.name), 10)}})
+
+
+async def key_info(request: web.Request) -> web.Response:
+    key = authenticate(request)
+    ledger = request.app[GATEWAY].credits
+    limits = key.limits
+    return json_response({"data": {
+        "label": key.name,
+        "usage": round(ledger.spent(key.name), 10),
+        "limit": key.credits,
+        "limit_remaining": ledger.remaining(key),
+        "is_free_tier": False,
+        "rate_limit": {"requests": limits.requests_per_minute, "interval": "1m"},
+        "limits": {"requests_per_minute": limits.requests_per_minute,
+                   "tokens_per_minute": limits.tokens_per_minute,
+                   "concurrent_requests": limits.concurrent_requests},
+        "models": list(key.models) if key.models is not None else None,
+        "disabled": key.disabled,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "in_flight": request.app[LIMITER].in_flight(key.name),
+    }})
+
+
+async def generation(request: web.Request) -> web.Response:
+    key = authenticate(request)
+    gen_id = request.match_info.get("gen_id") or request.query.get("id")
+    if not gen_id:
+        raise InvalidRequest("Pass the generation id: /generation/{id} or /generation?id=",
+                             param="id")
+    row = await request.app[STORE].get_generation(gen_id, key.name)
+    if row is None:
+        raise NotFound(f"Generation {gen_id} not found", code="generation_not_found",
+                       param="id")
+    return json_response({"data": row})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    token = request.app[GATEWAY].config.server.metrics_token
+    if token:
+        header = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+            raise AuthenticationFailed("/metrics needs 'Authorization: Bearer <metrics_token>'")
+    app_metrics = request.app[METRICS]
+    store = request.app[STORE]
+
+    def refresh() -> None:
+        app_metrics.queue_depth.set(store.queue_depth)
+        app_metrics.dropped.set(store.dropped)
+
+    return web.Response(body=app_metrics.render(refresh),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -1,0 +1,78 @@
+"""Errors become HTTP in one place: every failure is the SPEC §5 envelope, as JSON."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..errors import (
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    RequestTooLarge,
+    error_for_status,
+)
+from .state import KEY, LIMITER, TRACE_ID
+
+log = logging.getLogger(__name__)
+
+
+def is_anthropic_path(path: str) -> bool:
+    return path.endswith("/messages") or "/messages/" in path
+
+
+def error_response(request: web.Request, exc: ProxyError) -> web.Response:
+    envelope = exc.envelope()
+    if is_anthropic_path(request.path):
+        envelope = {"type": "error", **envelope}  # what the Anthropic SDK expects
+    return web.Response(status=exc.status, body=orjson.dumps(envelope),
+                        content_type="application/json", headers=exc.headers)
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ProxyError:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound(f"No route for {request.method} {request.path}", code="route_not_found")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.path} "
+                                f"(allowed: {allowed})", headers={"Allow": allowed})
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return RequestTooLarge("Request body is too large")
+    return error_for_status(exc.status, exc.reason or "Request failed")
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except ProxyError as exc:
+        response = error_response(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = error_response(request, _from_http_exception(request, exc))
+    except Exception:
+        request_id = os.urandom(6).hex()
+        log.exception("unhandled error in %s %s (request id %s)", request.method, request.path,
+                      request_id)
+        response = error_response(request, InternalError(
+            f"Internal error (request id {request_id})", metadata={"request_id": request_id}))
+    if not response.prepared:
+        decorate(request, response)
+    return response
+
+
+def decorate(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers every answer to an authenticated client carries (SPEC §4)."""
+    key = request.get(KEY)
+    if key is not None:
+        for name, value in request.app[LIMITER].headers(key).items():
+            response.headers.setdefault(name, value)
+    trace_id = request.get(TRACE_ID)
+    if trace_id:
+        response.headers["X-AnyRouter-Trace-Id"] = trace_id

@@ -1,0 +1,98 @@
+"""POST chat/completions, completions, embeddings, messages: into the gateway and back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..errors import ProxyError
+from ..gateway import Answer, ProxyRequest, StreamSession, stream_error_event
+from ..sse import KEEPALIVE
+from .inbound import authenticate, read_json
+from .middlewares import decorate
+from .state import GATEWAY, TRACE_ID
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: relay each event as it comes
+}
+
+
+def proxy_handler(endpoint: str) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        key = authenticate(request)
+        gateway = request.app[GATEWAY]
+        server = gateway.config.server
+        body = await read_json(request, server.max_body_bytes)
+        forced = request.headers.get("X-AnyRouter-Provider") or None
+        req = ProxyRequest(endpoint, body, key, request.get(TRACE_ID), forced)
+        if body.get("stream") is True and server.sse_keepalive:
+            return await _stream_with_keepalive(request, req, server.sse_keepalive_interval_s)
+        result = await gateway.proxy(req)
+        if isinstance(result, Answer):
+            return web.Response(status=result.status, body=result.body, headers=result.headers,
+                                content_type="application/json")
+        return await _relay(request, result)
+
+    return handle
+
+
+async def _relay(request: web.Request, session: StreamSession,
+                 response: web.StreamResponse | None = None) -> web.StreamResponse:
+    if response is None:
+        response = web.StreamResponse(headers={**SSE_HEADERS, **session.headers})
+        decorate(request, response)
+        try:
+            await response.prepare(request)
+        except BaseException:
+            await session.abandon()
+            raise
+    with contextlib.suppress(ConnectionError):
+        await session.relay(response.write)
+        await response.write_eof()
+    return response
+
+
+async def _stream_with_keepalive(request: web.Request, req: ProxyRequest,
+                                 interval: float) -> web.StreamResponse:
+    """Open the stream; if the upstream is slow to start, commit to 200 and send SSE
+    comments until it does (never after the first event)."""
+    task = asyncio.ensure_future(request.app[GATEWAY].proxy(req))
+    handed_over = False
+    try:
+        done, _ = await asyncio.wait((task,), timeout=interval)
+        response: web.StreamResponse | None = None
+        if not done:
+            response = web.StreamResponse(headers={**SSE_HEADERS,
+                                                   "X-AnyRouter-Generation-Id": req.gen_id})
+            decorate(request, response)
+            await response.prepare(request)
+            while not done:
+                await response.write(KEEPALIVE)
+                done, _ = await asyncio.wait((task,), timeout=interval)
+        try:
+            result = task.result()
+        except ProxyError as exc:
+            if response is None:
+                raise
+            with contextlib.suppress(ConnectionError):
+                await response.write(stream_error_event(req.endpoint, exc))
+                await response.write_eof()
+            return response
+        assert isinstance(result, StreamSession)
+        handed_over = True
+        return await _relay(request, result, response)
+    except BaseException:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        elif not handed_over and not task.cancelled() and task.exception() is None:
+            result = task.result()
+            if isinstance(result, StreamSession):
+                await result.abandon()  # opened, but the client left before the relay
+        raise

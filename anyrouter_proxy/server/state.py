@@ -1,0 +1,24 @@
+"""Typed keys for what hangs on the app and the request (aiohttp: no singletons)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..config.model import KeyConfig
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+    from ..metrics import Metrics
+    from ..ratelimit import Limiter
+    from ..usage_store import UsageStore
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
+STORE: web.AppKey[UsageStore] = web.AppKey("store")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+
+# Per-request values.
+KEY: web.RequestKey[KeyConfig] = web.RequestKey("key", KeyConfig)
+TRACE_ID: web.RequestKey[str] = web.RequestKey("trace_id", str)

@@ -1,0 +1,83 @@
+"""Server-sent events, parsed once: bytes in, events out (and back to bytes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DONE = "[DONE]"
+KEEPALIVE = b": ANYROUTER PROCESSING\n\n"
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    data: str
+    event: str | None = None
+
+    @property
+    def is_done(self) -> bool:
+        return self.data == DONE
+
+
+class SSEDecoder:
+    """Incremental decoder: feed raw chunks as they arrive, get whole events back.
+
+    Comment lines (`: ping`) are dropped; `id:` and `retry:` are ignored because no
+    upstream we speak to uses them. CRLF and CR line endings are normalised.
+    """
+
+    __slots__ = ("_buffer", "_pending_cr")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._pending_cr = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if b"\r" in chunk:
+            if chunk.endswith(b"\r"):  # might be half of a CRLF split across chunks
+                chunk, self._pending_cr = chunk[:-1], True
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buffer = self._buffer + chunk
+        events: list[SSEEvent] = []
+        start = 0
+        while (end := buffer.find(b"\n\n", start)) != -1:
+            event = _parse_block(buffer[start:end])
+            if event is not None:
+                events.append(event)
+            start = end + 2
+        self._buffer = buffer[start:]
+        return events
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event not yet terminated (a stream that ends here was cut)."""
+        return self._buffer.strip()
+
+
+def _parse_block(block: bytes) -> SSEEvent | None:
+    data: list[str] = []
+    event: str | None = None
+    for line in block.decode("utf-8", "replace").split("\n"):
+        if not line or line[0] == ":":
+            continue
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+    if not data and event is None:
+        return None
+    return SSEEvent("\n".join(data), event)
+
+
+def encode_event(data: bytes | str, event: str | None = None) -> bytes:
+    """One event on the wire; `data` must be a single line (JSON always is)."""
+    if isinstance(data, str):
+        data = data.encode()
+    if event is None:
+        return b"data: " + data + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"

@@ -1,0 +1,64 @@
+"""Shared records that cross module boundaries (small leaf module)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one route: SPEC §7 `{"provider", "status", "latency_ms"}`."""
+
+    provider: str
+    status: int | str  # HTTP status, or an error class such as "timeout"
+    latency_ms: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"provider": self.provider, "status": self.status,
+                "latency_ms": round(self.latency_ms, 1)}
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+    source: str = "upstream"  # upstream | estimated
+
+
+@dataclass(slots=True)
+class GenerationRecord:
+    """One row of the usage log: one proxied request (batch items included)."""
+
+    id: str
+    created_at: float  # Unix seconds
+    key_name: str
+    endpoint: str
+    model: str
+    trace_id: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    upstream_id: str | None = None
+    streamed: bool = False
+    cancelled: bool = False
+    finish_reason: str | None = None
+    status_code: int = 200
+    error_code: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost: float = 0.0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    generation_time_ms: float | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+# The proxied endpoints, by the client's dialect.
+CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES = "chat", "completions", "embeddings", "messages"
+ENDPOINT_PATHS = {
+    CHAT: "/chat/completions",
+    COMPLETIONS: "/completions",
+    EMBEDDINGS: "/embeddings",
+    MESSAGES: "/messages",
+}

@@ -1,0 +1,157 @@
+"""The only outbound HTTP: one pooled ClientSession per provider, errors made ours.
+
+`Upstream` is the seam tests and the in-process demo provider plug into; the real one
+is `HttpUpstream`. Timeouts (SPEC §3 `timeouts`): `connect_s` for the TCP/TLS connect,
+`first_byte_s` until the response headers arrive, `idle_s` between two reads of a body,
+`total_s` for the whole exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
+
+import aiohttp
+
+from .config.model import ProviderConfig
+from .errors import UpstreamError, UpstreamTimeout
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a non-stream answer larger than this is refused
+POOL_SIZE_PER_PROVIDER = 256
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class Upstream(Protocol):
+    async def send(self, provider: ProviderConfig, path: str, body: bytes,
+                   headers: Mapping[str, str]) -> UpstreamResponse: ...
+
+    async def close(self) -> None: ...
+
+
+class HttpResponse:
+    """An aiohttp response with our timeouts and error mapping applied to its body."""
+
+    __slots__ = ("_provider", "_response", "headers", "status")
+
+    def __init__(self, provider: ProviderConfig, response: aiohttp.ClientResponse) -> None:
+        self._provider = provider
+        self._response = response
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        content = self._response.content
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._provider.timeouts.idle_s):
+                async for part in content.iter_any():
+                    size += len(part)
+                    if size > MAX_RESPONSE_BYTES:
+                        raise UpstreamError(
+                            f"Provider {self._provider.id} sent a response over "
+                            f"{MAX_RESPONSE_BYTES} bytes", code="upstream_invalid_response",
+                            metadata={"provider_name": self._provider.id})
+                    parts.append(part)
+        except TimeoutError as exc:
+            raise _timeout(self._provider, "reading the response") from exc
+        except aiohttp.ClientError as exc:
+            raise _broken(self._provider, exc) from exc
+        finally:
+            self._response.release()
+        return b"".join(parts)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        idle = self._provider.timeouts.idle_s
+        try:
+            while True:
+                async with asyncio.timeout(idle):
+                    chunk = await content.readany()
+                if not chunk:
+                    return
+                yield chunk
+        except TimeoutError as exc:
+            raise _timeout(self._provider, f"the next stream event ({idle:g} s idle)") from exc
+        except aiohttp.ClientError as exc:
+            raise _broken(self._provider, exc) from exc
+
+    def close(self) -> None:
+        # Closing (not releasing) drops the connection: an unfinished body must not be
+        # read by the next request on the same keep-alive connection.
+        self._response.close()
+
+
+class HttpUpstream:
+    """One ClientSession per provider, created lazily and kept for the process."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def _session(self, provider: ProviderConfig) -> aiohttp.ClientSession:
+        session = self._sessions.get(provider.id)
+        if session is None or session.closed:
+            timeouts = provider.timeouts
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=POOL_SIZE_PER_PROVIDER, ttl_dns_cache=300,
+                                               enable_cleanup_closed=True),
+                timeout=aiohttp.ClientTimeout(total=timeouts.total_s,
+                                              sock_connect=timeouts.connect_s),
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+            )
+            self._sessions[provider.id] = session
+        return session
+
+    async def send(self, provider: ProviderConfig, path: str, body: bytes,
+                   headers: Mapping[str, str]) -> UpstreamResponse:
+        url = provider.base_url + path
+        try:
+            async with asyncio.timeout(provider.timeouts.first_byte_s):
+                response = await self._session(provider).post(url, data=body, headers=headers)
+        except TimeoutError as exc:
+            raise _timeout(provider, "the first byte") from exc
+        except aiohttp.ClientError as exc:
+            raise _broken(provider, exc) from exc
+        return HttpResponse(provider, response)
+
+    async def close_provider(self, provider_id: str) -> None:
+        session = self._sessions.pop(provider_id, None)
+        if session is not None:
+            await session.close()
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
+
+
+def _timeout(provider: ProviderConfig, waiting_for: str) -> UpstreamTimeout:
+    return UpstreamTimeout(f"Provider {provider.id} timed out waiting for {waiting_for}",
+                           metadata={"provider_name": provider.id})
+
+
+def _broken(provider: ProviderConfig, exc: aiohttp.ClientError) -> UpstreamError:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = "connection failed"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        reason = "connection closed early"
+    else:
+        reason = type(exc).__name__
+    # The exception text may contain the upstream URL but never a key; still, keep it out.
+    return UpstreamError(f"Provider {provider.id}: {reason}",
+                         metadata={"provider_name": provider.id})

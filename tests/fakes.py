@@ -1,0 +1,179 @@
+"""Fake upstreams that speak the real OpenAI wire format over real HTTP (SSE included).
+
+Each fake records what it received and follows a script of behaviours, one per request,
+falling back to a normal answer when the script is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+ANSWER = "Hello from the fake upstream!"
+USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16,
+         "prompt_tokens_details": {"cached_tokens": 3},
+         "completion_tokens_details": {"reasoning_tokens": 0}}
+EMBEDDING_USAGE = {"prompt_tokens": 4, "total_tokens": 4}
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class Behaviour:
+    """What the fake does for one request."""
+
+    status: int = 200
+    body: Any = None  # JSON body for error statuses, or raw bytes/str to send as is
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0  # before the response headers
+    first_event_delay_s: float = 0.0  # streams: after headers, before the first event
+    chunk_delay_s: float = 0.0  # streams: between events
+    chunks: int = 3  # streams: number of content chunks
+    stall_after: int | None = None  # streams: stop sending (stay open) after N events
+    drop_after: int | None = None  # streams: drop the connection after N events
+    no_done: bool = False  # streams: end without [DONE]
+    error_event_after: int | None = None  # streams: send an error event after N events
+
+
+class FakeOpenAI:
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.requests: list[Recorded] = []
+        self.script: deque[Behaviour] = deque()
+        self.cancelled = 0  # requests whose client went away before the fake finished
+        self.completed = 0
+
+    def then(self, *behaviours: Behaviour) -> FakeOpenAI:
+        self.script.extend(behaviours)
+        return self
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        return app
+
+    async def _record(self, request: web.Request) -> tuple[dict[str, Any], Behaviour]:
+        body = await request.json()
+        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        behaviour = self.script.popleft() if self.script else Behaviour()
+        if behaviour.delay_s:
+            try:
+                await asyncio.sleep(behaviour.delay_s)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        return body, behaviour
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
+        body, behaviour = await self._record(request)
+        if behaviour.status != 200 or behaviour.body is not None:
+            return _raw_or_json(behaviour)
+        upstream_id = f"chatcmpl-{self.name}-{len(self.requests)}"
+        base = {"id": upstream_id, "created": int(time.time()), "model": body.get("model"),
+                "system_fingerprint": "fp_fake"}
+        if body.get("stream"):
+            return await self._stream(request, body, behaviour, base, chat)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": ANSWER, "refusal": None}
+        else:
+            choice["text"] = ANSWER
+        self.completed += 1
+        return web.json_response({**base, "object": "chat.completion" if chat
+                                  else "text_completion", "choices": [choice], "usage": USAGE},
+                                 headers=behaviour.headers)
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], behaviour: Behaviour,
+                      base: dict[str, Any], chat: bool) -> web.StreamResponse:
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        events: list[bytes] = []
+
+        def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+            data = {**base, "object": obj, "choices": choices}
+            if include_usage:
+                data["usage"] = usage
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        for i in range(behaviour.chunks):
+            text = f"tok{i} "
+            delta: dict[str, Any] = {"content": text}
+            if i == 0:
+                delta["role"] = "assistant"
+            events.append(chunk([{"index": 0, "delta": delta, "finish_reason": None}] if chat
+                                else [{"index": 0, "text": text, "finish_reason": None}]))
+        events.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}] if chat
+                            else [{"index": 0, "text": "", "finish_reason": "stop"}]))
+        if include_usage:
+            events.append(chunk([], {**USAGE, "completion_tokens": behaviour.chunks,
+                                     "total_tokens": USAGE["prompt_tokens"] + behaviour.chunks}))
+        if not behaviour.no_done:
+            events.append(b"data: [DONE]\n\n")
+
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            if behaviour.first_event_delay_s:
+                await asyncio.sleep(behaviour.first_event_delay_s)
+            for n, event in enumerate(events):
+                if behaviour.error_event_after == n:
+                    await response.write(b'data: {"error": {"message": "upstream exploded", '
+                                         b'"type": "server_error"}}\n\n')
+                    return response
+                if behaviour.drop_after == n:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                if behaviour.stall_after == n:
+                    await asyncio.sleep(3600)
+                await response.write(event)
+                if behaviour.chunk_delay_s:
+                    await asyncio.sleep(behaviour.chunk_delay_s)
+        except (asyncio.CancelledError, ConnectionError):
+            self.cancelled += 1
+            raise
+        self.completed += 1
+        await response.write_eof()
+        return response
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        body, behaviour = await self._record(request)
+        if behaviour.status != 200 or behaviour.body is not None:
+            return _raw_or_json(behaviour)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]}
+                for i in range(len(inputs))]
+        self.completed += 1
+        return web.json_response({"object": "list", "data": data, "model": body["model"],
+                                  "usage": EMBEDDING_USAGE})
+
+
+def _raw_or_json(behaviour: Behaviour) -> web.Response:
+    body = behaviour.body
+    if isinstance(body, bytes | str):
+        headers = {k: v for k, v in behaviour.headers.items() if k.lower() != "content-type"}
+        return web.Response(status=behaviour.status, body=body, headers=headers,
+                            content_type=behaviour.headers.get("Content-Type", "text/html"))
+    if body is None:
+        body = {"error": {"message": f"fake failure {behaviour.status}", "type": "server_error",
+                          "code": None, "param": None}}
+    return web.json_response(body, status=behaviour.status, headers=behaviour.headers)

@@ -1,0 +1,223 @@
+"""`anyrouter-proxy usage` report over a usage log written by the real UsageStore."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anyrouter_proxy.types import GenerationRecord, Usage
+from anyrouter_proxy.usage_report import GROUPS, build_report, format_report, parse_time
+from anyrouter_proxy.usage_store import UsageStore
+
+DAY1 = 1_714_521_600.0  # 2024-05-01T00:00:00Z
+DAY = 86_400.0
+
+
+def rec(n: int, **fields: Any) -> GenerationRecord:
+    base: dict[str, Any] = {
+        "id": f"gen-{n}", "created_at": DAY1, "key_name": "alice",
+        "endpoint": "chat/completions", "model": "openai/gpt-4o-mini", "provider": "openai",
+    }
+    base.update(fields)
+    return GenerationRecord(**base)
+
+
+RECORDS = [
+    rec(1, created_at=DAY1 + 3600, cost=0.5, latency_ms=100.0,
+        usage=Usage(prompt_tokens=100, completion_tokens=50)),
+    rec(2, created_at=DAY1 + DAY + 60, cost=0.25, latency_ms=300.0, status_code=502,
+        error_code="upstream_error", usage=Usage(prompt_tokens=10, completion_tokens=5)),
+    rec(3, created_at=DAY1 + DAY + 7200, key_name="bob", model="anthropic/claude-sonnet-4",
+        provider="anthropic", cost=2.0, latency_ms=1000.0, cancelled=True,
+        usage=Usage(prompt_tokens=1000, completion_tokens=200, cached_tokens=10,
+                    reasoning_tokens=5)),
+    rec(4, created_at=DAY1 + 2 * DAY + 1, key_name="bob", provider=None, status_code=429,
+        error_code="rate_limited", latency_ms=2.0),
+]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    path = tmp_path / "usage.db"
+
+    async def write() -> None:
+        store = UsageStore(path)
+        await store.open()
+        for record in RECORDS:
+            assert store.record(record)
+        await store.close()
+
+    asyncio.run(write())
+    return path
+
+
+def test_by_model(db_path: Path) -> None:
+    assert build_report(db_path) == [
+        {"model": "anthropic/claude-sonnet-4", "requests": 1, "errors": 0, "cancelled": 1,
+         "tokens_prompt": 1000, "tokens_completion": 200, "tokens_cached": 10,
+         "tokens_reasoning": 5, "cost": 2.0, "avg_latency_ms": 1000.0},
+        {"model": "openai/gpt-4o-mini", "requests": 3, "errors": 2, "cancelled": 0,
+         "tokens_prompt": 110, "tokens_completion": 55, "tokens_cached": 0,
+         "tokens_reasoning": 0, "cost": 0.75, "avg_latency_ms": 134.0},
+    ]
+
+
+def test_errors_are_status_400_and_up(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+
+    async def write() -> None:
+        store = UsageStore(path)
+        await store.open()
+        for n, status in enumerate((200, 399, 400, 404)):
+            store.record(rec(n, status_code=status))
+        await store.close()
+
+    asyncio.run(write())
+    assert [(r["requests"], r["errors"]) for r in build_report(path)] == [(4, 2)]
+
+
+def test_by_key_ordered_by_cost(db_path: Path) -> None:
+    report = build_report(db_path, by="key")
+    assert [(r["key"], r["requests"], r["cost"]) for r in report] == [
+        ("bob", 2, 2.0), ("alice", 2, 0.75)]
+
+
+def test_by_provider_keeps_requests_without_one(db_path: Path) -> None:
+    report = build_report(db_path, by="provider")
+    assert [(r["provider"], r["requests"]) for r in report] == [
+        ("anthropic", 1), ("openai", 2), (None, 1)]
+
+
+def test_by_day_in_date_order(db_path: Path) -> None:
+    report = build_report(db_path, by="day")
+    assert [(r["day"], r["requests"], r["cost"]) for r in report] == [
+        ("2024-05-01", 1, 0.5), ("2024-05-02", 2, 2.25), ("2024-05-03", 1, 0.0)]
+
+
+def test_since_is_inclusive_until_exclusive(db_path: Path) -> None:
+    report = build_report(db_path, by="day", since=DAY1 + DAY, until=DAY1 + 2 * DAY + 1)
+    assert [r["day"] for r in report] == ["2024-05-02"]
+    assert build_report(db_path, since=DAY1 + 10 * DAY) == []
+
+
+def test_since_until_from_dates_cover_whole_days(db_path: Path) -> None:
+    since, until = parse_time("2024-05-02"), parse_time("2024-05-02", end=True)
+    report = build_report(db_path, by="key", since=since, until=until)
+    assert [(r["key"], r["requests"]) for r in report] == [("bob", 1), ("alice", 1)]
+
+
+def test_unknown_group_is_refused(db_path: Path) -> None:
+    with pytest.raises(ValueError, match="key, model, provider, day"):
+        build_report(db_path, by="color")
+    assert GROUPS == ("key", "model", "provider", "day")
+
+
+def test_missing_database(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="usage database not found"):
+        build_report(tmp_path / "nope.db")
+    assert not (tmp_path / "nope.db").exists()  # read-only: nothing created
+
+
+def test_not_a_usage_database(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (x)")
+    db.close()
+    with pytest.raises(ValueError, match="no such table: generations"):
+        build_report(path)
+    path.write_bytes(b"garbage" * 500)
+    with pytest.raises(ValueError, match="not a database"):
+        build_report(path)
+
+
+async def test_report_reads_while_the_server_writes(tmp_path: Path) -> None:
+    store = UsageStore(tmp_path / "live.db")
+    await store.open()
+    try:
+        store.record(RECORDS[0])
+        await store.flush()  # committed to the WAL, not yet checkpointed into the file
+        assert [r["requests"] for r in build_report(store.path)] == [1]
+        store.record(RECORDS[2])
+        await store.flush()
+        assert [r["requests"] for r in build_report(store.path, by="key")] == [1, 1]
+    finally:
+        await store.close()
+
+
+def test_report_never_writes(db_path: Path) -> None:
+    before = db_path.read_bytes()
+    build_report(db_path, by="day")
+    assert db_path.read_bytes() == before
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2024-05-01", DAY1),
+    ("2024-05-01T06:30", DAY1 + 6.5 * 3600),
+    ("2024-05-01 06:30:00Z", DAY1 + 6.5 * 3600),
+    ("2024-05-01T08:30:00+02:00", DAY1 + 6.5 * 3600),
+])
+def test_parse_time(text: str, expected: float) -> None:
+    assert parse_time(text) == expected
+
+
+def test_parse_time_end_of_day() -> None:
+    assert parse_time("2024-05-01", end=True) == DAY1 + DAY
+    assert parse_time("2024-05-01T06:00", end=True) == DAY1 + 6 * 3600  # only bare dates
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2024-13-01", "01/05/2024", ""])
+def test_parse_time_rejects_with_a_hint(text: str) -> None:
+    with pytest.raises(ValueError, match="ISO date or date-time"):
+        parse_time(text)
+
+
+def test_format_table_aligned_with_total(db_path: Path) -> None:
+    out = format_report(build_report(db_path), by="model", fmt="table")
+    lines = out.splitlines()
+    assert lines[0].split() == ["model", "requests", "errors", "cancelled", "prompt",
+                                "completion", "cached", "reasoning", "cost_usd", "avg_ms"]
+    assert lines[1].split() == ["anthropic/claude-sonnet-4", "1", "0", "1", "1000", "200",
+                                "10", "5", "2.000000", "1000.0"]
+    # Total latency is weighted by requests: (1000 + 3 * 134) / 4.
+    assert lines[-1].split() == ["TOTAL", "4", "2", "1", "1110", "255", "10", "5",
+                                 "2.750000", "350.5"]
+    assert len({len(line) for line in lines}) == 1  # every column lines up
+    assert lines[0].index("avg_ms") + len("avg_ms") == len(lines[0])
+
+
+def test_format_table_shows_missing_provider_as_dash(db_path: Path) -> None:
+    out = format_report(build_report(db_path, by="provider"), by="provider", fmt="table")
+    assert out.splitlines()[3].split()[:2] == ["-", "1"]
+
+
+def test_format_table_empty_has_zero_total() -> None:
+    out = format_report([], by="day", fmt="table")
+    assert out.splitlines()[-1].split() == ["TOTAL", "0", "0", "0", "0", "0", "0", "0",
+                                            "0.000000", "0.0"]
+
+
+def test_format_csv(db_path: Path) -> None:
+    out = format_report(build_report(db_path, by="day"), by="day", fmt="csv")
+    parsed = list(csv.DictReader(io.StringIO(out)))
+    assert list(parsed[0]) == ["day", "requests", "errors", "cancelled", "tokens_prompt",
+                               "tokens_completion", "tokens_cached", "tokens_reasoning",
+                               "cost", "avg_latency_ms"]
+    assert [(r["day"], r["requests"], r["cost"]) for r in parsed] == [
+        ("2024-05-01", "1", "0.5"), ("2024-05-02", "2", "2.25"), ("2024-05-03", "1", "0.0")]
+
+
+def test_format_json_round_trips(db_path: Path) -> None:
+    report = build_report(db_path, by="key")
+    assert json.loads(format_report(report, by="key", fmt="json")) == report
+
+
+def test_format_unknown_is_refused() -> None:
+    with pytest.raises(ValueError, match="table, csv, json"):
+        format_report([], by="key", fmt="xml")
