@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import logging
+import re
 import secrets
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from .config.model import Config
 
 DEFAULT_CONFIG = "config/routes.yaml"
 KEY_PREFIX = "sk-ar-"
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # the schema's identifier
 log = logging.getLogger("anyrouter_proxy")
 
 
@@ -44,6 +46,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_new(args: argparse.Namespace) -> int:
+    if not KEY_NAME.fullmatch(args.name):
+        print(f"error: key name {args.name!r} must be 1-64 letters, digits, '_', '.' or '-', "
+              "starting with a letter or digit", file=sys.stderr)
+        return 2
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     digest = hashlib.sha256(key.encode()).hexdigest()
     print(f"API key for {args.name} (shown once; store it now):\n\n  {key}\n")

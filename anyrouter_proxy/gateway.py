@@ -353,7 +353,12 @@ class StreamSession:
                     await write(b"".join(out))
                 if failure is not None:
                     raise failure
-            await write(b"".join(translator.finish()))
+            tail = translator.finish()
+            # The row is queued before the last bytes go out, so a client that reads
+            # /generation right after the stream finds it.
+            self._fill_record()
+            books.close(usage=translator.usage, completion_estimate=events)
+            await write(b"".join(tail))
         except ProxyError as exc:
             self._fill_record()
             books.close(error=exc, usage=translator.usage, completion_estimate=events)
@@ -362,9 +367,6 @@ class StreamSession:
             self._fill_record()
             books.close(cancelled=True, usage=translator.usage, completion_estimate=events)
             raise
-        else:
-            self._fill_record()
-            books.close(usage=translator.usage, completion_estimate=events)
         finally:
             await _discard(self._response, self._chunks)
 

@@ -38,6 +38,7 @@ from .model import (
 PathItems = tuple[str | int, ...]
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,32 +99,52 @@ class _Builder:
         self._scalars = _Loader("")
 
     def build(self, node: yaml.Node, path: PathItems = ()) -> Any:
-        self.lines[path] = node.start_mark.line + 1
+        self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(child, (*path, i)) for i, child in enumerate(node.value)]
-        value = self._scalars.construct_object(node)
+        value = self._scalar(node, path)
         if isinstance(value, str) and "${" in value:
             value = self._substitute(value, path)
         return value
 
+    def _scalar(self, node: yaml.Node, path: PathItems) -> Any:
+        try:
+            return self._scalars.construct_object(node)
+        except (yaml.YAMLError, ValueError) as exc:
+            reason = getattr(exc, "problem", None) or str(exc)
+            self._problem(path, node.start_mark.line + 1, f"invalid value: {reason}")
+            return None
+
     def _mapping(self, node: yaml.MappingNode, path: PathItems) -> dict[Any, Any]:
         result: dict[Any, Any] = {}
+        merged: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = self._scalars.construct_object(key_node)
+            if key_node.tag == _MERGE_TAG:  # `<<: *defaults`: explicit keys win
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) \
+                    else [value_node]
+                for source in sources:
+                    value = self.build(source, path)
+                    if isinstance(value, dict):
+                        merged = {**value, **merged}
+                    else:
+                        self._problem(path, key_node.start_mark.line + 1,
+                                      "a merge key (<<) must refer to a mapping")
+                continue
+            key = self._scalar(key_node, path)
             if not isinstance(key, str | int | float | bool) and key is not None:
                 self._problem(path, key_node.start_mark.line + 1, "mapping keys must be scalars")
                 continue
             key = str(key)
+            child = (*path, key)
             if key in result:
-                self._problem(
-                    (*path, key), key_node.start_mark.line + 1,
-                    f"duplicate key {key!r} (first at line {self.lines[(*path, key)]})",
-                )
+                self._problem(child, key_node.start_mark.line + 1,
+                              f"duplicate key {key!r} (first at line {self.lines[child]})")
                 continue
-            result[key] = self.build(value_node, (*path, key))
-        return result
+            self.lines[child] = key_node.start_mark.line + 1  # problems point at the key
+            result[key] = self.build(value_node, child)
+        return {**merged, **result}
 
     def _substitute(self, text: str, path: PathItems) -> str:
         def replace(match: re.Match[str]) -> str:
@@ -167,16 +188,17 @@ def parse_config(
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise ConfigError(source, [ConfigProblem("", line, f"invalid YAML: {exc}")]) from exc
-    data: Any = builder.build(node) if node is not None else None
+    if node is None:
+        raise ConfigError(source, [ConfigProblem("", None, "the file is empty: expected a "
+                                                 "mapping with version, providers and models")])
+    data: Any = builder.build(node)
     problems = list(builder.problems)
-    for error in sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.path))):
-        items = tuple(error.absolute_path)
-        problems.append(ConfigProblem(render_path(items), _line_of(builder.lines, items),
-                                      _describe(error)))
+    for error in _validator().iter_errors(data):
+        problems.extend(_schema_problems(error, builder.lines))
     if isinstance(data, dict):
         problems.extend(_cross_check(data, builder.lines))
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, _first_per_path(problems))
     return _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None)
 
 
@@ -193,12 +215,31 @@ def _line_of(lines: Mapping[PathItems, int], items: PathItems) -> int | None:
     return lines.get(items)
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
-    if error.validator == "additionalProperties":
-        return f"unknown field ({error.message.split('(')[-1].rstrip(')')})"
+def _schema_problems(error: jsonschema.ValidationError,
+                     lines: Mapping[PathItems, int]) -> Iterator[ConfigProblem]:
+    items = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        for name in error.instance:
+            if name not in known:  # one problem per unknown field, at its own line
+                field_path = (*items, name)
+                yield ConfigProblem(render_path(field_path), _line_of(lines, field_path),
+                                    f"unknown field {name!r}")
+        return
     if error.validator == "pattern" and "propertyNames" not in error.schema_path:
-        return f"{error.instance!r} is not in the expected form"
-    return str(error.message)
+        message = f"{error.instance!r} is not in the expected form"
+    else:
+        message = str(error.message)
+    yield ConfigProblem(render_path(items), _line_of(lines, items), message)
+
+
+def _first_per_path(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    """One problem per path (the first found: its cause), in line order."""
+    seen: dict[str, ConfigProblem] = {}
+    for problem in problems:
+        if problem.path not in seen or problem.message.startswith("duplicate key"):
+            seen.setdefault(problem.path + ("#dup" if problem.path in seen else ""), problem)
+    return sorted(seen.values(), key=lambda p: (p.line or 0))
 
 
 def _dicts(value: Any) -> dict[str, dict[str, Any]]:

@@ -127,8 +127,6 @@ def test_check_ignores_credentials_in_the_process_environment(
     assert "OK (4 providers, 6 models, 1 keys)" in out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG loader.py _Builder: an unknown YAML tag raises "
-                   "yaml ConstructorError through cli._load_or_report: a traceback, not a problem")
 def test_check_reports_an_unknown_yaml_tag_as_a_problem(tmp_path: Path) -> None:
     path = tmp_path / "tagged.yaml"
     path.write_text(BAD.replace('"${ANYROUTER_TEST_UNSET}"', "!secret FOO"), "utf-8")
