@@ -40,6 +40,7 @@ from .errors import (
     UpstreamTimeout,
     error_for_status,
 )
+from .providers.anthropic import anthropic_headers
 from .providers.base import CallContext, Exchange, StreamTranslator
 from .providers.registry import exchange_for
 from .ratelimit import Limiter
@@ -67,6 +68,7 @@ class ProxyRequest:
     trace_id: str | None = None
     forced_provider: str | None = None
     gen_id: str = field(default_factory=new_generation_id)
+    client_headers: dict[str, str] = field(default_factory=dict)  # anthropic-version, -beta
 
 
 @dataclass(slots=True)
@@ -172,6 +174,32 @@ class Gateway:
                                             code="internal_error", status=500))
             raise
 
+    async def count_tokens(self, req: ProxyRequest) -> Answer:
+        """POST /messages/count_tokens: passed to the first Anthropic route (free upstream,
+        so it is not a generation); models without one get the local estimate."""
+        config = self.config
+        model = self.model_for(req.key, req.body.get("model"), config)
+        targets = resolve_targets(model, config.providers, forced=req.forced_provider,
+                                  draw=self._draw)
+        for target in targets:
+            if target.provider.kind != "anthropic":
+                continue
+            ctx = CallContext(req.gen_id, model.id, int(time.time()), target.provider,
+                              target.route, False, False, config.server.default_max_tokens,
+                              req.client_headers)
+            body = {**req.body, "model": target.route.model}
+            response = await self.http.send(target.provider, "/messages/count_tokens",
+                                            orjson.dumps(body), anthropic_headers(ctx))
+            try:
+                raw = await response.read()
+            finally:
+                response.close()
+            if response.status >= 400:
+                raise upstream_failure(ctx, response.status, raw, response.headers)
+            return Answer(200, raw, {"X-AnyRouter-Provider": target.provider.id})
+        estimate = {"input_tokens": estimate_prompt_tokens(req.body), "estimated": True}
+        return Answer(200, orjson.dumps(estimate), {})
+
     def _open_books(self, req: ProxyRequest, model: ModelConfig, stream: bool,
                     config: Config) -> Books:
         body = req.body
@@ -221,7 +249,8 @@ class Gateway:
                 if exchange is None:
                     continue
                 yield CallContext(req.gen_id, model.id, created, target.provider, target.route,
-                                  stream, include_usage, default_max_tokens), exchange
+                                  stream, include_usage, default_max_tokens,
+                                  req.client_headers), exchange
 
         return generate()
 

@@ -18,7 +18,7 @@ from anyrouter_proxy.config.loader import load_config
 from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.server.app import create_app
 from anyrouter_proxy.server.state import GATEWAY, STORE
-from tests.fakes import FakeOpenAI
+from tests.fakes import FakeAnthropic, FakeOpenAI
 
 ALICE_KEY = "sk-ar-test-alice-0123456789abcdef0123456789"
 BOB_KEY = "sk-ar-test-bob-0123456789abcdef0123456789abcd"
@@ -98,6 +98,19 @@ async def fake_openai(aiohttp_server: Any) -> FakeOpenAI:
 @pytest.fixture
 async def fake_backup(aiohttp_server: Any) -> FakeOpenAI:
     return await _serve_fake(aiohttp_server, "backup")
+
+
+@pytest.fixture
+async def fake_anthropic(aiohttp_server: Any) -> FakeAnthropic:
+    fake = FakeAnthropic("anthropic")
+    server = await aiohttp_server(fake.app())
+    fake.base_url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
+    return fake
+
+
+def anthropic_provider(fake: FakeAnthropic, **extra: Any) -> dict[str, Any]:
+    return {"kind": "anthropic", "base_url": fake.base_url,  # type: ignore[attr-defined]
+            "api_key": PROVIDER_KEY, **extra}
 
 
 def openai_provider(fake: FakeOpenAI, **extra: Any) -> dict[str, Any]:

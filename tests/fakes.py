@@ -93,7 +93,13 @@ class FakeOpenAI:
         if body.get("stream"):
             return await self._stream(request, body, behaviour, base, chat)
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
-        if chat:
+        if chat and body.get("tools"):
+            choice["finish_reason"] = "tool_calls"
+            choice["message"] = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {
+                    "name": body["tools"][0]["function"]["name"],
+                    "arguments": '{"city": "Paris"}'}}]}
+        elif chat:
             choice["message"] = {"role": "assistant", "content": ANSWER, "refusal": None}
         else:
             choice["text"] = ANSWER
@@ -121,8 +127,20 @@ class FakeOpenAI:
                 delta["role"] = "assistant"
             events.append(chunk([{"index": 0, "delta": delta, "finish_reason": None}] if chat
                                 else [{"index": 0, "text": text, "finish_reason": None}]))
-        events.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}] if chat
-                            else [{"index": 0, "text": "", "finish_reason": "stop"}]))
+        finish = "stop"
+        if chat and body.get("tools"):
+            name = body["tools"][0]["function"]["name"]
+            pieces = ['{"ci', 'ty": "Pa', 'ris"}']
+            for n, piece in enumerate(pieces):
+                call: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
+                if n == 0:
+                    call.update(id="call_1", type="function")
+                    call["function"]["name"] = name
+                events.append(chunk([{"index": 0, "delta": {"tool_calls": [call]},
+                                      "finish_reason": None}]))
+            finish = "tool_calls"
+        events.append(chunk([{"index": 0, "delta": {}, "finish_reason": finish}] if chat
+                            else [{"index": 0, "text": "", "finish_reason": finish}]))
         if include_usage:
             events.append(chunk([], {**USAGE, "completion_tokens": behaviour.chunks,
                                      "total_tokens": USAGE["prompt_tokens"] + behaviour.chunks}))
@@ -177,3 +195,125 @@ def _raw_or_json(behaviour: Behaviour) -> web.Response:
         body = {"error": {"message": f"fake failure {behaviour.status}", "type": "server_error",
                           "code": None, "param": None}}
     return web.json_response(body, status=behaviour.status, headers=behaviour.headers)
+
+
+class FakeAnthropic:
+    """A fake Anthropic Messages API: the exact event sequence, and the validation the real
+    API does on what a gateway might get wrong (max_tokens, system inside messages)."""
+
+    def __init__(self, name: str = "anthropic") -> None:
+        self.name = name
+        self.requests: list[Recorded] = []
+        self.script: deque[Behaviour] = deque()
+        self.cancelled = 0
+        self.completed = 0
+
+    def then(self, *behaviours: Behaviour) -> FakeAnthropic:
+        self.script.extend(behaviours)
+        return self
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/messages", self._messages)
+        app.router.add_post("/v1/messages/count_tokens", self._count_tokens)
+        return app
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        return web.json_response({"input_tokens": 42})
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(Recorded(request.path, dict(request.headers), body))
+        behaviour = self.script.popleft() if self.script else Behaviour()
+        problem = _anthropic_problem(request, body)
+        if problem:
+            return web.json_response({"type": "error", "error": {
+                "type": "invalid_request_error", "message": problem}}, status=400)
+        if behaviour.delay_s:
+            await asyncio.sleep(behaviour.delay_s)
+        if behaviour.status != 200 or behaviour.body is not None:
+            return _raw_or_json(behaviour)
+        tool = body["tools"][0]["name"] if body.get("tools") else None
+        content: list[dict[str, Any]] = [{"type": "text", "text": ANSWER}]
+        if tool:
+            content.append({"type": "tool_use", "id": "toolu_01", "name": tool,
+                            "input": {"city": "Paris"}})
+        usage = {"input_tokens": 20, "output_tokens": 7, "cache_read_input_tokens": 5,
+                 "cache_creation_input_tokens": 0}
+        message = {"id": f"msg_{self.name}_{len(self.requests)}", "type": "message",
+                   "role": "assistant", "model": body["model"], "content": content,
+                   "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None,
+                   "usage": usage}
+        if not body.get("stream"):
+            self.completed += 1
+            return web.json_response(message)
+        return await self._stream(request, message, behaviour)
+
+    async def _stream(self, request: web.Request, message: dict[str, Any],
+                      behaviour: Behaviour) -> web.StreamResponse:
+        def event(name: str, data: dict[str, Any]) -> bytes:
+            return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+        start = {**message, "content": [], "stop_reason": None,
+                 "usage": {**message["usage"], "output_tokens": 1}}
+        events = [event("message_start", {"type": "message_start", "message": start})]
+        for index, block in enumerate(message["content"]):
+            if block["type"] == "text":
+                events.append(event("content_block_start", {
+                    "type": "content_block_start", "index": index,
+                    "content_block": {"type": "text", "text": ""}}))
+                events.append(event("ping", {"type": "ping"}))
+                for piece in ("Hello from ", "the fake ", "upstream!"):
+                    events.append(event("content_block_delta", {
+                        "type": "content_block_delta", "index": index,
+                        "delta": {"type": "text_delta", "text": piece}}))
+            else:
+                events.append(event("content_block_start", {
+                    "type": "content_block_start", "index": index,
+                    "content_block": {"type": "tool_use", "id": block["id"],
+                                      "name": block["name"], "input": {}}}))
+                for piece in ('{"ci', 'ty": "Pa', 'ris"}'):
+                    events.append(event("content_block_delta", {
+                        "type": "content_block_delta", "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": piece}}))
+            events.append(event("content_block_stop", {"type": "content_block_stop",
+                                                       "index": index}))
+        events.append(event("message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+            "usage": {"output_tokens": message["usage"]["output_tokens"]}}))
+        if not behaviour.no_done:
+            events.append(event("message_stop", {"type": "message_stop"}))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for n, raw in enumerate(events):
+                if behaviour.error_event_after == n:
+                    await response.write(event("error", {"type": "error", "error": {
+                        "type": "overloaded_error", "message": "Overloaded"}}))
+                    return response
+                await response.write(raw)
+                if behaviour.chunk_delay_s:
+                    await asyncio.sleep(behaviour.chunk_delay_s)
+        except (asyncio.CancelledError, ConnectionError):
+            self.cancelled += 1
+            raise
+        self.completed += 1
+        await response.write_eof()
+        return response
+
+
+def _anthropic_problem(request: web.Request, body: dict[str, Any]) -> str | None:
+    """What the real API rejects that a translating gateway could get wrong."""
+    if not request.headers.get("x-api-key"):
+        return "x-api-key header is required"
+    if not request.headers.get("anthropic-version"):
+        return "anthropic-version header is required"
+    if not isinstance(body.get("max_tokens"), int):
+        return "max_tokens: Field required"
+    for i, message in enumerate(body.get("messages", [])):
+        if message.get("role") not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+    return None

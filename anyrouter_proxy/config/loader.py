@@ -219,7 +219,7 @@ def _schema_problems(error: jsonschema.ValidationError,
                      lines: Mapping[PathItems, int]) -> Iterator[ConfigProblem]:
     items = tuple(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-        known = error.schema.get("properties", {})
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
         for name in error.instance:
             if name not in known:  # one problem per unknown field, at its own line
                 field_path = (*items, name)

@@ -7,7 +7,8 @@ translator. It never does I/O; the gateway sends what it builds through `upstrea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..config.model import ProviderConfig, Route
@@ -27,6 +28,8 @@ class CallContext:
     stream: bool
     include_usage: bool  # the client asked for the usage chunk (stream_options)
     default_max_tokens: int = 4096
+    # Client headers an upstream may need (anthropic-version, anthropic-beta).
+    client_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -47,9 +50,14 @@ class Reply:
 
 
 class StreamTranslator(Protocol):
-    usage: Usage | None
-    finish_reason: str | None
-    upstream_id: str | None
+    @property
+    def usage(self) -> Usage | None: ...
+
+    @property
+    def finish_reason(self) -> str | None: ...
+
+    @property
+    def upstream_id(self) -> str | None: ...
 
     def feed(self, event: SSEEvent) -> list[bytes]:
         """Client-bound wire bytes for one upstream event; raises ProxyError for an

@@ -10,6 +10,12 @@ import orjson
 from ..errors import UpstreamError
 from ..sse import SSEEvent, encode_event
 from ..types import CHAT, COMPLETIONS, ENDPOINT_PATHS, Usage
+from .anthropic_stream import OpenAIToAnthropicStream
+from .anthropic_translate import (
+    anthropic_to_openai_request,
+    message_id,
+    openai_to_anthropic_response,
+)
 from .base import CallContext, Reply, UpstreamCall
 
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -149,3 +155,68 @@ def _stream_error(raw: Any, ctx: CallContext) -> UpstreamError:
     return UpstreamError(
         f"Provider {ctx.provider.id} failed mid-stream: {message or 'unknown error'}",
         metadata={"provider_name": ctx.provider.id})
+
+
+class AnthropicViaOpenAI:
+    """Anthropic Messages client, OpenAI-compatible upstream."""
+
+    def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
+        out = anthropic_to_openai_request(body, upstream_model=ctx.route.model)
+        if ctx.stream:
+            out["stream_options"] = {"include_usage": True}
+        return UpstreamCall(ENDPOINT_PATHS[CHAT], out, openai_headers(ctx))
+
+    def reply(self, data: Any, ctx: CallContext) -> Reply:
+        if not isinstance(data, dict):
+            raise invalid_response(ctx, "not a JSON object")
+        body = openai_to_anthropic_response(data, model=ctx.model)
+        choices = data.get("choices")
+        finish = choices[0].get("finish_reason") if isinstance(choices, list) and choices \
+            and isinstance(choices[0], dict) else None
+        upstream_id = data.get("id")
+        return Reply(body, parse_usage(data.get("usage")), finish,
+                     upstream_id if isinstance(upstream_id, str) else None)
+
+    def translator(self, ctx: CallContext) -> OpenAIToAnthropicRelay:
+        return OpenAIToAnthropicRelay(ctx)
+
+
+class OpenAIToAnthropicRelay:
+    __slots__ = ("_ctx", "_done", "_stream", "upstream_id")
+
+    def __init__(self, ctx: CallContext) -> None:
+        self._ctx = ctx
+        self._done = False
+        self._stream = OpenAIToAnthropicStream(model=ctx.model, message_id=message_id(None))
+        self.upstream_id: str | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._stream.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._stream.finish_reason
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        if event.is_done:
+            self._done = True
+            return []
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            raise invalid_response(self._ctx, "a stream event is not JSON") from None
+        if isinstance(chunk, dict):
+            if "error" in chunk:
+                raise _stream_error(chunk["error"], self._ctx)
+            if self.upstream_id is None and isinstance(chunk.get("id"), str):
+                self.upstream_id = chunk["id"]
+        return [encode_event(orjson.dumps(data), name) for name, data in self._stream.feed(chunk)]
+
+    def finish(self) -> list[bytes]:
+        if not self._done:
+            raise UpstreamError(
+                f"Provider {self._ctx.provider.id} ended the stream before [DONE]",
+                code="upstream_invalid_response",
+                metadata={"provider_name": self._ctx.provider.id})
+        return [encode_event(orjson.dumps(data), name) for name, data in self._stream.finish()]

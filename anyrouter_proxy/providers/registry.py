@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from ..types import CHAT, COMPLETIONS, EMBEDDINGS
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
+from .anthropic import AnthropicPassthrough, OpenAIViaAnthropic
 from .base import Exchange
-from .openai import OpenAIPassthrough
+from .openai import AnthropicViaOpenAI, OpenAIPassthrough
 
-_OPENAI_WIRE = {endpoint: OpenAIPassthrough(endpoint) for endpoint in (CHAT, COMPLETIONS,
-                                                                       EMBEDDINGS)}
-_EXCHANGES: dict[tuple[str, str], Exchange] = {
-    **{(endpoint, "openai"): exchange for endpoint, exchange in _OPENAI_WIRE.items()},
-    **{(endpoint, "mock"): exchange for endpoint, exchange in _OPENAI_WIRE.items()},
+_OPENAI_WIRE: dict[str, Exchange] = {
+    CHAT: OpenAIPassthrough(CHAT),
+    COMPLETIONS: OpenAIPassthrough(COMPLETIONS),
+    EMBEDDINGS: OpenAIPassthrough(EMBEDDINGS),
+    MESSAGES: AnthropicViaOpenAI(),
 }
+_ANTHROPIC_WIRE: dict[str, Exchange] = {
+    CHAT: OpenAIViaAnthropic(),
+    MESSAGES: AnthropicPassthrough(),
+}
+_BY_KIND = {"openai": _OPENAI_WIRE, "mock": _OPENAI_WIRE, "anthropic": _ANTHROPIC_WIRE}
 
 
 def exchange_for(endpoint: str, kind: str) -> Exchange | None:
     """None when this kind of provider cannot serve the endpoint (routing skips it)."""
-    return _EXCHANGES.get((endpoint, kind))
+    return _BY_KIND.get(kind, {}).get(endpoint)

@@ -18,7 +18,7 @@ from ..upstream import HttpUpstream, Upstream
 from ..usage_store import UsageStore
 from . import info_handlers as info
 from .middlewares import gateway_middleware
-from .proxy_handlers import proxy_handler
+from .proxy_handlers import count_tokens, proxy_handler
 from .state import GATEWAY, LIMITER, METRICS, STORE
 
 API_PREFIXES = ("/api/v1", "/v1")
@@ -56,6 +56,7 @@ def _add_routes(app: web.Application) -> None:
         for endpoint, path in ((CHAT, "/chat/completions"), (COMPLETIONS, "/completions"),
                                (EMBEDDINGS, "/embeddings"), (MESSAGES, "/messages")):
             router.add_post(prefix + path, proxy_handler(endpoint))
+        router.add_post(prefix + "/messages/count_tokens", count_tokens)
         router.add_get(prefix + "/models", info.list_models)
         router.add_get(prefix + "/models/count", info.count_models)
         router.add_get(prefix + "/models/{model_id:.+}", info.get_model)

@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 from ..errors import ProxyError
 from ..gateway import Answer, ProxyRequest, StreamSession, stream_error_event
 from ..sse import KEEPALIVE
+from ..types import MESSAGES
 from .inbound import authenticate, read_json
 from .middlewares import decorate
 from .state import GATEWAY, TRACE_ID
@@ -22,6 +23,14 @@ SSE_HEADERS = {
 }
 
 
+FORWARDABLE_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def _forwardable(request: web.Request) -> dict[str, str]:
+    headers = request.headers
+    return {name: headers[name] for name in FORWARDABLE_HEADERS if name in headers}
+
+
 def proxy_handler(endpoint: str) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         key = authenticate(request)
@@ -29,7 +38,8 @@ def proxy_handler(endpoint: str) -> Handler:
         server = gateway.config.server
         body = await read_json(request, server.max_body_bytes)
         forced = request.headers.get("X-AnyRouter-Provider") or None
-        req = ProxyRequest(endpoint, body, key, request.get(TRACE_ID), forced)
+        req = ProxyRequest(endpoint, body, key, request.get(TRACE_ID), forced,
+                           client_headers=_forwardable(request))
         if body.get("stream") is True and server.sse_keepalive:
             return await _stream_with_keepalive(request, req, server.sse_keepalive_interval_s)
         result = await gateway.proxy(req)
@@ -96,3 +106,15 @@ async def _stream_with_keepalive(request: web.Request, req: ProxyRequest,
             if isinstance(result, StreamSession):
                 await result.abandon()  # opened, but the client left before the relay
         raise
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    key = authenticate(request)
+    gateway = request.app[GATEWAY]
+    body = await read_json(request, gateway.config.server.max_body_bytes)
+    req = ProxyRequest(MESSAGES, body, key, request.get(TRACE_ID),
+                       request.headers.get("X-AnyRouter-Provider") or None,
+                       client_headers=_forwardable(request))
+    answer = await gateway.count_tokens(req)
+    return web.Response(status=answer.status, body=answer.body, headers=answer.headers,
+                        content_type="application/json")

@@ -1,0 +1,188 @@
+"""The Anthropic wire: /v1/messages passed through, and OpenAI chat/completions translated
+to it (the translation itself is in `anthropic_translate.py` / `anthropic_stream.py`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..errors import UpstreamError
+from ..sse import SSEEvent, encode_event
+from ..types import Usage
+from .anthropic_stream import AnthropicToOpenAIStream
+from .anthropic_translate import (
+    FINISH_REASONS,
+    anthropic_to_openai_response,
+    anthropic_usage,
+    openai_to_anthropic_request,
+)
+from .base import CallContext, Reply, UpstreamCall
+
+MESSAGES_PATH = "/messages"
+FORWARDED_CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
+GATEWAY_FIELDS = ("provider", "models", "route", "transforms")
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def anthropic_headers(ctx: CallContext) -> dict[str, str]:
+    headers = {"Content-Type": "application/json",
+               "anthropic-version": ctx.provider.anthropic_version}
+    if ctx.provider.api_key:
+        headers["x-api-key"] = ctx.provider.api_key
+    for name in FORWARDED_CLIENT_HEADERS:
+        value = ctx.client_headers.get(name)
+        if value:
+            headers[name] = value
+    headers.update(ctx.provider.headers)
+    return headers
+
+
+def _invalid(ctx: CallContext, what: str) -> UpstreamError:
+    return UpstreamError(f"Provider {ctx.provider.id} sent an invalid response: {what}",
+                         code="upstream_invalid_response",
+                         metadata={"provider_name": ctx.provider.id})
+
+
+def _event_data(event: SSEEvent, ctx: CallContext) -> dict[str, Any]:
+    try:
+        data = orjson.loads(event.data)
+    except orjson.JSONDecodeError:
+        raise _invalid(ctx, "a stream event is not JSON") from None
+    if not isinstance(data, dict):
+        raise _invalid(ctx, "a stream event is not a JSON object")
+    return data
+
+
+class AnthropicPassthrough:
+    """Anthropic client, Anthropic upstream: swap the model, relay events as they come."""
+
+    def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
+        out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+        out["model"] = ctx.route.model
+        return UpstreamCall(MESSAGES_PATH, out, anthropic_headers(ctx))
+
+    def reply(self, data: Any, ctx: CallContext) -> Reply:
+        if not isinstance(data, dict) or not isinstance(data.get("content"), list):
+            raise _invalid(ctx, "not an Anthropic message")
+        data["model"] = ctx.model
+        usage = anthropic_usage(data["usage"]) if isinstance(data.get("usage"), dict) else None
+        upstream_id = data.get("id")
+        return Reply(data, usage, FINISH_REASONS.get(str(data.get("stop_reason"))),
+                     upstream_id if isinstance(upstream_id, str) else None)
+
+    def translator(self, ctx: CallContext) -> AnthropicRelay:
+        return AnthropicRelay(ctx)
+
+
+class AnthropicRelay:
+    """Relays Anthropic events unchanged (message_start gets the public model id), keeping
+    the usage, stop reason and whether message_stop came."""
+
+    __slots__ = ("_ctx", "_done", "_input", "finish_reason", "upstream_id", "usage")
+
+    def __init__(self, ctx: CallContext) -> None:
+        self._ctx = ctx
+        self._done = False
+        self._input: dict[str, Any] = {}
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.upstream_id: str | None = None
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        name = event.event or ""
+        if name == "ping":
+            return [encode_event(event.data, name)]
+        data = _event_data(event, self._ctx)
+        kind = name or str(data.get("type", ""))
+        if kind == "error":
+            error = data.get("error")
+            message = error.get("message") if isinstance(error, dict) else None
+            raise UpstreamError(f"Provider {self._ctx.provider.id} failed mid-stream: "
+                                f"{message or 'unknown error'}",
+                                metadata={"provider_name": self._ctx.provider.id})
+        if kind == "message_start":
+            message = data.get("message")
+            if isinstance(message, dict):
+                self.upstream_id = message.get("id") if isinstance(message.get("id"), str) \
+                    else None
+                if isinstance(message.get("usage"), dict):
+                    self._input = message["usage"]
+                    self.usage = anthropic_usage(self._input)
+                message["model"] = self._ctx.model
+                return [encode_event(orjson.dumps(data), name or None)]
+        elif kind == "message_delta":
+            delta = data.get("usage")
+            if isinstance(delta, dict):
+                self.usage = anthropic_usage({**self._input, **delta})
+            stop = data.get("delta", {}).get("stop_reason") if isinstance(
+                data.get("delta"), dict) else None
+            if stop:
+                self.finish_reason = FINISH_REASONS.get(stop, stop)
+        elif kind == "message_stop":
+            self._done = True
+        return [encode_event(event.data, name or None)]
+
+    def finish(self) -> list[bytes]:
+        if not self._done:
+            raise UpstreamError(
+                f"Provider {self._ctx.provider.id} ended the stream before message_stop",
+                code="upstream_invalid_response",
+                metadata={"provider_name": self._ctx.provider.id})
+        return []
+
+
+class OpenAIViaAnthropic:
+    """OpenAI chat client, Anthropic upstream."""
+
+    def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
+        out = openai_to_anthropic_request(body, upstream_model=ctx.route.model,
+                                          default_max_tokens=ctx.default_max_tokens)
+        return UpstreamCall(MESSAGES_PATH, out, anthropic_headers(ctx))
+
+    def reply(self, data: Any, ctx: CallContext) -> Reply:
+        body = anthropic_to_openai_response(data, gen_id=ctx.gen_id, model=ctx.model,
+                                            created=ctx.created)
+        body["provider"] = ctx.provider.id
+        usage = anthropic_usage(data.get("usage")) if isinstance(data.get("usage"), dict) \
+            else None
+        choices = body.get("choices") or [{}]
+        upstream_id = data.get("id")
+        return Reply(body, usage, choices[0].get("finish_reason"),
+                     upstream_id if isinstance(upstream_id, str) else None)
+
+    def translator(self, ctx: CallContext) -> AnthropicToOpenAIRelay:
+        return AnthropicToOpenAIRelay(ctx)
+
+
+class AnthropicToOpenAIRelay:
+    __slots__ = ("_ctx", "_stream")
+
+    def __init__(self, ctx: CallContext) -> None:
+        self._ctx = ctx
+        self._stream = AnthropicToOpenAIStream(gen_id=ctx.gen_id, model=ctx.model,
+                                               created=ctx.created,
+                                               include_usage=ctx.include_usage)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._stream.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._stream.finish_reason
+
+    @property
+    def upstream_id(self) -> str | None:
+        return self._stream.upstream_id
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        if event.event == "ping":
+            return []
+        data = _event_data(event, self._ctx)
+        chunks = self._stream.feed(event.event or str(data.get("type", "")), data)
+        return [encode_event(orjson.dumps(chunk)) for chunk in chunks]
+
+    def finish(self) -> list[bytes]:
+        return [encode_event(orjson.dumps(chunk)) for chunk in self._stream.finish()] + \
+            [DONE_EVENT]
