@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from .config.model import ModelConfig
+from .config.model import Pricing
 from .credits import CreditReservation, request_cost
 from .errors import ProxyError
 from .ratelimit import Admission
@@ -26,16 +26,16 @@ class Ledger:
 
 
 class Books:
-    __slots__ = ("_closed", "_ledger", "admission", "model", "prompt_estimate",
+    __slots__ = ("_closed", "_ledger", "admission", "pricing", "prompt_estimate",
                  "provider_admission", "record", "reservation", "started")
 
-    def __init__(self, ledger: Ledger, record: GenerationRecord, model: ModelConfig,
+    def __init__(self, ledger: Ledger, record: GenerationRecord, pricing: Pricing,
                  admission: Admission, reservation: CreditReservation,
                  prompt_estimate: int) -> None:
         self._ledger = ledger
         self._closed = False
         self.record = record
-        self.model = model
+        self.pricing = pricing  # of the route that answered, once one has
         self.admission = admission
         self.reservation = reservation
         self.provider_admission: Admission | None = None
@@ -61,7 +61,7 @@ class Books:
             usage = Usage(prompt_tokens=self.prompt_estimate if rec.attempts else 0,
                           completion_tokens=completion_estimate, source="estimated")
         rec.usage = usage
-        rec.cost = request_cost(self.model.pricing, usage) if rec.attempts else 0.0
+        rec.cost = request_cost(self.pricing, usage) if rec.attempts else 0.0
         rec.cancelled = cancelled
         rec.status_code = error.status if error is not None else (499 if cancelled else status)
         rec.error_code = error.code if error is not None else ("cancelled" if cancelled else None)

@@ -349,13 +349,16 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
         headers=MappingProxyType(dict(raw.get("headers", {}))),
         limits=_limits(raw["limits"]) if "limits" in raw else None,
         anthropic_version=raw.get("anthropic_version", "2023-06-01"),
+        circuit_failures=raw.get("circuit", {}).get("failures", 5),
+        circuit_cooldown_s=raw.get("circuit", {}).get("cooldown_s", 30.0),
     )
 
 
 def _model(mid: str, raw: Mapping[str, Any]) -> ModelConfig:
     routes = tuple(
         Route(provider=r["provider"], model=r["model"], priority=r.get("priority", i),
-              weight=float(r.get("weight", 1)))
+              weight=float(r.get("weight", 1)),
+              pricing=Pricing(**r["pricing"]) if "pricing" in r else None)
         for i, r in enumerate(raw["routes"])
     )
     deprecated = raw.get("deprecated")

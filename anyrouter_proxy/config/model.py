@@ -50,6 +50,8 @@ class ProviderConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     limits: Limits | None = None  # protects an upstream quota
     anthropic_version: str = "2023-06-01"
+    circuit_failures: int = 5
+    circuit_cooldown_s: float = 30.0
 
     @property
     def has_credentials(self) -> bool:
@@ -62,6 +64,7 @@ class Route:
     model: str
     priority: int
     weight: float = 1.0
+    pricing: Pricing | None = None  # overrides the model's pricing for this route
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,10 @@ class ServerConfig:
     sse_keepalive_interval_s: float = 5.0
     log_level: str = "info"
     log_format: str = "json"
+    retries: int = 1
+    retry_backoff_s: float = 0.25
+    retry_backoff_max_s: float = 4.0
+    retry_after_max_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,9 @@ import orjson
 from aiohttp import web
 
 from ..config.model import Config, ModelConfig
-from ..errors import AuthenticationFailed, InvalidRequest, NotFound
-from ..gateway import deprecation_headers
+from ..deprecation import deprecation_headers
+from ..errors import AuthenticationFailed, InvalidRequest, NotFound, ServiceUnavailable
+from ..health import STATE_CODES
 from .inbound import authenticate
 from .state import GATEWAY, LIMITER, METRICS, STORE
 
@@ -93,41 +94,48 @@ async def get_model(request: web.Request) -> web.Response:
     return json_response(model_object(model, config), headers=deprecation_headers(model))
 
 
-def provider_statuses(config: Config) -> dict[str, dict[str, Any]]:
+def provider_statuses(request: web.Request) -> dict[str, dict[str, Any]]:
+    gateway = request.app[GATEWAY]
+    config, board = gateway.config, gateway.board
+    now = board.clock()
     served: dict[str, list[str]] = {pid: [] for pid in config.providers}
     for model in config.models.values():
         for route in model.routes:
             if model.id not in served[route.provider]:
                 served[route.provider].append(model.id)
-    return {
-        pid: {"id": pid, "kind": p.kind,
-              "status": "ok" if p.has_credentials else "no_credentials",
-              "models": served[pid]}
-        for pid, p in config.providers.items()
-    }
+    result = {}
+    for pid, provider in config.providers.items():
+        health = board.get(pid)
+        if not provider.has_credentials:
+            status = "no_credentials"
+        elif not health.would_be_available(now):
+            status = "circuit_open"
+        else:
+            status = "ok"
+        result[pid] = {"id": pid, "kind": provider.kind, "status": status,
+                       "models": served[pid], **health.snapshot(now)}
+    return result
 
 
 async def list_providers(request: web.Request) -> web.Response:
     authenticate(request)
-    statuses = provider_statuses(request.app[GATEWAY].config)
-    return json_response({"object": "list", "data": list(statuses.values())})
+    return json_response({"object": "list", "data": list(provider_statuses(request).values())})
 
 
 async def health(request: web.Request) -> web.Response:
-    config = request.app[GATEWAY].config
-    providers = {pid: {"status": s["status"], "kind": s["kind"]}
-                 for pid, s in provider_statuses(config).items()}
+    providers = {pid: {"status": s["status"], "kind": s["kind"], "circuit": s["circuit"]}
+                 for pid, s in provider_statuses(request).items()}
     serving = any(s["status"] == "ok" for s in providers.values())
     store = request.app[STORE]
     body: dict[str, Any] = {
         "status": "ok" if serving else "unavailable",
         "providers": providers,
         "usage_log": {"status": "degraded" if store.last_error else "ok",
-                      "queue_depth": store.queue_depth, "dropped": store.dropped},
+                      "queue_depth": store.queue_depth, "dropped": store.dropped,
+                      "last_error": store.last_error},
     }
     if not serving:
-        body["error"] = {"message": "No provider can serve requests", "type":
-                         "service_unavailable", "code": "no_provider_available", "param": None}
+        body["error"] = ServiceUnavailable("No provider can serve requests").envelope()["error"]
     return json_response(body, status=200 if serving else 503)
 
 
@@ -181,9 +189,13 @@ async def metrics(request: web.Request) -> web.Response:
     app_metrics = request.app[METRICS]
     store = request.app[STORE]
 
+    board = request.app[GATEWAY].board
+
     def refresh() -> None:
         app_metrics.queue_depth.set(store.queue_depth)
         app_metrics.dropped.set(store.dropped)
+        for provider, state in board.states().items():
+            app_metrics.circuit.labels(provider).set(STATE_CODES[state])
 
     return web.Response(body=app_metrics.render(refresh),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -9,8 +9,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import ProxyError
-from ..gateway import Answer, ProxyRequest, StreamSession, stream_error_event
+from ..gateway import Answer, ProxyRequest
 from ..sse import KEEPALIVE
+from ..stream_session import StreamSession, stream_error_event
 from ..types import MESSAGES
 from .inbound import authenticate, read_json
 from .middlewares import decorate

@@ -144,9 +144,10 @@ async def test_providers_and_health(config_factory: ConfigFactory, fake_openai: 
 
 
 async def test_upstream_server_error_is_502(openai_proxy: Proxy, fake_openai: FakeOpenAI) -> None:
-    fake_openai.then(Behaviour(status=500))
+    fake_openai.then(Behaviour(status=500), Behaviour(status=503))  # the retry fails too
     status, _, body = await post(openai_proxy, "/api/v1/chat/completions", CHAT)
     assert status == 502
+    assert len(fake_openai.requests) == 2
     assert_envelope(body, "upstream_error", "upstream_error")
     assert body["error"]["metadata"]["provider_name"] == "openai"
 
@@ -156,13 +157,15 @@ async def test_upstream_credentials_rejected_is_502_naming_provider(
     fake_openai.then(Behaviour(status=401))
     status, _, body = await post(openai_proxy, "/api/v1/chat/completions", CHAT)
     assert status == 502
+    assert len(fake_openai.requests) == 1  # wrong credentials are not retried
     assert "openai" in body["error"]["message"]
     assert "sk-upstream" not in json.dumps(body)
 
 
 async def test_upstream_non_json_is_invalid_response(openai_proxy: Proxy,
                                                      fake_openai: FakeOpenAI) -> None:
-    fake_openai.then(Behaviour(status=200, body="<html>oops</html>"))
+    fake_openai.then(Behaviour(status=200, body="<html>oops</html>"),
+                     Behaviour(status=200, body="<html>oops</html>"))
     status, _, body = await post(openai_proxy, "/api/v1/chat/completions", CHAT)
     assert status == 502
     assert_envelope(body, "upstream_error", "upstream_invalid_response")
@@ -174,9 +177,10 @@ async def test_upstream_timeout_is_504(config_factory: ConfigFactory, fake_opena
         providers={"openai": openai_provider(fake_openai,
                                              timeouts={"first_byte_s": 0.2})},
         models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai", "model": "x"}]}}))
-    fake_openai.then(Behaviour(delay_s=2))
+    fake_openai.then(Behaviour(delay_s=2), Behaviour(delay_s=2))  # the retry times out too
     status, _, body = await post(proxy, "/api/v1/chat/completions", CHAT)
     assert status == 504
+    assert body["error"]["metadata"]["attempts"] == ["openai", "openai"]
     assert_envelope(body, "timeout_error", "upstream_timeout")
 
 
@@ -253,7 +257,7 @@ async def test_failure_after_keepalive_is_an_error_event(
         providers={"openai": openai_provider(fake_openai, timeouts={"first_byte_s": 0.3})},
         models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai", "model": "x"}]}},
         server={"sse_keepalive_interval_s": 0.05}))
-    fake_openai.then(Behaviour(first_event_delay_s=2))
+    fake_openai.then(Behaviour(first_event_delay_s=2), Behaviour(first_event_delay_s=2))
     blocks = await read_sse(proxy, {**CHAT, "stream": True})
     assert blocks[0].startswith(b": ANYROUTER PROCESSING")
     error = json.loads(blocks[-2].removeprefix(b"data: "))

@@ -1,0 +1,109 @@
+"""How upstream failures are classified and told to the client (SPEC §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from .config.model import ModelConfig
+from .errors import (
+    ProxyError,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    error_for_status,
+)
+
+PASSTHROUGH_STATUSES = frozenset({400, 404, 413, 422})  # the request's fault: returned as is
+CREDENTIAL_STATUSES = frozenset({401, 403})  # the gateway's own misconfiguration
+
+
+def should_fail_over(exc: ProxyError) -> bool:
+    """Another route may succeed where this one failed."""
+    return exc.status not in PASSTHROUGH_STATUSES
+
+
+def worth_retrying(exc: ProxyError) -> bool:
+    """The same route may succeed later: connection errors, timeouts, 429, 5xx."""
+    if (exc.metadata or {}).get("provider_status") in CREDENTIAL_STATUSES:
+        return False
+    return exc.status == 429 or exc.status >= 500
+
+
+def counts_against_health(exc: ProxyError) -> bool:
+    """Failures that say the provider is unwell (rate limiting does not)."""
+    return exc.status >= 500 and exc.code != "internal_error"
+
+
+def retry_after_s(exc: ProxyError) -> float | None:
+    value = exc.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def upstream_failure(provider: str, status: int, raw: bytes,
+                     headers: Mapping[str, str] | None) -> ProxyError:
+    """An upstream error answer, as the error the client (or failover) sees."""
+    message, code, param = _error_fields(raw)
+    meta = {"provider_name": provider, "provider_status": status}
+    if status in PASSTHROUGH_STATUSES:
+        return error_for_status(status, message or f"Provider {provider} rejected the request",
+                                code=code, param=param, metadata=meta)
+    if status in CREDENTIAL_STATUSES:
+        return UpstreamError(f"Provider {provider} rejected the gateway's credentials "
+                             f"({status}); check its api_key", metadata=meta)
+    if status == 429:
+        retry_after = headers.get("Retry-After") if headers is not None else None
+        extra = {"Retry-After": retry_after} if retry_after and retry_after.isdigit() else None
+        return RateLimited(f"Provider {provider} is rate limiting the gateway",
+                           code="upstream_rate_limited", metadata=meta, headers=extra)
+    detail = f": {message}" if message else ""
+    return UpstreamError(f"Provider {provider} failed with status {status}{detail}",
+                         metadata=meta)
+
+
+def _error_fields(raw: bytes) -> tuple[str | None, str | None, str | None]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        text = raw[:300].decode("utf-8", "replace").strip()
+        return (text or None), None, None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        message, code, param = error.get("message"), error.get("code"), error.get("param")
+        return (str(message) if message else None,
+                code if isinstance(code, str) else None,
+                param if isinstance(param, str) else None)
+    if isinstance(error, str):
+        return error, None, None
+    return None, None, None
+
+
+def final_error(model: ModelConfig, failures: list[ProxyError],
+                skipped: list[str]) -> ProxyError:
+    """One error that says what was tried: 429 if all were rate limited, 504 if all timed
+    out, else 502; 503 when nothing could be tried."""
+    if not failures:
+        why = f" (skipped: {', '.join(dict.fromkeys(skipped))})" if skipped else ""
+        return ServiceUnavailable(f"No provider is available for model {model.id} right "
+                                  f"now{why}", metadata={"skipped": list(dict.fromkeys(skipped))})
+    names = [str((f.metadata or {}).get("provider_name", "?")) for f in failures]
+    if len(set(names)) == 1:  # one provider (retried or not): its own last failure
+        failure = failures[-1]
+        failure.metadata = {**(failure.metadata or {}), "attempts": names}
+        return failure
+    tried = ", ".join(f"{name} ({f.status} {f.code})" for name, f in zip(names, failures,
+                                                                          strict=True))
+    meta: dict[str, Any] = {"attempts": names}
+    if all(isinstance(f, RateLimited) for f in failures):
+        return RateLimited(f"Every provider of {model.id} is rate limiting: {tried}",
+                           code="upstream_rate_limited", metadata=meta,
+                           headers=failures[-1].headers)
+    if all(isinstance(f, UpstreamTimeout) for f in failures):
+        return UpstreamTimeout(f"Every provider of {model.id} timed out: {tried}", metadata=meta)
+    return UpstreamError(f"Every provider of {model.id} failed: {tried}", metadata=meta)

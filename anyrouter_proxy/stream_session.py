@@ -1,0 +1,130 @@
+"""Relaying an opened upstream stream to the client, event by event.
+
+Once the first bytes have gone out nothing is retried: an upstream failure becomes a final
+error event in the client's dialect (SPEC §5), and a client that leaves stops the upstream
+read and is accounted as cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+
+from .accounting import Books
+from .errors import ProxyError
+from .providers.base import StreamTranslator
+from .sse import SSEDecoder, encode_event
+from .types import MESSAGES
+from .upstream import UpstreamResponse
+
+Write = Callable[[bytes], Awaitable[None]]
+
+
+def stream_error_event(endpoint: str, exc: ProxyError) -> bytes:
+    """The final event of a stream that failed, in the client's dialect."""
+    envelope = exc.envelope()
+    if endpoint == MESSAGES:
+        return encode_event(orjson.dumps({"type": "error", **envelope}), "error")
+    return encode_event(orjson.dumps(envelope)) + b"data: [DONE]\n\n"
+
+
+def translate(chunk: bytes, decoder: SSEDecoder, translator: StreamTranslator
+              ) -> tuple[list[bytes], ProxyError | None]:
+    """Client bytes for one upstream read, and the failure that cut it short, if any:
+    events before a failure in the same read still reach the client."""
+    out: list[bytes] = []
+    try:
+        for event in decoder.feed(chunk):
+            out.extend(translator.feed(event))
+    except ProxyError as exc:
+        return out, exc
+    return out, None
+
+
+async def first_output(chunks: AsyncIterator[bytes], decoder: SSEDecoder,
+                       translator: StreamTranslator) -> tuple[list[bytes], ProxyError | None]:
+    """Read until there is something for the client (or fail, so routing can move on)."""
+    async for chunk in chunks:
+        out, failure = translate(chunk, decoder, translator)
+        if failure is not None and not out:
+            raise failure
+        if out:
+            return out, failure
+    return translator.finish(), None  # raises: the stream ended before any event
+
+
+async def discard(response: UpstreamResponse | None,
+                  chunks: AsyncIterator[bytes] | None) -> None:
+    if chunks is not None:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if response is not None:
+        response.close()
+
+
+class StreamSession:
+    """An opened upstream stream whose first client-bound bytes are ready."""
+
+    def __init__(self, endpoint: str, headers: dict[str, str], books: Books,
+                 response: UpstreamResponse, chunks: AsyncIterator[bytes],
+                 decoder: SSEDecoder, translator: StreamTranslator, first: list[bytes],
+                 failure: ProxyError | None = None,
+                 on_upstream_failure: Callable[[ProxyError], None] | None = None) -> None:
+        self.endpoint = endpoint
+        self.headers = headers
+        self._books = books
+        self._response = response
+        self._chunks = chunks
+        self._decoder = decoder
+        self._translator = translator
+        self._pending = first
+        self._failure = failure  # already happened, after the first events
+        self._on_upstream_failure = on_upstream_failure
+
+    async def relay(self, write: Write) -> None:
+        """Write the whole stream; always ends with the normal end or an error event."""
+        translator, books = self._translator, self._books
+        events = len(self._pending)
+        try:
+            await write(b"".join(self._pending))
+            if self._failure is not None:
+                raise self._failure
+            async for chunk in self._chunks:
+                out, failure = translate(chunk, self._decoder, translator)
+                if out:
+                    events += len(out)
+                    await write(b"".join(out))
+                if failure is not None:
+                    raise failure
+            tail = translator.finish()
+            # The row is queued before the last bytes go out, so a client that reads
+            # /generation right after the stream finds it.
+            self._fill_record()
+            books.close(usage=translator.usage, completion_estimate=events)
+            await write(b"".join(tail))
+        except ProxyError as exc:
+            self._fill_record()
+            if self._on_upstream_failure is not None:
+                self._on_upstream_failure(exc)
+            books.close(error=exc, usage=translator.usage, completion_estimate=events)
+            await write(stream_error_event(self.endpoint, exc))
+        except (asyncio.CancelledError, ConnectionError):
+            self._fill_record()
+            books.close(cancelled=True, usage=translator.usage, completion_estimate=events)
+            raise
+        finally:
+            await discard(self._response, self._chunks)
+
+    async def abandon(self) -> None:
+        """The client went away before the relay began."""
+        self._fill_record()
+        self._books.close(cancelled=True, usage=self._translator.usage)
+        await discard(self._response, self._chunks)
+
+    def _fill_record(self) -> None:
+        record = self._books.record
+        record.upstream_id = self._translator.upstream_id
+        record.finish_reason = self._translator.finish_reason
