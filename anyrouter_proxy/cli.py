@@ -85,7 +85,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return 1
-    return serve(config, host=args.host, port=args.port, log_level=args.log_level)
+    return serve(config, host=args.host, port=args.port, log_level=args.log_level,
+                 log_format=args.log_format)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--log-format", choices=("json", "text"),
+                       help="json lines (default) or readable text for development")
     serve.set_defaults(func=cmd_serve)
 
     check = commands.add_parser("check", help="validate the config")

@@ -26,7 +26,7 @@ import orjson
 from .accounting import Books, Ledger
 from .config.model import Config, KeyConfig, ModelConfig, Pricing
 from .credits import CreditLedger, estimate_prompt_tokens, worst_case_cost
-from .deprecation import deprecation_headers, is_sunset
+from .deprecation import deprecation_headers, endpoint_headers, is_sunset
 from .errors import (
     AuthenticationFailed,
     Gone,
@@ -54,7 +54,15 @@ from .ratelimit import Limiter
 from .routing import Target, fallback_models, parse_prefs, resolve_targets
 from .sse import SSEDecoder
 from .stream_session import StreamSession, discard, first_output
-from .types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, Attempt, GenerationRecord
+from .types import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    ENDPOINT_PATHS,
+    MESSAGES,
+    Attempt,
+    GenerationRecord,
+)
 from .upstream import Upstream, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -76,6 +84,7 @@ class ProxyRequest:
     forced_provider: str | None = None
     gen_id: str = field(default_factory=new_generation_id)
     client_headers: dict[str, str] = field(default_factory=dict)  # anthropic-version, -beta
+    record: GenerationRecord | None = None  # its usage row, once it has one
 
 
 @dataclass(slots=True)
@@ -175,8 +184,14 @@ class Gateway:
 
     # -- proxying --------------------------------------------------------------------
 
+    def endpoint_headers(self, endpoint: str) -> dict[str, str]:
+        """Deprecation headers of the endpoint itself; raises 410 after its sunset."""
+        path = ENDPOINT_PATHS[endpoint]
+        return endpoint_headers(path, self.config.deprecations.get(path))
+
     async def proxy(self, req: ProxyRequest) -> Answer | StreamSession:
         config = self.config
+        endpoint_extra = self.endpoint_headers(req.endpoint)
         models = self._models_for(req, config)
         stream = _validate(req.endpoint, req.body)
         targets = self._targets(req, models, config)
@@ -186,7 +201,7 @@ class Gateway:
                                     detail={"provider": req.forced_provider,
                                             "model": models[0].id})
         books = self._open_books(req, models[0], targets, stream, config)
-        headers = {"X-AnyRouter-Generation-Id": req.gen_id}
+        headers = {"X-AnyRouter-Generation-Id": req.gen_id, **endpoint_extra}
         try:
             if stream:
                 return await self._try_targets(req, targets, books, headers,
@@ -236,6 +251,7 @@ class Gateway:
         record = GenerationRecord(id=req.gen_id, created_at=time.time(), key_name=req.key.name,
                                   endpoint=req.endpoint, model=model.id, trace_id=req.trace_id,
                                   streamed=stream)
+        req.record = record
         return Books(self.ledger, record, targets[0].pricing, admission, reservation,
                      prompt_tokens)
 

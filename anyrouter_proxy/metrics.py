@@ -59,6 +59,9 @@ class Metrics:
         self.config_loaded = Gauge("anyrouter_config_loaded_timestamp_seconds",
                                    "When the config in force was loaded.", registry=r)
         self.config_loaded.set(time.time())
+        self.credits_remaining = Gauge("anyrouter_key_credits_remaining_usd",
+                                       "Credit left per key with credits (USD), at scrape "
+                                       "time.", ["key"], registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:

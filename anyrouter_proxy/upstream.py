@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Protocol
 
 import aiohttp
 
-from .config.model import ProviderConfig
+from .config.model import ProviderConfig, Timeouts
 from .errors import UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ class Upstream(Protocol):
                    headers: Mapping[str, str]) -> UpstreamResponse: ...
 
     async def close(self) -> None: ...
+
+    def retire(self, providers: Iterable[ProviderConfig]) -> None: ...
 
 
 class HttpResponse:
@@ -97,13 +99,16 @@ class HttpResponse:
 
 
 class HttpUpstream:
-    """One ClientSession per provider, created lazily and kept for the process."""
+    """One ClientSession per provider (and its timeouts), created on first use and kept
+    until a config reload retires it."""
 
     def __init__(self) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._sessions: dict[tuple[str, Timeouts], aiohttp.ClientSession] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def _session(self, provider: ProviderConfig) -> aiohttp.ClientSession:
-        session = self._sessions.get(provider.id)
+        key = (provider.id, provider.timeouts)
+        session = self._sessions.get(key)
         if session is None or session.closed:
             timeouts = provider.timeouts
             session = aiohttp.ClientSession(
@@ -114,7 +119,7 @@ class HttpUpstream:
                 auto_decompress=True,
                 skip_auto_headers=("User-Agent",),
             )
-            self._sessions[provider.id] = session
+            self._sessions[key] = session
         return session
 
     async def send(self, provider: ProviderConfig, path: str, body: bytes,
@@ -129,15 +134,29 @@ class HttpUpstream:
             raise _broken(provider, exc) from exc
         return HttpResponse(provider, response)
 
-    async def close_provider(self, provider_id: str) -> None:
-        session = self._sessions.pop(provider_id, None)
-        if session is not None:
-            await session.close()
+    def retire(self, providers: Iterable[ProviderConfig]) -> None:
+        """After a reload: sessions of providers gone or changed close once the requests
+        they carry can have ended (the provider's total_s)."""
+        current = {(p.id, p.timeouts) for p in providers}
+        for key in [k for k in self._sessions if k not in current]:
+            session = self._sessions.pop(key)
+            task = asyncio.create_task(_close_later(session, key[1].total_s))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()
+
+
+async def _close_later(session: aiohttp.ClientSession, delay_s: float) -> None:
+    try:
+        await asyncio.sleep(delay_s)
+    finally:
+        await session.close()
 
 
 def _timeout(provider: ProviderConfig, waiting_for: str) -> UpstreamTimeout:

@@ -29,6 +29,7 @@ from .model import (
     ModelConfig,
     Pricing,
     ProviderConfig,
+    ReloadConfig,
     Route,
     ServerConfig,
     StorageConfig,
@@ -335,6 +336,9 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
         models=MappingProxyType(models),
         keys=MappingProxyType(keys),
         keys_by_hash=MappingProxyType({k.key_sha256: k for k in keys.values()}),
+        reload=ReloadConfig(**data.get("reload", {})),
+        deprecations=MappingProxyType({path: _deprecation(raw) for path, raw
+                                       in (data.get("deprecations") or {}).items()}),
         version=data["version"],
     )
 
@@ -370,11 +374,15 @@ def _model(mid: str, raw: Mapping[str, Any]) -> ModelConfig:
         context_length=raw.get("context_length"),
         max_output_tokens=raw.get("max_output_tokens"),
         pricing=Pricing(**raw.get("pricing", {})),
-        deprecated=Deprecation(
-            since=dt.date.fromisoformat(deprecated["since"]),
-            sunset=dt.date.fromisoformat(deprecated["sunset"]) if "sunset" in deprecated else None,
-            successor=deprecated.get("successor"),
-        ) if deprecated else None,
+        deprecated=_deprecation(deprecated) if deprecated else None,
+    )
+
+
+def _deprecation(raw: Mapping[str, Any]) -> Deprecation:
+    return Deprecation(
+        since=dt.date.fromisoformat(raw["since"]),
+        sunset=dt.date.fromisoformat(raw["sunset"]) if "sunset" in raw else None,
+        successor=raw.get("successor"),
     )
 
 

@@ -127,6 +127,12 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadConfig:
+    watch: bool = False
+    interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path | None
     server: ServerConfig
@@ -135,4 +141,6 @@ class Config:
     models: Mapping[str, ModelConfig]
     keys: Mapping[str, KeyConfig]
     keys_by_hash: Mapping[str, KeyConfig] = field(default_factory=dict)
+    reload: ReloadConfig = ReloadConfig()
+    deprecations: Mapping[str, Deprecation] = field(default_factory=dict)  # by endpoint path
     version: int = 1

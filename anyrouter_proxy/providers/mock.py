@@ -93,6 +93,9 @@ class MockUpstream:
     async def close(self) -> None:
         pass
 
+    def retire(self, providers: object) -> None:
+        pass
+
 
 def _stream(base: dict[str, Any], words: list[str], finish: str, usage: dict[str, int],
             chat: bool) -> list[bytes]:

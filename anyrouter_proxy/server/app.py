@@ -19,13 +19,16 @@ from ..usage_store import UsageStore
 from . import info_handlers as info
 from .middlewares import gateway_middleware
 from .proxy_handlers import count_tokens, proxy_handler
+from .reload import reload_context
 from .state import GATEWAY, LIMITER, METRICS, STORE
 
 API_PREFIXES = ("/api/v1", "/v1")
 
 
-def create_app(config: Config, *, http: Upstream | None = None) -> web.Application:
-    """The whole proxy for `config`. `http` replaces the outbound seam (tests)."""
+def create_app(config: Config, *, http: Upstream | None = None,
+               reload_signals: bool = False) -> web.Application:
+    """The whole proxy for `config`. `http` replaces the outbound seam (tests);
+    `reload_signals` installs the SIGHUP handler (the CLI's server does)."""
     app = web.Application(middlewares=[gateway_middleware],
                           client_max_size=config.server.max_body_bytes)
     store = UsageStore(config.storage.sqlite_path, queue_max=config.storage.queue_max,
@@ -46,6 +49,8 @@ def create_app(config: Config, *, http: Upstream | None = None) -> web.Applicati
         await store.close()
 
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(reload_context(signals=reload_signals, watch=config.reload.watch,
+                                          interval_s=config.reload.interval_s))
     _add_routes(app)
     return app
 

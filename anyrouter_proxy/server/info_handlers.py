@@ -189,9 +189,14 @@ async def metrics(request: web.Request) -> web.Response:
     app_metrics = request.app[METRICS]
     store = request.app[STORE]
 
-    board = request.app[GATEWAY].board
+    gateway = request.app[GATEWAY]
+    board, ledger = gateway.board, gateway.credits
 
     def refresh() -> None:
+        for key in gateway.config.keys.values():
+            remaining = ledger.remaining(key)
+            if remaining is not None:
+                app_metrics.credits_remaining.labels(key.name).set(remaining)
         app_metrics.queue_depth.set(store.queue_depth)
         app_metrics.dropped.set(store.dropped)
         for provider, state in board.states().items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import orjson
 from aiohttp import web
@@ -17,9 +18,11 @@ from ..errors import (
     RequestTooLarge,
     error_for_status,
 )
-from .state import KEY, LIMITER, TRACE_ID
+from ..logs import ACCESS
+from .state import KEY, LIMITER, PROXIED, TRACE_ID
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger(ACCESS)
 
 
 def is_anthropic_path(path: str) -> bool:
@@ -48,6 +51,40 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ProxyE
 
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    try:
+        response = await _handle(request, handler)
+    except BaseException as exc:  # cancelled: the client went away
+        if access_log.isEnabledFor(logging.INFO):
+            log_request(request, 499, started, type(exc).__name__)
+        raise
+    if access_log.isEnabledFor(logging.INFO):
+        log_request(request, response.status, started)
+    return response
+
+
+def log_request(request: web.Request, status: int, started: float,
+                outcome: str | None = None) -> None:
+    key = request.get(KEY)
+    fields: dict[str, object] = {
+        "event": "request", "method": request.method, "path": request.path[:200],
+        "status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "trace_id": request.get(TRACE_ID), "key": key.name if key else None,
+    }
+    proxied = request.get(PROXIED)
+    record = proxied.record if proxied is not None else None
+    if record is not None:
+        usage = record.usage
+        fields.update(request_id=record.id, model=record.model, provider=record.provider,
+                      streamed=record.streamed, cancelled=record.cancelled,
+                      error_code=record.error_code, tokens_prompt=usage.prompt_tokens,
+                      tokens_completion=usage.completion_tokens, cost=record.cost)
+    if outcome:
+        fields["outcome"] = outcome
+    access_log.info("request", extra={"fields": fields})
+
+
+async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
     except ProxyError as exc:

@@ -15,7 +15,7 @@ from ..stream_session import StreamSession, stream_error_event
 from ..types import MESSAGES
 from .inbound import authenticate, read_json
 from .middlewares import decorate
-from .state import GATEWAY, TRACE_ID
+from .state import GATEWAY, METRICS, PROXIED, TRACE_ID
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -41,13 +41,20 @@ def proxy_handler(endpoint: str) -> Handler:
         forced = request.headers.get("X-AnyRouter-Provider") or None
         req = ProxyRequest(endpoint, body, key, request.get(TRACE_ID), forced,
                            client_headers=_forwardable(request))
-        if body.get("stream") is True and server.sse_keepalive:
-            return await _stream_with_keepalive(request, req, server.sse_keepalive_interval_s)
-        result = await gateway.proxy(req)
-        if isinstance(result, Answer):
-            return web.Response(status=result.status, body=result.body, headers=result.headers,
-                                content_type="application/json")
-        return await _relay(request, result)
+        request[PROXIED] = req
+        metrics = request.app[METRICS]
+        metrics.in_flight.inc()
+        try:
+            if body.get("stream") is True and server.sse_keepalive:
+                return await _stream_with_keepalive(request, req,
+                                                    server.sse_keepalive_interval_s)
+            result = await gateway.proxy(req)
+            if isinstance(result, Answer):
+                return web.Response(status=result.status, body=result.body,
+                                    headers=result.headers, content_type="application/json")
+            return await _relay(request, result)
+        finally:
+            metrics.in_flight.dec()
 
     return handle
 
@@ -62,9 +69,14 @@ async def _relay(request: web.Request, session: StreamSession,
         except BaseException:
             await session.abandon()
             raise
-    with contextlib.suppress(ConnectionError):
-        await session.relay(response.write)
-        await response.write_eof()
+    streams = request.app[METRICS].streams
+    streams.inc()
+    try:
+        with contextlib.suppress(ConnectionError):
+            await session.relay(response.write)
+            await response.write_eof()
+    finally:
+        streams.dec()
     return response
 
 
@@ -78,8 +90,9 @@ async def _stream_with_keepalive(request: web.Request, req: ProxyRequest,
         done, _ = await asyncio.wait((task,), timeout=interval)
         response: web.StreamResponse | None = None
         if not done:
-            response = web.StreamResponse(headers={**SSE_HEADERS,
-                                                   "X-AnyRouter-Generation-Id": req.gen_id})
+            response = web.StreamResponse(headers={
+                **SSE_HEADERS, "X-AnyRouter-Generation-Id": req.gen_id,
+                **request.app[GATEWAY].endpoint_headers(req.endpoint)})
             decorate(request, response)
             await response.prepare(request)
             while not done:

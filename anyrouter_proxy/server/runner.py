@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 from aiohttp import web
 
 from ..config.model import Config
+from ..logs import setup_logging
 from .app import create_app
 
 log = logging.getLogger("anyrouter_proxy")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def serve(config: Config, *, host: str | None = None, port: int | None = None,
-          log_level: str | None = None) -> int:
-    setup_logging(log_level or config.server.log_level)
+          log_level: str | None = None, log_format: str | None = None) -> int:
+    setup_logging(log_level or config.server.log_level, log_format or config.server.log_format)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
@@ -30,7 +25,7 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None,
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     host = host or config.server.host
     port = port if port is not None else config.server.port
-    app = create_app(config)
+    app = create_app(config, reload_signals=True)
     web.run_app(
         app, host=host, port=port,
         handler_cancellation=True,  # a client that disconnects cancels its upstream call

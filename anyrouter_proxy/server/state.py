@@ -9,7 +9,7 @@ from aiohttp import web
 from ..config.model import KeyConfig
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from ..gateway import Gateway, ProxyRequest
     from ..metrics import Metrics
     from ..ratelimit import Limiter
     from ..usage_store import UsageStore
@@ -22,3 +22,4 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 # Per-request values.
 KEY: web.RequestKey[KeyConfig] = web.RequestKey("key", KeyConfig)
 TRACE_ID: web.RequestKey[str] = web.RequestKey("trace_id", str)
+PROXIED: web.RequestKey[ProxyRequest] = web.RequestKey("proxied")
