@@ -26,7 +26,7 @@ from .types import GenerationRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # MIGRATIONS[n] takes a database from user_version n to n + 1; later versions append.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -50,6 +50,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_created ON audit (created_at);
     -- Spend of pruned rows, so that retention never gives a key its credits back.
     CREATE TABLE spend_carryover (key_name TEXT PRIMARY KEY, cost REAL NOT NULL);
+    """,
+    # 1 -> 2: batches (POST /batch), kept so async batches survive a restart.
+    """
+    CREATE TABLE batches (
+        id TEXT PRIMARY KEY, key_name TEXT NOT NULL, created_at REAL NOT NULL,
+        completed_at REAL, status TEXT NOT NULL, mode TEXT NOT NULL, total INTEGER NOT NULL,
+        trace_id TEXT
+    );
+    CREATE INDEX batches_key ON batches (key_name, created_at);
+    CREATE TABLE batch_items (
+        batch_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT, item TEXT NOT NULL,
+        state TEXT NOT NULL,  -- pending | running | done
+        result TEXT,  -- JSON result object once done
+        PRIMARY KEY (batch_id, idx)
+    );
     """,
 )
 
@@ -235,8 +250,18 @@ class UsageStore:
         text = json.dumps(dict(detail or {}), default=str, separators=(",", ":"))
         return self._enqueue(_INSERT_AUDIT, (time.time(), event, key_name, trace_id, text))
 
-    def _enqueue(self, sql: str, params: tuple[Any, ...]) -> bool:
-        if self._closed or self._closing or self.queue_depth >= self.queue_max:
+    def enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
+        """Queue any write for the writer (batch bookkeeping); `bounded=False` for the
+        few rows that must not be dropped when the queue is full."""
+        return self._enqueue(sql, params, bounded=bounded)
+
+    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """Read through the reader connection (after `flush()` when freshness matters)."""
+        return list(await self._reader().execute_fetchall(sql, params))
+
+    def _enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
+        full = bounded and self.queue_depth >= self.queue_max
+        if self._closed or self._closing or full:
             self.dropped += 1
             if self._may_warn("drop"):
                 log.warning("usage log queue full or closed (%d rows waiting, last write "

@@ -22,6 +22,7 @@ import jsonschema
 import yaml
 
 from .model import (
+    BatchConfig,
     Config,
     Deprecation,
     KeyConfig,
@@ -337,6 +338,7 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
         keys=MappingProxyType(keys),
         keys_by_hash=MappingProxyType({k.key_sha256: k for k in keys.values()}),
         reload=ReloadConfig(**data.get("reload", {})),
+        batch=BatchConfig(**data.get("batch", {})),
         deprecations=MappingProxyType({path: _deprecation(raw) for path, raw
                                        in (data.get("deprecations") or {}).items()}),
         version=data["version"],

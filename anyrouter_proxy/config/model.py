@@ -127,6 +127,12 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchConfig:
+    max_items: int = 1000
+    max_concurrency: int = 8
+
+
+@dataclass(frozen=True, slots=True)
 class ReloadConfig:
     watch: bool = False
     interval_s: float = 1.0
@@ -142,5 +148,6 @@ class Config:
     keys: Mapping[str, KeyConfig]
     keys_by_hash: Mapping[str, KeyConfig] = field(default_factory=dict)
     reload: ReloadConfig = ReloadConfig()
+    batch: BatchConfig = BatchConfig()
     deprecations: Mapping[str, Deprecation] = field(default_factory=dict)  # by endpoint path
     version: int = 1

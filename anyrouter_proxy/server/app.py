@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ..accounting import Ledger
+from ..batch import BatchRunner
+from ..batch_store import BatchStore
 from ..config.model import Config
 from ..credits import CreditLedger
 from ..gateway import Gateway
@@ -16,11 +18,12 @@ from ..ratelimit import Limiter
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 from ..upstream import HttpUpstream, Upstream
 from ..usage_store import UsageStore
+from . import batch_handlers as batch
 from . import info_handlers as info
 from .middlewares import gateway_middleware
 from .proxy_handlers import count_tokens, proxy_handler
 from .reload import reload_context
-from .state import GATEWAY, LIMITER, METRICS, STORE
+from .state import BATCHES, GATEWAY, LIMITER, METRICS, STORE
 
 API_PREFIXES = ("/api/v1", "/v1")
 
@@ -38,13 +41,17 @@ def create_app(config: Config, *, http: Upstream | None = None,
     upstream = http or HttpUpstream()
     gateway = Gateway(config, http=upstream, mock=MockUpstream(), limiter=limiter,
                       credits=CreditLedger(), ledger=Ledger(store, metrics))
+    batches = BatchRunner(gateway, BatchStore(store))
     app[GATEWAY], app[LIMITER], app[STORE], app[METRICS] = gateway, limiter, store, metrics
+    app[BATCHES] = batches
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         gateway.credits.load_spend(await store.spend_by_key())  # a restart never refills
         store.start_retention(config.storage.retention_days)
+        await batches.resume(gateway.config.keys)
         yield
+        await batches.close(gateway.config.server.shutdown_grace_s)
         await upstream.close()
         await store.close()
 
@@ -72,5 +79,9 @@ def _add_routes(app: web.Application) -> None:
         router.add_get(prefix + "/key", info.key_info)
         router.add_get(prefix + "/generation", info.generation)
         router.add_get(prefix + "/generation/{gen_id}", info.generation)
+        router.add_post(prefix + "/batch", batch.create_batch)
+        router.add_get(prefix + "/batch/{batch_id}", batch.get_batch)
+        router.add_get(prefix + "/batch/{batch_id}/results", batch.batch_results)
+        router.add_post(prefix + "/batch/{batch_id}/cancel", batch.cancel_batch)
     router.add_get("/health", info.health)
     router.add_get("/metrics", info.metrics)

@@ -9,6 +9,7 @@ from aiohttp import web
 from ..config.model import KeyConfig
 
 if TYPE_CHECKING:
+    from ..batch import BatchRunner
     from ..gateway import Gateway, ProxyRequest
     from ..metrics import Metrics
     from ..ratelimit import Limiter
@@ -18,6 +19,7 @@ GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 STORE: web.AppKey[UsageStore] = web.AppKey("store")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+BATCHES: web.AppKey[BatchRunner] = web.AppKey("batches")
 
 # Per-request values.
 KEY: web.RequestKey[KeyConfig] = web.RequestKey("key", KeyConfig)
