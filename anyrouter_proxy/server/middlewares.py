@@ -113,3 +113,6 @@ def decorate(request: web.Request, response: web.StreamResponse) -> None:
     trace_id = request.get(TRACE_ID)
     if trace_id:
         response.headers["X-AnyRouter-Trace-Id"] = trace_id
+    proxied = request.get(PROXIED)
+    if proxied is not None:  # failures too: every proxied request has its generation id
+        response.headers.setdefault("X-AnyRouter-Generation-Id", proxied.gen_id)
