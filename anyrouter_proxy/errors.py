@@ -7,6 +7,7 @@
       ├── PermissionDenied          403 permission_error
       ├── NotFound                  404 not_found_error
       ├── MethodNotAllowed          405 invalid_request_error
+      ├── RequestTimeout            408 invalid_request_error
       ├── Gone                      410 invalid_request_error
       ├── RequestTooLarge           413 invalid_request_error
       ├── UnsupportedMediaType      415 invalid_request_error
@@ -85,6 +86,10 @@ class MethodNotAllowed(ProxyError):
     status, type, code = 405, "invalid_request_error", "method_not_allowed"
 
 
+class RequestTimeout(ProxyError):
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+
+
 class Gone(ProxyError):
     status, type, code = 410, "invalid_request_error", "model_sunset"
 
@@ -121,7 +126,7 @@ _BY_STATUS: dict[int, type[ProxyError]] = {
     cls.status: cls
     for cls in (
         InvalidRequest, AuthenticationFailed, InsufficientCredits, PermissionDenied,
-        NotFound, MethodNotAllowed, Gone, RequestTooLarge, UnsupportedMediaType,
+        NotFound, MethodNotAllowed, RequestTimeout, Gone, RequestTooLarge, UnsupportedMediaType,
         RateLimited, InternalError, UpstreamError, ServiceUnavailable, UpstreamTimeout,
     )
 }

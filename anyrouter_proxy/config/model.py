@@ -104,6 +104,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
+    body_timeout_s: float = 30.0
     default_limits: Limits = Limits(requests_per_minute=DEFAULT_REQUESTS_PER_MINUTE)
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     metrics_token: str | None = None

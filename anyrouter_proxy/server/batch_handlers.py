@@ -22,8 +22,9 @@ MODES = ("sync", "async")
 async def create_batch(request: web.Request) -> web.Response:
     key = authenticate(request)
     runner = request.app[BATCHES]
-    raw = await read_body(request, request.app[GATEWAY].config.server.max_body_bytes,
-                          BODY_TYPES)
+    server = request.app[GATEWAY].config.server
+    raw = await read_body(request, server.max_body_bytes, BODY_TYPES,
+                          timeout_s=server.body_timeout_s)
     items: Any
     if request.content_type in JSON_LINES:
         items, mode = parse_json_lines(raw), request.query.get("mode", "sync")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from ..config.model import KeyConfig
-from ..errors import InvalidRequest, RequestTooLarge, UnsupportedMediaType
+from ..errors import InvalidRequest, RequestTimeout, RequestTooLarge, UnsupportedMediaType
 from .state import GATEWAY, KEY, TRACE_ID
 
 MAX_TRACE_ID_LENGTH = 128
@@ -46,8 +47,9 @@ def authenticate(request: web.Request) -> KeyConfig:
 
 
 async def read_body(request: web.Request, limit: int,
-                    types: frozenset[str] = JSON_TYPES) -> bytes:
-    """The raw body, refused early when it is too large or of the wrong type."""
+                    types: frozenset[str] = JSON_TYPES, timeout_s: float = 30.0) -> bytes:
+    """The raw body, refused early when it is too large or of the wrong type, and cut
+    off when it does not arrive within `timeout_s` (a slow-drip client)."""
     if request.content_type not in types and not (
             request.content_type == "application/octet-stream"
             and "Content-Type" not in request.headers):
@@ -58,11 +60,15 @@ async def read_body(request: web.Request, limit: int,
         raise RequestTooLarge(f"Request body of {length} bytes exceeds the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"Request body not received within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 
@@ -79,5 +85,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
-async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
-    return parse_json_object(await read_body(request, limit))
+async def read_json(request: web.Request) -> dict[str, Any]:
+    server = request.app[GATEWAY].config.server
+    return parse_json_object(await read_body(request, server.max_body_bytes,
+                                             timeout_s=server.body_timeout_s))

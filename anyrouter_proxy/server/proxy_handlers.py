@@ -37,7 +37,7 @@ def proxy_handler(endpoint: str) -> Handler:
         key = authenticate(request)
         gateway = request.app[GATEWAY]
         server = gateway.config.server
-        body = await read_json(request, server.max_body_bytes)
+        body = await read_json(request)
         forced = request.headers.get("X-AnyRouter-Provider") or None
         req = ProxyRequest(endpoint, body, key, request.get(TRACE_ID), forced,
                            client_headers=_forwardable(request))
@@ -125,7 +125,7 @@ async def _stream_with_keepalive(request: web.Request, req: ProxyRequest,
 async def count_tokens(request: web.Request) -> web.Response:
     key = authenticate(request)
     gateway = request.app[GATEWAY]
-    body = await read_json(request, gateway.config.server.max_body_bytes)
+    body = await read_json(request)
     req = ProxyRequest(MESSAGES, body, key, request.get(TRACE_ID),
                        request.headers.get("X-AnyRouter-Provider") or None,
                        client_headers=_forwardable(request))
