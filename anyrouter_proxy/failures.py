@@ -19,6 +19,8 @@ from .errors import (
 
 PASSTHROUGH_STATUSES = frozenset({400, 404, 413, 422})  # the request's fault: returned as is
 CREDENTIAL_STATUSES = frozenset({401, 403})  # the gateway's own misconfiguration
+PASSTHROUGH_CODES = {400: "invalid_request", 404: "not_found", 413: "request_too_large",
+                     422: "invalid_request"}  # when the upstream gave no code of its own
 
 
 def should_fail_over(exc: ProxyError) -> bool:
@@ -53,13 +55,15 @@ def upstream_failure(provider: str, status: int, raw: bytes,
     meta = {"provider_name": provider, "provider_status": status}
     if status in PASSTHROUGH_STATUSES:
         return error_for_status(status, message or f"Provider {provider} rejected the request",
-                                code=code, param=param, metadata=meta)
+                                code=code or PASSTHROUGH_CODES[status], param=param,
+                                metadata=meta)
     if status in CREDENTIAL_STATUSES:
         return UpstreamError(f"Provider {provider} rejected the gateway's credentials "
                              f"({status}); check its api_key", metadata=meta)
     if status == 429:
         retry_after = headers.get("Retry-After") if headers is not None else None
-        extra = {"Retry-After": retry_after} if retry_after and retry_after.isdigit() else None
+        # SPEC §4: a 429 always says when to come back; 1 s when the upstream did not.
+        extra = {"Retry-After": retry_after if retry_after and retry_after.isdigit() else "1"}
         return RateLimited(f"Provider {provider} is rate limiting the gateway",
                            code="upstream_rate_limited", metadata=meta, headers=extra)
     detail = f": {message}" if message else ""

@@ -311,8 +311,10 @@ class Gateway:
                     admission.release()
                     health.release_probe()
                     raise
-                elapsed = (time.perf_counter() - started) * 1000
-                health.success(self.board.clock(), elapsed, books.record.ttft_ms)
+                if not isinstance(result, StreamSession):  # a stream reports when it ends
+                    usage = books.record.usage
+                    health.success(self.board.clock(), _ms_since(started),
+                                   tokens=usage.completion_tokens)
                 books.provider_admission = admission
                 headers["X-AnyRouter-Provider"] = provider.id
                 headers.update(deprecation_headers(target.model))
@@ -374,6 +376,7 @@ class Gateway:
                            books: Books, headers: dict[str, str]) -> StreamSession:
         response: UpstreamResponse | None = None
         chunks: AsyncIterator[bytes] | None = None
+        started = time.perf_counter()
         try:
             deadline = asyncio.get_running_loop().time() + ctx.provider.timeouts.first_byte_s
             response = await self._send(ctx, exchange, req.body, books)
@@ -391,14 +394,9 @@ class Gateway:
             await discard(response, chunks)
             raise
         books.first_token()
-        health = self.board.get(ctx.provider.id)
-
-        def upstream_failed(exc: ProxyError) -> None:
-            if counts_against_health(exc):
-                health.failure(self.board.clock())
-
         return StreamSession(req.endpoint, headers, books, response, chunks, decoder,
-                             translator, first, failure, upstream_failed)
+                             translator, first, failure,
+                             StreamHealth(self.board, ctx.provider.id, started))
 
     # -- token counting ------------------------------------------------------------
 
@@ -438,6 +436,28 @@ def _dearest(targets: list[Target]) -> Pricing:
 def _include_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
+
+
+class StreamHealth:
+    """Reports a stream's outcome to its provider's health once, when the stream ends:
+    success with this attempt's own latency, time to first event and throughput."""
+
+    __slots__ = ("_board", "_provider", "_started", "_ttft_ms")
+
+    def __init__(self, board: HealthBoard, provider: str, started: float) -> None:
+        self._board, self._provider, self._started = board, provider, started
+        self._ttft_ms = _ms_since(started)
+
+    def ended(self, *, failure: ProxyError | None = None, cancelled: bool = False,
+              completion_tokens: int = 0) -> None:
+        health = self._board.get(self._provider)
+        if failure is not None and counts_against_health(failure):
+            health.failure(self._board.clock())
+        elif failure is not None or cancelled:
+            health.release_probe()
+        else:
+            health.success(self._board.clock(), _ms_since(self._started), self._ttft_ms,
+                           completion_tokens)
 
 
 def _ms_since(started: float) -> float:

@@ -161,4 +161,6 @@ class HealthBoard:
         return health
 
     def states(self) -> dict[str, str]:
-        return {pid: h.state for pid, h in self._providers.items()}
+        """Each breaker's effective state (open past its cool-down reads half-open)."""
+        now = self.clock()
+        return {pid: str(h.snapshot(now)["circuit"]) for pid, h in self._providers.items()}

@@ -113,6 +113,7 @@ def resolve_targets(
         usable = [r for r in routes if providers[r.provider].has_credentials]
         ordered = _order(model, usable, prefs if forced is None else None, draw, latency,
                          throughput)
+        filtered_out |= bool(usable) and not ordered  # `order` + no fallbacks named none
         targets.extend(Target(model, r, providers[r.provider]) for r in ordered)
     if targets:
         return targets

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import orjson
 
@@ -20,6 +21,13 @@ from .types import MESSAGES
 from .upstream import UpstreamResponse
 
 Write = Callable[[bytes], Awaitable[None]]
+
+
+class Outcome(Protocol):
+    """Told once how the stream ended (provider health)."""
+
+    def ended(self, *, failure: ProxyError | None = None, cancelled: bool = False,
+              completion_tokens: int = 0) -> None: ...
 
 
 def stream_error_event(endpoint: str, exc: ProxyError) -> bytes:
@@ -71,8 +79,7 @@ class StreamSession:
     def __init__(self, endpoint: str, headers: dict[str, str], books: Books,
                  response: UpstreamResponse, chunks: AsyncIterator[bytes],
                  decoder: SSEDecoder, translator: StreamTranslator, first: list[bytes],
-                 failure: ProxyError | None = None,
-                 on_upstream_failure: Callable[[ProxyError], None] | None = None) -> None:
+                 failure: ProxyError | None = None, outcome: Outcome | None = None) -> None:
         self.endpoint = endpoint
         self.headers = headers
         self._books = books
@@ -82,7 +89,7 @@ class StreamSession:
         self._translator = translator
         self._pending = first
         self._failure = failure  # already happened, after the first events
-        self._on_upstream_failure = on_upstream_failure
+        self._outcome = outcome
 
     async def relay(self, write: Write) -> None:
         """Write the whole stream; always ends with the normal end or an error event."""
@@ -104,22 +111,29 @@ class StreamSession:
             # /generation right after the stream finds it.
             self._fill_record()
             books.close(usage=translator.usage, completion_estimate=events)
+            self._ended(completion_tokens=books.record.usage.completion_tokens)
             await write(b"".join(tail))
         except ProxyError as exc:
             self._fill_record()
-            if self._on_upstream_failure is not None:
-                self._on_upstream_failure(exc)
+            self._ended(failure=exc)
             books.close(error=exc, usage=translator.usage, completion_estimate=events)
             await write(stream_error_event(self.endpoint, exc))
         except (asyncio.CancelledError, ConnectionError):
             self._fill_record()
+            self._ended(cancelled=True)
             books.close(cancelled=True, usage=translator.usage, completion_estimate=events)
             raise
         finally:
             await discard(self._response, self._chunks)
 
+    def _ended(self, **outcome: object) -> None:
+        if self._outcome is not None:
+            self._outcome.ended(**outcome)  # type: ignore[arg-type]
+            self._outcome = None
+
     async def abandon(self) -> None:
         """The client went away before the relay began."""
+        self._ended(cancelled=True)
         self._fill_record()
         self._books.close(cancelled=True, usage=self._translator.usage)
         await discard(self._response, self._chunks)
