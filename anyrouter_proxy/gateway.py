@@ -167,6 +167,13 @@ class Gateway:
                        metadata={"successor": deprecated.successor})
         return model
 
+    def known_model(self, body: dict[str, Any], config: Config | None = None) -> str:
+        """The requested model id if the config has it: never a client's invented string
+        in logs or metric labels."""
+        model = body.get("model")
+        return model if isinstance(model, str) and model in (config or self.config).models \
+            else "unknown"
+
     def _models_for(self, req: ProxyRequest, config: Config) -> list[ModelConfig]:
         ids = fallback_models(req.body)
         if not ids:
@@ -191,10 +198,15 @@ class Gateway:
 
     async def proxy(self, req: ProxyRequest) -> Answer | StreamSession:
         config = self.config
-        endpoint_extra = self.endpoint_headers(req.endpoint)
-        models = self._models_for(req, config)
-        stream = _validate(req.endpoint, req.body)
-        targets = self._targets(req, models, config)
+        try:
+            endpoint_extra = self.endpoint_headers(req.endpoint)
+            models = self._models_for(req, config)
+            stream = _validate(req.endpoint, req.body)
+            targets = self._targets(req, models, config)
+        except ProxyError as exc:  # refused before it has a usage row: still counted
+            self.ledger.metrics.refused(req.endpoint, self.known_model(req.body, config),
+                                        req.key.name, exc.status)
+            raise
         if req.forced_provider:
             self.ledger.store.audit("forced_provider", key_name=req.key.name,
                                     trace_id=req.trace_id,
@@ -233,6 +245,7 @@ class Gateway:
             admission = self.limiter.admit(req.key, model.id, tokens)
         except RateLimited as exc:
             metrics.rejected(req.key.name, "rate_limited")
+            metrics.refused(req.endpoint, model.id, req.key.name, exc.status)
             store.audit("rate_limited", key_name=req.key.name, trace_id=req.trace_id,
                         detail={"model": model.id, **(exc.metadata or {})})
             raise
@@ -242,9 +255,10 @@ class Gateway:
             cost = worst_case_cost(worst, prompt_tokens, max_tokens,
                                    config.server.default_max_tokens)
             reservation = self.credits.reserve(req.key, cost)
-        except ProxyError:
+        except ProxyError as exc:
             admission.release()
             metrics.rejected(req.key.name, "insufficient_credits")
+            metrics.refused(req.endpoint, model.id, req.key.name, exc.status)
             store.audit("insufficient_credits", key_name=req.key.name, trace_id=req.trace_id,
                         detail={"model": model.id})
             raise

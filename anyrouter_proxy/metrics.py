@@ -93,6 +93,11 @@ class Metrics:
         if rec.cost:
             self._child(self.cost, rec.model, rec.key_name).inc(rec.cost)
 
+    def refused(self, endpoint: str, model: str, key_name: str, status: int) -> None:
+        """A proxied request refused before it had a usage row (4xx of its own)."""
+        self._child(self.requests, endpoint, model, "none", key_name,
+                    f"{status // 100}xx").inc()
+
     def rejected(self, key_name: str, reason: str) -> None:
         self._child(self.rejections, key_name, reason).inc()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hmac
 from decimal import Decimal
 from typing import Any
@@ -11,7 +10,7 @@ import orjson
 from aiohttp import web
 
 from ..config.model import Config, ModelConfig
-from ..deprecation import deprecation_headers
+from ..deprecation import deprecation_headers, is_sunset
 from ..errors import AuthenticationFailed, InvalidRequest, NotFound, ServiceUnavailable
 from ..health import STATE_CODES
 from .inbound import authenticate
@@ -67,9 +66,7 @@ def model_object(model: ModelConfig, config: Config) -> dict[str, Any]:
 
 
 def listed_models(config: Config) -> list[ModelConfig]:
-    today = dt.date.today()
-    return [m for m in config.models.values()
-            if not (m.deprecated and m.deprecated.sunset and today >= m.deprecated.sunset)]
+    return [m for m in config.models.values() if not is_sunset(m)]
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -193,6 +190,9 @@ async def metrics(request: web.Request) -> web.Response:
     board, ledger = gateway.board, gateway.credits
 
     def refresh() -> None:
+        # Cleared first: keys and providers removed by a reload must not linger.
+        app_metrics.credits_remaining.clear()
+        app_metrics.circuit.clear()
         for key in gateway.config.keys.values():
             remaining = ledger.remaining(key)
             if remaining is not None:

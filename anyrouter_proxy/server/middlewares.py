@@ -19,7 +19,7 @@ from ..errors import (
     error_for_status,
 )
 from ..logs import ACCESS
-from .state import KEY, LIMITER, PROXIED, TRACE_ID
+from .state import GATEWAY, KEY, LIMITER, PROXIED, TRACE_ID
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger(ACCESS)
@@ -73,6 +73,9 @@ def log_request(request: web.Request, status: int, started: float,
     }
     proxied = request.get(PROXIED)
     record = proxied.record if proxied is not None else None
+    if proxied is not None and record is None:  # refused before it had a usage row
+        fields.update(request_id=proxied.gen_id,
+                      model=request.app[GATEWAY].known_model(proxied.body))
     if record is not None:
         usage = record.usage
         fields.update(request_id=record.id, model=record.model, provider=record.provider,

@@ -8,6 +8,7 @@ import contextlib
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..deprecation import deprecation_headers
 from ..errors import ProxyError
 from ..gateway import Answer, ProxyRequest
 from ..sse import KEEPALIVE
@@ -90,9 +91,12 @@ async def _stream_with_keepalive(request: web.Request, req: ProxyRequest,
         done, _ = await asyncio.wait((task,), timeout=interval)
         response: web.StreamResponse | None = None
         if not done:
+            gateway = request.app[GATEWAY]
+            model = gateway.config.models.get(gateway.known_model(req.body))
             response = web.StreamResponse(headers={
                 **SSE_HEADERS, "X-AnyRouter-Generation-Id": req.gen_id,
-                **request.app[GATEWAY].endpoint_headers(req.endpoint)})
+                **gateway.endpoint_headers(req.endpoint),
+                **(deprecation_headers(model) if model is not None else {})})
             decorate(request, response)
             await response.prepare(request)
             while not done:
