@@ -23,7 +23,7 @@ import orjson
 
 from .batch_store import DONE, PENDING, RUNNING, BatchRecord, BatchStore
 from .config.model import KeyConfig
-from .errors import InvalidRequest, ProxyError, RequestTooLarge
+from .errors import InternalError, InvalidRequest, ProxyError, RequestTooLarge
 from .gateway import Answer, Gateway, ProxyRequest
 from .types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 
@@ -157,6 +157,7 @@ class BatchRunner:
         self._live: dict[str, BatchRecord] = {}
         self._cancelled: set[str] = set()
         self._closing = False
+        self._closing_since = 0.0
 
     @property
     def limits(self) -> BatchLimits:
@@ -176,9 +177,22 @@ class BatchRunner:
         self._live[batch.id] = batch
         try:
             await self._run(batch, key, list(enumerate(items)))
+        except asyncio.CancelledError:
+            # The client left: items not done end here, and the batch is not resumed
+            # later (nobody holds its id).
+            self._abandon(batch, items)
+            raise
         finally:
             self._live.pop(batch.id, None)
         return batch
+
+    def _abandon(self, batch: BatchRecord, items: list[Any]) -> None:
+        for index, result in enumerate(batch.results):
+            if result is None:
+                self._done(batch, index, _error_result(
+                    items[index], "batch_cancelled", "the client disconnected"))
+        batch.status, batch.completed_at = "cancelled", time.time()
+        self.store.finish(batch)
 
     def start_async(self, key: KeyConfig, items: list[Any],
                     trace_id: str | None) -> BatchRecord:
@@ -204,12 +218,12 @@ class BatchRunner:
 
         async def one(index: int, item: Any) -> None:
             async with gate:
-                if batch.id in self._cancelled or self._closing:
-                    if self._closing:
-                        return  # left pending: resumed after the restart
+                if batch.id in self._cancelled:
                     self._done(batch, index, _error_result(item, "batch_cancelled",
                                                            "the batch was cancelled"))
                     return
+                if self._closing:
+                    return  # left pending: resumed after the restart
                 self.store.started(batch.id, index)
                 self._done(batch, index, await self._run_item(batch, key, item))
 
@@ -235,10 +249,11 @@ class BatchRunner:
         try:
             answer = await self.gateway.proxy(request)
         except ProxyError as exc:
-            envelope = exc.envelope()
-            if endpoint == MESSAGES:
-                envelope = {"type": "error", **envelope}
-            return _result(item, exc.status, request.gen_id, envelope)
+            return _failed(item, endpoint, request.gen_id, exc)
+        except Exception:  # a bug must fail its item only, never the batch
+            log.exception("batch %s: item %s failed", batch.id, request.gen_id)
+            return _failed(item, endpoint, request.gen_id,
+                           InternalError(f"Internal error (request id {request.gen_id})"))
         assert isinstance(answer, Answer)  # streaming was refused by prepare()
         return _result(item, answer.status, request.gen_id, orjson.loads(answer.body))
 
@@ -248,6 +263,7 @@ class BatchRunner:
             live = self._live.get(batch_id)
             if live is not None:
                 live.status = "cancelling"
+                self.store.set_status(live)  # a restart must not resume a cancelled batch
 
     def live(self, batch_id: str) -> BatchRecord | None:
         return self._live.get(batch_id)
@@ -260,12 +276,13 @@ class BatchRunner:
                 continue
             batch, items = loaded
             todo: list[tuple[int, Any]] = []
-            key = keys.get(batch.key_name)
+            # A sync batch's client is gone with the old process: nothing to resume for.
+            key = keys.get(batch.key_name) if batch.mode == "async" else None
             for index, (item, state) in enumerate(items):
                 if state == RUNNING or (state == PENDING and key is None):
                     why = ("the process stopped while this item ran; it may have reached "
                            "the upstream, so it is not run twice") if state == RUNNING \
-                        else "the batch's key no longer exists"
+                        else "the batch's key no longer exists, or its client is gone"
                     self._done(batch, index, _error_result(item, "interrupted", why))
                 elif state != DONE:
                     todo.append((index, item))
@@ -279,12 +296,19 @@ class BatchRunner:
                 self._cancelled.add(batch.id)
             self._spawn(batch, key, todo)
 
+    def stop_starting(self) -> None:
+        """Shutdown began: start no more items (pending ones resume after the restart)."""
+        if not self._closing:
+            self._closing = True
+            self._closing_since = time.monotonic()
+
     async def close(self, grace_s: float) -> None:
-        """Stop starting items; let running ones finish within the grace period."""
-        self._closing = True
+        """Let running items finish within what is left of the grace period."""
+        self.stop_starting()
+        left = max(0.0, grace_s - (time.monotonic() - self._closing_since))
         tasks = list(self._tasks.values())
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            _, pending = await asyncio.wait(tasks, timeout=left)
             for task in pending:
                 task.cancel()
             for task in pending:
@@ -296,6 +320,13 @@ def _result(item: Any, status: int, gen_id: str, body: Any) -> dict[str, Any]:
     return {"id": "batch_req_" + os.urandom(8).hex(), "custom_id": _custom_id(item),
             "response": {"status_code": status, "request_id": gen_id, "body": body},
             "error": None}
+
+
+def _failed(item: Any, endpoint: str, gen_id: str, exc: ProxyError) -> dict[str, Any]:
+    envelope = exc.envelope()
+    if endpoint == MESSAGES:
+        envelope = {"type": "error", **envelope}
+    return _result(item, exc.status, gen_id, envelope)
 
 
 def _error_result(item: Any, code: str, message: str) -> dict[str, Any]:

@@ -54,6 +54,10 @@ class BatchStore:
             "UPDATE batch_items SET state = ?, result = ? WHERE batch_id = ? AND idx = ?",
             (DONE, orjson.dumps(result).decode(), batch_id, index), bounded=False)
 
+    def set_status(self, batch: BatchRecord) -> None:
+        self.store.enqueue("UPDATE batches SET status = ? WHERE id = ?",
+                           (batch.status, batch.id), bounded=False)
+
     def finish(self, batch: BatchRecord) -> None:
         self.store.enqueue("UPDATE batches SET status = ?, completed_at = ? WHERE id = ?",
                            (batch.status, batch.completed_at, batch.id), bounded=False)

@@ -56,6 +56,11 @@ def create_app(config: Config, *, http: Upstream | None = None,
         await store.close()
 
     app.cleanup_ctx.append(resources)
+
+    async def drain_begins(app: web.Application) -> None:
+        batches.stop_starting()
+
+    app.on_shutdown.append(drain_begins)
     app.cleanup_ctx.append(reload_context(signals=reload_signals, watch=config.reload.watch,
                                           interval_s=config.reload.interval_s))
     _add_routes(app)
