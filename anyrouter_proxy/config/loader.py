@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import ipaddress
 import json
 import os
 import re
@@ -24,6 +25,7 @@ import yaml
 from .model import (
     BatchConfig,
     Config,
+    CorsConfig,
     Deprecation,
     KeyConfig,
     Limits,
@@ -276,6 +278,14 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
         since, sunset = str(deprecated.get("since", "")), str(deprecated.get("sunset", "~"))
         if since and sunset < since:
             yield problem(("models", model_id, "deprecated", "sunset"), "sunset is before since")
+    server = data.get("server")
+    proxies = server.get("trusted_proxies") if isinstance(server, dict) else None
+    for i, entry in enumerate(proxies if isinstance(proxies, list) else []):
+        try:
+            ipaddress.ip_network(str(entry), strict=False)
+        except ValueError:
+            yield problem(("server", "trusted_proxies", i),
+                          f"{entry!r} is not an IP address or CIDR network")
     seen_hashes: dict[str, str] = {}
     for name, key in _dicts(data.get("keys")).items():
         patterns = key.get("models")
@@ -320,7 +330,15 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
     raw_server = dict(data.get("server") or {})
     default_limits = _limits(raw_server.pop("default_limits", None),
                              ServerConfig().default_limits)
-    server = ServerConfig(default_limits=default_limits, **raw_server)
+    cors = raw_server.pop("cors", {})
+    server = ServerConfig(
+        default_limits=default_limits,
+        trusted_proxies=tuple(raw_server.pop("trusted_proxies", ())),
+        cors=CorsConfig(
+            allow_origins=tuple(cors.get("allow_origins", ())),
+            allow_headers=tuple(cors.get("allow_headers", CorsConfig().allow_headers)),
+            max_age_s=cors.get("max_age_s", CorsConfig().max_age_s)),
+        **raw_server)
     raw_storage = dict(data.get("storage") or {})
     sqlite_path = Path(raw_storage.pop("sqlite_path", "data/anyrouter.db"))
     if not sqlite_path.is_absolute():

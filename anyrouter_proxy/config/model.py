@@ -100,6 +100,15 @@ class KeyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CorsConfig:
+    allow_origins: tuple[str, ...] = ()  # empty: CORS off
+    allow_headers: tuple[str, ...] = ("Authorization", "Content-Type", "x-api-key",
+                                      "anthropic-version", "anthropic-beta",
+                                      "X-AnyRouter-Provider", "X-AnyRouter-Trace-Id")
+    max_age_s: int = 600
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -113,6 +122,8 @@ class ServerConfig:
     sse_keepalive_interval_s: float = 5.0
     log_level: str = "info"
     log_format: str = "json"
+    trusted_proxies: tuple[str, ...] = ()
+    cors: CorsConfig = CorsConfig()
     retries: int = 1
     retry_backoff_s: float = 0.25
     retry_backoff_max_s: float = 4.0

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..config.model import KeyConfig
 from ..errors import InvalidRequest, RequestTimeout, RequestTooLarge, UnsupportedMediaType
+from .client import client_address
 from .state import GATEWAY, KEY, TRACE_ID
 
 MAX_TRACE_ID_LENGTH = 128
@@ -41,7 +42,9 @@ def trace_id_of(request: web.Request) -> str | None:
 
 def authenticate(request: web.Request) -> KeyConfig:
     trace_id = trace_id_of(request)
-    key = request.app[GATEWAY].authenticate(bearer_token(request), trace_id)
+    gateway = request.app[GATEWAY]
+    client = client_address(request, gateway.config.server.trusted_proxies)
+    key = gateway.authenticate(bearer_token(request), trace_id, client)
     request[KEY] = key
     return key
 

@@ -19,6 +19,7 @@ from ..errors import (
     error_for_status,
 )
 from ..logs import ACCESS
+from .client import client_address, cors_headers, preflight
 from .state import GATEWAY, KEY, LIMITER, PROXIED, TRACE_ID
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def log_request(request: web.Request, status: int, started: float,
         "event": "request", "method": request.method, "path": request.path[:200],
         "status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         "trace_id": request.get(TRACE_ID), "key": key.name if key else None,
+        "client": client_address(request, request.app[GATEWAY].config.server.trusted_proxies),
     }
     proxied = request.get(PROXIED)
     record = proxied.record if proxied is not None else None
@@ -88,6 +90,9 @@ def log_request(request: web.Request, status: int, started: float,
 
 
 async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
+    server = request.app[GATEWAY].config.server
+    if server.cors.allow_origins and (answer := preflight(request, server.cors)) is not None:
+        return answer
     try:
         response = await handler(request)
     except ProxyError as exc:
@@ -107,6 +112,11 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+def cors_of(request: web.Request) -> dict[str, str]:
+    cors = request.app[GATEWAY].config.server.cors
+    return cors_headers(request.headers.get("Origin"), cors) if cors.allow_origins else {}
+
+
 def decorate(request: web.Request, response: web.StreamResponse) -> None:
     """Headers every answer to an authenticated client carries (SPEC §4)."""
     key = request.get(KEY)
@@ -119,3 +129,4 @@ def decorate(request: web.Request, response: web.StreamResponse) -> None:
     proxied = request.get(PROXIED)
     if proxied is not None:  # failures too: every proxied request has its generation id
         response.headers.setdefault("X-AnyRouter-Generation-Id", proxied.gen_id)
+    response.headers.update(cors_of(request))
