@@ -74,6 +74,7 @@ def _add_routes(app: web.Application) -> None:
                                (EMBEDDINGS, "/embeddings"), (MESSAGES, "/messages")):
             router.add_post(prefix + path, proxy_handler(endpoint))
         router.add_post(prefix + "/messages/count_tokens", count_tokens)
+        router.add_get(prefix + "/openapi.json", info.openapi)
         router.add_get(prefix + "/models", info.list_models)
         router.add_get(prefix + "/models/count", info.count_models)
         router.add_get(prefix + "/models/{model_id:.+}", info.get_model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from decimal import Decimal
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -204,3 +205,9 @@ async def metrics(request: web.Request) -> web.Response:
 
     return web.Response(body=app_metrics.render(refresh),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document of this API (no key needed: it is documentation)."""
+    text = resources.files("anyrouter_proxy").joinpath("openapi.json").read_bytes()
+    return web.Response(body=text, content_type="application/json")
