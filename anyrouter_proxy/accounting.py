@@ -57,9 +57,13 @@ class Books:
             return self.record.cost
         self._closed = True
         rec = self.record
+        answered = rec.attempts and (rec.ttft_ms is not None
+                                     or (error is None and not cancelled))
         if usage is None:
-            usage = Usage(prompt_tokens=self.prompt_estimate if rec.attempts else 0,
-                          completion_tokens=completion_estimate, source="estimated")
+            # Unreported usage is estimated only for an answer that (began to) come back;
+            # a request that failed or was dropped before any answer costs nothing.
+            usage = Usage(prompt_tokens=self.prompt_estimate, completion_tokens=completion_estimate,
+                          source="estimated") if answered else Usage(source="none")
         rec.usage = usage
         rec.cost = request_cost(self.pricing, usage) if rec.attempts else 0.0
         rec.cancelled = cancelled

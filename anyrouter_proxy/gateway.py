@@ -62,6 +62,7 @@ from .types import (
     MESSAGES,
     Attempt,
     GenerationRecord,
+    Usage,
 )
 from .upstream import Upstream, UpstreamResponse
 
@@ -204,9 +205,8 @@ class Gateway:
             models = self._models_for(req, config)
             stream = _validate(req.endpoint, req.body)
             targets = self._targets(req, models, config)
-        except ProxyError as exc:  # refused before it has a usage row: still counted
-            self.ledger.metrics.refused(req.endpoint, self.known_model(req.body, config),
-                                        req.key.name, exc.status)
+        except ProxyError as exc:
+            self._refused(req, self.known_model(req.body, config), exc)
             raise
         if req.forced_provider:
             self.ledger.store.audit("forced_provider", key_name=req.key.name,
@@ -231,6 +231,18 @@ class Gateway:
                                             code="internal_error", status=500))
             raise
 
+    def _refused(self, req: ProxyRequest, model_id: str, exc: ProxyError) -> None:
+        """A proxied request refused before routing still gets its row (cost 0), so
+        the generation id it was given resolves, and its metrics."""
+        record = GenerationRecord(
+            id=req.gen_id, created_at=time.time(), key_name=req.key.name,
+            endpoint=req.endpoint, model=model_id, trace_id=req.trace_id,
+            streamed=req.body.get("stream") is True, status_code=exc.status,
+            error_code=exc.code, usage=Usage(source="none"))
+        req.record = record
+        self.ledger.store.record(record)
+        self.ledger.metrics.observe(record)
+
     def _open_books(self, req: ProxyRequest, model: ModelConfig, targets: list[Target],
                     stream: bool, config: Config) -> Books:
         body = req.body
@@ -246,7 +258,7 @@ class Gateway:
             admission = self.limiter.admit(req.key, model.id, tokens)
         except RateLimited as exc:
             metrics.rejected(req.key.name, "rate_limited")
-            metrics.refused(req.endpoint, model.id, req.key.name, exc.status)
+            self._refused(req, model.id, exc)
             store.audit("rate_limited", key_name=req.key.name, trace_id=req.trace_id,
                         detail={"model": model.id, **(exc.metadata or {})})
             raise
@@ -257,9 +269,10 @@ class Gateway:
                                    config.server.default_max_tokens)
             reservation = self.credits.reserve(req.key, cost)
         except ProxyError as exc:
+            admission.settle_tokens(0)  # refused: its token estimate goes back
             admission.release()
             metrics.rejected(req.key.name, "insufficient_credits")
-            metrics.refused(req.endpoint, model.id, req.key.name, exc.status)
+            self._refused(req, model.id, exc)
             store.audit("insufficient_credits", key_name=req.key.name, trace_id=req.trace_id,
                         detail={"model": model.id})
             raise
@@ -302,7 +315,7 @@ class Gateway:
                     continue
                 ctx = CallContext(req.gen_id, target.model.id, created, provider, target.route,
                                   books.record.streamed, include_usage,
-                                  server.default_max_tokens, req.client_headers)
+                                  server.default_max_tokens, req.client_headers, target.pricing)
                 books.pricing = target.pricing  # what this attempt costs if it answers
                 books.record.model = target.model.id
                 started = time.perf_counter()

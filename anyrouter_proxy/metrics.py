@@ -76,6 +76,8 @@ class Metrics:
         status_class = f"{rec.status_code // 100}xx"
         self._child(self.requests, rec.endpoint, rec.model, provider, rec.key_name,
                     status_class).inc()
+        if not rec.attempts:  # refused before routing: counted, but no latency to speak of
+            return
         self._child(self.duration, rec.endpoint, rec.model).observe(rec.latency_ms / 1000)
         if rec.ttft_ms is not None:
             self._child(self.ttft, rec.model, provider).observe(rec.ttft_ms / 1000)
@@ -92,11 +94,6 @@ class Metrics:
                 self._child(self.tokens, rec.model, provider, rec.key_name, direction).inc(count)
         if rec.cost:
             self._child(self.cost, rec.model, rec.key_name).inc(rec.cost)
-
-    def refused(self, endpoint: str, model: str, key_name: str, status: int) -> None:
-        """A proxied request refused before it had a usage row (4xx of its own)."""
-        self._child(self.requests, endpoint, model, "none", key_name,
-                    f"{status // 100}xx").inc()
 
     def rejected(self, key_name: str, reason: str) -> None:
         self._child(self.rejections, key_name, reason).inc()

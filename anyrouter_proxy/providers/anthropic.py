@@ -184,5 +184,9 @@ class AnthropicToOpenAIRelay:
         return [encode_event(orjson.dumps(chunk)) for chunk in chunks]
 
     def finish(self) -> list[bytes]:
-        return [encode_event(orjson.dumps(chunk)) for chunk in self._stream.finish()] + \
-            [DONE_EVENT]
+        chunks = self._stream.finish()
+        for chunk in chunks:
+            usage = chunk.get("usage")
+            if isinstance(usage, dict) and self._stream.usage is not None:
+                usage["cost"] = self._ctx.cost_of(self._stream.usage)
+        return [encode_event(orjson.dumps(chunk)) for chunk in chunks] + [DONE_EVENT]

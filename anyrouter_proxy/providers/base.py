@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..config.model import ProviderConfig, Route
+from ..config.model import Pricing, ProviderConfig, Route
+from ..credits import request_cost
 from ..sse import SSEEvent
 from ..types import Usage
 
@@ -30,6 +31,11 @@ class CallContext:
     default_max_tokens: int = 4096
     # Client headers an upstream may need (anthropic-version, anthropic-beta).
     client_headers: Mapping[str, str] = field(default_factory=dict)
+    # The route's pricing: streamed usage chunks carry the cost.
+    pricing: Pricing = field(default_factory=Pricing)
+
+    def cost_of(self, usage: Usage) -> float:
+        return request_cost(self.pricing, usage)
 
 
 @dataclass(slots=True)

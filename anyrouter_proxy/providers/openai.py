@@ -137,6 +137,8 @@ class OpenAIStreamRelay:
                 if not choices:
                     return []
                 del chunk["usage"]
+            elif isinstance(raw_usage, dict) and self.usage is not None:
+                raw_usage["cost"] = self._ctx.cost_of(self.usage)  # as OpenRouter does
         elif "usage" in chunk and not self._ctx.include_usage:
             del chunk["usage"]  # `usage: null` on every chunk is noise the client did not ask for
         return [encode_event(orjson.dumps(chunk))]
