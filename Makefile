@@ -30,3 +30,13 @@ lint: $(VENV)/.test-installed
 
 clean:
 	rm -rf $(VENV) data build *.egg-info
+
+# Benchmark (issue 9): fake upstream + proxy pinned to separate cores, wrk + an SSE client;
+# a Markdown table on stdout, JSON in bench/results/latest.json. BENCH_ARGS=--profile adds
+# a py-spy profile of chat c16 (needs `$(VENV)/bin/pip install py-spy`).
+.PHONY: bench-quick
+bench: $(VENV)/.installed
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.installed
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
