@@ -5,6 +5,7 @@ Never a key, a prompt or a completion: only names, ids, numbers and statuses.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import sys
@@ -52,3 +53,39 @@ def setup_logging(level: str, fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").disabled = True  # ours is richer
+
+
+class AccessLog:
+    """One line per request. In JSON mode the line goes straight to stdout, batched and
+    flushed within `FLUSH_S`: the logging machinery costs about 10% of a request's CPU."""
+
+    FLUSH_S = 0.05
+
+    def __init__(self, json_lines: bool) -> None:
+        self._logger = logging.getLogger(ACCESS)
+        self._json = json_lines
+        self._pending: list[bytes] = []
+        self._flush_scheduled = False
+
+    def enabled(self) -> bool:
+        return self._logger.isEnabledFor(logging.INFO)
+
+    def write(self, fields: dict[str, Any]) -> None:
+        if not self._json:
+            self._logger.info("request", extra={"fields": fields})
+            return
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        entry = {"time": now.replace("+00:00", "Z"), "level": "info", "logger": ACCESS,
+                 **fields}
+        self._pending.append(orjson.dumps(entry, default=str) + b"\n")
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._pending:
+            lines, self._pending = b"".join(self._pending), []
+            sys.stdout.flush()  # whatever the logging module wrote comes first
+            sys.stdout.buffer.write(lines)
+            sys.stdout.buffer.flush()

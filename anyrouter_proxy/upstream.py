@@ -57,6 +57,11 @@ class HttpResponse:
 
     async def read(self) -> bytes:
         content = self._response.content
+        if content.is_eof() and content.total_bytes <= MAX_RESPONSE_BYTES:
+            try:  # the whole body already arrived (the usual case): no timer needed
+                return await self._response.read()
+            finally:
+                self._response.release()
         parts: list[bytes] = []
         size = 0
         try:

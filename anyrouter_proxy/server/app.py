@@ -12,6 +12,7 @@ from ..batch_store import BatchStore
 from ..config.model import Config
 from ..credits import CreditLedger
 from ..gateway import Gateway
+from ..logs import AccessLog
 from ..metrics import Metrics
 from ..providers.mock import MockUpstream
 from ..ratelimit import Limiter
@@ -23,15 +24,16 @@ from . import info_handlers as info
 from .middlewares import gateway_middleware
 from .proxy_handlers import count_tokens, proxy_handler
 from .reload import reload_context
-from .state import BATCHES, GATEWAY, LIMITER, METRICS, STORE
+from .state import ACCESS_LOG, BATCHES, GATEWAY, LIMITER, METRICS, STORE
 
 API_PREFIXES = ("/api/v1", "/v1")
 
 
 def create_app(config: Config, *, http: Upstream | None = None,
-               reload_signals: bool = False) -> web.Application:
+               reload_signals: bool = False, json_access_log: bool = False) -> web.Application:
     """The whole proxy for `config`. `http` replaces the outbound seam (tests);
-    `reload_signals` installs the SIGHUP handler (the CLI's server does)."""
+    `reload_signals` installs the SIGHUP handler and `json_access_log` the direct JSON
+    access log (the CLI's server does both)."""
     app = web.Application(middlewares=[gateway_middleware],
                           client_max_size=config.server.max_body_bytes)
     store = UsageStore(config.storage.sqlite_path, queue_max=config.storage.queue_max,
@@ -44,6 +46,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     batches = BatchRunner(gateway, BatchStore(store))
     app[GATEWAY], app[LIMITER], app[STORE], app[METRICS] = gateway, limiter, store, metrics
     app[BATCHES] = batches
+    app[ACCESS_LOG] = access_log = AccessLog(json_access_log)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await store.open()
@@ -54,6 +57,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
         await batches.close(gateway.config.server.shutdown_grace_s)
         await upstream.close()
         await store.close()
+        access_log.flush()
 
     app.cleanup_ctx.append(resources)
 

@@ -61,6 +61,10 @@ async def read_body(request: web.Request, limit: int,
     length = request.content_length
     if length is not None and length > limit:
         raise RequestTooLarge(f"Request body of {length} bytes exceeds the limit of {limit}")
+    content = request.content
+    if content.is_eof() and length is not None:
+        # The whole body is already buffered (the usual small request): no timer needed.
+        return await content.read()
     chunks: list[bytes] = []
     size = 0
     try:

@@ -18,12 +18,10 @@ from ..errors import (
     RequestTooLarge,
     error_for_status,
 )
-from ..logs import ACCESS
 from .client import client_address, cors_headers, preflight
-from .state import GATEWAY, KEY, LIMITER, PROXIED, TRACE_ID
+from .state import ACCESS_LOG, GATEWAY, KEY, LIMITER, PROXIED, TRACE_ID
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger(ACCESS)
 
 
 def is_anthropic_path(path: str) -> bool:
@@ -53,19 +51,20 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ProxyE
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
+    access = request.app[ACCESS_LOG]
     try:
         response = await _handle(request, handler)
     except BaseException as exc:  # cancelled: the client went away
-        if access_log.isEnabledFor(logging.INFO):
-            log_request(request, 499, started, type(exc).__name__)
+        if access.enabled():
+            access.write(request_fields(request, 499, started, type(exc).__name__))
         raise
-    if access_log.isEnabledFor(logging.INFO):
-        log_request(request, response.status, started)
+    if access.enabled():
+        access.write(request_fields(request, response.status, started))
     return response
 
 
-def log_request(request: web.Request, status: int, started: float,
-                outcome: str | None = None) -> None:
+def request_fields(request: web.Request, status: int, started: float,
+                   outcome: str | None = None) -> dict[str, object]:
     key = request.get(KEY)
     fields: dict[str, object] = {
         "event": "request", "method": request.method, "path": request.path[:200],
@@ -86,7 +85,7 @@ def log_request(request: web.Request, status: int, started: float,
                       tokens_completion=usage.completion_tokens, cost=record.cost)
     if outcome:
         fields["outcome"] = outcome
-    access_log.info("request", extra={"fields": fields})
+    return fields
 
 
 async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:

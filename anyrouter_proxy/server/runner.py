@@ -28,16 +28,17 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None,
         runner = uvloop.run
     host = host or config.server.host
     port = port if port is not None else config.server.port
+    json_lines = (log_format or config.server.log_format) == "json"
     try:
-        runner(_serve(config, host, port))
+        runner(_serve(config, host, port, json_lines))
     except OSError as exc:  # the address is taken, or not ours to bind
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return 1
     return 0
 
 
-async def _serve(config: Config, host: str, port: int) -> None:
-    app = create_app(config, reload_signals=True)
+async def _serve(config: Config, host: str, port: int, json_lines: bool) -> None:
+    app = create_app(config, reload_signals=True, json_access_log=json_lines)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a client that disconnects cancels its upstream call

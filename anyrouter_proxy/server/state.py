@@ -11,6 +11,7 @@ from ..config.model import KeyConfig
 if TYPE_CHECKING:
     from ..batch import BatchRunner
     from ..gateway import Gateway, ProxyRequest
+    from ..logs import AccessLog
     from ..metrics import Metrics
     from ..ratelimit import Limiter
     from ..usage_store import UsageStore
@@ -20,6 +21,7 @@ LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 STORE: web.AppKey[UsageStore] = web.AppKey("store")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 BATCHES: web.AppKey[BatchRunner] = web.AppKey("batches")
+ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 
 # Per-request values.
 KEY: web.RequestKey[KeyConfig] = web.RequestKey("key", KeyConfig)
