@@ -7,9 +7,9 @@ import time
 from typing import TYPE_CHECKING
 
 from .config.model import Pricing
-from .credits import CreditReservation, request_cost
+from .credits import request_cost
 from .errors import ProxyError
-from .ratelimit import Admission
+from .quota import Held, Reserved
 from .types import GenerationRecord, Usage
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class Books:
                  "provider_admission", "record", "reservation", "started")
 
     def __init__(self, ledger: Ledger, record: GenerationRecord, pricing: Pricing,
-                 admission: Admission, reservation: CreditReservation,
+                 admission: Held, reservation: Reserved,
                  prompt_estimate: int) -> None:
         self._ledger = ledger
         self._closed = False
@@ -38,7 +38,7 @@ class Books:
         self.pricing = pricing  # of the route that answered, once one has
         self.admission = admission
         self.reservation = reservation
-        self.provider_admission: Admission | None = None
+        self.provider_admission: Held | None = None
         self.prompt_estimate = prompt_estimate
         self.started = time.perf_counter()
 

@@ -25,7 +25,7 @@ import orjson
 
 from .accounting import Books, Ledger
 from .config.model import Config, KeyConfig, ModelConfig, Pricing
-from .credits import CreditLedger, estimate_prompt_tokens, worst_case_cost
+from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
 from .errors import (
     AuthenticationFailed,
@@ -50,7 +50,7 @@ from .health import BreakerPolicy, HealthBoard
 from .providers.anthropic import anthropic_headers
 from .providers.base import CallContext, Exchange
 from .providers.registry import exchange_for
-from .ratelimit import Limiter
+from .quota import Quota
 from .routing import Target, fallback_models, parse_prefs, resolve_targets
 from .sse import SSEDecoder
 from .stream_session import StreamSession, discard, first_output
@@ -101,22 +101,21 @@ def breaker_policies(config: Config) -> dict[str, BreakerPolicy]:
 
 
 class Gateway:
-    def __init__(self, config: Config, *, http: Upstream, mock: Upstream, limiter: Limiter,
-                 credits: CreditLedger, ledger: Ledger,
+    def __init__(self, config: Config, *, http: Upstream, mock: Upstream, quota: Quota,
+                 ledger: Ledger,
                  draw: Callable[[], float] = random.random,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.config = config
         self.http = http
         self.mock = mock
-        self.limiter = limiter
-        self.credits = credits
+        self.quota = quota
         self.ledger = ledger
         self.board = HealthBoard(breaker_policies(config))
         self._draw = draw
         self._sleep = sleep
 
     def reconfigure(self, config: Config) -> None:
-        self.limiter.reconfigure(config)
+        self.quota.reconfigure(config)
         self.board.reconfigure(breaker_policies(config))
         self.config = config  # one assignment: requests in flight keep the config they had
 
@@ -213,7 +212,7 @@ class Gateway:
                                     trace_id=req.trace_id,
                                     detail={"provider": req.forced_provider,
                                             "model": models[0].id})
-        books = self._open_books(req, models[0], targets, stream, config)
+        books = await self._open_books(req, models[0], targets, stream, config)
         headers = {"X-AnyRouter-Generation-Id": req.gen_id, **endpoint_extra}
         try:
             if stream:
@@ -243,7 +242,7 @@ class Gateway:
         self.ledger.store.record(record)
         self.ledger.metrics.observe(record)
 
-    def _open_books(self, req: ProxyRequest, model: ModelConfig, targets: list[Target],
+    async def _open_books(self, req: ProxyRequest, model: ModelConfig, targets: list[Target],
                     stream: bool, config: Config) -> Books:
         body = req.body
         prompt_tokens = estimate_prompt_tokens(body)
@@ -255,7 +254,7 @@ class Gateway:
             tokens, max_tokens = prompt_tokens, 0
         store, metrics = self.ledger.store, self.ledger.metrics
         try:
-            admission = self.limiter.admit(req.key, model.id, tokens)
+            admission = await self.quota.admit(req.key, model.id, tokens)
         except RateLimited as exc:
             metrics.rejected(req.key.name, "rate_limited")
             self._refused(req, model.id, exc)
@@ -267,7 +266,7 @@ class Gateway:
             worst = dataclasses.replace(model, pricing=_dearest(targets))
             cost = worst_case_cost(worst, prompt_tokens, max_tokens,
                                    config.server.default_max_tokens)
-            reservation = self.credits.reserve(req.key, cost)
+            reservation = await self.quota.reserve(req.key, cost)
         except ProxyError as exc:
             admission.settle_tokens(0)  # refused: its token estimate goes back
             admission.release()
@@ -308,7 +307,7 @@ class Gateway:
                 if not health.available(self.board.clock()):
                     skipped.append(f"{provider.id}: circuit open")
                     continue
-                admission = self.limiter.admit_provider(provider, books.prompt_estimate)
+                admission = await self.quota.admit_provider(provider, books.prompt_estimate)
                 if admission is None:
                     health.release_probe()
                     skipped.append(f"{provider.id}: at its limits")

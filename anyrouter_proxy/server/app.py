@@ -15,6 +15,7 @@ from ..gateway import Gateway
 from ..logs import AccessLog
 from ..metrics import Metrics
 from ..providers.mock import MockUpstream
+from ..quota import MemoryQuota
 from ..ratelimit import Limiter
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 from ..upstream import HttpUpstream, Upstream
@@ -41,8 +42,9 @@ def create_app(config: Config, *, http: Upstream | None = None,
     metrics = Metrics()
     limiter = Limiter(config)
     upstream = http or HttpUpstream()
-    gateway = Gateway(config, http=upstream, mock=MockUpstream(), limiter=limiter,
-                      credits=CreditLedger(), ledger=Ledger(store, metrics))
+    quota = MemoryQuota(limiter, CreditLedger())
+    gateway = Gateway(config, http=upstream, mock=MockUpstream(), quota=quota,
+                      ledger=Ledger(store, metrics))
     batches = BatchRunner(gateway, BatchStore(store))
     app[GATEWAY], app[LIMITER], app[STORE], app[METRICS] = gateway, limiter, store, metrics
     app[BATCHES] = batches
@@ -50,13 +52,14 @@ def create_app(config: Config, *, http: Upstream | None = None,
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await store.open()
-        gateway.credits.load_spend(await store.spend_by_key())  # a restart never refills
+        await gateway.quota.load_spend(await store.spend_by_key())  # a restart never refills
         store.start_retention(config.storage.retention_days)
         await batches.resume(gateway.config.keys)
         yield
         await batches.close(gateway.config.server.shutdown_grace_s)
         await upstream.close()
         await store.close()
+        await gateway.quota.close()
         access_log.flush()
 
     app.cleanup_ctx.append(resources)

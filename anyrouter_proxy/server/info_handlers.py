@@ -15,7 +15,7 @@ from ..deprecation import deprecation_headers, is_sunset
 from ..errors import AuthenticationFailed, InvalidRequest, NotFound, ServiceUnavailable
 from ..health import STATE_CODES
 from .inbound import authenticate
-from .state import GATEWAY, LIMITER, METRICS, STORE
+from .state import GATEWAY, METRICS, STORE
 
 PER_TOKENS = Decimal(1_000_000)
 
@@ -139,20 +139,20 @@ async def health(request: web.Request) -> web.Response:
 
 async def credits(request: web.Request) -> web.Response:
     key = authenticate(request)
-    ledger = request.app[GATEWAY].credits
+    quota = request.app[GATEWAY].quota
     return json_response({"data": {"total_credits": key.credits,
-                                   "total_usage": round(ledger.spent(key.name), 10)}})
+                                   "total_usage": round(await quota.spent(key.name), 10)}})
 
 
 async def key_info(request: web.Request) -> web.Response:
     key = authenticate(request)
-    ledger = request.app[GATEWAY].credits
+    quota = request.app[GATEWAY].quota
     limits = key.limits
     return json_response({"data": {
         "label": key.name,
-        "usage": round(ledger.spent(key.name), 10),
+        "usage": round(await quota.spent(key.name), 10),
         "limit": key.credits,
-        "limit_remaining": ledger.remaining(key),
+        "limit_remaining": await quota.remaining(key),
         "is_free_tier": False,
         "rate_limit": {"requests": limits.requests_per_minute, "interval": "1m"},
         "limits": {"requests_per_minute": limits.requests_per_minute,
@@ -161,7 +161,7 @@ async def key_info(request: web.Request) -> web.Response:
         "models": list(key.models) if key.models is not None else None,
         "disabled": key.disabled,
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
-        "in_flight": request.app[LIMITER].in_flight(key.name),
+        "in_flight": await quota.in_flight(key.name),
     }})
 
 
@@ -188,16 +188,17 @@ async def metrics(request: web.Request) -> web.Response:
     store = request.app[STORE]
 
     gateway = request.app[GATEWAY]
-    board, ledger = gateway.board, gateway.credits
+    board = gateway.board
+    remaining = {key.name: await gateway.quota.remaining(key)
+                 for key in gateway.config.keys.values() if key.credits is not None}
 
     def refresh() -> None:
         # Cleared first: keys and providers removed by a reload must not linger.
         app_metrics.credits_remaining.clear()
         app_metrics.circuit.clear()
-        for key in gateway.config.keys.values():
-            remaining = ledger.remaining(key)
-            if remaining is not None:
-                app_metrics.credits_remaining.labels(key.name).set(remaining)
+        for name, left in remaining.items():
+            if left is not None:
+                app_metrics.credits_remaining.labels(name).set(left)
         app_metrics.queue_depth.set(store.queue_depth)
         app_metrics.dropped.set(store.dropped)
         for provider, state in board.states().items():

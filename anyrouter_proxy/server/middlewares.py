@@ -19,7 +19,7 @@ from ..errors import (
     error_for_status,
 )
 from .client import client_address, cors_headers, preflight
-from .state import ACCESS_LOG, GATEWAY, KEY, LIMITER, PROXIED, TRACE_ID
+from .state import ACCESS_LOG, GATEWAY, KEY, PROXIED, TRACE_ID
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error_response(request, InternalError(
             f"Internal error (request id {request_id})", metadata={"request_id": request_id}))
     if not response.prepared:
-        decorate(request, response)
+        await decorate(request, response)
     return response
 
 
@@ -116,11 +116,11 @@ def cors_of(request: web.Request) -> dict[str, str]:
     return cors_headers(request.headers.get("Origin"), cors) if cors.allow_origins else {}
 
 
-def decorate(request: web.Request, response: web.StreamResponse) -> None:
+async def decorate(request: web.Request, response: web.StreamResponse) -> None:
     """Headers every answer to an authenticated client carries (SPEC §4)."""
     key = request.get(KEY)
     if key is not None:
-        for name, value in request.app[LIMITER].headers(key).items():
+        for name, value in (await request.app[GATEWAY].quota.rate_headers(key)).items():
             response.headers.setdefault(name, value)
     trace_id = request.get(TRACE_ID)
     if trace_id:

@@ -64,7 +64,7 @@ async def _relay(request: web.Request, session: StreamSession,
                  response: web.StreamResponse | None = None) -> web.StreamResponse:
     if response is None:
         response = web.StreamResponse(headers={**SSE_HEADERS, **session.headers})
-        decorate(request, response)
+        await decorate(request, response)
         try:
             await response.prepare(request)
         except BaseException:
@@ -97,7 +97,7 @@ async def _stream_with_keepalive(request: web.Request, req: ProxyRequest,
                 **SSE_HEADERS, "X-AnyRouter-Generation-Id": req.gen_id,
                 **gateway.endpoint_headers(req.endpoint),
                 **(deprecation_headers(model) if model is not None else {})})
-            decorate(request, response)
+            await decorate(request, response)
             await response.prepare(request)
             while not done:
                 await response.write(KEEPALIVE)

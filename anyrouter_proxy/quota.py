@@ -1,0 +1,93 @@
+"""Where limits and credits live: in this process (`MemoryQuota`, the default) or shared
+by several replicas (`redis_quota.RedisQuota`). The gateway only sees `Quota`.
+
+Admissions and reservations are settled synchronously by the request's books; a shared
+backend settles them in the background.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from .config.model import Config, KeyConfig, ProviderConfig
+from .credits import CreditLedger
+from .ratelimit import Limiter
+
+
+class Held(Protocol):
+    """A limits admission: tokens settled to the real count, slots released."""
+
+    def settle_tokens(self, actual_tokens: int) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class Reserved(Protocol):
+    """A credit reservation: settled to the real cost (or cancelled)."""
+
+    def settle(self, actual_cost: float) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+class Quota(Protocol):
+    def reconfigure(self, config: Config) -> None: ...
+
+    async def admit(self, key: KeyConfig, model_id: str, estimated_tokens: int) -> Held: ...
+
+    async def admit_provider(self, provider: ProviderConfig,
+                             estimated_tokens: int) -> Held | None: ...
+
+    async def rate_headers(self, key: KeyConfig) -> dict[str, str]: ...
+
+    async def in_flight(self, key_name: str) -> int: ...
+
+    async def reserve(self, key: KeyConfig, amount: float) -> Reserved: ...
+
+    async def spent(self, key_name: str) -> float: ...
+
+    async def remaining(self, key: KeyConfig) -> float | None: ...
+
+    async def load_spend(self, spend_by_key: Mapping[str, float]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryQuota:
+    """Token buckets and the credit ledger in this process (SPEC §1's default)."""
+
+    def __init__(self, limiter: Limiter, ledger: CreditLedger) -> None:
+        self.limiter = limiter
+        self.ledger = ledger
+
+    def reconfigure(self, config: Config) -> None:
+        self.limiter.reconfigure(config)
+
+    async def admit(self, key: KeyConfig, model_id: str, estimated_tokens: int) -> Held:
+        return self.limiter.admit(key, model_id, estimated_tokens)
+
+    async def admit_provider(self, provider: ProviderConfig,
+                             estimated_tokens: int) -> Held | None:
+        return self.limiter.admit_provider(provider, estimated_tokens)
+
+    async def rate_headers(self, key: KeyConfig) -> dict[str, str]:
+        return self.limiter.headers(key)
+
+    async def in_flight(self, key_name: str) -> int:
+        return self.limiter.in_flight(key_name)
+
+    async def reserve(self, key: KeyConfig, amount: float) -> Reserved:
+        return self.ledger.reserve(key, amount)
+
+    async def spent(self, key_name: str) -> float:
+        return self.ledger.spent(key_name)
+
+    async def remaining(self, key: KeyConfig) -> float | None:
+        return self.ledger.remaining(key)
+
+    async def load_spend(self, spend_by_key: Mapping[str, float]) -> None:
+        self.ledger.load_spend(spend_by_key)
+
+    async def close(self) -> None:
+        pass
