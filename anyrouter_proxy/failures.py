@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from .errors import (
 
 PASSTHROUGH_STATUSES = frozenset({400, 404, 413, 422})  # the request's fault: returned as is
 CREDENTIAL_STATUSES = frozenset({401, 403})  # the gateway's own misconfiguration
+_TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
 PASSTHROUGH_CODES = {400: "invalid_request", 404: "not_found", 413: "request_too_large",
                      422: "invalid_request"}  # when the upstream gave no code of its own
 
@@ -75,8 +77,7 @@ def _error_fields(raw: bytes) -> tuple[str | None, str | None, str | None]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        text = raw[:300].decode("utf-8", "replace").strip()
-        return (text or None), None, None
+        return _text_of(raw), None, None
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
         message, code, param = error.get("message"), error.get("code"), error.get("param")
@@ -111,3 +112,13 @@ def final_error(model: ModelConfig, failures: list[ProxyError],
     if all(isinstance(f, UpstreamTimeout) for f in failures):
         return UpstreamTimeout(f"Every provider of {model.id} timed out: {tried}", metadata=meta)
     return UpstreamError(f"Every provider of {model.id} failed: {tried}", metadata=meta)
+
+
+def _text_of(raw: bytes) -> str | None:
+    """A non-JSON error body as a short message: an HTML page by its <title>, never its
+    markup; plain text as it is (cut)."""
+    text = raw[:4096].decode("utf-8", "replace").strip()
+    if text[:1] == "<":
+        title = _TITLE.search(text)
+        return f"an HTML page ({title.group(1).strip()[:120]})" if title else "an HTML page"
+    return text[:300] or None

@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 DONE = "[DONE]"
 KEEPALIVE = b": ANYROUTER PROCESSING\n\n"
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # one event larger than this is not an LLM stream
+
+
+class EventTooLarge(ValueError):
+    pass
 
 
 @dataclass(slots=True)
@@ -22,13 +27,16 @@ class SSEDecoder:
     """Incremental decoder: feed raw chunks as they arrive, get whole events back.
 
     Comment lines (`: ping`) are dropped; `id:` and `retry:` are ignored because no
-    upstream we speak to uses them. CRLF and CR line endings are normalised.
+    upstream we speak to uses them. CRLF and CR line endings are normalised. Bytes of an
+    unfinished event are kept as a list and joined once the event ends, so a huge event
+    costs linear time, and more than MAX_EVENT_BYTES of it raises EventTooLarge.
     """
 
-    __slots__ = ("_buffer", "_pending_cr")
+    __slots__ = ("_parts", "_pending_cr", "_size")
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._parts: list[bytes] = []
+        self._size = 0
         self._pending_cr = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
@@ -39,21 +47,33 @@ class SSEDecoder:
             if chunk.endswith(b"\r"):  # might be half of a CRLF split across chunks
                 chunk, self._pending_cr = chunk[:-1], True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer = self._buffer + chunk
+        last = self._parts[-1][-1:] if self._parts else b""
+        if (last + chunk[:1] != b"\n\n") and b"\n\n" not in chunk:
+            if chunk:
+                self._parts.append(chunk)
+                self._size += len(chunk)
+                if self._size > MAX_EVENT_BYTES:
+                    raise EventTooLarge(f"a stream event exceeds {MAX_EVENT_BYTES} bytes")
+            return []
+        previous = self._size
+        buffer = b"".join(self._parts) + chunk if self._parts else chunk
         events: list[SSEEvent] = []
         start = 0
-        while (end := buffer.find(b"\n\n", start)) != -1:
+        search = max(0, previous - 1)  # only the new bytes (and one before, for a split)
+        while (end := buffer.find(b"\n\n", search)) != -1:
             event = _parse_block(buffer[start:end])
             if event is not None:
                 events.append(event)
-            start = end + 2
-        self._buffer = buffer[start:]
+            start = search = end + 2
+        rest = buffer[start:]
+        self._parts = [rest] if rest else []
+        self._size = len(rest)
         return events
 
     @property
     def pending(self) -> bytes:
         """Bytes of an event not yet terminated (a stream that ends here was cut)."""
-        return self._buffer.strip()
+        return b"".join(self._parts).strip()
 
 
 def _parse_block(block: bytes) -> SSEEvent | None:

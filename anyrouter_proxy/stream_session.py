@@ -14,9 +14,9 @@ from typing import Protocol
 import orjson
 
 from .accounting import Books
-from .errors import ProxyError
+from .errors import ProxyError, UpstreamError
 from .providers.base import StreamTranslator
-from .sse import SSEDecoder, encode_event
+from .sse import EventTooLarge, SSEDecoder, encode_event
 from .types import MESSAGES
 from .upstream import UpstreamResponse
 
@@ -48,6 +48,9 @@ def translate(chunk: bytes, decoder: SSEDecoder, translator: StreamTranslator
             out.extend(translator.feed(event))
     except ProxyError as exc:
         return out, exc
+    except EventTooLarge as exc:
+        return out, UpstreamError(f"The upstream stream is invalid: {exc}",
+                                  code="upstream_invalid_response")
     return out, None
 
 

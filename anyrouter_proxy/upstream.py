@@ -64,9 +64,11 @@ class HttpResponse:
                 self._response.release()
         parts: list[bytes] = []
         size = 0
+        idle = self._provider.timeouts.idle_s
         try:
-            async with asyncio.timeout(self._provider.timeouts.idle_s):
+            async with asyncio.timeout(idle) as timer:
                 async for part in content.iter_any():
+                    timer.reschedule(asyncio.get_running_loop().time() + idle)  # idle, not total
                     size += len(part)
                     if size > MAX_RESPONSE_BYTES:
                         raise UpstreamError(

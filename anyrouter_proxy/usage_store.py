@@ -396,7 +396,10 @@ class UsageStore:
         return next(iter(rows), None)
 
     async def spend_by_key(self) -> dict[str, float]:
-        rows = await self._reader().execute_fetchall(_SPEND)
+        try:
+            rows = await self._reader().execute_fetchall(_SPEND)
+        except sqlite3.DatabaseError as exc:  # garbled pages behind a valid header
+            raise _open_error(self.path, exc) from exc
         return {str(name): float(total) for name, total in rows}
 
     async def prune(self, retention_days: int) -> int:

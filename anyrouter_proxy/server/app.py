@@ -15,7 +15,7 @@ from ..gateway import Gateway
 from ..logs import AccessLog
 from ..metrics import Metrics
 from ..providers.mock import MockUpstream
-from ..quota import MemoryQuota
+from ..quota import MemoryQuota, Quota
 from ..ratelimit import Limiter
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 from ..upstream import HttpUpstream, Upstream
@@ -25,7 +25,16 @@ from . import info_handlers as info
 from .middlewares import gateway_middleware
 from .proxy_handlers import count_tokens, proxy_handler
 from .reload import reload_context
-from .state import ACCESS_LOG, BATCHES, GATEWAY, LIMITER, METRICS, STORE
+from .state import (
+    ACCESS_LOG,
+    BATCHES,
+    GATEWAY,
+    LIFECYCLE,
+    LIMITER,
+    METRICS,
+    STORE,
+    Lifecycle,
+)
 
 API_PREFIXES = ("/api/v1", "/v1")
 
@@ -42,7 +51,11 @@ def create_app(config: Config, *, http: Upstream | None = None,
     metrics = Metrics()
     limiter = Limiter(config)
     upstream = http or HttpUpstream()
-    quota = MemoryQuota(limiter, CreditLedger())
+    local_quota = MemoryQuota(limiter, CreditLedger())
+    quota: Quota = local_quota
+    if config.state.backend == "redis":  # shared by replicas; this process's as fallback
+        from ..redis_quota import RedisQuota
+        quota = RedisQuota(config, local_quota)
     gateway = Gateway(config, http=upstream, mock=MockUpstream(), quota=quota,
                       ledger=Ledger(store, metrics))
     batches = BatchRunner(gateway, BatchStore(store))
@@ -52,7 +65,11 @@ def create_app(config: Config, *, http: Upstream | None = None,
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await store.open()
-        await gateway.quota.load_spend(await store.spend_by_key())  # a restart never refills
+        try:
+            await gateway.quota.load_spend(await store.spend_by_key())  # never refills a key
+        except BaseException:
+            await store.close()  # its threads must not keep a failed start alive
+            raise
         store.start_retention(config.storage.retention_days)
         await batches.resume(gateway.config.keys)
         yield
@@ -64,10 +81,19 @@ def create_app(config: Config, *, http: Upstream | None = None,
 
     app.cleanup_ctx.append(resources)
 
+    lifecycle = app[LIFECYCLE] = Lifecycle()
+
     async def drain_begins(app: web.Application) -> None:
+        lifecycle.draining = True
         batches.stop_starting()
 
+    async def close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
+        if lifecycle.draining:  # keep-alive clients must not reuse a closing connection
+            response.force_close()
+            response.headers["Connection"] = "close"  # headers are already prepared
+
     app.on_shutdown.append(drain_begins)
+    app.on_response_prepare.append(close_while_draining)
     app.cleanup_ctx.append(reload_context(signals=reload_signals, watch=config.reload.watch,
                                           interval_s=config.reload.interval_s))
     _add_routes(app)

@@ -11,8 +11,10 @@ from aiohttp import web
 
 from ..config.model import Config
 from ..logs import setup_logging
+from ..usage_store import StoreError
 from .app import create_app
 from .protocol import answer_protocol_errors_as_envelopes
+from .state import LIFECYCLE
 
 log = logging.getLogger("anyrouter_proxy")
 
@@ -33,6 +35,9 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None,
         runner(_serve(config, host, port, json_lines))
     except OSError as exc:  # the address is taken, or not ours to bind
         log.error("cannot listen on %s:%d: %s", host, port, exc)
+        return 1
+    except StoreError as exc:  # an unusable usage database: say so, no traceback
+        log.error("cannot start: %s", exc)
         return 1
     return 0
 
@@ -57,6 +62,7 @@ async def _serve(config: Config, host: str, port: int, json_lines: bool) -> None
         await site.start()
         log.info("AnyRouter proxy listening on http://%s:%d", host, port)
         await stop.wait()
+        app[LIFECYCLE].draining = True  # answers from now on close their connection
         # Drain: the listener closes, in-flight requests get the grace period, then the
         # app's cleanup flushes the usage log.
         log.info("draining (up to %g s)", config.server.shutdown_grace_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -16,12 +17,20 @@ if TYPE_CHECKING:
     from ..ratelimit import Limiter
     from ..usage_store import UsageStore
 
+@dataclass(slots=True)
+class Lifecycle:
+    """Mutable after start-up (an aiohttp app's own mapping is frozen by then)."""
+
+    draining: bool = False
+
+
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 STORE: web.AppKey[UsageStore] = web.AppKey("store")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 BATCHES: web.AppKey[BatchRunner] = web.AppKey("batches")
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
+LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
 
 # Per-request values.
 KEY: web.RequestKey[KeyConfig] = web.RequestKey("key", KeyConfig)
