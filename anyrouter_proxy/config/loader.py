@@ -35,6 +35,7 @@ from .model import (
     ReloadConfig,
     Route,
     ServerConfig,
+    StateConfig,
     StorageConfig,
     Timeouts,
 )
@@ -286,6 +287,12 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
         except ValueError:
             yield problem(("server", "trusted_proxies", i),
                           f"{entry!r} is not an IP address or CIDR network")
+    storage = data.get("storage")
+    dsn = storage.get("dsn") if isinstance(storage, dict) else None
+    if isinstance(dsn, str) and dsn and not dsn.startswith(("postgresql://", "postgres://")):
+        # The value is not echoed: it may hold a password.
+        yield problem(("storage", "dsn"), "must be a postgresql:// URL, such as "
+                      "postgresql://anyrouter@127.0.0.1:5432/anyrouter")
     seen_hashes: dict[str, str] = {}
     for name, key in _dicts(data.get("keys")).items():
         patterns = key.get("models")
@@ -357,6 +364,7 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
         keys_by_hash=MappingProxyType({k.key_sha256: k for k in keys.values()}),
         reload=ReloadConfig(**data.get("reload", {})),
         batch=BatchConfig(**data.get("batch", {})),
+        state=_state(data.get("state") or {}),
         deprecations=MappingProxyType({path: _deprecation(raw) for path, raw
                                        in (data.get("deprecations") or {}).items()}),
         version=data["version"],
@@ -396,6 +404,15 @@ def _model(mid: str, raw: Mapping[str, Any]) -> ModelConfig:
         pricing=Pricing(**raw.get("pricing", {})),
         deprecated=_deprecation(deprecated) if deprecated else None,
     )
+
+
+def _state(raw: Mapping[str, Any]) -> StateConfig:
+    on_error = raw.get("on_error", {})
+    return StateConfig(backend=raw.get("backend", "memory"), url=raw.get("url"),
+                       key_prefix=raw.get("key_prefix", "anyrouter:"),
+                       timeout_s=raw.get("timeout_s", 0.5),
+                       limits_on_error=on_error.get("limits", "open"),
+                       credits_on_error=on_error.get("credits", "closed"))
 
 
 def _deprecation(raw: Mapping[str, Any]) -> Deprecation:

@@ -133,9 +133,21 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     sqlite_path: Path = Path("data/anyrouter.db")
+    backend: str = "sqlite"  # sqlite | postgres
+    dsn: str | None = field(default=None, repr=False)  # postgres; may hold a password
     retention_days: int | None = None
     queue_max: int = 10000
     flush_interval_s: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    backend: str = "memory"  # memory | redis
+    url: str | None = None
+    key_prefix: str = "anyrouter:"
+    timeout_s: float = 0.5
+    limits_on_error: str = "open"  # open: this process's buckets; closed: 503
+    credits_on_error: str = "closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,5 +173,6 @@ class Config:
     keys_by_hash: Mapping[str, KeyConfig] = field(default_factory=dict)
     reload: ReloadConfig = ReloadConfig()
     batch: BatchConfig = BatchConfig()
+    state: StateConfig = StateConfig()
     deprecations: Mapping[str, Deprecation] = field(default_factory=dict)  # by endpoint path
     version: int = 1
