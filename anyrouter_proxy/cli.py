@@ -61,17 +61,25 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 def cmd_usage(args: argparse.Namespace) -> int:
     from .usage_report import build_report, format_report, parse_time
 
-    if args.db:
+    dsn: str | None = None
+    if args.db:  # --db is always a SQLite file
         db = Path(args.db)
     else:
         config = _load_or_report(args.config)
         if config is None:
             return 1
         db = config.storage.sqlite_path
+        if config.storage.backend == "postgres":
+            dsn = config.storage.dsn
     try:
         since = parse_time(args.since) if args.since else None
         until = parse_time(args.until, end=True) if args.until else None
-        rows = build_report(db, by=args.by, since=since, until=until)
+        if dsn is not None:
+            from .usage_report_pg import build_report_pg
+
+            rows = build_report_pg(dsn, by=args.by, since=since, until=until)
+        else:
+            rows = build_report(db, by=args.by, since=since, until=until)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -118,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     usage = commands.add_parser("usage", help="usage report from the log")
     usage.add_argument("--config", default=DEFAULT_CONFIG)
-    usage.add_argument("--db")
+    usage.add_argument("--db", help="a SQLite usage database (default: the config's "
+                       "storage: sqlite_path, or its PostgreSQL dsn with backend postgres)")
     usage.add_argument("--by", choices=("key", "model", "provider", "day"), default="model")
     usage.add_argument("--since")
     usage.add_argument("--until")

@@ -46,8 +46,15 @@ def create_app(config: Config, *, http: Upstream | None = None,
     access log (the CLI's server does both)."""
     app = web.Application(middlewares=[gateway_middleware],
                           client_max_size=config.server.max_body_bytes)
-    store = UsageStore(config.storage.sqlite_path, queue_max=config.storage.queue_max,
-                       flush_interval_s=config.storage.flush_interval_s)
+    if config.storage.backend == "postgres":  # imported only when used: start-up time
+        from ..storage_postgres import PostgresUsageStore
+
+        store: UsageStore = PostgresUsageStore(
+            config.storage.dsn or "", queue_max=config.storage.queue_max,
+            flush_interval_s=config.storage.flush_interval_s)
+    else:
+        store = UsageStore(config.storage.sqlite_path, queue_max=config.storage.queue_max,
+                           flush_interval_s=config.storage.flush_interval_s)
     metrics = Metrics()
     limiter = Limiter(config)
     upstream = http or HttpUpstream()
