@@ -92,7 +92,8 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
             elif isinstance(node, int | float):
                 tokens += 1
             elif isinstance(node, Mapping):
-                if node.get("type") in IMAGE_PART_TYPES:
+                kind = node.get("type")
+                if isinstance(kind, str) and kind in IMAGE_PART_TYPES:
                     tokens += IMAGE_TOKENS
                 else:
                     stack.extend(node.values())

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from .config.model import ModelConfig
+from .config.model import ModelConfig, ProviderConfig
 from .errors import (
     ProxyError,
     RateLimited,
@@ -17,6 +17,7 @@ from .errors import (
     UpstreamTimeout,
     error_for_status,
 )
+from .redaction import redact
 
 PASSTHROUGH_STATUSES = frozenset({400, 404, 413, 422})  # the request's fault: returned as is
 CREDENTIAL_STATUSES = frozenset({401, 403})  # the gateway's own misconfiguration
@@ -50,10 +51,12 @@ def retry_after_s(exc: ProxyError) -> float | None:
         return None
 
 
-def upstream_failure(provider: str, status: int, raw: bytes,
+def upstream_failure(config: ProviderConfig, status: int, raw: bytes,
                      headers: Mapping[str, str] | None) -> ProxyError:
     """An upstream error answer, as the error the client (or failover) sees."""
+    provider = config.id
     message, code, param = _error_fields(raw)
+    message = redact(message, config) if message else message
     meta = {"provider_name": provider, "provider_status": status}
     if status in PASSTHROUGH_STATUSES:
         return error_for_status(status, message or f"Provider {provider} rejected the request",

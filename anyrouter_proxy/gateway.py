@@ -356,13 +356,17 @@ class Gateway:
     async def _send(self, ctx: CallContext, exchange: Exchange, body: dict[str, Any],
                     books: Books) -> UpstreamResponse:
         call = exchange.build(body, ctx)
+        try:
+            payload = orjson.dumps(call.body)
+        except orjson.JSONEncodeError as exc:  # orjson reads 1024 levels but writes 254
+            raise InvalidRequest(f"Request body cannot be forwarded: {exc}",
+                                 code="invalid_json") from None
         upstream = self.mock if ctx.provider.kind == "mock" else self.http
         record = books.record
         record.provider, record.upstream_model = ctx.provider.id, ctx.route.model
         started = time.perf_counter()
         try:
-            response = await upstream.send(ctx.provider, call.path, orjson.dumps(call.body),
-                                           call.headers)
+            response = await upstream.send(ctx.provider, call.path, payload, call.headers)
         except ProxyError as exc:
             status = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
             record.attempts.append(Attempt(ctx.provider.id, status, _ms_since(started)))
@@ -373,7 +377,7 @@ class Gateway:
             finally:
                 response.close()
             record.attempts.append(Attempt(ctx.provider.id, response.status, _ms_since(started)))
-            raise upstream_failure(ctx.provider.id, response.status, raw, response.headers)
+            raise upstream_failure(ctx.provider, response.status, raw, response.headers)
         record.attempts.append(Attempt(ctx.provider.id, response.status, _ms_since(started)))
         return response
 
@@ -446,7 +450,7 @@ class Gateway:
             finally:
                 response.close()
             if response.status >= 400:
-                raise upstream_failure(target.provider.id, response.status, raw,
+                raise upstream_failure(target.provider, response.status, raw,
                                        response.headers)
             return Answer(200, raw, {"X-AnyRouter-Provider": target.provider.id})
         estimate = {"input_tokens": estimate_prompt_tokens(req.body), "estimated": True}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import sys
 from typing import Any
@@ -31,7 +32,10 @@ class JsonFormatter(logging.Formatter):
             entry["message"] = record.getMessage()
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except TypeError:  # a lone surrogate from a client: escape rather than lose the line
+            return json.dumps(entry, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -53,6 +57,9 @@ def setup_logging(level: str, fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").disabled = True  # ours is richer
+    # Their debug logs carry SQL parameters: prompts and answers of batch items.
+    for name in ("aiosqlite", "asyncpg", "redis"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
 
 
 class AccessLog:
@@ -77,7 +84,11 @@ class AccessLog:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
         entry = {"time": now.replace("+00:00", "Z"), "level": "info", "logger": ACCESS,
                  **fields}
-        self._pending.append(orjson.dumps(entry, default=str) + b"\n")
+        try:
+            line = orjson.dumps(entry, default=str)
+        except TypeError:  # a lone surrogate from a client: escape rather than lose the line
+            line = json.dumps(entry, default=str).encode()
+        self._pending.append(line + b"\n")
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from ..errors import UpstreamError
+from ..redaction import redact, redact_error
 from ..sse import SSEEvent, encode_event
 from ..types import Usage
 from .anthropic_stream import AnthropicToOpenAIStream
@@ -68,7 +69,8 @@ class AnthropicPassthrough:
         data["model"] = ctx.model
         usage = anthropic_usage(data["usage"]) if isinstance(data.get("usage"), dict) else None
         upstream_id = data.get("id")
-        return Reply(data, usage, FINISH_REASONS.get(str(data.get("stop_reason"))),
+        stop = data.get("stop_reason")
+        return Reply(data, usage, FINISH_REASONS.get(stop) if isinstance(stop, str) else None,
                      upstream_id if isinstance(upstream_id, str) else None)
 
     def translator(self, ctx: CallContext) -> AnthropicRelay:
@@ -98,8 +100,9 @@ class AnthropicRelay:
         if kind == "error":
             error = data.get("error")
             message = error.get("message") if isinstance(error, dict) else None
+            detail = redact(str(message), self._ctx.provider) if message else "unknown error"
             raise UpstreamError(f"Provider {self._ctx.provider.id} failed mid-stream: "
-                                f"{message or 'unknown error'}",
+                                f"{detail}",
                                 metadata={"provider_name": self._ctx.provider.id})
         if kind == "message_start":
             message = data.get("message")
@@ -117,7 +120,7 @@ class AnthropicRelay:
                 self.usage = anthropic_usage({**self._input, **delta})
             stop = data.get("delta", {}).get("stop_reason") if isinstance(
                 data.get("delta"), dict) else None
-            if stop:
+            if isinstance(stop, str) and stop:
                 self.finish_reason = FINISH_REASONS.get(stop, stop)
         elif kind == "message_stop":
             self._done = True
@@ -180,7 +183,10 @@ class AnthropicToOpenAIRelay:
         if event.event == "ping":
             return []
         data = _event_data(event, self._ctx)
-        chunks = self._stream.feed(event.event or str(data.get("type", "")), data)
+        try:
+            chunks = self._stream.feed(event.event or str(data.get("type", "")), data)
+        except UpstreamError as exc:
+            raise redact_error(exc, self._ctx.provider) from None
         return [encode_event(orjson.dumps(chunk)) for chunk in chunks]
 
     def finish(self) -> list[bytes]:

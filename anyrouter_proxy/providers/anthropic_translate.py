@@ -191,10 +191,13 @@ def upstream_invalid(exc: InvalidRequest) -> UpstreamError:
 
 # --- usage ------------------------------------------------------------------------------------
 
+MAX_TOKEN_COUNT = 10**12  # no answer is larger; beyond it a count is garbage
+
+
 def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
-    return int(value) if math.isfinite(value) and value > 0 else 0
+    return min(int(value), MAX_TOKEN_COUNT) if math.isfinite(value) and value > 0 else 0
 
 
 def anthropic_usage(usage: dict[str, Any]) -> Usage:
@@ -465,7 +468,7 @@ def _tool_use_block(item: Any, p: str) -> dict[str, Any]:
     arguments = _opt_str(function.get("arguments"), f"{p}.function.arguments") or ""
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested arguments too
         raise _bad(f"{p}.function.arguments", "a JSON object") from None
     return {"type": "tool_use", "id": need_str(call.get("id"), f"{p}.id"),
             "name": need_str(function.get("name"), f"{p}.function.name"),

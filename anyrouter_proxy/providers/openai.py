@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from ..errors import UpstreamError
+from ..redaction import redact, redact_error
 from ..sse import SSEEvent, encode_event
 from ..types import CHAT, COMPLETIONS, ENDPOINT_PATHS, Usage
 from .anthropic_stream import OpenAIToAnthropicStream
@@ -15,6 +16,7 @@ from .anthropic_translate import (
     anthropic_to_openai_request,
     message_id,
     openai_to_anthropic_response,
+    openai_usage,
 )
 from .base import CallContext, Reply, UpstreamCall
 
@@ -32,20 +34,10 @@ def openai_headers(ctx: CallContext) -> dict[str, str]:
 
 
 def parse_usage(raw: Any) -> Usage | None:
-    """OpenAI `usage` -> Usage; None when absent or malformed."""
+    """OpenAI `usage` -> Usage (details included); None when absent or not an object."""
     if not isinstance(raw, dict):
         return None
-    try:
-        prompt_details = raw.get("prompt_tokens_details") or {}
-        completion_details = raw.get("completion_tokens_details") or {}
-        return Usage(
-            prompt_tokens=int(raw.get("prompt_tokens") or 0),
-            completion_tokens=int(raw.get("completion_tokens") or 0),
-            cached_tokens=int(prompt_details.get("cached_tokens") or 0),
-            reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
-        )
-    except (TypeError, ValueError, AttributeError):
-        return None
+    return openai_usage(raw)
 
 
 def invalid_response(ctx: CallContext, what: str) -> UpstreamError:
@@ -86,7 +78,8 @@ class OpenAIPassthrough:
         data["provider"] = ctx.provider.id
         finish = choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) \
             else None
-        return Reply(data, parse_usage(data.get("usage")), finish,
+        return Reply(data, parse_usage(data.get("usage")),
+                     finish if isinstance(finish, str) else None,
                      upstream_id if isinstance(upstream_id, str) else None)
 
     def translator(self, ctx: CallContext) -> OpenAIStreamRelay:
@@ -128,7 +121,7 @@ class OpenAIStreamRelay:
         choices = chunk.get("choices")
         if choices and isinstance(choices, list) and isinstance(choices[0], dict):
             reason = choices[0].get("finish_reason")
-            if reason:
+            if reason and isinstance(reason, str):
                 self.finish_reason = reason
         raw_usage = chunk.get("usage")
         if raw_usage:
@@ -154,8 +147,9 @@ class OpenAIStreamRelay:
 
 def _stream_error(raw: Any, ctx: CallContext) -> UpstreamError:
     message = raw.get("message") if isinstance(raw, dict) else None
+    detail = redact(str(message), ctx.provider) if message else "unknown error"
     return UpstreamError(
-        f"Provider {ctx.provider.id} failed mid-stream: {message or 'unknown error'}",
+        f"Provider {ctx.provider.id} failed mid-stream: {detail}",
         metadata={"provider_name": ctx.provider.id})
 
 
@@ -176,7 +170,8 @@ class AnthropicViaOpenAI:
         finish = choices[0].get("finish_reason") if isinstance(choices, list) and choices \
             and isinstance(choices[0], dict) else None
         upstream_id = data.get("id")
-        return Reply(body, parse_usage(data.get("usage")), finish,
+        return Reply(body, parse_usage(data.get("usage")),
+                     finish if isinstance(finish, str) else None,
                      upstream_id if isinstance(upstream_id, str) else None)
 
     def translator(self, ctx: CallContext) -> OpenAIToAnthropicRelay:
@@ -213,7 +208,11 @@ class OpenAIToAnthropicRelay:
                 raise _stream_error(chunk["error"], self._ctx)
             if self.upstream_id is None and isinstance(chunk.get("id"), str):
                 self.upstream_id = chunk["id"]
-        return [encode_event(orjson.dumps(data), name) for name, data in self._stream.feed(chunk)]
+        try:
+            events = self._stream.feed(chunk)
+        except UpstreamError as exc:
+            raise redact_error(exc, self._ctx.provider) from None
+        return [encode_event(orjson.dumps(data), name) for name, data in events]
 
     def finish(self) -> list[bytes]:
         if not self._done:

@@ -39,8 +39,12 @@ def client_address(request: web.Request, trusted_proxies: tuple[str, ...]) -> st
         return peer
     forwarded = request.headers.get("X-Forwarded-For", "")
     for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
-        if not _trusted(hop, networks):
-            return hop[:64]
+        try:
+            address = str(ipaddress.ip_address(hop))
+        except ValueError:
+            return peer  # not an address: the chain is forged or broken, believe the peer
+        if not _trusted(address, networks):
+            return address
     return peer
 
 

@@ -182,7 +182,8 @@ async def metrics(request: web.Request) -> web.Response:
     token = request.app[GATEWAY].config.server.metrics_token
     if token:
         header = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+        if not hmac.compare_digest(header.encode("utf-8", "surrogateescape"),
+                                   f"Bearer {token}".encode()):
             raise AuthenticationFailed("/metrics needs 'Authorization: Bearer <metrics_token>'")
     app_metrics = request.app[METRICS]
     store = request.app[STORE]

@@ -19,6 +19,7 @@ from ..errors import (
     error_for_status,
 )
 from .client import client_address, cors_headers, preflight
+from .protocol import EnvelopeRequestHandler
 from .state import ACCESS_LOG, GATEWAY, KEY, PROXIED, TRACE_ID
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,13 @@ def error_response(request: web.Request, exc: ProxyError) -> web.Response:
     envelope = exc.envelope()
     if is_anthropic_path(request.path):
         envelope = {"type": "error", **envelope}  # what the Anthropic SDK expects
-    return web.Response(status=exc.status, body=orjson.dumps(envelope),
-                        content_type="application/json", headers=exc.headers)
+    response = web.Response(status=exc.status, body=orjson.dumps(envelope),
+                            content_type="application/json", headers=exc.headers)
+    if exc.status in (408, 413):  # the rest of that body is not worth reading
+        response.force_close()
+        if isinstance(request.protocol, EnvelopeRequestHandler):
+            request.protocol.close_after_response()
+    return response
 
 
 def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ProxyError:

@@ -17,6 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class EnvelopeRequestHandler(RequestHandler):
+    def close_after_response(self) -> None:
+        """Close once the answer is out, without aiohttp's 'lingering' read of the rest of
+        a body we refused (up to 10 s for a slow-drip client)."""
+        self._lingering_time = 0.0  # then aiohttp closes the uncompleted request at once
+
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         response = super().handle_error(request, status, exc, message)  # logs; may raise

@@ -1,0 +1,774 @@
+"""Limits and credits shared by several replicas on Redis (SPEC §8; issue 11).
+
+`RedisQuota` implements `quota.Quota` with the semantics of the in-process
+`MemoryQuota` (ratelimit.py's token buckets, credits.py's ledger), atomically across
+every replica that uses the same Redis and `state.key_prefix`:
+
+* One round trip per check. `admit` runs lua/admit.lua: with Redis's own clock (TIME) it
+  refills and checks every bucket of the admission — the key's requests_per_minute,
+  tokens_per_minute and concurrency, and each matching model_limits entry — and takes
+  from all or from none. It answers the key's request bucket level too, so the
+  X-RateLimit-* headers of that response need no second trip (cached briefly per key).
+  `reserve` runs lua/reserve.lua. Scripts run by EVALSHA, loaded with SCRIPT LOAD on the
+  first NOSCRIPT (also after a Redis restart).
+* Concurrency slots are sorted-set members (request id, score = lease expiry), credit
+  reservations carry the same lease: a replica that dies holding them does not pin a
+  key's slots or credit for longer than the lease (15 min, or longer when the providers'
+  `timeouts.total_s` times the attempts allow longer requests).
+* Settling (tokens reconciled to the real usage, slots released, reservations settled or
+  cancelled) never blocks a request: `Held` / `Reserved` are synchronous and queue the
+  work; one background task sends the queue in pipelined batches, retries on failure
+  (idempotent where it matters: see lua/settle.lua) for up to `OUTBOX_RETRY_S`, and is
+  drained by `close()`.
+* Money is stored in integer units of 1e-10 USD (the precision costs are computed to),
+  so sums never drift and the credit boundary is exact.
+* Spend: Redis is the live truth while it is up. `load_spend` (the usage log's sums at
+  start-up) writes a key's spend only where Redis has none (HSETNX): a replica starting
+  beside running ones does not overwrite live spend, and a Redis that lost its data is
+  rebuilt from the database. Each replica also keeps a lower bound of every key's spend
+  (the loaded sum plus what it settled since) and re-seeds a key Redis lost mid-run with
+  it, so even a Redis restart without persistence never refills a key.
+
+When Redis is unreachable (connection refused, timeout `state.timeout_s`, loading):
+`state.on_error.limits: open` (default) admits against this process's own buckets (the
+`MemoryQuota` passed in) and `closed` answers 503 `state_unavailable`;
+`state.on_error.credits: closed` (default) answers 503 `state_unavailable` to keys with
+credits (unlimited keys always fall back: there is nothing to protect) and `open`
+reserves on this process's ledger, whose spend is pushed to Redis when it returns.
+Reads (/credits, /auth/key, headers, /metrics) never fail: they show this replica's view.
+After a failure Redis is skipped for `retry_s` (1 s), then tried again; a warning is
+logged at most every `warn_every_s`, and `fallbacks` / `refusals` count the requests
+served locally / refused, by "limits" and "credits".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import hashlib
+import itertools
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import translate
+from importlib import resources
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .config.model import Config, KeyConfig, Limits, ProviderConfig
+from .credits import CreditReservation, _usd
+from .errors import InsufficientCredits, RateLimited, ServiceUnavailable
+from .quota import Held, MemoryQuota, Reserved
+
+log = logging.getLogger(__name__)
+
+UNITS_PER_USD = 10_000_000_000  # money in Redis: integers of 1e-10 USD
+EPSILON = 1e-9  # as ratelimit.EPSILON
+LEASE_MIN_S = 900.0  # concurrency slots and credit reservations of a dead replica expire
+LEASE_MARGIN_S = 60.0
+HEADER_CACHE_S = 1.0  # X-RateLimit-* from the last admission of the key, for this long
+SCOPE_CACHE_MAX = 4096
+OUTBOX_MAX = 100_000  # settlements waiting for Redis; the oldest are dropped beyond this
+OUTBOX_BATCH = 256
+OUTBOX_RETRY_S = 300.0  # a settlement not delivered within this is dropped (logged)
+DONE_TTL_S = 2 * OUTBOX_RETRY_S  # dedup window of spend recorded without a reservation
+CLOSE_GRACE_S = 5.0
+LIMIT_NAMES = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
+
+# What "Redis is unreachable" means here; other errors (a script bug) are logged too.
+UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+AMBIGUOUS: tuple[type[BaseException], ...] = (RedisTimeoutError, TimeoutError)
+
+
+class _Script:
+    __slots__ = ("name", "sha", "text")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.text = (resources.files("anyrouter_proxy") / "lua" / f"{name}.lua").read_text(
+            encoding="utf-8")
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+
+
+ADMIT = _Script("admit")
+TOKENS = _Script("tokens")
+RELEASE = _Script("release")
+PEEK = _Script("peek")
+RESERVE = _Script("reserve")
+SETTLE = _Script("settle")
+CREDIT_STATE = _Script("credit_state")
+
+
+def to_units(usd: float) -> int:
+    return round(usd * UNITS_PER_USD)
+
+
+def from_units(units: float) -> float:
+    return round(units / UNITS_PER_USD, 10)
+
+
+def _cap(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+def _matcher(pattern: str) -> Callable[[str], bool]:
+    if not any(c in pattern for c in "*?["):
+        return pattern.__eq__
+    regex = re.compile(translate(pattern))  # case-sensitive, as ratelimit.py
+    return lambda model_id: regex.match(model_id) is not None
+
+
+def _retry_after(seconds: float) -> int:
+    if not math.isfinite(seconds):
+        return 60
+    return max(1, math.ceil(seconds))
+
+
+def default_lease_s(config: Config) -> float:
+    """Longer than any request can last: every attempt may run its provider's total_s."""
+    longest = max((p.timeouts.total_s for p in config.providers.values()), default=0.0)
+    return max(LEASE_MIN_S, longest * (config.server.retries + 1) + LEASE_MARGIN_S)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    bucket: str  # hash: rpm and tpm buckets
+    inflight: str  # sorted set: concurrency slots
+    limits: Limits
+    pattern: str | None = None  # the model_limits entry, for a model scope
+
+
+@dataclass(slots=True)
+class _Op:
+    """One queued settlement: a script call, retried as is."""
+
+    script: _Script
+    keys: tuple[str, ...]
+    args: tuple[str | int | float, ...]
+    created: float
+
+
+@dataclass(slots=True)
+class _RateCache:
+    capacity: int
+    level: float
+    until_full: float
+    at: float  # monotonic
+
+
+class _NoLimits:
+    """A provider without limits: nothing to hold, no round trip."""
+
+    def settle_tokens(self, actual_tokens: int) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+NO_LIMITS = _NoLimits()
+
+
+class RedisHeld:
+    """An admission in Redis; settling and releasing are queued, never awaited."""
+
+    __slots__ = ("_estimate", "_inflight", "_member", "_quota", "_released", "_settled",
+                 "_tpm")
+
+    def __init__(self, quota: RedisQuota, member: str, scopes: Sequence[_Scope],
+                 estimate: int) -> None:
+        self._quota = quota
+        self._member = member
+        self._inflight = tuple(s.inflight for s in scopes)
+        self._tpm = tuple((s.bucket, s.limits.tokens_per_minute) for s in scopes
+                          if s.limits.tokens_per_minute is not None)
+        self._estimate = estimate
+        self._settled = False
+        self._released = False
+
+    def settle_tokens(self, actual_tokens: int) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        diff = max(0, actual_tokens) - self._estimate
+        if diff == 0 or not self._tpm:
+            return
+        self._quota._enqueue(TOKENS, tuple(b for b, _ in self._tpm),
+                             (diff, *(cap for _, cap in self._tpm)))
+
+    def release(self) -> None:
+        self._settled = True
+        if self._released:
+            return
+        self._released = True
+        self._quota._enqueue(RELEASE, self._inflight, (self._member,))
+
+
+class RedisReserved:
+    """A credit reservation in Redis; settling is queued, never awaited."""
+
+    __slots__ = ("_done", "_quota", "amount", "key_name", "rid")
+
+    def __init__(self, quota: RedisQuota, key_name: str, rid: str, amount: float) -> None:
+        self._quota = quota
+        self._done = False
+        self.key_name = key_name
+        self.rid = rid
+        self.amount = amount
+
+    def settle(self, actual_cost: float) -> None:
+        """The real cost becomes spend (in full, even above the reservation); first call wins."""
+        if self._done:
+            return
+        self._done = True
+        if not math.isfinite(actual_cost):
+            actual_cost = self.amount
+        self._quota._settle(self.key_name, self.rid, max(0.0, actual_cost), orphan=False)
+
+    def cancel(self) -> None:
+        self.settle(0.0)
+
+
+class LocalReserved:
+    """A reservation on this process's ledger (Redis unreachable, credits fail open); its
+    spend is also queued for Redis, so the shared spend catches up when Redis returns."""
+
+    __slots__ = ("_inner", "_quota", "key_name")
+
+    def __init__(self, quota: RedisQuota, key_name: str, inner: CreditReservation) -> None:
+        self._quota = quota
+        self._inner = inner
+        self.key_name = key_name
+
+    def settle(self, actual_cost: float) -> None:
+        if self._inner.settled:
+            return
+        self._inner.settle(actual_cost)
+        if not math.isfinite(actual_cost):
+            actual_cost = self._inner.amount
+        actual_cost = max(0.0, actual_cost)
+        self._quota._settle(self.key_name, self._quota._new_id(), actual_cost, orphan=True)
+
+    def cancel(self) -> None:
+        self.settle(0.0)
+
+
+class RedisQuota:
+    """`Quota` on Redis, with `local` (this process's buckets and ledger) as the fallback.
+
+    Counters for metrics: `fallbacks["limits" | "credits"]` (requests admitted or reserved
+    locally because Redis was unreachable), `refusals[...]` (503 state_unavailable),
+    `errors` (failed Redis calls, background ones included), `dropped` (settlements given
+    up), and `available` (False while Redis is being skipped after a failure).
+    """
+
+    def __init__(self, config: Config, local: MemoryQuota, *, client: Redis | None = None,
+                 retry_s: float = 1.0, warn_every_s: float = 10.0,
+                 on_fallback: Callable[[str], None] | None = None,
+                 lease_s: float | None = None) -> None:
+        state = config.state
+        self.local = local
+        self.prefix = state.key_prefix
+        self._state = state
+        self.client: Redis = client if client is not None else Redis.from_url(
+            state.url or "redis://127.0.0.1:6379/0",
+            socket_timeout=state.timeout_s, socket_connect_timeout=state.timeout_s,
+            # One immediate retry on a fresh connection (a pooled one may be stale after
+            # a Redis restart); never on a timeout, which would double the wait.
+            retry=Retry(NoBackoff(), 1, (RedisConnectionError,)))
+        self.retry_s = retry_s
+        self.warn_every_s = warn_every_s
+        self.on_fallback = on_fallback
+        self.fallbacks: collections.Counter[str] = collections.Counter()
+        self.refusals: collections.Counter[str] = collections.Counter()
+        self.errors = 0
+        self.dropped = 0
+        self._down_until = 0.0
+        self._down = False
+        self._last_warning = -math.inf
+        self._replica = os.urandom(6).hex()
+        self._ids = itertools.count()
+        self._lease_s = lease_s  # None: default_lease_s(config)
+        self._lease_ms = 0
+        self._providers: dict[str, _Scope] = {}
+        self._scopes: dict[tuple[str, str], tuple[KeyConfig, tuple[_Scope, ...]]] = {}
+        self._rates: dict[str, _RateCache] = {}
+        self._known: dict[str, float] = {}  # a lower bound of each key's spend
+        self._outbox: collections.deque[_Op] = collections.deque()
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._sending = False
+        self._closing = False
+        self._configure(config)
+
+    # -- configuration --------------------------------------------------------------
+
+    def _configure(self, config: Config) -> None:
+        lease = self._lease_s if self._lease_s is not None else default_lease_s(config)
+        self._lease_ms = math.ceil(lease * 1000)
+        self._providers = {
+            pid: _Scope(self._key(f"provider:{pid}", "b"), self._key(f"provider:{pid}", "cc"),
+                        provider.limits)
+            for pid, provider in config.providers.items()
+            if provider.limits is not None and provider.limits != Limits()}
+        self._scopes.clear()
+
+    def reconfigure(self, config: Config) -> None:
+        """Limits and credits follow reloads (capacities resize in Redis on the next
+        check); `state:` itself (url, key_prefix) is read once: changing it needs a restart.
+        The failure policies apply at once."""
+        self.local.reconfigure(config)
+        new, old = config.state, self._state
+        if (new.backend, new.url, new.key_prefix, new.timeout_s) != \
+                (old.backend, old.url, old.key_prefix, old.timeout_s):
+            log.warning("state: backend, url, key_prefix and timeout_s take effect at the "
+                        "next restart; the running process keeps its Redis connection")
+        # The running connection's settings, with the new failure policies.
+        self._state = dataclasses.replace(old, limits_on_error=new.limits_on_error,
+                                          credits_on_error=new.credits_on_error)
+        self._configure(config)
+
+    # -- naming ---------------------------------------------------------------------
+
+    def _key(self, owner: str, suffix: str) -> str:
+        # The {hash tag} keeps all keys of one key (or provider) in one cluster slot.
+        return f"{self.prefix}{{{owner}}}:{suffix}"
+
+    def _key_scope(self, name: str) -> tuple[str, str]:
+        return self._key(f"key:{name}", "b"), self._key(f"key:{name}", "cc")
+
+    def _credit_keys(self, name: str) -> tuple[str, str, str, str]:
+        owner = f"key:{name}"
+        return (self._key(owner, "credit"), self._key(owner, "res"),
+                self._key(owner, "resx"), self._key(owner, "done"))
+
+    def _scopes_for(self, key: KeyConfig, model_id: str) -> tuple[_Scope, ...]:
+        cached = self._scopes.get((key.name, model_id))
+        if cached is not None and cached[0] is key:
+            return cached[1]
+        bucket, inflight = self._key_scope(key.name)
+        scopes = [_Scope(bucket, inflight, key.limits)]
+        for pattern, limits in key.model_limits.items():
+            if _matcher(pattern)(model_id):
+                owner = f"key:{key.name}"
+                scopes.append(_Scope(self._key(owner, f"m:{pattern}:b"),
+                                     self._key(owner, f"m:{pattern}:cc"), limits, pattern))
+        if len(self._scopes) >= SCOPE_CACHE_MAX:
+            self._scopes.clear()
+        self._scopes[(key.name, model_id)] = (key, result := tuple(scopes))
+        return result
+
+    def _new_id(self) -> str:
+        return f"{self._replica}-{next(self._ids)}"
+
+    # -- Redis calls and the failure policy -----------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    async def _eval(self, script: _Script, keys: Sequence[str],
+                    args: Sequence[str | int | float]) -> Any:
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.client.script_load(script.text)
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def _failed(self, exc: BaseException, what: str) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        self._down_until = now + self.retry_s
+        self._down = True
+        if now - self._last_warning >= self.warn_every_s:
+            self._last_warning = now
+            log.warning("Redis state backend unreachable (%s: %s: %s); limits fail %s, "
+                        "credits fail %s until it answers", what, type(exc).__name__, exc,
+                        self._state.limits_on_error, self._state.credits_on_error)
+        if not isinstance(exc, RedisError | OSError | TimeoutError):  # pragma: no cover
+            log.error("unexpected error from the Redis state backend", exc_info=exc)
+
+    def _succeeded(self) -> None:
+        if self._down:
+            self._down = False
+            self._down_until = 0.0
+            log.warning("Redis state backend reachable again: limits and credits are "
+                        "shared again")
+
+    def _limits_unavailable(self) -> None:
+        if self._state.limits_on_error == "closed":
+            self.refusals["limits"] += 1
+            raise ServiceUnavailable(
+                "Rate limit state is unavailable (the proxy cannot reach Redis); "
+                "try again shortly", code="state_unavailable", headers={"Retry-After": "1"})
+        self.fallbacks["limits"] += 1
+        if self.on_fallback is not None:
+            self.on_fallback("limits")
+
+    def _credits_unavailable(self, key: KeyConfig) -> None:
+        if key.credits is not None and self._state.credits_on_error == "closed":
+            self.refusals["credits"] += 1
+            raise ServiceUnavailable(
+                "Credit state is unavailable (the proxy cannot reach Redis), so requests on "
+                "keys with credits are refused until it answers; try again shortly",
+                code="state_unavailable", headers={"Retry-After": "1"})
+        self.fallbacks["credits"] += 1
+        if self.on_fallback is not None:
+            self.on_fallback("credits")
+
+    # -- limits ---------------------------------------------------------------------
+
+    async def admit(self, key: KeyConfig, model_id: str, estimated_tokens: int) -> Held:
+        estimate = max(0, estimated_tokens)
+        scopes = self._scopes_for(key, model_id)
+        if not self.available:
+            self._limits_unavailable()
+            return await self.local.admit(key, model_id, estimated_tokens)
+        member = self._new_id()
+        try:
+            result = await self._run_admit(scopes, estimate, member)
+        except UNAVAILABLE as exc:
+            self._failed(exc, "admit")
+            if isinstance(exc, AMBIGUOUS):  # it may have been taken: give the slots back
+                self._enqueue(RELEASE, tuple(s.inflight for s in scopes), (member,))
+            self._limits_unavailable()
+            return await self.local.admit(key, model_id, estimated_tokens)
+        self._succeeded()
+        ok = int(result[0]) == 1
+        level, until_full = (float(result[1]), float(result[2])) if ok else \
+            (float(result[4]), float(result[5]))
+        rpm = key.limits.requests_per_minute
+        if rpm is not None:
+            self._rates[key.name] = _RateCache(rpm, level, until_full, time.monotonic())
+        if ok:
+            return RedisHeld(self, member, scopes, estimate)
+        scope = scopes[int(result[1]) - 1]
+        raise self._rejection(key, model_id, scope, LIMIT_NAMES[int(result[2]) - 1],
+                              float(result[3]))
+
+    async def _run_admit(self, scopes: Sequence[_Scope], estimate: int, member: str) -> Any:
+        keys: list[str] = []
+        args: list[str | int | float] = [estimate, member, self._lease_ms]
+        for scope in scopes:
+            keys += (scope.bucket, scope.inflight)
+            limits = scope.limits
+            args += (_cap(limits.requests_per_minute), _cap(limits.tokens_per_minute),
+                     _cap(limits.concurrent_requests))
+        return await self._eval(ADMIT, keys, args)
+
+    def _rejection(self, key: KeyConfig, model_id: str, scope: _Scope, name: str,
+                   wait: float) -> RateLimited:
+        """ratelimit.Limiter's 429, word for word."""
+        retry_after = _retry_after(wait)
+        value = getattr(scope.limits, name)
+        where = f"key {key.name}"
+        metadata: dict[str, object] = {"limit": name, "limit_value": value, "scope": "key",
+                                       "key": key.name, "retry_after_s": retry_after}
+        if scope.pattern is not None:
+            where += f" on model {model_id} (model_limits {scope.pattern!r})"
+            metadata.update(scope="model", model=model_id, pattern=scope.pattern)
+        headers = {"Retry-After": str(retry_after), **self._cached_headers(key)}
+        return RateLimited(f"Rate limit exceeded for {where}: {name} ({value})",
+                           metadata=metadata, headers=headers)
+
+    async def admit_provider(self, provider: ProviderConfig,
+                             estimated_tokens: int) -> Held | None:
+        scope = self._providers.get(provider.id)
+        if scope is None or scope.limits != provider.limits:
+            if provider.limits is None or provider.limits == Limits():
+                return NO_LIMITS
+            owner = f"provider:{provider.id}"
+            scope = _Scope(self._key(owner, "b"), self._key(owner, "cc"), provider.limits)
+        if not self.available:
+            self._limits_unavailable()
+            return await self.local.admit_provider(provider, estimated_tokens)
+        estimate = max(0, estimated_tokens)
+        member = self._new_id()
+        try:
+            result = await self._run_admit((scope,), estimate, member)
+        except UNAVAILABLE as exc:
+            self._failed(exc, "admit_provider")
+            if isinstance(exc, AMBIGUOUS):
+                self._enqueue(RELEASE, (scope.inflight,), (member,))
+            self._limits_unavailable()
+            return await self.local.admit_provider(provider, estimated_tokens)
+        self._succeeded()
+        if int(result[0]) != 1:
+            return None
+        return RedisHeld(self, member, (scope,), estimate)
+
+    def _cached_headers(self, key: KeyConfig) -> dict[str, str]:
+        cache = self._rates.get(key.name)
+        if cache is None or cache.capacity != key.limits.requests_per_minute:
+            return {}
+        capacity = cache.capacity
+        elapsed = max(0.0, time.monotonic() - cache.at)
+        level = cache.level
+        if level < capacity:
+            level = min(float(capacity), level + elapsed * capacity / 60.0)
+        until_full = max(0.0, cache.until_full - elapsed)
+        return {
+            "X-RateLimit-Limit": str(capacity),
+            "X-RateLimit-Remaining": str(max(0, math.floor(level + EPSILON))),
+            "X-RateLimit-Reset": str(math.ceil(time.time() + until_full)),
+        }
+
+    async def rate_headers(self, key: KeyConfig) -> dict[str, str]:
+        """From the key's last admission on this replica (up to HEADER_CACHE_S old), else
+        one read; this replica's own buckets when Redis is unreachable. Never raises."""
+        rpm = key.limits.requests_per_minute
+        if rpm is None:
+            return {}
+        cache = self._rates.get(key.name)
+        if cache is not None and cache.capacity == rpm and \
+                time.monotonic() - cache.at < HEADER_CACHE_S:
+            return self._cached_headers(key)
+        if not self.available:
+            return await self.local.rate_headers(key)
+        try:
+            level, until_full, _ = await self._eval(PEEK, self._key_scope(key.name), (rpm,))
+        except UNAVAILABLE as exc:
+            self._failed(exc, "rate_headers")
+            return await self.local.rate_headers(key)
+        self._succeeded()
+        self._rates[key.name] = _RateCache(rpm, float(level), float(until_full),
+                                           time.monotonic())
+        return self._cached_headers(key)
+
+    async def in_flight(self, key_name: str) -> int:
+        """Requests of the key holding a slot, on every replica. Never raises."""
+        if not self.available:
+            return await self.local.in_flight(key_name)
+        try:
+            _, _, count = await self._eval(PEEK, self._key_scope(key_name), (-1,))
+        except UNAVAILABLE as exc:
+            self._failed(exc, "in_flight")
+            return await self.local.in_flight(key_name)
+        self._succeeded()
+        return int(count)
+
+    # -- credits --------------------------------------------------------------------
+
+    def _floor(self, name: str) -> int:
+        return to_units(self._known.get(name, 0.0))
+
+    def _sync_local(self, name: str) -> None:
+        """Bring the local ledger's spend up to what this replica knows was spent."""
+        ledger = self.local.ledger
+        known = self._known.get(name, 0.0)
+        if ledger.spent(name) < known:
+            ledger.load_spend({name: known})
+
+    async def reserve(self, key: KeyConfig, amount: float) -> Reserved:
+        if not math.isfinite(amount):
+            raise ValueError(f"credit reservation must be finite, got {amount!r}")
+        name, amount = key.name, max(0.0, amount)
+        if not self.available:
+            return self._reserve_locally(key, amount)
+        rid = self._new_id()
+        credits = -1 if key.credits is None else to_units(key.credits)
+        try:
+            ok, spent_u, reserved_u = await self._eval(
+                RESERVE, self._credit_keys(name)[:3],
+                (to_units(amount), credits, rid, self._lease_ms, self._floor(name)))
+        except UNAVAILABLE as exc:
+            self._failed(exc, "reserve")
+            if isinstance(exc, AMBIGUOUS):  # it may have been reserved: cancel it
+                self._settle(name, rid, 0.0, orphan=False)
+            return self._reserve_locally(key, amount)
+        self._succeeded()
+        spent = from_units(float(spent_u))
+        if spent > self._known.get(name, 0.0):
+            self._known[name] = spent
+        if int(ok) == 1:
+            return RedisReserved(self, name, rid, amount)
+        assert key.credits is not None
+        reserved = from_units(float(reserved_u))
+        remaining = max(0.0, key.credits - spent - reserved)
+        raise InsufficientCredits(
+            f"Insufficient credits for key {name}: ${_usd(remaining)} remaining, "
+            f"this request may cost up to ${_usd(amount)}",
+            metadata={"key": name, "credits": key.credits, "spent": round(spent, 10),
+                      "reserved": round(reserved, 10), "remaining": round(remaining, 10),
+                      "requested": amount})
+
+    def _reserve_locally(self, key: KeyConfig, amount: float) -> Reserved:
+        self._credits_unavailable(key)
+        self._sync_local(key.name)
+        return LocalReserved(self, key.name, self.local.ledger.reserve(key, amount))
+
+    def _settle(self, name: str, rid: str, actual: float, *, orphan: bool) -> None:
+        if actual > 0:
+            self._known[name] = self._known.get(name, 0.0) + actual
+        if orphan and actual <= 0:
+            return
+        self._enqueue(SETTLE, self._credit_keys(name),
+                      (rid, to_units(actual), "1" if orphan else "0",
+                       math.ceil(DONE_TTL_S * 1000), self._floor(name)))
+
+    async def spent(self, key_name: str) -> float:
+        """The key's spend across replicas (USD). Never raises: this replica's view when
+        Redis is unreachable."""
+        if not self.available:
+            return self._local_spent(key_name)
+        try:
+            value = await cast(Awaitable[Any],
+                               self.client.hget(self._credit_keys(key_name)[0], "spent"))
+        except UNAVAILABLE as exc:
+            self._failed(exc, "spent")
+            return self._local_spent(key_name)
+        self._succeeded()
+        if value is None:
+            return self._known.get(key_name, 0.0)
+        return from_units(float(value))
+
+    def _local_spent(self, name: str) -> float:
+        return max(self.local.ledger.spent(name), self._known.get(name, 0.0))
+
+    async def remaining(self, key: KeyConfig) -> float | None:
+        """Credits minus spent and reserved across replicas, floored at 0; None when
+        unlimited. Never raises: this replica's view when Redis is unreachable."""
+        if key.credits is None:
+            return None
+        if self.available:
+            try:
+                spent_u, reserved_u = await self._eval(
+                    CREDIT_STATE, self._credit_keys(key.name)[:3], (self._floor(key.name),))
+            except UNAVAILABLE as exc:
+                self._failed(exc, "remaining")
+            else:
+                self._succeeded()
+                left = to_units(key.credits) - int(float(spent_u)) - int(float(reserved_u))
+                return max(0.0, from_units(left))
+        self._sync_local(key.name)
+        return self.local.ledger.remaining(key)
+
+    async def load_spend(self, spend_by_key: Mapping[str, float]) -> None:
+        """The usage log's spend per key, at start-up: kept as this replica's lower bound
+        and written to Redis only where Redis has none (HSETNX; Redis is the live truth
+        while it is up, the database rebuilds what Redis lost)."""
+        await self.local.load_spend(spend_by_key)
+        for name, amount in spend_by_key.items():
+            self._known[name] = max(self._known.get(name, 0.0), max(0.0, float(amount)))
+        if not spend_by_key:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for name, amount in spend_by_key.items():
+                    pipe.hsetnx(self._credit_keys(name)[0], "spent",
+                                to_units(max(0.0, float(amount))))
+                await pipe.execute()
+        except UNAVAILABLE as exc:
+            self._failed(exc, "load_spend")
+            log.warning("could not seed spend in Redis at start-up; each key is seeded "
+                        "from the usage log on its first request instead")
+        else:
+            self._succeeded()
+
+    # -- the background outbox ----------------------------------------------------
+
+    def _enqueue(self, script: _Script, keys: tuple[str, ...],
+                 args: tuple[str | int | float, ...]) -> None:
+        self._outbox.append(_Op(script, keys, args, time.monotonic()))
+        if len(self._outbox) > OUTBOX_MAX:
+            self._outbox.popleft()
+            self._drop(1, "the queue of settlements for Redis is full")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): sent with the next one
+            return
+        if self._worker is None or self._worker.done():
+            self._wake = asyncio.Event()
+            self._worker = asyncio.create_task(self._flush_loop(), name="redis-quota-outbox")
+        assert self._wake is not None
+        self._wake.set()
+
+    def _drop(self, count: int, why: str) -> None:
+        self.dropped += count
+        log.error("dropped %d settlement(s) for Redis: %s (limits recover by themselves; "
+                  "spend stays in the usage log)", count, why)
+
+    async def _flush_loop(self) -> None:
+        assert self._wake is not None
+        wake = self._wake
+        while True:
+            if not self._outbox:
+                if self._closing:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            wait = self._down_until - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            batch = [self._outbox.popleft()
+                     for _ in range(min(OUTBOX_BATCH, len(self._outbox)))]
+            self._sending = True
+            try:
+                await self._send(batch)
+            except UNAVAILABLE as exc:
+                self._failed(exc, "settle")
+                cutoff = time.monotonic() - OUTBOX_RETRY_S
+                keep = [op for op in batch if op.created >= cutoff]
+                if len(keep) < len(batch):
+                    self._drop(len(batch) - len(keep), "Redis unreachable for too long")
+                self._outbox.extendleft(reversed(keep))
+            else:
+                self._succeeded()
+            finally:
+                self._sending = False
+
+    async def _send(self, batch: Sequence[_Op]) -> None:
+        results = await self._pipeline(batch)
+        missing = [op for op, r in zip(batch, results, strict=True)
+                   if isinstance(r, NoScriptError)]
+        if missing:  # Redis restarted: load the scripts and send those again
+            for script in {op.script.name: op.script for op in missing}.values():
+                await cast(Awaitable[Any], self.client.script_load(script.text))
+            results = [*results, *await self._pipeline(missing)]
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, NoScriptError):
+                self.errors += 1
+                log.error("a settlement failed in Redis: %s", result)
+
+    async def _pipeline(self, batch: Iterable[_Op]) -> list[Any]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for op in batch:
+                pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+            return await pipe.execute(raise_on_error=False)
+
+    async def flush(self) -> None:
+        """Wait until every queued settlement has been sent (tests, benchmarks)."""
+        while (self._outbox or self._sending) and self._worker is not None \
+                and not self._worker.done():
+            await asyncio.sleep(0.001)
+
+    async def close(self) -> None:
+        """Send what is queued (up to CLOSE_GRACE_S), then close the connections."""
+        self._closing = True
+        worker = self._worker
+        if worker is not None and not worker.done():
+            assert self._wake is not None
+            self._wake.set()
+            done, _ = await asyncio.wait({worker}, timeout=CLOSE_GRACE_S)
+            if not done:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *UNAVAILABLE):
+                    await worker
+        if self._outbox:
+            self._drop(len(self._outbox), "Redis unreachable at shutdown")
+            self._outbox.clear()
+        await self.client.aclose()
+
