@@ -263,7 +263,9 @@ class Gateway:
             raise
         try:
             # The dearest of the routes that may answer bounds the reservation.
-            worst = dataclasses.replace(model, pricing=_dearest(targets))
+            dearest = _dearest(targets)
+            worst = model if dearest == model.pricing else dataclasses.replace(
+                model, pricing=dearest)
             cost = worst_case_cost(worst, prompt_tokens, max_tokens,
                                    config.server.default_max_tokens)
             reservation = await self.quota.reserve(req.key, cost)
@@ -458,6 +460,8 @@ class Gateway:
 
 
 def _dearest(targets: list[Target]) -> Pricing:
+    if len(targets) == 1:
+        return targets[0].pricing
     prices = [t.pricing for t in targets]
     return Pricing(prompt=max(p.prompt for p in prices),
                    completion=max(p.completion for p in prices),

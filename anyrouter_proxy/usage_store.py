@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import aiosqlite
+import orjson
 
 from .types import GenerationRecord
 
@@ -456,7 +457,7 @@ def _open_error(path: Path, exc: sqlite3.Error) -> StoreError:
 
 def _generation_params(rec: GenerationRecord) -> tuple[Any, ...]:
     usage = rec.usage
-    attempts = json.dumps([a.as_dict() for a in rec.attempts], separators=(",", ":"))
+    attempts = orjson.dumps([a.as_dict() for a in rec.attempts]).decode()
     return (
         str(rec.id), float(rec.created_at), str(rec.key_name), rec.trace_id, str(rec.endpoint),
         str(rec.model), rec.provider, rec.upstream_model, rec.upstream_id, int(rec.streamed),
