@@ -85,6 +85,12 @@ def check_items(items: Any, limits: BatchLimits) -> list[Any]:
         raise RequestTooLarge(f"A batch holds at most {limits.max_items} items "
                               f"(batch.max_items); this one has {len(items)}",
                               param="requests", metadata={"max_items": limits.max_items})
+    for index, item in enumerate(items):
+        try:
+            orjson.dumps(item)
+        except orjson.JSONEncodeError as exc:  # too deep to store: it fails alone
+            items[index] = {INVALID_LINE: f"item {index} cannot be stored: {exc}",
+                            "custom_id": _custom_id(item)}
     seen: set[str] = set()
     for item in items:
         custom_id = item.get("custom_id") if isinstance(item, dict) else None

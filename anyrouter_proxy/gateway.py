@@ -444,9 +444,13 @@ class Gateway:
             ctx = CallContext(req.gen_id, model.id, int(time.time()), target.provider,
                               target.route, False, False, config.server.default_max_tokens,
                               req.client_headers)
-            body = {**req.body, "model": target.route.model}
+            try:
+                payload = orjson.dumps({**req.body, "model": target.route.model})
+            except orjson.JSONEncodeError as exc:  # orjson reads 1024 levels, writes 254
+                raise InvalidRequest(f"Request body cannot be forwarded: {exc}",
+                                     code="invalid_json") from None
             response = await self.http.send(target.provider, "/messages/count_tokens",
-                                            orjson.dumps(body), anthropic_headers(ctx))
+                                            payload, anthropic_headers(ctx))
             try:
                 raw = await response.read()
             finally:

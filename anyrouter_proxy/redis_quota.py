@@ -25,9 +25,11 @@ every replica that uses the same Redis and `state.key_prefix`:
 * Spend: Redis is the live truth while it is up. `load_spend` (the usage log's sums at
   start-up) writes a key's spend only where Redis has none (HSETNX): a replica starting
   beside running ones does not overwrite live spend, and a Redis that lost its data is
-  rebuilt from the database. Each replica also keeps a lower bound of every key's spend
-  (the loaded sum plus what it settled since) and re-seeds a key Redis lost mid-run with
-  it, so even a Redis restart without persistence never refills a key.
+  rebuilt from the database. Each replica also keeps the highest spend it has seen per
+  key (the loaded sum, then every answer of Redis) and re-seeds a key that Redis lost
+  mid-run from it, so even a Redis restart without persistence does not refill a key
+  (spend settled after the replica's last look at that key can be missed, until a
+  restart rebuilds it from the database).
 
 When Redis is unreachable (connection refused, timeout `state.timeout_s`, loading):
 `state.on_error.limits: open` (default) admits against this process's own buckets (the
@@ -158,6 +160,8 @@ class _Op:
     keys: tuple[str, ...]
     args: tuple[str | int | float, ...]
     created: float
+    key_name: str | None  # a settle: its answer is the key's spend
+    seq: int
 
 
 @dataclass(slots=True)
@@ -305,11 +309,13 @@ class RedisQuota:
         self._providers: dict[str, _Scope] = {}
         self._scopes: dict[tuple[str, str], tuple[KeyConfig, tuple[_Scope, ...]]] = {}
         self._rates: dict[str, _RateCache] = {}
-        self._known: dict[str, float] = {}  # a lower bound of each key's spend
+        self._seen: dict[str, float] = {}  # the highest spend seen per key: a lower bound
         self._outbox: collections.deque[_Op] = collections.deque()
         self._wake: asyncio.Event | None = None
+        self._progress: asyncio.Condition | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._sending = False
+        self._queued = 0  # sequence number of the last settlement queued
+        self._done = 0  # ... and of the last one sent (or given up)
         self._closing = False
         self._configure(config)
 
@@ -551,6 +557,7 @@ class RedisQuota:
         """Requests of the key holding a slot, on every replica. Never raises."""
         if not self.available:
             return await self.local.in_flight(key_name)
+        await self._caught_up()
         try:
             _, _, count = await self._eval(PEEK, self._key_scope(key_name), (-1,))
         except UNAVAILABLE as exc:
@@ -562,14 +569,18 @@ class RedisQuota:
     # -- credits --------------------------------------------------------------------
 
     def _floor(self, name: str) -> int:
-        return to_units(self._known.get(name, 0.0))
+        return to_units(self._seen.get(name, 0.0))
+
+    def _saw(self, name: str, spent: float) -> None:
+        if spent > self._seen.get(name, 0.0):
+            self._seen[name] = spent
 
     def _sync_local(self, name: str) -> None:
-        """Bring the local ledger's spend up to what this replica knows was spent."""
+        """Bring the local ledger's spend up to the highest spend seen in Redis."""
         ledger = self.local.ledger
-        known = self._known.get(name, 0.0)
-        if ledger.spent(name) < known:
-            ledger.load_spend({name: known})
+        seen = self._seen.get(name, 0.0)
+        if ledger.spent(name) < seen:
+            ledger.load_spend({name: seen})
 
     async def reserve(self, key: KeyConfig, amount: float) -> Reserved:
         if not math.isfinite(amount):
@@ -590,8 +601,7 @@ class RedisQuota:
             return self._reserve_locally(key, amount)
         self._succeeded()
         spent = from_units(float(spent_u))
-        if spent > self._known.get(name, 0.0):
-            self._known[name] = spent
+        self._saw(name, spent)
         if int(ok) == 1:
             return RedisReserved(self, name, rid, amount)
         assert key.credits is not None
@@ -610,19 +620,18 @@ class RedisQuota:
         return LocalReserved(self, key.name, self.local.ledger.reserve(key, amount))
 
     def _settle(self, name: str, rid: str, actual: float, *, orphan: bool) -> None:
-        if actual > 0:
-            self._known[name] = self._known.get(name, 0.0) + actual
         if orphan and actual <= 0:
             return
         self._enqueue(SETTLE, self._credit_keys(name),
                       (rid, to_units(actual), "1" if orphan else "0",
-                       math.ceil(DONE_TTL_S * 1000), self._floor(name)))
+                       math.ceil(DONE_TTL_S * 1000), self._floor(name)), key_name=name)
 
     async def spent(self, key_name: str) -> float:
         """The key's spend across replicas (USD). Never raises: this replica's view when
         Redis is unreachable."""
         if not self.available:
             return self._local_spent(key_name)
+        await self._caught_up()
         try:
             value = await cast(Awaitable[Any],
                                self.client.hget(self._credit_keys(key_name)[0], "spent"))
@@ -630,12 +639,14 @@ class RedisQuota:
             self._failed(exc, "spent")
             return self._local_spent(key_name)
         self._succeeded()
-        if value is None:
-            return self._known.get(key_name, 0.0)
-        return from_units(float(value))
+        if value is None:  # never spent, or Redis lost it: the floor it restarts from
+            return self._seen.get(key_name, 0.0)
+        spent = from_units(float(value))
+        self._saw(key_name, spent)
+        return spent
 
     def _local_spent(self, name: str) -> float:
-        return max(self.local.ledger.spent(name), self._known.get(name, 0.0))
+        return max(self.local.ledger.spent(name), self._seen.get(name, 0.0))
 
     async def remaining(self, key: KeyConfig) -> float | None:
         """Credits minus spent and reserved across replicas, floored at 0; None when
@@ -643,6 +654,7 @@ class RedisQuota:
         if key.credits is None:
             return None
         if self.available:
+            await self._caught_up()
             try:
                 spent_u, reserved_u = await self._eval(
                     CREDIT_STATE, self._credit_keys(key.name)[:3], (self._floor(key.name),))
@@ -650,6 +662,7 @@ class RedisQuota:
                 self._failed(exc, "remaining")
             else:
                 self._succeeded()
+                self._saw(key.name, from_units(float(spent_u)))
                 left = to_units(key.credits) - int(float(spent_u)) - int(float(reserved_u))
                 return max(0.0, from_units(left))
         self._sync_local(key.name)
@@ -661,7 +674,7 @@ class RedisQuota:
         while it is up, the database rebuilds what Redis lost)."""
         await self.local.load_spend(spend_by_key)
         for name, amount in spend_by_key.items():
-            self._known[name] = max(self._known.get(name, 0.0), max(0.0, float(amount)))
+            self._saw(name, float(amount))
         if not spend_by_key:
             return
         try:
@@ -680,8 +693,9 @@ class RedisQuota:
     # -- the background outbox ----------------------------------------------------
 
     def _enqueue(self, script: _Script, keys: tuple[str, ...],
-                 args: tuple[str | int | float, ...]) -> None:
-        self._outbox.append(_Op(script, keys, args, time.monotonic()))
+                 args: tuple[str | int | float, ...], key_name: str | None = None) -> None:
+        self._queued += 1
+        self._outbox.append(_Op(script, keys, args, time.monotonic(), key_name, self._queued))
         if len(self._outbox) > OUTBOX_MAX:
             self._outbox.popleft()
             self._drop(1, "the queue of settlements for Redis is full")
@@ -691,6 +705,7 @@ class RedisQuota:
             return
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
+            self._progress = asyncio.Condition()
             self._worker = asyncio.create_task(self._flush_loop(), name="redis-quota-outbox")
         assert self._wake is not None
         self._wake.set()
@@ -701,8 +716,8 @@ class RedisQuota:
                   "spend stays in the usage log)", count, why)
 
     async def _flush_loop(self) -> None:
-        assert self._wake is not None
-        wake = self._wake
+        assert self._wake is not None and self._progress is not None
+        wake, progress = self._wake, self._progress
         while True:
             if not self._outbox:
                 if self._closing:
@@ -713,9 +728,9 @@ class RedisQuota:
             wait = self._down_until - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+                continue
             batch = [self._outbox.popleft()
                      for _ in range(min(OUTBOX_BATCH, len(self._outbox)))]
-            self._sending = True
             try:
                 await self._send(batch)
             except UNAVAILABLE as exc:
@@ -725,23 +740,47 @@ class RedisQuota:
                 if len(keep) < len(batch):
                     self._drop(len(batch) - len(keep), "Redis unreachable for too long")
                 self._outbox.extendleft(reversed(keep))
+                if not keep:
+                    self._done = max(self._done, batch[-1].seq)
             else:
                 self._succeeded()
-            finally:
-                self._sending = False
+                self._done = max(self._done, batch[-1].seq)
+            async with progress:
+                progress.notify_all()
+
+    async def _caught_up(self) -> None:
+        """Read your own writes: before a read, wait (up to state.timeout_s) until what
+        this replica queued so far has reached Redis."""
+        target = self._queued
+        progress = self._progress
+        if self._done >= target or progress is None or self._worker is None \
+                or self._worker.done():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._state.timeout_s), progress:
+                await progress.wait_for(lambda: self._done >= target or not self.available)
 
     async def _send(self, batch: Sequence[_Op]) -> None:
-        results = await self._pipeline(batch)
-        missing = [op for op, r in zip(batch, results, strict=True)
-                   if isinstance(r, NoScriptError)]
+        answers = list(zip(batch, await self._pipeline(batch), strict=True))
+        missing = [op for op, r in answers if isinstance(r, NoScriptError)]
         if missing:  # Redis restarted: load the scripts and send those again
             for script in {op.script.name: op.script for op in missing}.values():
-                await cast(Awaitable[Any], self.client.script_load(script.text))
-            results = [*results, *await self._pipeline(missing)]
-        for result in results:
-            if isinstance(result, Exception) and not isinstance(result, NoScriptError):
+                await self.client.script_load(script.text)
+            answers += zip(missing, await self._pipeline(missing), strict=True)
+        for op, result in answers:
+            if isinstance(result, NoScriptError):
+                continue
+            if isinstance(result, Exception):
                 self.errors += 1
                 log.error("a settlement failed in Redis: %s", result)
+            elif op.key_name is not None:
+                applied, spent = result
+                if int(applied) != 1 and op.args[2] == "0" and int(op.args[1]) > 0:
+                    log.info("no reservation %s of key %s left to settle (settled by an "
+                             "earlier try, or expired: then its spend is in the usage log "
+                             "only)", op.args[0], op.key_name)
+                if float(spent) >= 0:
+                    self._saw(op.key_name, from_units(float(spent)))
 
     async def _pipeline(self, batch: Iterable[_Op]) -> list[Any]:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -750,9 +789,9 @@ class RedisQuota:
             return await pipe.execute(raise_on_error=False)
 
     async def flush(self) -> None:
-        """Wait until every queued settlement has been sent (tests, benchmarks)."""
-        while (self._outbox or self._sending) and self._worker is not None \
-                and not self._worker.done():
+        """Wait until every settlement queued so far has been sent (tests, benchmarks)."""
+        target = self._queued
+        while self._done < target and self._worker is not None and not self._worker.done():
             await asyncio.sleep(0.001)
 
     async def close(self) -> None:

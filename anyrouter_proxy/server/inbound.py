@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..config.model import KeyConfig
 from ..errors import InvalidRequest, RequestTimeout, RequestTooLarge, UnsupportedMediaType
@@ -62,20 +64,23 @@ async def read_body(request: web.Request, limit: int,
     if length is not None and length > limit:
         raise RequestTooLarge(f"Request body of {length} bytes exceeds the limit of {limit}")
     content = request.content
-    if content.is_eof() and length is not None:
-        # The whole body is already buffered (the usual small request): no timer needed.
-        return await content.read()
-    chunks: list[bytes] = []
-    size = 0
     try:
+        if content.is_eof() and length is not None and "Content-Encoding" not in request.headers:
+            # The whole body is already buffered (the usual small request): no timer needed.
+            return await content.read()
+        chunks: list[bytes] = []
+        size = 0
         async with asyncio.timeout(timeout_s):
-            async for chunk in request.content.iter_any():
-                size += len(chunk)
+            async for chunk in content.iter_any():
+                size += len(chunk)  # counted after decompression: bombs stop here too
                 if size > limit:
                     raise RequestTooLarge(f"Request body exceeds the limit of {limit} bytes")
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(f"Request body not received within {timeout_s:g} s") from None
+    except (RequestPayloadError, HttpProcessingError) as exc:
+        raise InvalidRequest(f"Request body cannot be decoded: {type(exc).__name__}",
+                             code="invalid_request") from None
     return b"".join(chunks)
 
 
