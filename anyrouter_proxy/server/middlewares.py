@@ -37,7 +37,9 @@ def error_response(request: web.Request, exc: ProxyError) -> web.Response:
                             content_type="application/json", headers=exc.headers)
     if exc.status in (408, 413):  # the rest of that body is not worth reading
         response.force_close()
-        if isinstance(request.protocol, EnvelopeRequestHandler):
+        if exc.status == 408 and isinstance(request.protocol, EnvelopeRequestHandler):
+            # A slow drip is not waited for; a large upload is drained (briefly, without
+            # keeping it) so that the client reads the 413 rather than a reset.
             request.protocol.close_after_response()
     return response
 
