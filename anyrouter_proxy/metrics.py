@@ -59,6 +59,13 @@ class Metrics:
         self.config_loaded = Gauge("anyrouter_config_loaded_timestamp_seconds",
                                    "When the config in force was loaded.", registry=r)
         self.config_loaded.set(time.time())
+        self.state_fallbacks = Gauge("anyrouter_state_fallbacks",
+                                     "Requests whose limits or credits were handled in this "
+                                     "process because the shared state (Redis) was "
+                                     "unreachable, since start.", ["kind"], registry=r)
+        self.state_available = Gauge("anyrouter_state_available",
+                                     "1 when the shared state backend answers (always 1 for "
+                                     "memory).", registry=r)
         self.credits_remaining = Gauge("anyrouter_key_credits_remaining_usd",
                                        "Credit left per key with credits (USD), at scrape "
                                        "time.", ["key"], registry=r)

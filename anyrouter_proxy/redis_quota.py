@@ -9,17 +9,21 @@ every replica that uses the same Redis and `state.key_prefix`:
   tokens_per_minute and concurrency, and each matching model_limits entry — and takes
   from all or from none. It answers the key's request bucket level too, so the
   X-RateLimit-* headers of that response need no second trip (cached briefly per key).
-  `reserve` runs lua/reserve.lua. Scripts run by EVALSHA, loaded with SCRIPT LOAD on the
-  first NOSCRIPT (also after a Redis restart).
+  `reserve` runs lua/reserve.lua. Scripts run by EVALSHA, loaded with SCRIPT LOAD at
+  start-up (`load_spend`) and again on NOSCRIPT (after a Redis restart).
 * Concurrency slots are sorted-set members (request id, score = lease expiry), credit
   reservations carry the same lease: a replica that dies holding them does not pin a
   key's slots or credit for longer than the lease (15 min, or longer when the providers'
   `timeouts.total_s` times the attempts allow longer requests).
 * Settling (tokens reconciled to the real usage, slots released, reservations settled or
   cancelled) never blocks a request: `Held` / `Reserved` are synchronous and queue the
-  work; one background task sends the queue in pipelined batches, retries on failure
-  (idempotent where it matters: see lua/settle.lua) for up to `OUTBOX_RETRY_S`, and is
-  drained by `close()`.
+  work; one background task sends what is queued as one lua/settle.lua call per key
+  (pipelined), retries on failure (idempotent where it matters) for up to
+  `OUTBOX_RETRY_S`, and is drained by `close()`. Reads of in-flight counts and spend
+  first wait (up to `state.timeout_s`) for this replica's queue: read your own writes.
+* A check whose answer is lost (timeout, cancelled request) may still have run: its
+  slots are released and its reservation cancelled `state.timeout_s` later, when it
+  has run or never will (undoing earlier could overtake it).
 * Money is stored in integer units of 1e-10 USD (the precision costs are computed to),
   so sums never drift and the credit boundary is exact.
 * Spend: Redis is the live truth while it is up. `load_spend` (the usage log's sums at
@@ -56,7 +60,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import translate
 from importlib import resources
@@ -66,8 +70,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .config.model import Config, KeyConfig, Limits, ProviderConfig
 from .credits import CreditReservation, _usd
@@ -91,7 +94,7 @@ LIMIT_NAMES = ("requests_per_minute", "tokens_per_minute", "concurrent_requests"
 
 # What "Redis is unreachable" means here; other errors (a script bug) are logged too.
 UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
-AMBIGUOUS: tuple[type[BaseException], ...] = (RedisTimeoutError, TimeoutError)
+FAILED_OR_CANCELLED = (RedisError, OSError, TimeoutError, asyncio.CancelledError)
 
 
 class _Script:
@@ -105,12 +108,11 @@ class _Script:
 
 
 ADMIT = _Script("admit")
-TOKENS = _Script("tokens")
-RELEASE = _Script("release")
 PEEK = _Script("peek")
 RESERVE = _Script("reserve")
 SETTLE = _Script("settle")
 CREDIT_STATE = _Script("credit_state")
+SCRIPTS = (ADMIT, PEEK, RESERVE, SETTLE, CREDIT_STATE)
 
 
 def to_units(usd: float) -> int:
@@ -146,6 +148,7 @@ def default_lease_s(config: Config) -> float:
 
 @dataclass(frozen=True, slots=True)
 class _Scope:
+    owner: str  # the hash tag: "key:NAME" or "provider:ID"
     bucket: str  # hash: rpm and tpm buckets
     inflight: str  # sorted set: concurrency slots
     limits: Limits
@@ -154,13 +157,13 @@ class _Scope:
 
 @dataclass(slots=True)
 class _Op:
-    """One queued settlement: a script call, retried as is."""
+    """One queued operation of lua/settle.lua, retried as is until it is sent."""
 
-    script: _Script
+    kind: str  # t (tokens), r (release), s (settle credit)
+    owner: str  # ops of one owner go in one script call
     keys: tuple[str, ...]
-    args: tuple[str | int | float, ...]
+    args: tuple[str | int, ...]
     created: float
-    key_name: str | None  # a settle: its answer is the key's spend
     seq: int
 
 
@@ -188,12 +191,13 @@ NO_LIMITS = _NoLimits()
 class RedisHeld:
     """An admission in Redis; settling and releasing are queued, never awaited."""
 
-    __slots__ = ("_estimate", "_inflight", "_member", "_quota", "_released", "_settled",
-                 "_tpm")
+    __slots__ = ("_estimate", "_inflight", "_member", "_owner", "_quota", "_released",
+                 "_settled", "_tpm")
 
     def __init__(self, quota: RedisQuota, member: str, scopes: Sequence[_Scope],
                  estimate: int) -> None:
         self._quota = quota
+        self._owner = scopes[0].owner
         self._member = member
         self._inflight = tuple(s.inflight for s in scopes)
         self._tpm = tuple((s.bucket, s.limits.tokens_per_minute) for s in scopes
@@ -209,7 +213,7 @@ class RedisHeld:
         diff = max(0, actual_tokens) - self._estimate
         if diff == 0 or not self._tpm:
             return
-        self._quota._enqueue(TOKENS, tuple(b for b, _ in self._tpm),
+        self._quota._enqueue("t", self._owner, tuple(b for b, _ in self._tpm),
                              (diff, *(cap for _, cap in self._tpm)))
 
     def release(self) -> None:
@@ -217,7 +221,7 @@ class RedisHeld:
         if self._released:
             return
         self._released = True
-        self._quota._enqueue(RELEASE, self._inflight, (self._member,))
+        self._quota._enqueue("r", self._owner, self._inflight, (self._member,))
 
 
 class RedisReserved:
@@ -314,9 +318,12 @@ class RedisQuota:
         self._wake: asyncio.Event | None = None
         self._progress: asyncio.Condition | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._delayed: dict[asyncio.TimerHandle, tuple[str, str, tuple[str, ...],
+                                                       tuple[str | int, ...]]] = {}
         self._queued = 0  # sequence number of the last settlement queued
         self._done = 0  # ... and of the last one sent (or given up)
         self._closing = False
+        self._closed = False
         self._configure(config)
 
     # -- configuration --------------------------------------------------------------
@@ -325,8 +332,7 @@ class RedisQuota:
         lease = self._lease_s if self._lease_s is not None else default_lease_s(config)
         self._lease_ms = math.ceil(lease * 1000)
         self._providers = {
-            pid: _Scope(self._key(f"provider:{pid}", "b"), self._key(f"provider:{pid}", "cc"),
-                        provider.limits)
+            pid: self._provider_scope(pid, provider.limits)
             for pid, provider in config.providers.items()
             if provider.limits is not None and provider.limits != Limits()}
         self._scopes.clear()
@@ -352,6 +358,10 @@ class RedisQuota:
         # The {hash tag} keeps all keys of one key (or provider) in one cluster slot.
         return f"{self.prefix}{{{owner}}}:{suffix}"
 
+    def _provider_scope(self, pid: str, limits: Limits) -> _Scope:
+        owner = f"provider:{pid}"
+        return _Scope(owner, self._key(owner, "b"), self._key(owner, "cc"), limits)
+
     def _key_scope(self, name: str) -> tuple[str, str]:
         return self._key(f"key:{name}", "b"), self._key(f"key:{name}", "cc")
 
@@ -364,12 +374,12 @@ class RedisQuota:
         cached = self._scopes.get((key.name, model_id))
         if cached is not None and cached[0] is key:
             return cached[1]
+        owner = f"key:{key.name}"
         bucket, inflight = self._key_scope(key.name)
-        scopes = [_Scope(bucket, inflight, key.limits)]
+        scopes = [_Scope(owner, bucket, inflight, key.limits)]
         for pattern, limits in key.model_limits.items():
             if _matcher(pattern)(model_id):
-                owner = f"key:{key.name}"
-                scopes.append(_Scope(self._key(owner, f"m:{pattern}:b"),
+                scopes.append(_Scope(owner, self._key(owner, f"m:{pattern}:b"),
                                      self._key(owner, f"m:{pattern}:cc"), limits, pattern))
         if len(self._scopes) >= SCOPE_CACHE_MAX:
             self._scopes.clear()
@@ -402,9 +412,9 @@ class RedisQuota:
             self._last_warning = now
             log.warning("Redis state backend unreachable (%s: %s: %s); limits fail %s, "
                         "credits fail %s until it answers", what, type(exc).__name__, exc,
-                        self._state.limits_on_error, self._state.credits_on_error)
-        if not isinstance(exc, RedisError | OSError | TimeoutError):  # pragma: no cover
-            log.error("unexpected error from the Redis state backend", exc_info=exc)
+                        self._state.limits_on_error, self._state.credits_on_error,
+                        # An error answer (not a lost connection) may be a bug: say where.
+                        exc_info=exc if isinstance(exc, ResponseError) else None)
 
     def _succeeded(self) -> None:
         if self._down:
@@ -445,10 +455,13 @@ class RedisQuota:
         member = self._new_id()
         try:
             result = await self._run_admit(scopes, estimate, member)
-        except UNAVAILABLE as exc:
+        except FAILED_OR_CANCELLED as exc:
+            # Admitted or not, nobody will release it: give the slots back (idempotent).
+            self._compensate("r", scopes[0].owner, tuple(s.inflight for s in scopes),
+                             (member,))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             self._failed(exc, "admit")
-            if isinstance(exc, AMBIGUOUS):  # it may have been taken: give the slots back
-                self._enqueue(RELEASE, tuple(s.inflight for s in scopes), (member,))
             self._limits_unavailable()
             return await self.local.admit(key, model_id, estimated_tokens)
         self._succeeded()
@@ -495,8 +508,7 @@ class RedisQuota:
         if scope is None or scope.limits != provider.limits:
             if provider.limits is None or provider.limits == Limits():
                 return NO_LIMITS
-            owner = f"provider:{provider.id}"
-            scope = _Scope(self._key(owner, "b"), self._key(owner, "cc"), provider.limits)
+            scope = self._provider_scope(provider.id, provider.limits)
         if not self.available:
             self._limits_unavailable()
             return await self.local.admit_provider(provider, estimated_tokens)
@@ -504,10 +516,11 @@ class RedisQuota:
         member = self._new_id()
         try:
             result = await self._run_admit((scope,), estimate, member)
-        except UNAVAILABLE as exc:
+        except FAILED_OR_CANCELLED as exc:
+            self._compensate("r", scope.owner, (scope.inflight,), (member,))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             self._failed(exc, "admit_provider")
-            if isinstance(exc, AMBIGUOUS):
-                self._enqueue(RELEASE, (scope.inflight,), (member,))
             self._limits_unavailable()
             return await self.local.admit_provider(provider, estimated_tokens)
         self._succeeded()
@@ -594,10 +607,12 @@ class RedisQuota:
             ok, spent_u, reserved_u = await self._eval(
                 RESERVE, self._credit_keys(name)[:3],
                 (to_units(amount), credits, rid, self._lease_ms, self._floor(name)))
-        except UNAVAILABLE as exc:
+        except FAILED_OR_CANCELLED as exc:
+            self._compensate("s", f"key:{name}", self._credit_keys(name),  # reserved or not
+                             (rid, 0, "0", 0, 0))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             self._failed(exc, "reserve")
-            if isinstance(exc, AMBIGUOUS):  # it may have been reserved: cancel it
-                self._settle(name, rid, 0.0, orphan=False)
             return self._reserve_locally(key, amount)
         self._succeeded()
         spent = from_units(float(spent_u))
@@ -622,9 +637,9 @@ class RedisQuota:
     def _settle(self, name: str, rid: str, actual: float, *, orphan: bool) -> None:
         if orphan and actual <= 0:
             return
-        self._enqueue(SETTLE, self._credit_keys(name),
+        self._enqueue("s", f"key:{name}", self._credit_keys(name),
                       (rid, to_units(actual), "1" if orphan else "0",
-                       math.ceil(DONE_TTL_S * 1000), self._floor(name)), key_name=name)
+                       math.ceil(DONE_TTL_S * 1000), self._floor(name)))
 
     async def spent(self, key_name: str) -> float:
         """The key's spend across replicas (USD). Never raises: this replica's view when
@@ -675,10 +690,10 @@ class RedisQuota:
         await self.local.load_spend(spend_by_key)
         for name, amount in spend_by_key.items():
             self._saw(name, float(amount))
-        if not spend_by_key:
-            return
         try:
             async with self.client.pipeline(transaction=False) as pipe:
+                for script in SCRIPTS:  # now rather than on the first requests
+                    pipe.script_load(script.text)
                 for name, amount in spend_by_key.items():
                     pipe.hsetnx(self._credit_keys(name)[0], "spent",
                                 to_units(max(0.0, float(amount))))
@@ -692,10 +707,13 @@ class RedisQuota:
 
     # -- the background outbox ----------------------------------------------------
 
-    def _enqueue(self, script: _Script, keys: tuple[str, ...],
-                 args: tuple[str | int | float, ...], key_name: str | None = None) -> None:
+    def _enqueue(self, kind: str, owner: str, keys: tuple[str, ...],
+                 args: tuple[str | int, ...]) -> None:
+        if self._closed:  # a request that outlived the shutdown: nothing left to send with
+            self._drop(1, "the quota is closed")
+            return
         self._queued += 1
-        self._outbox.append(_Op(script, keys, args, time.monotonic(), key_name, self._queued))
+        self._outbox.append(_Op(kind, owner, keys, args, time.monotonic(), self._queued))
         if len(self._outbox) > OUTBOX_MAX:
             self._outbox.popleft()
             self._drop(1, "the queue of settlements for Redis is full")
@@ -709,6 +727,18 @@ class RedisQuota:
             self._worker = asyncio.create_task(self._flush_loop(), name="redis-quota-outbox")
         assert self._wake is not None
         self._wake.set()
+
+    def _compensate(self, kind: str, owner: str, keys: tuple[str, ...],
+                    args: tuple[str | int, ...]) -> None:
+        """Undo a check whose answer never came (timeout, cancelled): queued only after
+        state.timeout_s, when the check has run in Redis or never will, so that the undo
+        cannot overtake it."""
+        def later() -> None:
+            self._delayed.pop(handle, None)
+            self._enqueue(kind, owner, keys, args)
+
+        handle = asyncio.get_running_loop().call_later(self._state.timeout_s, later)
+        self._delayed[handle] = (kind, owner, keys, args)
 
     def _drop(self, count: int, why: str) -> None:
         self.dropped += count
@@ -726,8 +756,11 @@ class RedisQuota:
                 await wake.wait()
                 continue
             wait = self._down_until - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if wait > 0 and not self._closing:  # Redis is skipped for now; close() wakes
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await wake.wait()
                 continue
             batch = [self._outbox.popleft()
                      for _ in range(min(OUTBOX_BATCH, len(self._outbox)))]
@@ -740,6 +773,8 @@ class RedisQuota:
                 if len(keep) < len(batch):
                     self._drop(len(batch) - len(keep), "Redis unreachable for too long")
                 self._outbox.extendleft(reversed(keep))
+                if self._closing:  # one last try at shutdown; close() drops the rest
+                    return
                 if not keep:
                     self._done = max(self._done, batch[-1].seq)
             else:
@@ -761,31 +796,47 @@ class RedisQuota:
                 await progress.wait_for(lambda: self._done >= target or not self.available)
 
     async def _send(self, batch: Sequence[_Op]) -> None:
-        answers = list(zip(batch, await self._pipeline(batch), strict=True))
-        missing = [op for op, r in answers if isinstance(r, NoScriptError)]
-        if missing:  # Redis restarted: load the scripts and send those again
-            for script in {op.script.name: op.script for op in missing}.values():
-                await self.client.script_load(script.text)
+        """One settle.lua call per owner (all its keys share a hash tag), pipelined."""
+        groups: dict[str, list[_Op]] = {}
+        for op in batch:
+            groups.setdefault(op.owner, []).append(op)
+        calls = list(groups.values())
+        answers = list(zip(calls, await self._pipeline(calls), strict=True))
+        missing = [ops for ops, r in answers if isinstance(r, NoScriptError)]
+        if missing:  # Redis restarted: load the script and send those again
+            await self.client.script_load(SETTLE.text)
             answers += zip(missing, await self._pipeline(missing), strict=True)
-        for op, result in answers:
-            if isinstance(result, NoScriptError):
+        for ops, results in answers:
+            if isinstance(results, NoScriptError):
                 continue
-            if isinstance(result, Exception):
+            if isinstance(results, Exception):
                 self.errors += 1
-                log.error("a settlement failed in Redis: %s", result)
-            elif op.key_name is not None:
-                applied, spent = result
-                if int(applied) != 1 and op.args[2] == "0" and int(op.args[1]) > 0:
-                    log.info("no reservation %s of key %s left to settle (settled by an "
-                             "earlier try, or expired: then its spend is in the usage log "
-                             "only)", op.args[0], op.key_name)
-                if float(spent) >= 0:
-                    self._saw(op.key_name, from_units(float(spent)))
+                log.error("settlements failed in Redis: %s", results)
+                continue
+            for op, result in zip(ops, results, strict=True):
+                if op.kind == "s":
+                    self._settled(op, result)
 
-    async def _pipeline(self, batch: Iterable[_Op]) -> list[Any]:
+    def _settled(self, op: _Op, result: Any) -> None:
+        applied, spent = (result.decode() if isinstance(result, bytes) else result).split()
+        name = op.owner.removeprefix("key:")
+        if applied != "1" and op.args[2] == "0" and int(op.args[1]) > 0:
+            log.info("no reservation %s of key %s left to settle (settled by an earlier "
+                     "try, or expired: then its spend is in the usage log only)",
+                     op.args[0], name)
+        if float(spent) >= 0:
+            self._saw(name, from_units(float(spent)))
+
+    async def _pipeline(self, calls: Sequence[Sequence[_Op]]) -> list[Any]:
+        """settle.lua once per call; an error answer comes back in place of its result."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for op in batch:
-                pipe.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+            for ops in calls:
+                keys: list[str] = []
+                argv: list[str | int] = [len(ops)]
+                for op in ops:
+                    keys += op.keys
+                    argv += (op.kind, len(op.keys), len(op.args), *op.args)
+                pipe.evalsha(SETTLE.sha, len(keys), *keys, *argv)
             return await pipe.execute(raise_on_error=False)
 
     async def flush(self) -> None:
@@ -797,6 +848,10 @@ class RedisQuota:
     async def close(self) -> None:
         """Send what is queued (up to CLOSE_GRACE_S), then close the connections."""
         self._closing = True
+        for handle, op in list(self._delayed.items()):  # undos: now, not later
+            handle.cancel()
+            self._enqueue(*op)
+        self._delayed.clear()
         worker = self._worker
         if worker is not None and not worker.done():
             assert self._wake is not None
@@ -809,5 +864,6 @@ class RedisQuota:
         if self._outbox:
             self._drop(len(self._outbox), "Redis unreachable at shutdown")
             self._outbox.clear()
+        self._closed = True
         await self.client.aclose()
 

@@ -131,6 +131,9 @@ async def health(request: web.Request) -> web.Response:
         "usage_log": {"status": "degraded" if store.last_error else "ok",
                       "queue_depth": store.queue_depth, "dropped": store.dropped,
                       "last_error": store.last_error},
+        "state": {"backend": request.app[GATEWAY].config.state.backend,
+                  "status": "ok" if getattr(request.app[GATEWAY].quota, "available", True)
+                  else "unavailable"},
     }
     if not serving:
         body["error"] = ServiceUnavailable("No provider can serve requests").envelope()["error"]
@@ -193,7 +196,13 @@ async def metrics(request: web.Request) -> web.Response:
     remaining = {key.name: await gateway.quota.remaining(key)
                  for key in gateway.config.keys.values() if key.credits is not None}
 
+    quota = gateway.quota
+    fallbacks: dict[str, int] = dict(getattr(quota, "fallbacks", {}))
+
     def refresh() -> None:
+        app_metrics.state_available.set(1 if getattr(quota, "available", True) else 0)
+        for kind, count in fallbacks.items():
+            app_metrics.state_fallbacks.labels(kind).set(count)
         # Cleared first: keys and providers removed by a reload must not linger.
         app_metrics.credits_remaining.clear()
         app_metrics.circuit.clear()

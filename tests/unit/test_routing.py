@@ -292,7 +292,7 @@ def test_resolve_targets_weighted_draw_reaches_the_order() -> None:
 def err(raw: bytes | str = b"", status: int = 500, pid: str = "a",
         headers: dict[str, str] | None = None) -> ProxyError:
     body = raw.encode() if isinstance(raw, str) else raw
-    return upstream_failure(pid, status, body, headers)
+    return upstream_failure(ProviderConfig(id=pid, kind="openai"), status, body, headers)
 
 
 @pytest.mark.parametrize("status", [400, 404, 413, 422])
