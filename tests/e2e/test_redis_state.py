@@ -97,7 +97,7 @@ def config_for(config_factory: ConfigFactory, fake_openai: FakeOpenAI,
                redis_url: str) -> ConfigFor:
     """test_limits_credits.config_for with `state: {backend: redis}` and a key prefix of
     this test's own."""
-    state = {"backend": "redis", "url": redis_url,
+    state = {"backend": "redis", "url": redis_url, "timeout_s": 5,  # no flaky fallback
              "key_prefix": f"e2e{uuid.uuid4().hex[:10]}:"}
 
     def make(alice: dict[str, Any] | None = None, bob: dict[str, Any] | None = None,
@@ -146,7 +146,7 @@ async def test_provider_limits_hold_across_replicas_and_routing_skips_it(
                    "backup": openai_provider(fake_backup)},
         models={MODEL: {"routes": [{"provider": "openai", "model": "gpt-4o-mini"},
                                    {"provider": "backup", "model": "gpt-4o-mini"}]}},
-        state={"backend": "redis", "url": redis_url,
+        state={"backend": "redis", "url": redis_url, "timeout_s": 5,
                "key_prefix": f"e2e{uuid.uuid4().hex[:10]}:"})
     one, two = await start_proxy(config), await start_proxy(config)
     for i in range(6):

@@ -83,7 +83,9 @@ async def make_quota(redis_server: RedisServer, prefix: str) -> AsyncIterator[Qu
 
     def make(*keys: KeyConfig, providers: tuple[ProviderConfig, ...] = (),
              limits_on_error: str = "open", credits_on_error: str = "closed",
-             url: str | None = None, timeout_s: float = 0.5, **options: Any) -> RedisQuota:
+             url: str | None = None, timeout_s: float = 5.0, **options: Any) -> RedisQuota:
+        # A generous timeout: on a loaded CI machine a slow answer would otherwise fall
+        # back to local buckets and make the shared-state assertions flaky.
         state = StateConfig(backend="redis", url=url or redis_server.url, key_prefix=prefix,
                             timeout_s=timeout_s, limits_on_error=limits_on_error,
                             credits_on_error=credits_on_error)
