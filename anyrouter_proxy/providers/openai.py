@@ -11,11 +11,13 @@ from ..errors import UpstreamError
 from ..redaction import redact, redact_error
 from ..sse import SSEEvent, encode_event
 from ..types import CHAT, COMPLETIONS, ENDPOINT_PATHS, Usage
-from .anthropic_stream import OpenAIToAnthropicStream
-from .anthropic_translate import (
+from .anthropic_client import (
     anthropic_to_openai_request,
     message_id,
     openai_to_anthropic_response,
+)
+from .anthropic_stream import OpenAIToAnthropicStream
+from .anthropic_translate import (
     openai_usage,
 )
 from .base import CallContext, Reply, UpstreamCall

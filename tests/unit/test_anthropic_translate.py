@@ -13,13 +13,15 @@ import openai.types.chat
 import pytest
 
 from anyrouter_proxy.errors import InvalidRequest, UpstreamError
+from anyrouter_proxy.providers.anthropic_client import (
+    anthropic_to_openai_request,
+    openai_to_anthropic_response,
+)
 from anyrouter_proxy.providers.anthropic_translate import (
     EFFORT_BUDGETS,
-    anthropic_to_openai_request,
     anthropic_to_openai_response,
     anthropic_usage,
     openai_to_anthropic_request,
-    openai_to_anthropic_response,
     openai_usage,
 )
 from anyrouter_proxy.types import Usage

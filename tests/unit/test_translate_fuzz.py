@@ -22,15 +22,17 @@ from hypothesis import strategies as st
 from anyrouter_proxy.config.model import ProviderConfig, Route
 from anyrouter_proxy.errors import InvalidRequest, ProxyError, UpstreamError
 from anyrouter_proxy.providers.anthropic import AnthropicRelay, AnthropicToOpenAIRelay
+from anyrouter_proxy.providers.anthropic_client import (
+    anthropic_to_openai_request,
+    openai_to_anthropic_response,
+)
 from anyrouter_proxy.providers.anthropic_stream import (
     AnthropicToOpenAIStream,
     OpenAIToAnthropicStream,
 )
 from anyrouter_proxy.providers.anthropic_translate import (
-    anthropic_to_openai_request,
     anthropic_to_openai_response,
     openai_to_anthropic_request,
-    openai_to_anthropic_response,
 )
 from anyrouter_proxy.providers.base import CallContext
 from anyrouter_proxy.providers.openai import OpenAIStreamRelay, OpenAIToAnthropicRelay
