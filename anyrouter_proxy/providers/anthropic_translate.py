@@ -1,7 +1,8 @@
 """OpenAI Chat Completions <-> Anthropic Messages: requests, responses, usage (pure, no I/O).
 
 The two stream translators live in `anthropic_stream.py`; the Anthropic-client direction
-(`anthropic_to_openai_request`, `openai_to_anthropic_response`) in `anthropic_client.py`. Every function here raises only
+(`anthropic_to_openai_request`, `openai_to_anthropic_response`) in `anthropic_client.py`.
+Every function here raises only
 `ProxyError`s: `InvalidRequest` (400, `param` naming the field) for a client body of the
 wrong shape, `UpstreamError` (502, code `upstream_invalid_response`) for an upstream answer
 of the wrong shape.
