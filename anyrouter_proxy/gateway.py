@@ -261,6 +261,9 @@ class Gateway:
             store.audit("rate_limited", key_name=req.key.name, trace_id=req.trace_id,
                         detail={"model": model.id, **(exc.metadata or {})})
             raise
+        except ProxyError as exc:  # the shared state is unreachable (503): still a row
+            self._refused(req, model.id, exc)
+            raise
         try:
             # The dearest of the routes that may answer bounds the reservation.
             dearest = _dearest(targets)

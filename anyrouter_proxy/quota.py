@@ -53,6 +53,10 @@ class Quota(Protocol):
 
     async def close(self) -> None: ...
 
+    async def probe(self) -> bool:
+        """Is the backend usable right now (health checks)?"""
+        ...
+
 
 class MemoryQuota:
     """Token buckets and the credit ledger in this process (SPEC §1's default)."""
@@ -91,3 +95,6 @@ class MemoryQuota:
 
     async def close(self) -> None:
         pass
+
+    async def probe(self) -> bool:
+        return True

@@ -395,6 +395,18 @@ class RedisQuota:
     def available(self) -> bool:
         return time.monotonic() >= self._down_until
 
+    async def probe(self) -> bool:
+        """Ask Redis now (PING, bounded by timeout_s), for /health: `available` alone
+        only knows how the last real call went."""
+        try:
+            async with asyncio.timeout(self._state.timeout_s):
+                await self.client.ping()
+        except Exception as exc:  # any failure means: not usable now
+            self._failed(exc, "health probe")
+            return False
+        self._succeeded()
+        return True
+
     async def _eval(self, script: _Script, keys: Sequence[str],
                     args: Sequence[str | int | float]) -> Any:
         try:

@@ -132,7 +132,7 @@ async def health(request: web.Request) -> web.Response:
                       "queue_depth": store.queue_depth, "dropped": store.dropped,
                       "last_error": store.last_error},
         "state": {"backend": request.app[GATEWAY].config.state.backend,
-                  "status": "ok" if getattr(request.app[GATEWAY].quota, "available", True)
+                  "status": "ok" if await request.app[GATEWAY].quota.probe()
                   else "unavailable"},
     }
     if not serving:
@@ -198,9 +198,10 @@ async def metrics(request: web.Request) -> web.Response:
 
     quota = gateway.quota
     fallbacks: dict[str, int] = dict(getattr(quota, "fallbacks", {}))
+    state_ok = await quota.probe()
 
     def refresh() -> None:
-        app_metrics.state_available.set(1 if getattr(quota, "available", True) else 0)
+        app_metrics.state_available.set(1 if state_ok else 0)
         for kind, count in fallbacks.items():
             app_metrics.state_fallbacks.labels(kind).set(count)
         # Cleared first: keys and providers removed by a reload must not linger.
