@@ -11,11 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .types import GenerationRecord
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 # LLM latencies run from milliseconds (embeddings, cache hits) to minutes (long answers).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120,
                    300, 600)

@@ -21,7 +21,6 @@ from ..config.loader import ConfigError, load_config
 from .state import GATEWAY, METRICS, STORE
 
 log = logging.getLogger(__name__)
-RESTART_ONLY = ("server.host", "server.port", "storage")
 
 
 def reload_config(app: web.Application) -> bool:
@@ -41,7 +40,12 @@ def reload_config(app: web.Application) -> bool:
     changed = [name for name, before, after in (
         ("server.host", old.server.host, new.server.host),
         ("server.port", old.server.port, new.server.port),
-        ("storage", old.storage, new.storage)) if before != after]
+        ("server.log_level", old.server.log_level, new.server.log_level),
+        ("server.log_format", old.server.log_format, new.server.log_format),
+        ("server.shutdown_grace_s", old.server.shutdown_grace_s, new.server.shutdown_grace_s),
+        ("reload", old.reload, new.reload),
+        ("storage", old.storage, new.storage),
+        ("state", old.state, new.state)) if before != after]
     if changed:
         log.warning("config reload: %s changed and take effect at the next restart",
                     ", ".join(changed))
