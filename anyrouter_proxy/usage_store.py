@@ -120,7 +120,7 @@ class _Item(NamedTuple):
 class UsageStore:
     def __init__(
         self, path: Path, *, queue_max: int = 10000, flush_interval_s: float = 0.2,
-        batch_max: int = 500, busy_timeout_s: float = 5.0, close_timeout_s: float = 10.0,
+        batch_max: int = 2000, busy_timeout_s: float = 5.0, close_timeout_s: float = 10.0,
     ) -> None:
         self.path = Path(path)
         self.queue_max = queue_max
