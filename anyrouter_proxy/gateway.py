@@ -361,11 +361,7 @@ class Gateway:
     async def _send(self, ctx: CallContext, exchange: Exchange, body: dict[str, Any],
                     books: Books) -> UpstreamResponse:
         call = exchange.build(body, ctx)
-        try:
-            payload = orjson.dumps(call.body)
-        except orjson.JSONEncodeError as exc:  # orjson reads 1024 levels but writes 254
-            raise InvalidRequest(f"Request body cannot be forwarded: {exc}",
-                                 code="invalid_json") from None
+        payload = _encode_body(call.body)
         upstream = self.mock if ctx.provider.kind == "mock" else self.http
         record = books.record
         record.provider, record.upstream_model = ctx.provider.id, ctx.route.model
@@ -447,11 +443,7 @@ class Gateway:
             ctx = CallContext(req.gen_id, model.id, int(time.time()), target.provider,
                               target.route, False, False, config.server.default_max_tokens,
                               req.client_headers)
-            try:
-                payload = orjson.dumps({**req.body, "model": target.route.model})
-            except orjson.JSONEncodeError as exc:  # orjson reads 1024 levels, writes 254
-                raise InvalidRequest(f"Request body cannot be forwarded: {exc}",
-                                     code="invalid_json") from None
+            payload = _encode_body({**req.body, "model": target.route.model})
             response = await self.http.send(target.provider, "/messages/count_tokens",
                                             payload, anthropic_headers(ctx))
             try:
@@ -464,6 +456,14 @@ class Gateway:
             return Answer(200, raw, {"X-AnyRouter-Provider": target.provider.id})
         estimate = {"input_tokens": estimate_prompt_tokens(req.body), "estimated": True}
         return Answer(200, orjson.dumps(estimate), {})
+
+
+def _encode_body(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:  # orjson reads 1024 levels but writes only 254
+        raise InvalidRequest(f"Request body cannot be forwarded: {exc}",
+                             code="invalid_json") from None
 
 
 def _dearest(targets: list[Target]) -> Pricing:

@@ -18,7 +18,7 @@ from .anthropic_translate import (
     anthropic_usage,
     openai_to_anthropic_request,
 )
-from .base import CallContext, Reply, UpstreamCall
+from .base import CallContext, Reply, UpstreamCall, cut_short, invalid_response
 
 MESSAGES_PATH = "/messages"
 FORWARDED_CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -39,19 +39,13 @@ def anthropic_headers(ctx: CallContext) -> dict[str, str]:
     return headers
 
 
-def _invalid(ctx: CallContext, what: str) -> UpstreamError:
-    return UpstreamError(f"Provider {ctx.provider.id} sent an invalid response: {what}",
-                         code="upstream_invalid_response",
-                         metadata={"provider_name": ctx.provider.id})
-
-
 def _event_data(event: SSEEvent, ctx: CallContext) -> dict[str, Any]:
     try:
         data = orjson.loads(event.data)
     except orjson.JSONDecodeError:
-        raise _invalid(ctx, "a stream event is not JSON") from None
+        raise invalid_response(ctx, "a stream event is not JSON") from None
     if not isinstance(data, dict):
-        raise _invalid(ctx, "a stream event is not a JSON object")
+        raise invalid_response(ctx, "a stream event is not a JSON object")
     return data
 
 
@@ -65,7 +59,7 @@ class AnthropicPassthrough:
 
     def reply(self, data: Any, ctx: CallContext) -> Reply:
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
-            raise _invalid(ctx, "not an Anthropic message")
+            raise invalid_response(ctx, "not an Anthropic message")
         data["model"] = ctx.model
         usage = anthropic_usage(data["usage"]) if isinstance(data.get("usage"), dict) else None
         upstream_id = data.get("id")
@@ -128,10 +122,7 @@ class AnthropicRelay:
 
     def finish(self) -> list[bytes]:
         if not self._done:
-            raise UpstreamError(
-                f"Provider {self._ctx.provider.id} ended the stream before message_stop",
-                code="upstream_invalid_response",
-                metadata={"provider_name": self._ctx.provider.id})
+            raise cut_short(self._ctx, "message_stop")
         return []
 
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..config.model import Pricing, ProviderConfig, Route
 from ..credits import request_cost
+from ..errors import UpstreamError
 from ..sse import SSEEvent
 from ..types import Usage
 
@@ -82,3 +83,17 @@ class Exchange(Protocol):
     def reply(self, data: Any, ctx: CallContext) -> Reply: ...
 
     def translator(self, ctx: CallContext) -> StreamTranslator: ...
+
+
+def invalid_response(ctx: CallContext, what: str) -> UpstreamError:
+    """The upstream answered something that is not its API's shape."""
+    return UpstreamError(f"Provider {ctx.provider.id} sent an invalid response: {what}",
+                         code="upstream_invalid_response",
+                         metadata={"provider_name": ctx.provider.id})
+
+
+def cut_short(ctx: CallContext, end: str) -> UpstreamError:
+    """A stream that ended without its normal end: an error, never a clean end."""
+    return UpstreamError(f"Provider {ctx.provider.id} ended the stream before {end}",
+                         code="upstream_invalid_response",
+                         metadata={"provider_name": ctx.provider.id})

@@ -20,7 +20,7 @@ from .anthropic_stream import OpenAIToAnthropicStream
 from .anthropic_translate import (
     openai_usage,
 )
-from .base import CallContext, Reply, UpstreamCall
+from .base import CallContext, Reply, UpstreamCall, cut_short, invalid_response
 
 DONE_EVENT = b"data: [DONE]\n\n"
 # Request fields that steer the gateway and mean nothing (or something else) upstream.
@@ -40,12 +40,6 @@ def parse_usage(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
     return openai_usage(raw)
-
-
-def invalid_response(ctx: CallContext, what: str) -> UpstreamError:
-    return UpstreamError(f"Provider {ctx.provider.id} sent an invalid response: {what}",
-                         code="upstream_invalid_response",
-                         metadata={"provider_name": ctx.provider.id})
 
 
 class OpenAIPassthrough:
@@ -78,11 +72,7 @@ class OpenAIPassthrough:
             choices = []
         data["model"] = ctx.model
         data["provider"] = ctx.provider.id
-        finish = choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) \
-            else None
-        return Reply(data, parse_usage(data.get("usage")),
-                     finish if isinstance(finish, str) else None,
-                     upstream_id if isinstance(upstream_id, str) else None)
+        return Reply(data, parse_usage(data.get("usage")), *_finish_and_id(choices, upstream_id))
 
     def translator(self, ctx: CallContext) -> OpenAIStreamRelay:
         return OpenAIStreamRelay(ctx)
@@ -140,11 +130,16 @@ class OpenAIStreamRelay:
 
     def finish(self) -> list[bytes]:
         if not self._done:
-            raise UpstreamError(
-                f"Provider {self._ctx.provider.id} ended the stream before [DONE]",
-                code="upstream_invalid_response",
-                metadata={"provider_name": self._ctx.provider.id})
+            raise cut_short(self._ctx, "[DONE]")
         return [DONE_EVENT]
+
+
+def _finish_and_id(choices: Any, upstream_id: Any) -> tuple[str | None, str | None]:
+    """An OpenAI answer's finish_reason and id, when they are strings (else None)."""
+    first = choices[0] if isinstance(choices, list) and choices else None
+    finish = first.get("finish_reason") if isinstance(first, dict) else None
+    return (finish if isinstance(finish, str) else None,
+            upstream_id if isinstance(upstream_id, str) else None)
 
 
 def _stream_error(raw: Any, ctx: CallContext) -> UpstreamError:
@@ -168,13 +163,8 @@ class AnthropicViaOpenAI:
         if not isinstance(data, dict):
             raise invalid_response(ctx, "not a JSON object")
         body = openai_to_anthropic_response(data, model=ctx.model)
-        choices = data.get("choices")
-        finish = choices[0].get("finish_reason") if isinstance(choices, list) and choices \
-            and isinstance(choices[0], dict) else None
-        upstream_id = data.get("id")
         return Reply(body, parse_usage(data.get("usage")),
-                     finish if isinstance(finish, str) else None,
-                     upstream_id if isinstance(upstream_id, str) else None)
+                     *_finish_and_id(data.get("choices"), data.get("id")))
 
     def translator(self, ctx: CallContext) -> OpenAIToAnthropicRelay:
         return OpenAIToAnthropicRelay(ctx)
@@ -218,8 +208,5 @@ class OpenAIToAnthropicRelay:
 
     def finish(self) -> list[bytes]:
         if not self._done:
-            raise UpstreamError(
-                f"Provider {self._ctx.provider.id} ended the stream before [DONE]",
-                code="upstream_invalid_response",
-                metadata={"provider_name": self._ctx.provider.id})
+            raise cut_short(self._ctx, "[DONE]")
         return [encode_event(orjson.dumps(data), name) for name, data in self._stream.finish()]
