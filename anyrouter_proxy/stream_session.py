@@ -94,8 +94,9 @@ class StreamSession:
         self._failure = failure  # already happened, after the first events
         self._outcome = outcome
 
-    async def relay(self, write: Write) -> None:
-        """Write the whole stream; always ends with the normal end or an error event."""
+    async def relay(self, write: Write, end: Write) -> None:
+        """Write the whole stream, then `end` with its last bytes (the normal end or an
+        error event) in the same write as the end of the body."""
         translator, books = self._translator, self._books
         events = len(self._pending)
         try:
@@ -110,17 +111,20 @@ class StreamSession:
                 if failure is not None:
                     raise failure
             tail = translator.finish()
-            # The row is queued before the last bytes go out, so a client that reads
-            # /generation right after the stream finds it.
             self._fill_record()
-            books.close(usage=translator.usage, completion_estimate=events)
-            self._ended(completion_tokens=books.record.usage.completion_tokens)
-            await write(b"".join(tail))
+            try:
+                # The end goes out first, the books close right after: nothing in between
+                # yields to the loop (unless the client is slow to read, when it has not
+                # seen the end yet), so a /generation sent after the end finds the row.
+                await end(b"".join(tail))
+            finally:  # the answer was complete even if the client left at the last byte
+                books.close(usage=translator.usage, completion_estimate=events)
+                self._ended(completion_tokens=books.record.usage.completion_tokens)
         except ProxyError as exc:
             self._fill_record()
             self._ended(failure=exc)
             books.close(error=exc, usage=translator.usage, completion_estimate=events)
-            await write(stream_error_event(self.endpoint, exc))
+            await end(stream_error_event(self.endpoint, exc))
         except (asyncio.CancelledError, ConnectionError):
             self._fill_record()
             self._ended(cancelled=True)

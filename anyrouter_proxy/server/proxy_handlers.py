@@ -74,8 +74,7 @@ async def _relay(request: web.Request, session: StreamSession,
     streams.inc()
     try:
         with contextlib.suppress(ConnectionError):
-            await session.relay(response.write)
-            await response.write_eof()
+            await session.relay(response.write, response.write_eof)
     finally:
         streams.dec()
     return response
