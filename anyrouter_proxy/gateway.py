@@ -72,8 +72,13 @@ _DUMMY_DIGEST = "0" * 64
 T = TypeVar("T")
 
 
+# Generation ids need to be unique, not secret (a row is read only with its own key), so
+# they come from a generator seeded once from the OS rather than a syscall per request.
+_ids = random.Random(os.urandom(32))
+
+
 def new_generation_id() -> str:
-    return "gen-" + os.urandom(12).hex()
+    return f"gen-{_ids.getrandbits(96):024x}"
 
 
 @dataclass(slots=True)

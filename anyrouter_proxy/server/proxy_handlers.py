@@ -28,6 +28,13 @@ SSE_HEADERS = {
 FORWARDABLE_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
+class SSEResponse(web.StreamResponse):
+    """Its headers leave with the first event, in one write (as web.Response does with
+    its body): every stream starts with an event or a keep-alive comment right away."""
+
+    _send_headers_immediately = False
+
+
 def _forwardable(request: web.Request) -> dict[str, str]:
     headers = request.headers
     return {name: headers[name] for name in FORWARDABLE_HEADERS if name in headers}
@@ -63,7 +70,7 @@ def proxy_handler(endpoint: str) -> Handler:
 async def _relay(request: web.Request, session: StreamSession,
                  response: web.StreamResponse | None = None) -> web.StreamResponse:
     if response is None:
-        response = web.StreamResponse(headers={**SSE_HEADERS, **session.headers})
+        response = SSEResponse(headers={**SSE_HEADERS, **session.headers})
         await decorate(request, response)
         try:
             await response.prepare(request)
@@ -98,7 +105,7 @@ class _Keepalive:
         request, req = self._request, self._req
         gateway = request.app[GATEWAY]
         model = gateway.config.models.get(gateway.known_model(req.body))
-        response = web.StreamResponse(headers={
+        response = SSEResponse(headers={
             **SSE_HEADERS, "X-AnyRouter-Generation-Id": req.gen_id,
             **gateway.endpoint_headers(req.endpoint),
             **(deprecation_headers(model) if model is not None else {})})

@@ -730,6 +730,32 @@ async def test_client_headers_are_not_forwarded_upstream(
         assert "authorization" not in {n.lower() for n in request.headers}
 
 
+async def test_upstream_cookies_are_not_kept_for_later_requests(
+        config_factory: ConfigFactory, secrets: Secrets, fake_openai: FakeOpenAI,
+        start_proxy: StartProxy) -> None:
+    """The upstream session is shared by every client: a provider's Set-Cookie must not
+    ride along on later requests (another key's among them) nor reach the client."""
+    provider = openai_provider(fake_openai, api_key=secrets.openai)
+    # A host name, not an address: cookie jars ignore cookies set by bare IP addresses.
+    provider["base_url"] = provider["base_url"].replace("127.0.0.1", "localhost")
+    secure = await start_proxy(config_factory(
+        providers={"openai": provider},
+        models={GPT: {"routes": [{"provider": "openai", "model": "gpt-4o-mini"}]}},
+        keys={"alice": {"key_sha256": sha256(secrets.alice)},
+              "bob": {"key_sha256": sha256(secrets.bob)}}))
+    fake_openai.then(Behaviour(headers={"Set-Cookie": f"session={secrets.prompt}; Path=/"}),
+                     Behaviour(headers={"Set-Cookie": f"other={secrets.prompt}; Path=/v1"}))
+    seen = Seen(secure)
+    for key, body in ((secrets.alice, chat()), (secrets.bob, {**chat(), "stream": True}),
+                      (secrets.bob, chat())):
+        status, headers, raw = await seen.call("POST", CHAT_PATH, key, body=body)
+        assert status == 200, raw
+        assert "set-cookie" not in {name.lower() for name in headers}
+    assert len(fake_openai.requests) == 3
+    for request in fake_openai.requests:
+        assert "cookie" not in {name.lower() for name in request.headers}, request.headers
+
+
 # -- the client address --------------------------------------------------------------------------
 
 async def client_seen(config_factory: ConfigFactory, start_proxy: StartProxy,
