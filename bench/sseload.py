@@ -190,7 +190,7 @@ def summary_ms(values: list[float]) -> dict[str, float | None]:
 
 
 async def run(host: str, port: int, request: bytes, concurrency: int, duration: float,
-              warmup: float, stream: bool) -> dict[str, Any]:
+              warmup: float, stream: bool, stagger: float = 0.0) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     ok: list[Result] = []
     errors: dict[str, int] = {}
@@ -201,8 +201,9 @@ async def run(host: str, port: int, request: bytes, concurrency: int, duration: 
         if measuring:
             errors[kind] = errors.get(kind, 0) + 1
 
-    async def worker(deadline: float) -> None:
+    async def worker(deadline: float, delay: float) -> None:
         client: Client | None = None
+        await asyncio.sleep(delay)
         while time.perf_counter() < deadline:
             if client is None or client.transport is None or client.transport.is_closing():
                 try:
@@ -233,7 +234,8 @@ async def run(host: str, port: int, request: bytes, concurrency: int, duration: 
             client.transport.close()
 
     end = time.perf_counter() + warmup + duration
-    tasks = [asyncio.ensure_future(worker(end)) for _ in range(concurrency)]
+    tasks = [asyncio.ensure_future(worker(end, stagger * i / concurrency))
+             for i in range(concurrency)]
     if warmup:
         await asyncio.sleep(warmup)
     measuring = True
@@ -272,6 +274,8 @@ def main() -> None:
     ap.add_argument("-c", "--concurrency", type=int, default=16)
     ap.add_argument("-d", "--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=0.0)
+    ap.add_argument("--stagger", type=float, default=0.0,
+                    help="spread the clients' first requests over this many seconds")
     ap.add_argument("--plain", action="store_true", help="not a stream: no end marker check")
     args = ap.parse_args()
     try:
@@ -283,7 +287,7 @@ def main() -> None:
         body = f.read()
     host, port, request = build_request(args.url, body, args.header)
     out = asyncio.run(run(host, port, request, args.concurrency, args.duration, args.warmup,
-                          not args.plain))
+                          not args.plain, args.stagger))
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 
