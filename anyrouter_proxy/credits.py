@@ -87,18 +87,21 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
             tokens += REPLY_PRIMING_TOKENS + MESSAGE_OVERHEAD_TOKENS * len(messages)
         while stack:
             node = stack.pop()
-            if isinstance(node, str):
+            kind = type(node)  # exact types first: JSON gives only these (a hot loop)
+            if node is None:
+                continue
+            if kind is str or isinstance(node, str):
                 chars += len(node) if node.isascii() else len(node.encode("utf-8"))
-            elif isinstance(node, int | float):
-                tokens += 1
-            elif isinstance(node, Mapping):
-                kind = node.get("type")
-                if isinstance(kind, str) and kind in IMAGE_PART_TYPES:
+            elif kind is dict or isinstance(node, Mapping):
+                part = node.get("type")
+                if part.__class__ is str and part in IMAGE_PART_TYPES:
                     tokens += IMAGE_TOKENS
                 else:
                     stack.extend(node.values())
-            elif isinstance(node, list | tuple):
+            elif kind is list or isinstance(node, list | tuple):
                 stack.extend(node)
+            elif isinstance(node, int | float):
+                tokens += 1
         return tokens + -(-chars // CHARS_PER_TOKEN)
     except Exception:  # an odd shape must not fail the request here; upstream judges it
         return 0

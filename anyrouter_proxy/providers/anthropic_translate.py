@@ -196,6 +196,8 @@ MAX_TOKEN_COUNT = 10**12  # no answer is larger; beyond it a count is garbage
 
 
 def _count(value: Any) -> int:
+    if value.__class__ is int:  # the usual case, first (six calls per answer)
+        return value if 0 < value <= MAX_TOKEN_COUNT else (MAX_TOKEN_COUNT if value > 0 else 0)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
     return min(int(value), MAX_TOKEN_COUNT) if math.isfinite(value) and value > 0 else 0

@@ -12,7 +12,7 @@ from ..config.model import KeyConfig
 from ..errors import InvalidRequest, NotFound
 from .inbound import authenticate, parse_json_object, read_body
 from .info_handlers import json_response
-from .state import BATCHES, GATEWAY, TRACE_ID
+from .state import BATCHES, GATEWAY, context
 
 JSON_LINES = frozenset({"application/x-ndjson", "application/jsonl", "application/json-lines"})
 BODY_TYPES = frozenset({"application/json", ""}) | JSON_LINES
@@ -34,7 +34,7 @@ async def create_batch(request: web.Request) -> web.Response:
     if mode not in MODES:
         raise InvalidRequest("'mode' must be 'sync' or 'async'", param="mode")
     items = check_items(items, runner.limits)
-    trace_id = request.get(TRACE_ID)
+    trace_id = context(request).trace_id
     if mode == "async":
         batch = runner.start_async(key, items, trace_id)
         return json_response(render(batch), status=202)

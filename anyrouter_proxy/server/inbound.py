@@ -13,7 +13,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from ..config.model import KeyConfig
 from ..errors import InvalidRequest, RequestTimeout, RequestTooLarge, UnsupportedMediaType
 from .client import client_address
-from .state import GATEWAY, KEY, TRACE_ID
+from .state import GATEWAY, context
 
 MAX_TRACE_ID_LENGTH = 128
 JSON_TYPES = frozenset({"application/json", ""})
@@ -38,7 +38,7 @@ def trace_id_of(request: web.Request) -> str | None:
         raise InvalidRequest(
             f"X-AnyRouter-Trace-Id must be 1-{MAX_TRACE_ID_LENGTH} printable ASCII characters",
             param="X-AnyRouter-Trace-Id")
-    request[TRACE_ID] = value
+    context(request).trace_id = value
     return value
 
 
@@ -47,7 +47,7 @@ def authenticate(request: web.Request) -> KeyConfig:
     gateway = request.app[GATEWAY]
     client = client_address(request, gateway.config.server.trusted_proxies)
     key = gateway.authenticate(bearer_token(request), trace_id, client)
-    request[KEY] = key
+    context(request).key = key
     return key
 
 

@@ -20,7 +20,7 @@ from ..errors import (
 )
 from .client import client_address, cors_headers, preflight
 from .protocol import EnvelopeRequestHandler
-from .state import ACCESS_LOG, GATEWAY, KEY, PROXIED, TRACE_ID
+from .state import ACCESS_LOG, CONTEXT, GATEWAY, RequestContext, context
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def _from_http_exception(request: web.Request, exc: web.HTTPException) -> ProxyE
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     access = request.app[ACCESS_LOG]
+    request[CONTEXT] = RequestContext()
     try:
         response = await _handle(request, handler)
     except BaseException as exc:  # cancelled: the client went away
@@ -73,14 +74,15 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 def request_fields(request: web.Request, status: int, started: float,
                    outcome: str | None = None) -> dict[str, object]:
-    key = request.get(KEY)
+    ctx = context(request)
+    key = ctx.key
     fields: dict[str, object] = {
         "event": "request", "method": request.method, "path": request.path[:200],
         "status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-        "trace_id": request.get(TRACE_ID), "key": key.name if key else None,
+        "trace_id": ctx.trace_id, "key": key.name if key else None,
         "client": client_address(request, request.app[GATEWAY].config.server.trusted_proxies),
     }
-    proxied = request.get(PROXIED)
+    proxied = ctx.proxied
     record = proxied.record if proxied is not None else None
     if proxied is not None and record is None:  # refused before it had a usage row
         fields.update(request_id=proxied.gen_id,
@@ -126,14 +128,13 @@ def cors_of(request: web.Request) -> dict[str, str]:
 
 async def decorate(request: web.Request, response: web.StreamResponse) -> None:
     """Headers every answer to an authenticated client carries (SPEC §4)."""
-    key = request.get(KEY)
-    if key is not None:
-        for name, value in (await request.app[GATEWAY].quota.rate_headers(key)).items():
+    ctx = context(request)
+    if ctx.key is not None:
+        for name, value in (await request.app[GATEWAY].quota.rate_headers(ctx.key)).items():
             response.headers.setdefault(name, value)
-    trace_id = request.get(TRACE_ID)
-    if trace_id:
-        response.headers["X-AnyRouter-Trace-Id"] = trace_id
-    proxied = request.get(PROXIED)
+    if ctx.trace_id:
+        response.headers["X-AnyRouter-Trace-Id"] = ctx.trace_id
+    proxied = ctx.proxied
     if proxied is not None:  # failures too: every proxied request has its generation id
         response.headers.setdefault("X-AnyRouter-Generation-Id", proxied.gen_id)
     response.headers.update(cors_of(request))

@@ -16,7 +16,7 @@ from ..stream_session import StreamSession, stream_error_event
 from ..types import MESSAGES
 from .inbound import authenticate, read_json
 from .middlewares import decorate
-from .state import GATEWAY, METRICS, PROXIED, TRACE_ID
+from .state import GATEWAY, METRICS, context
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -47,9 +47,10 @@ def proxy_handler(endpoint: str) -> Handler:
         server = gateway.config.server
         body = await read_json(request)
         forced = request.headers.get("X-AnyRouter-Provider") or None
-        req = ProxyRequest(endpoint, body, key, request.get(TRACE_ID), forced,
+        ctx = context(request)
+        req = ProxyRequest(endpoint, body, key, ctx.trace_id, forced,
                            client_headers=_forwardable(request))
-        request[PROXIED] = req
+        ctx.proxied = req
         metrics = request.app[METRICS]
         metrics.in_flight.inc()
         try:
@@ -167,7 +168,7 @@ async def count_tokens(request: web.Request) -> web.Response:
     key = authenticate(request)
     gateway = request.app[GATEWAY]
     body = await read_json(request)
-    req = ProxyRequest(MESSAGES, body, key, request.get(TRACE_ID),
+    req = ProxyRequest(MESSAGES, body, key, context(request).trace_id,
                        request.headers.get("X-AnyRouter-Provider") or None,
                        client_headers=_forwardable(request))
     answer = await gateway.count_tokens(req)

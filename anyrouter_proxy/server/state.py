@@ -32,7 +32,24 @@ BATCHES: web.AppKey[BatchRunner] = web.AppKey("batches")
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
 
-# Per-request values.
-KEY: web.RequestKey[KeyConfig] = web.RequestKey("key", KeyConfig)
-TRACE_ID: web.RequestKey[str] = web.RequestKey("trace_id", str)
-PROXIED: web.RequestKey[ProxyRequest] = web.RequestKey("proxied")
+@dataclass(slots=True)
+class RequestContext:
+    """What one request learns on its way through, for the access line and the headers
+    every answer carries: one object on the request rather than three keys (each lookup
+    of a missing key costs an exception)."""
+
+    key: KeyConfig | None = None
+    trace_id: str | None = None
+    proxied: ProxyRequest | None = None  # a proxied request, once it has a generation id
+
+
+CONTEXT: web.RequestKey[RequestContext] = web.RequestKey("context", RequestContext)
+
+
+def context(request: web.Request) -> RequestContext:
+    """The request's context (the gateway middleware gives every request one)."""
+    try:
+        return request[CONTEXT]
+    except KeyError:
+        ctx = request[CONTEXT] = RequestContext()
+        return ctx

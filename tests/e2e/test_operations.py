@@ -531,6 +531,11 @@ async def test_reload_under_load_fails_no_request(config_factory: ConfigFactory,
         try:
             for generation in range(1, 6):
                 await asyncio.sleep(0.15)
+                # On a busy machine the 50 workers can take longer than that to start.
+                deadline = asyncio.get_running_loop().time() + 5
+                while (limiter.in_flight("alice") < 10
+                       and asyncio.get_running_loop().time() < deadline):
+                    await asyncio.sleep(0.01)
                 in_flight_at_reload.append(limiter.in_flight("alice"))
                 write(generation)
                 assert reload_config(proxy.app) is True
