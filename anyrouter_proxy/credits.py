@@ -107,6 +107,19 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
         return 0
 
 
+def insufficient_credits(name: str, credits: float, spent: float, reserved: float,
+                         amount: float) -> InsufficientCredits:
+    """The 402 for a key that cannot cover `amount`: one wording whichever backend keeps
+    the balance (this process or Redis)."""
+    remaining = max(0.0, credits - spent - reserved)
+    return InsufficientCredits(
+        f"Insufficient credits for key {name}: ${_usd(remaining)} remaining, "
+        f"this request may cost up to ${_usd(amount)}",
+        metadata={"key": name, "credits": credits, "spent": round(spent, 10),
+                  "reserved": round(reserved, 10), "remaining": round(remaining, 10),
+                  "requested": amount})
+
+
 def _usd(amount: float) -> str:
     """Dollars with cents, and more decimals only when the amount needs them."""
     text = f"{amount:.6f}".rstrip("0")
@@ -171,14 +184,7 @@ class CreditLedger:
         name, amount = key.name, max(0.0, amount)
         spent, reserved = self._spent.get(name, 0.0), self._reserved.get(name, 0.0)
         if key.credits is not None and spent + reserved + amount > key.credits + TOLERANCE:
-            remaining = max(0.0, key.credits - spent - reserved)
-            raise InsufficientCredits(
-                f"Insufficient credits for key {name}: ${_usd(remaining)} remaining, "
-                f"this request may cost up to ${_usd(amount)}",
-                metadata={"key": name, "credits": key.credits, "spent": round(spent, 10),
-                          "reserved": round(reserved, 10), "remaining": round(remaining, 10),
-                          "requested": amount},
-            )
+            raise insufficient_credits(name, key.credits, spent, reserved, amount)
         self._reserved[name] = reserved + amount
         self._open[name] = self._open.get(name, 0) + 1
         return CreditReservation(self, name, amount)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from fnmatch import translate
 
 from anyrouter_proxy.config.model import Config, KeyConfig, Limits, ProviderConfig
@@ -307,17 +307,8 @@ class Limiter:
             if wait > 0
         ]
         gate, name, _ = failures[0]
-        retry_after = _retry_after(max(wait for _, _, wait in failures))
-        value = getattr(gate.limits, name)
-        where = f"key {key.name}"
-        metadata: dict[str, object] = {"limit": name, "limit_value": value, "scope": "key",
-                                       "key": key.name, "retry_after_s": retry_after}
-        if gate.pattern is not None:
-            where += f" on model {model_id} (model_limits {gate.pattern!r})"
-            metadata.update(scope="model", model=model_id, pattern=gate.pattern)
-        headers = {"Retry-After": str(retry_after), **self.headers(key)}
-        return RateLimited(f"Rate limit exceeded for {where}: {name} ({value})",
-                           metadata=metadata, headers=headers)
+        return rate_limited(key, model_id, gate.limits, gate.pattern, name,
+                            max(wait for _, _, wait in failures), self.headers(key))
 
     def admit_provider(self, provider: ProviderConfig, estimated_tokens: int) -> Admission | None:
         """Admit against the provider's own limits; None when exhausted (routing skips it)."""
@@ -352,6 +343,22 @@ class Limiter:
         """Requests of this key currently holding a concurrency slot."""
         state = self._keys.get(key_name)
         return state.gate.in_flight if state is not None else 0
+
+
+def rate_limited(key: KeyConfig, model_id: str, limits: Limits, pattern: str | None,
+                 name: str, wait_s: float, headers: Mapping[str, str]) -> RateLimited:
+    """The 429 for `key` out of its `name` limit (of a model_limits entry when `pattern`
+    is set): one wording whichever backend keeps the buckets (this process or Redis)."""
+    retry_after = _retry_after(wait_s)
+    value = getattr(limits, name)
+    where = f"key {key.name}"
+    metadata: dict[str, object] = {"limit": name, "limit_value": value, "scope": "key",
+                                   "key": key.name, "retry_after_s": retry_after}
+    if pattern is not None:
+        where += f" on model {model_id} (model_limits {pattern!r})"
+        metadata.update(scope="model", model=model_id, pattern=pattern)
+    return RateLimited(f"Rate limit exceeded for {where}: {name} ({value})",
+                       metadata=metadata, headers={"Retry-After": str(retry_after), **headers})
 
 
 def _retry_after(seconds: float) -> int:

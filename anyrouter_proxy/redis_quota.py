@@ -73,9 +73,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .config.model import Config, KeyConfig, Limits, ProviderConfig
-from .credits import CreditReservation, _usd
-from .errors import InsufficientCredits, RateLimited, ServiceUnavailable
+from .credits import CreditReservation, insufficient_credits
+from .errors import RateLimited, ServiceUnavailable
 from .quota import Held, MemoryQuota, Reserved
+from .ratelimit import rate_limited
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +133,6 @@ def _matcher(pattern: str) -> Callable[[str], bool]:
         return pattern.__eq__
     regex = re.compile(translate(pattern))  # case-sensitive, as ratelimit.py
     return lambda model_id: regex.match(model_id) is not None
-
-
-def _retry_after(seconds: float) -> int:
-    if not math.isfinite(seconds):
-        return 60
-    return max(1, math.ceil(seconds))
 
 
 def default_lease_s(config: Config) -> float:
@@ -501,18 +496,8 @@ class RedisQuota:
 
     def _rejection(self, key: KeyConfig, model_id: str, scope: _Scope, name: str,
                    wait: float) -> RateLimited:
-        """ratelimit.Limiter's 429, word for word."""
-        retry_after = _retry_after(wait)
-        value = getattr(scope.limits, name)
-        where = f"key {key.name}"
-        metadata: dict[str, object] = {"limit": name, "limit_value": value, "scope": "key",
-                                       "key": key.name, "retry_after_s": retry_after}
-        if scope.pattern is not None:
-            where += f" on model {model_id} (model_limits {scope.pattern!r})"
-            metadata.update(scope="model", model=model_id, pattern=scope.pattern)
-        headers = {"Retry-After": str(retry_after), **self._cached_headers(key)}
-        return RateLimited(f"Rate limit exceeded for {where}: {name} ({value})",
-                           metadata=metadata, headers=headers)
+        return rate_limited(key, model_id, scope.limits, scope.pattern, name, wait,
+                            self._cached_headers(key))
 
     async def admit_provider(self, provider: ProviderConfig,
                              estimated_tokens: int) -> Held | None:
@@ -632,14 +617,8 @@ class RedisQuota:
         if int(ok) == 1:
             return RedisReserved(self, name, rid, amount)
         assert key.credits is not None
-        reserved = from_units(float(reserved_u))
-        remaining = max(0.0, key.credits - spent - reserved)
-        raise InsufficientCredits(
-            f"Insufficient credits for key {name}: ${_usd(remaining)} remaining, "
-            f"this request may cost up to ${_usd(amount)}",
-            metadata={"key": name, "credits": key.credits, "spent": round(spent, 10),
-                      "reserved": round(reserved, 10), "remaining": round(remaining, 10),
-                      "requested": amount})
+        raise insufficient_credits(name, key.credits, spent, from_units(float(reserved_u)),
+                                   amount)
 
     def _reserve_locally(self, key: KeyConfig, amount: float) -> Reserved:
         self._credits_unavailable(key)

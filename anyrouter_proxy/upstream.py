@@ -9,8 +9,9 @@ is `HttpUpstream`. Timeouts (SPEC §3 `timeouts`): `connect_s` for the TCP/TLS c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -102,6 +103,27 @@ class HttpResponse:
                 self._response.release()
         parts: list[bytes] = []
         size = 0
+        try:
+            async with contextlib.aclosing(self._parts("reading the response")) as body:
+                async for part in body:
+                    size += len(part)
+                    if size > MAX_RESPONSE_BYTES:
+                        raise UpstreamError(
+                            f"Provider {self._provider.id} sent a response over "
+                            f"{MAX_RESPONSE_BYTES} bytes", code="upstream_invalid_response",
+                            metadata={"provider_name": self._provider.id})
+                    parts.append(part)
+        finally:
+            self._response.release()
+        return b"".join(parts)
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        idle = self._provider.timeouts.idle_s
+        return self._parts(f"the next stream event ({idle:g} s idle)")
+
+    async def _parts(self, waiting_for: str) -> AsyncGenerator[bytes, None]:
+        """The body as it arrives, our timeouts and errors applied."""
+        content = self._response.content
         watch = IdleWatch(content, self._provider.timeouts.idle_s)
         try:
             while True:
@@ -109,40 +131,11 @@ class HttpResponse:
                 part = await content.readany()
                 watch.read()
                 if not part:
-                    break
-                size += len(part)
-                if size > MAX_RESPONSE_BYTES:
-                    raise UpstreamError(
-                        f"Provider {self._provider.id} sent a response over "
-                        f"{MAX_RESPONSE_BYTES} bytes", code="upstream_invalid_response",
-                        metadata={"provider_name": self._provider.id})
-                parts.append(part)
-        except IdleTimeout:
-            raise _timeout(self._provider, "reading the response") from None
-        except TimeoutError:  # aiohttp's own: the exchange's total_s
-            raise _total_timeout(self._provider) from None
-        except aiohttp.ClientError as exc:
-            raise _broken(self._provider, exc) from exc
-        finally:
-            watch.close()
-            self._response.release()
-        return b"".join(parts)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        idle = self._provider.timeouts.idle_s
-        watch = IdleWatch(content, idle)
-        try:
-            while True:
-                watch.reading()
-                chunk = await content.readany()
-                watch.read()
-                if not chunk:
                     return
-                yield chunk
+                yield part
         except IdleTimeout:
-            raise _timeout(self._provider, f"the next stream event ({idle:g} s idle)") from None
-        except TimeoutError:
+            raise _timeout(self._provider, waiting_for) from None
+        except TimeoutError:  # aiohttp's own: the exchange's total_s
             raise _total_timeout(self._provider) from None
         except aiohttp.ClientError as exc:
             raise _broken(self._provider, exc) from exc

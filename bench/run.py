@@ -10,7 +10,9 @@ proxy", back to back, with the same load and the same request:
     chat_c1 / chat_c16 / chat_c64  non-stream chat completion (wrk), concurrency 1/16/64
     stream_c16                     54-event SSE stream, unpaced (asyncio SSE client)
     stream_paced_c8                the same stream paced by the upstream: 100 ms to the
-                                   first event, 5 ms between events
+                                   first event, 5 ms between events; the 8 clients start
+                                   spread over one stream's length, and direct and proxy
+                                   alternate over three rounds (medians of the rounds)
     embeddings_c16                 embeddings, 1536 floats (wrk)
     messages_stream_c16            Anthropic /messages stream (asyncio SSE client)
 

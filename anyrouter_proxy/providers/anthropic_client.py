@@ -1,6 +1,6 @@
 """Anthropic Messages client <-> OpenAI-compatible upstream: the request going out and the
 answer coming back (pure, no I/O). The mapping tables are in `anthropic_translate.py`,
-which also holds the other direction and the shared validators."""
+which also holds the other direction; the shape checks are in `shapes.py`."""
 
 from __future__ import annotations
 
@@ -11,33 +11,35 @@ from anyrouter_proxy.errors import InvalidRequest
 from anyrouter_proxy.providers.anthropic_translate import (
     BUDGET_EFFORTS,
     STOP_REASONS,
-    _bad,
-    _body,
-    _flag,
-    _number,
-    _openai_tool_call,
-    _opt_str,
-    _tool_use_block,
-    _unsupported,
     anthropic_usage_dict,
+    openai_tool_call,
+    openai_usage,
+    tool_use_block,
+)
+from anyrouter_proxy.providers.shapes import (
+    bad_type,
+    need_body,
+    need_bool,
     need_dict,
     need_int,
     need_list,
+    need_number,
     need_str,
-    openai_usage,
+    opt_str,
+    unsupported,
     upstream_invalid,
 )
 
 # --- Anthropic request -> OpenAI request -----------------------------------------------------
 
 def anthropic_to_openai_request(body: dict[str, Any], *, upstream_model: str) -> dict[str, Any]:
-    body = _body(body)
+    body = need_body(body)
     if body.get("max_tokens") is None:
         raise InvalidRequest("'max_tokens' is required", param="max_tokens")
     max_tokens = need_int(body["max_tokens"], "max_tokens", minimum=1)
     for name in ("mcp_servers", "container"):
         if body.get(name) is not None:
-            raise _unsupported(name, "only on Anthropic routes")
+            raise unsupported(name, "only on Anthropic routes")
     messages = _openai_system(body.get("system"))
     for i, item in enumerate(need_list(body.get("messages"), "messages")):
         messages.extend(_openai_turn(item, f"messages[{i}]"))
@@ -51,7 +53,7 @@ def anthropic_to_openai_request(body: dict[str, Any], *, upstream_model: str) ->
         out["stop"] = [need_str(s, f"stop_sequences[{i}]") for i, s in enumerate(stops)]
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
-            out[name] = _number(body[name], name)
+            out[name] = need_number(body[name], name)
     if body.get("top_k") is not None:
         need_int(body["top_k"], "top_k")
     tools = None if body.get("tools") is None else _openai_tools(body["tools"])
@@ -61,10 +63,10 @@ def anthropic_to_openai_request(body: dict[str, Any], *, upstream_model: str) ->
         out.update(_openai_tool_choice(need_dict(body["tool_choice"], "tool_choice")))
     if body.get("metadata") is not None:
         metadata = need_dict(body["metadata"], "metadata")
-        user = _opt_str(metadata.get("user_id"), "metadata.user_id")
+        user = opt_str(metadata.get("user_id"), "metadata.user_id")
         if user:
             out["user"] = user
-    if body.get("stream") is not None and _flag(body["stream"], "stream"):
+    if body.get("stream") is not None and need_bool(body["stream"], "stream"):
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
     return out
@@ -89,7 +91,7 @@ def _openai_system(value: Any) -> list[dict[str, Any]]:
     for i, item in enumerate(need_list(value, "system")):
         block = need_dict(item, f"system[{i}]")
         if block.get("type") != "text":
-            raise _bad(f"system[{i}].type", "'text'")
+            raise bad_type(f"system[{i}].type", "'text'")
         texts.append(need_str(block.get("text"), f"system[{i}].text"))
     return [{"role": "system", "content": "\n".join(texts)}] if texts else []
 
@@ -98,7 +100,7 @@ def _openai_turn(item: Any, p: str) -> list[dict[str, Any]]:
     msg = need_dict(item, p)
     role = msg.get("role")
     if role not in ("user", "assistant"):
-        raise _bad(f"{p}.role", "'user' or 'assistant'")
+        raise bad_type(f"{p}.role", "'user' or 'assistant'")
     content = msg.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
@@ -126,7 +128,7 @@ def _openai_part(block: dict[str, Any], p: str) -> dict[str, Any]:
     if kind == "text":
         return {"type": "text", "text": need_str(block.get("text"), f"{p}.text")}
     if kind not in ("image", "document"):
-        raise _unsupported(f"{p}.type", f"{kind!r} blocks cannot be translated for this route")
+        raise unsupported(f"{p}.type", f"{kind!r} blocks cannot be translated for this route")
     source = need_dict(block.get("source"), f"{p}.source")
     source_type = source.get("type")
     if kind == "image" and source_type == "url":
@@ -135,12 +137,12 @@ def _openai_part(block: dict[str, Any], p: str) -> dict[str, Any]:
     if kind == "document" and source_type == "text":
         return {"type": "text", "text": need_str(source.get("data"), f"{p}.source.data")}
     if source_type != "base64":
-        raise _unsupported(f"{p}.source.type", f"{source_type!r} sources")
+        raise unsupported(f"{p}.source.type", f"{source_type!r} sources")
     url = (f"data:{need_str(source.get('media_type'), f'{p}.source.media_type')};base64,"
            f"{need_str(source.get('data'), f'{p}.source.data')}")
     if kind == "image":
         return {"type": "image_url", "image_url": {"url": url}}
-    title = _opt_str(block.get("title"), f"{p}.title") or "document.pdf"
+    title = opt_str(block.get("title"), f"{p}.title") or "document.pdf"
     return {"type": "file", "file": {"filename": title, "file_data": url}}
 
 
@@ -171,9 +173,9 @@ def _openai_assistant(blocks: list[dict[str, Any]], p: str) -> dict[str, Any]:
         if kind == "text":
             texts.append(need_str(block.get("text"), f"{p}.content[{j}].text"))
         elif kind == "tool_use":
-            calls.append(_openai_tool_call(block, f"{p}.content[{j}]"))
+            calls.append(openai_tool_call(block, f"{p}.content[{j}]"))
         elif kind not in ("thinking", "redacted_thinking"):
-            raise _unsupported(f"{p}.content[{j}].type", f"{kind!r} blocks in assistant turns")
+            raise unsupported(f"{p}.content[{j}].type", f"{kind!r} blocks in assistant turns")
     message: dict[str, Any] = {"role": "assistant",
                                "content": "".join(texts) if texts or not calls else None}
     if calls:
@@ -187,12 +189,12 @@ def _openai_tools(value: Any) -> list[dict[str, Any]]:
         p = f"tools[{i}]"
         tool = need_dict(item, p)
         if tool.get("type", "custom") not in ("custom", None):
-            raise _unsupported(f"{p}.type", "server tools run only on Anthropic routes")
+            raise unsupported(f"{p}.type", "server tools run only on Anthropic routes")
         function: dict[str, Any] = {
             "name": need_str(tool.get("name"), f"{p}.name"),
             "parameters": need_dict(tool.get("input_schema"), f"{p}.input_schema"),
         }
-        description = _opt_str(tool.get("description"), f"{p}.description")
+        description = opt_str(tool.get("description"), f"{p}.description")
         if description:
             function["description"] = description
         tools.append({"type": "function", "function": function})
@@ -208,9 +210,9 @@ def _openai_tool_choice(choice: dict[str, Any]) -> dict[str, Any]:
     elif kind in ("auto", "any", "none"):
         out = {"tool_choice": {"auto": "auto", "any": "required", "none": "none"}[kind]}
     else:
-        raise _bad("tool_choice.type", "'auto', 'any', 'tool' or 'none'")
+        raise bad_type("tool_choice.type", "'auto', 'any', 'tool' or 'none'")
     no_parallel = choice.get("disable_parallel_tool_use")
-    if no_parallel is not None and _flag(no_parallel, "tool_choice.disable_parallel_tool_use") \
+    if no_parallel is not None and need_bool(no_parallel, "tool_choice.disable_parallel_tool_use") \
             and kind != "none":
         out["parallel_tool_calls"] = False
     return out
@@ -242,13 +244,13 @@ def _openai_to_anthropic_response(resp: Any, model: str) -> dict[str, Any]:
     p = "choices[0].message"
     blocks = reasoning_blocks(message, p)
     text = _upstream_text(message.get("content"), f"{p}.content")
-    refusal = _opt_str(message.get("refusal"), f"{p}.refusal")
+    refusal = opt_str(message.get("refusal"), f"{p}.refusal")
     for piece in (text, refusal):
         if piece:
             blocks.append({"type": "text", "text": piece})
     for j, call in enumerate(need_list(message.get("tool_calls") or [], f"{p}.tool_calls")):
-        blocks.append(_tool_use_block(call, f"{p}.tool_calls[{j}]"))
-    finish = _opt_str(choice.get("finish_reason"), "choices[0].finish_reason")
+        blocks.append(tool_use_block(call, f"{p}.tool_calls[{j}]"))
+    finish = opt_str(choice.get("finish_reason"), "choices[0].finish_reason")
     stop = "refusal" if refusal else STOP_REASONS.get(finish or "", "end_turn")
     return {"id": message_id(resp.get("id")), "type": "message", "role": "assistant",
             "model": model, "content": blocks, "stop_reason": stop, "stop_sequence": None,
@@ -267,8 +269,8 @@ def reasoning_blocks(message: dict[str, Any], p: str) -> list[dict[str, Any]]:
                                                                          f"{bp}.data")})
         else:
             blocks.append({"type": "thinking",
-                           "thinking": _opt_str(block.get("thinking"), f"{bp}.thinking") or "",
-                           "signature": _opt_str(block.get("signature"), f"{bp}.signature")
+                           "thinking": opt_str(block.get("thinking"), f"{bp}.thinking") or "",
+                           "signature": opt_str(block.get("signature"), f"{bp}.signature")
                            or ""})
     if blocks:
         return blocks

@@ -59,12 +59,14 @@ from anyrouter_proxy.providers.anthropic_translate import (
     STOP_REASONS,
     anthropic_usage,
     anthropic_usage_dict,
+    openai_usage,
+    openai_usage_dict,
+)
+from anyrouter_proxy.providers.shapes import (
     need_dict,
     need_int,
     need_list,
     need_str,
-    openai_usage,
-    openai_usage_dict,
     upstream_invalid,
 )
 from anyrouter_proxy.types import Usage

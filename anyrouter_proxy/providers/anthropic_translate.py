@@ -101,7 +101,20 @@ import math
 import re
 from typing import Any
 
-from anyrouter_proxy.errors import InvalidRequest, UpstreamError
+from anyrouter_proxy.errors import InvalidRequest
+from anyrouter_proxy.providers.shapes import (
+    bad_type,
+    need_body,
+    need_bool,
+    need_dict,
+    need_int,
+    need_list,
+    need_number,
+    need_str,
+    opt_str,
+    unsupported,
+    upstream_invalid,
+)
 from anyrouter_proxy.types import Usage
 
 # reasoning_effort -> thinking.budget_tokens (Anthropic's minimum is 1024).
@@ -123,71 +136,6 @@ STOP_REASONS: dict[str, str] = {
 }
 _DATA_URL = re.compile(r"^data:([^;,]+)(?:;[^;,]*)*;base64,(.*)$", re.DOTALL)
 _TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
-
-
-# --- shape checks (every bad type becomes an InvalidRequest naming the field) ---------------
-
-def _bad(param: str, expected: str) -> InvalidRequest:
-    return InvalidRequest(f"'{param}' must be {expected}", param=param)
-
-
-def _unsupported(param: str, why: str) -> InvalidRequest:
-    return InvalidRequest(f"'{param}' is not supported: {why}", code="unsupported_parameter",
-                          param=param)
-
-
-def need_dict(value: Any, param: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _bad(param, "an object")
-    return value
-
-
-def need_list(value: Any, param: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise _bad(param, "a list")
-    return value
-
-
-def need_str(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(param, "a string")
-    return value
-
-
-def _opt_str(value: Any, param: str) -> str | None:
-    return None if value is None else need_str(value, param)
-
-
-def need_int(value: Any, param: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(param, "an integer")
-    if value < minimum:
-        raise _bad(param, f"at least {minimum}")
-    return value
-
-
-def _number(value: Any, param: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _bad(param, "a number")
-    return float(value)
-
-
-def _flag(value: Any, param: str) -> bool:
-    if not isinstance(value, bool):
-        raise _bad(param, "a boolean")
-    return value
-
-
-def _body(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return value
-
-
-def upstream_invalid(exc: InvalidRequest) -> UpstreamError:
-    """A shape error found in an upstream answer is the upstream's fault: 502."""
-    return UpstreamError(f"invalid upstream response: {exc.message}",
-                         code="upstream_invalid_response")
 
 
 # --- usage ------------------------------------------------------------------------------------
@@ -255,7 +203,7 @@ def anthropic_usage_dict(usage: Usage) -> dict[str, Any]:
 def openai_to_anthropic_request(
     body: dict[str, Any], *, upstream_model: str, default_max_tokens: int,
 ) -> dict[str, Any]:
-    body = _body(body)
+    body = need_body(body)
     _refuse_openai_params(body)
     system, messages = _openai_messages(need_list(body.get("messages"), "messages"))
     if not messages:
@@ -277,35 +225,35 @@ def openai_to_anthropic_request(
     choice = _anthropic_tool_choice(body, has_tools=bool(tools))
     if choice is not None:
         out["tool_choice"] = choice
-    user = _opt_str(body.get("user"), "user") or _opt_str(
+    user = opt_str(body.get("user"), "user") or opt_str(
         body.get("safety_identifier"), "safety_identifier")
     if user:
         out["metadata"] = {"user_id": user}
     if body.get("stream") is not None:
-        out["stream"] = _flag(body["stream"], "stream")
+        out["stream"] = need_bool(body["stream"], "stream")
     return out
 
 
 def _refuse_openai_params(body: dict[str, Any]) -> None:
     if body.get("n") is not None and need_int(body["n"], "n", minimum=1) != 1:
-        raise _unsupported("n", "Anthropic returns one choice")
-    if body.get("logprobs") is not None and _flag(body["logprobs"], "logprobs"):
-        raise _unsupported("logprobs", "Anthropic has no log probabilities")
+        raise unsupported("n", "Anthropic returns one choice")
+    if body.get("logprobs") is not None and need_bool(body["logprobs"], "logprobs"):
+        raise unsupported("logprobs", "Anthropic has no log probabilities")
     if body.get("top_logprobs") is not None:
-        raise _unsupported("top_logprobs", "Anthropic has no log probabilities")
+        raise unsupported("top_logprobs", "Anthropic has no log probabilities")
     if body.get("response_format") is not None:
         fmt = need_dict(body["response_format"], "response_format")
         if need_str(fmt.get("type"), "response_format.type") != "text":
-            raise _unsupported("response_format", "Anthropic has no JSON mode; use tools")
+            raise unsupported("response_format", "Anthropic has no JSON mode; use tools")
     for name in ("functions", "function_call"):
         if body.get(name) is not None:
-            raise _unsupported(name, "deprecated; use tools and tool_choice")
+            raise unsupported(name, "deprecated; use tools and tool_choice")
     modalities = body.get("modalities")
     if body.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
-        raise _unsupported("audio" if body.get("audio") is not None else "modalities",
+        raise unsupported("audio" if body.get("audio") is not None else "modalities",
                            "Anthropic has no audio output")
     if body.get("web_search_options") is not None:
-        raise _unsupported("web_search_options", "use an OpenAI route for web search")
+        raise unsupported("web_search_options", "use an OpenAI route for web search")
 
 
 def _openai_messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -363,7 +311,7 @@ def _user_content(msg: dict[str, Any], p: str) -> str | list[dict[str, Any]]:
     if isinstance(content, str) and msg.get("cache_control") is None:
         return content
     if not isinstance(content, str | list):
-        raise _bad(f"{p}.content", "a string or a list")
+        raise bad_type(f"{p}.content", "a string or a list")
     blocks = _text_parts(content, p, allow_images=True)
     if blocks:
         _cache_control(msg, blocks[-1], p)
@@ -380,7 +328,7 @@ def _user_part(item: Any, p: str, *, allow_images: bool) -> dict[str, Any]:
     elif kind == "file" and allow_images:
         block = _document_block(need_dict(part.get("file"), f"{p}.file"), f"{p}.file")
     elif kind in ("input_audio", "image_url", "file"):
-        raise _unsupported(f"{p}.type", f"{kind} parts are not accepted here")
+        raise unsupported(f"{p}.type", f"{kind} parts are not accepted here")
     else:
         raise InvalidRequest(f"unknown content part type {kind!r}", param=f"{p}.type")
     return _cache_control(part, block, p)
@@ -408,11 +356,11 @@ def _image_block(value: Any, p: str) -> dict[str, Any]:
 
 def _document_block(file: dict[str, Any], p: str) -> dict[str, Any]:
     if file.get("file_data") is None:
-        raise _unsupported(f"{p}.file_id", "send the file inline as file_data")
+        raise unsupported(f"{p}.file_id", "send the file inline as file_data")
     media_type, data = _data_url(need_str(file["file_data"], f"{p}.file_data"), f"{p}.file_data")
     block: dict[str, Any] = {"type": "document",
                              "source": {"type": "base64", "media_type": media_type, "data": data}}
-    title = _opt_str(file.get("filename"), f"{p}.filename")
+    title = opt_str(file.get("filename"), f"{p}.filename")
     if title:
         block["title"] = title
     return block
@@ -426,7 +374,7 @@ def _assistant_blocks(msg: dict[str, Any], p: str) -> list[dict[str, Any]]:
             part = need_dict(item, f"{p}.content[{j}]")
             kind = need_str(part.get("type"), f"{p}.content[{j}].type")
             if kind not in ("text", "refusal"):
-                raise _unsupported(f"{p}.content[{j}].type", "assistant parts are text")
+                raise unsupported(f"{p}.content[{j}].type", "assistant parts are text")
             text = need_str(part.get(kind), f"{p}.content[{j}].{kind}")
             if text:
                 block = {"type": "text", "text": text}
@@ -435,7 +383,7 @@ def _assistant_blocks(msg: dict[str, Any], p: str) -> list[dict[str, Any]]:
         blocks.append({"type": "text", "text": content})
     if msg.get("tool_calls") is not None:
         for j, call in enumerate(need_list(msg["tool_calls"], f"{p}.tool_calls")):
-            blocks.append(_tool_use_block(call, f"{p}.tool_calls[{j}]"))
+            blocks.append(tool_use_block(call, f"{p}.tool_calls[{j}]"))
     if blocks:
         _cache_control(msg, blocks[-1], p)
     return blocks
@@ -454,25 +402,25 @@ def _thinking_blocks(value: Any, p: str) -> list[dict[str, Any]]:
             blocks.append({"type": "redacted_thinking", "data": data})
         elif kind == "thinking":
             text = need_str(block.get("thinking"), f"{p}[{j}].thinking")
-            signature = _opt_str(block.get("signature"), f"{p}[{j}].signature")
+            signature = opt_str(block.get("signature"), f"{p}[{j}].signature")
             if signature:
                 blocks.append({"type": "thinking", "thinking": text, "signature": signature})
         else:
-            raise _bad(f"{p}[{j}].type", "'thinking' or 'redacted_thinking'")
+            raise bad_type(f"{p}[{j}].type", "'thinking' or 'redacted_thinking'")
     return blocks
 
 
-def _tool_use_block(item: Any, p: str) -> dict[str, Any]:
+def tool_use_block(item: Any, p: str) -> dict[str, Any]:
     """An OpenAI tool call -> a tool_use block (`arguments` parsed; empty means {})."""
     call = need_dict(item, p)
     if call.get("type", "function") != "function":
-        raise _unsupported(f"{p}.type", "only function tool calls")
+        raise unsupported(f"{p}.type", "only function tool calls")
     function = need_dict(call.get("function"), f"{p}.function")
-    arguments = _opt_str(function.get("arguments"), f"{p}.function.arguments") or ""
+    arguments = opt_str(function.get("arguments"), f"{p}.function.arguments") or ""
     try:
         parsed = json.loads(arguments) if arguments.strip() else {}
     except (ValueError, RecursionError):  # deeply nested arguments too
-        raise _bad(f"{p}.function.arguments", "a JSON object") from None
+        raise bad_type(f"{p}.function.arguments", "a JSON object") from None
     return {"type": "tool_use", "id": need_str(call.get("id"), f"{p}.id"),
             "name": need_str(function.get("name"), f"{p}.function.name"),
             "input": need_dict(parsed, f"{p}.function.arguments")}
@@ -481,7 +429,7 @@ def _tool_use_block(item: Any, p: str) -> dict[str, Any]:
 def _tool_result(msg: dict[str, Any], p: str) -> dict[str, Any]:
     content = msg.get("content")
     if not isinstance(content, str | list):
-        raise _bad(f"{p}.content", "a string or a list")
+        raise bad_type(f"{p}.content", "a string or a list")
     block: dict[str, Any] = {
         "type": "tool_result",
         "tool_use_id": need_str(msg.get("tool_call_id"), f"{p}.tool_call_id"),
@@ -497,7 +445,7 @@ def _anthropic_tools(value: Any) -> list[dict[str, Any]]:
         p = f"tools[{i}]"
         tool = need_dict(item, p)
         if tool.get("type", "function") != "function":
-            raise _unsupported(f"{p}.type", "only function tools")
+            raise unsupported(f"{p}.type", "only function tools")
         function = need_dict(tool.get("function"), f"{p}.function")
         schema = function.get("parameters")
         out: dict[str, Any] = {
@@ -505,7 +453,7 @@ def _anthropic_tools(value: Any) -> list[dict[str, Any]]:
             "input_schema": {"type": "object", "properties": {}} if schema is None
             else need_dict(schema, f"{p}.function.parameters"),
         }
-        description = _opt_str(function.get("description"), f"{p}.function.description")
+        description = opt_str(function.get("description"), f"{p}.function.description")
         if description:
             out["description"] = description
         tools.append(_cache_control(tool, out, p))
@@ -515,17 +463,17 @@ def _anthropic_tools(value: Any) -> list[dict[str, Any]]:
 def _anthropic_tool_choice(body: dict[str, Any], *, has_tools: bool) -> dict[str, Any] | None:
     raw = body.get("tool_choice")
     parallel = body.get("parallel_tool_calls")
-    no_parallel = parallel is not None and not _flag(parallel, "parallel_tool_calls")
+    no_parallel = parallel is not None and not need_bool(parallel, "parallel_tool_calls")
     if raw is None:
         choice: dict[str, Any] = {"type": "auto"}
     elif isinstance(raw, str):
         if raw not in _TOOL_CHOICES:
-            raise _bad("tool_choice", "'auto', 'none', 'required' or an object")
+            raise bad_type("tool_choice", "'auto', 'none', 'required' or an object")
         choice = {"type": _TOOL_CHOICES[raw]}
     else:
         named = need_dict(raw, "tool_choice")
         if named.get("type") != "function":
-            raise _unsupported("tool_choice.type", "only {type: function} tool choices")
+            raise unsupported("tool_choice.type", "only {type: function} tool choices")
         function = need_dict(named.get("function"), "tool_choice.function")
         choice = {"type": "tool", "name": need_str(function.get("name"),
                                                    "tool_choice.function.name")}
@@ -551,11 +499,11 @@ def _thinking(
         budget = thinking.get("budget_tokens")
         grown = budget + default_max_tokens if isinstance(budget, int) else default_max_tokens
         return thinking, max_tokens or grown
-    effort = _opt_str(body.get("reasoning_effort"), "reasoning_effort")
+    effort = opt_str(body.get("reasoning_effort"), "reasoning_effort")
     if effort is None or effort == "none":
         return None, max_tokens or default_max_tokens
     if effort not in EFFORT_BUDGETS:
-        raise _bad("reasoning_effort", "one of none, " + ", ".join(EFFORT_BUDGETS))
+        raise bad_type("reasoning_effort", "one of none, " + ", ".join(EFFORT_BUDGETS))
     budget = EFFORT_BUDGETS[effort]
     if max_tokens is None:
         return {"type": "enabled", "budget_tokens": budget}, budget + default_max_tokens
@@ -575,7 +523,7 @@ def _copy_sampling(body: dict[str, Any], out: dict[str, Any], *, thinking_on: bo
             del out["stop_sequences"]
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
-            value = _number(body[name], name)
+            value = need_number(body[name], name)
             if not thinking_on:
                 out[name] = min(max(value, 0.0), 1.0)
     if body.get("top_k") is not None:
@@ -610,13 +558,13 @@ def _anthropic_to_openai_response(
         elif kind == "thinking":
             thinking.append({"type": "thinking",
                              "thinking": need_str(block.get("thinking"), f"content[{i}].thinking"),
-                             "signature": _opt_str(block.get("signature"),
+                             "signature": opt_str(block.get("signature"),
                                                    f"content[{i}].signature") or ""})
         elif kind == "redacted_thinking":
             data = need_str(block.get("data"), f"content[{i}].data")
             thinking.append({"type": "redacted_thinking", "data": data})
         elif kind == "tool_use":
-            calls.append(_openai_tool_call(block, f"content[{i}]"))
+            calls.append(openai_tool_call(block, f"content[{i}]"))
     message: dict[str, Any] = {"role": "assistant",
                                "content": "".join(texts) if texts or not calls else None,
                                "refusal": None}
@@ -627,7 +575,7 @@ def _anthropic_to_openai_response(
     if any(b["type"] == "thinking" for b in thinking):
         message["reasoning_content"] = "".join(
             b["thinking"] for b in thinking if b["type"] == "thinking")
-    stop = _opt_str(resp.get("stop_reason"), "stop_reason")
+    stop = opt_str(resp.get("stop_reason"), "stop_reason")
     usage = anthropic_usage(resp.get("usage") or {})
     return {"id": gen_id, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": message, "logprobs": None,
@@ -635,7 +583,7 @@ def _anthropic_to_openai_response(
             "usage": openai_usage_dict(usage)}
 
 
-def _openai_tool_call(block: dict[str, Any], p: str) -> dict[str, Any]:
+def openai_tool_call(block: dict[str, Any], p: str) -> dict[str, Any]:
     arguments = json.dumps(need_dict(block.get("input", {}), f"{p}.input"), ensure_ascii=False)
     return {"id": need_str(block.get("id"), f"{p}.id"), "type": "function",
             "function": {"name": need_str(block.get("name"), f"{p}.name"),
