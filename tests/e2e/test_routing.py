@@ -734,8 +734,11 @@ async def test_models_field_must_be_a_list(two_models: Proxy) -> None:
 async def test_weights_spread_load_within_a_priority(
         config_factory: ConfigFactory, start_proxy: StartProxy, fake_openai: FakeOpenAI,
         fake_backup: FakeOpenAI) -> None:
+    # 20 requests at a time: on a busy machine some took longer than FAST's 0.3 s to the
+    # first byte and failed over, which is routing working, not what this test counts.
+    roomy = {"first_byte_s": 10, "idle_s": 10}
     proxy = await start(config_factory, start_proxy, {
-        "primary": fake_provider(fake_openai), "backup": fake_provider(fake_backup)},
+        "primary": fake_provider(fake_openai, roomy), "backup": fake_provider(fake_backup, roomy)},
         [{"provider": "primary", "model": "p", "priority": 0, "weight": 3},
          {"provider": "backup", "model": "b", "priority": 0, "weight": 1}])
     # A seeded draw keeps the test deterministic; the config's weights do the rest.
