@@ -75,6 +75,7 @@ T = TypeVar("T")
 # Generation ids need to be unique, not secret (a row is read only with its own key), so
 # they come from a generator seeded once from the OS rather than a syscall per request.
 _ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))  # never shared
 
 
 def new_generation_id() -> str:

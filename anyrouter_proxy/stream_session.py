@@ -8,17 +8,22 @@ read and is accounted as cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import orjson
 
 from .accounting import Books
-from .errors import ProxyError, UpstreamError
+from .errors import InternalError, ProxyError, UpstreamError
 from .providers.base import StreamTranslator
 from .sse import EventTooLarge, SSEDecoder, encode_event
 from .types import MESSAGES
 from .upstream import UpstreamResponse
+
+log = logging.getLogger(__name__)
 
 Write = Callable[[bytes], Awaitable[None]]
 
@@ -98,9 +103,10 @@ class StreamSession:
         """Write the whole stream, then `end` with its last bytes (the normal end or an
         error event) in the same write as the end of the body."""
         translator, books = self._translator, self._books
-        events = len(self._pending)
+        events = 0  # a client gone before the first write got nothing (as abandon())
         try:
             await write(b"".join(self._pending))
+            events = len(self._pending)
             if self._failure is not None:
                 raise self._failure
             async for chunk in self._chunks:
@@ -130,6 +136,16 @@ class StreamSession:
             self._ended(cancelled=True)
             books.close(cancelled=True, usage=translator.usage, completion_estimate=events)
             raise
+        except Exception:  # a bug of ours: the books still close, the client hears of it
+            request_id = os.urandom(6).hex()
+            log.exception("stream relay failed (request id %s)", request_id)
+            failure = InternalError(f"Internal error (request id {request_id})",
+                                    metadata={"request_id": request_id})
+            self._fill_record()
+            self._ended(failure=failure)
+            books.close(error=failure, usage=translator.usage, completion_estimate=events)
+            with contextlib.suppress(Exception):
+                await end(stream_error_event(self.endpoint, failure))
         finally:
             await discard(self._response, self._chunks)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections import deque
@@ -105,6 +107,43 @@ _BAD_ROW_ERRORS = (
     sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
     sqlite3.DataError, OverflowError, TypeError, ValueError,
 )
+
+
+# Rows per INSERT: sqlite3's executemany releases the GIL around every row's step and must
+# win it back from a busy event loop each time (up to the 5 ms switch interval): at
+# saturation the writer fell behind its queue and dropped rows. A statement of many rows
+# releases it once. Statements hold a power of two of rows, at most 128: sqlite3 caches
+# each distinct statement, and one of thousands of rows per tail size cost ~100 MB.
+ROWS_PER_STATEMENT = 128
+MAX_SQL_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+_VALUES = re.compile(
+    r"^(INSERT (?:OR \w+ )?INTO \w+ \([\w, ]+\) VALUES )(\((?:\?|NULL)(?:, (?:\?|NULL))*\))$")
+
+
+def multi_row(sql: str, rows: Sequence[tuple[Any, ...]]
+              ) -> list[tuple[str, list[Any]]] | None:
+    """`sql`, an INSERT of one VALUES row, over `rows` in a few statements of many rows;
+    None for any other statement (run it with executemany)."""
+    match = _VALUES.match(sql)
+    if match is None or not rows or not rows[0]:
+        return None
+    most = min(ROWS_PER_STATEMENT, max(1, MAX_SQL_VARIABLES // len(rows[0])))
+    size = 1 << (most.bit_length() - 1)  # the largest power of two within both limits
+    statements: list[tuple[str, list[Any]]] = []
+    start = 0
+    while start < len(rows):
+        while size > len(rows) - start:
+            size //= 2
+        chunk = rows[start:start + size]
+        statements.append((_rows_sql(match[1], match[2], size),
+                           [value for params in chunk for value in params]))
+        start += size
+    return statements
+
+
+@functools.lru_cache(maxsize=64)
+def _rows_sql(head: str, group: str, count: int) -> str:
+    return head + ", ".join([group] * count)
 
 
 class StoreError(Exception):
@@ -355,7 +394,12 @@ class UsageStore:
         await db.execute("BEGIN IMMEDIATE")
         try:
             for sql, rows in groups.items():
-                await db.executemany(sql, rows)
+                statements = multi_row(sql, rows)
+                if statements is None:
+                    await db.executemany(sql, rows)
+                    continue
+                for statement, params in statements:
+                    await db.execute(statement, params)
             await db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):  # keep the original error, not this one

@@ -72,8 +72,8 @@ async def _relay(request: web.Request, session: StreamSession,
                  response: web.StreamResponse | None = None) -> web.StreamResponse:
     if response is None:
         response = SSEResponse(headers={**SSE_HEADERS, **session.headers})
-        await decorate(request, response)
-        try:
+        try:  # decorate may await (Redis rate headers): a client may leave meanwhile
+            await decorate(request, response)
             await response.prepare(request)
         except BaseException:
             await session.abandon()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
+import aiohttp
 import openai
 import pytest
 
+from anyrouter_proxy.sse import SSEEvent
 from tests.conftest import ALICE_KEY, PROVIDER_KEY, Proxy
 from tests.fakes import ANSWER, Behaviour, FakeOpenAI
 
@@ -162,3 +165,43 @@ async def test_stream_without_done_is_an_error(client: openai.AsyncOpenAI,
         async for _ in stream:
             pass
     assert "[DONE]" in info.value.message
+
+
+async def test_a_relay_bug_mid_stream_still_closes_the_books(
+        openai_proxy: Proxy, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not an upstream failure: our own code raising mid-stream. The client still gets a
+    final error event, the request its usage row, and its concurrency slot comes back."""
+    from anyrouter_proxy.providers.openai import OpenAIStreamRelay
+    from anyrouter_proxy.server.state import LIMITER
+
+    feed = OpenAIStreamRelay.feed
+    seen = [0]
+
+    def broken_feed(self: OpenAIStreamRelay, event: SSEEvent) -> list[bytes]:
+        seen[0] += 1
+        if seen[0] == 3:
+            raise RuntimeError("a translator bug")
+        return feed(self, event)
+
+    monkeypatch.setattr(OpenAIStreamRelay, "feed", broken_feed)
+    fake_openai.then(Behaviour(chunks=6, chunk_delay_s=0.01))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with session.post(
+                openai_proxy.url("/api/v1/chat/completions"),
+                json={"model": "openai/gpt-4o-mini", "stream": True,
+                      "messages": [{"role": "user", "content": "hi"}]},
+                headers={"Authorization": f"Bearer {ALICE_KEY}"}) as response:
+            assert response.status == 200
+            gen_id = response.headers["X-AnyRouter-Generation-Id"]
+            raw = await response.read()
+        events = [block for block in raw.decode().split("\n\n") if block]
+        assert events[-1] == "data: [DONE]"
+        error = json.loads(events[-2].removeprefix("data: "))["error"]
+        assert error["code"] == "internal_error"
+        assert "a translator bug" not in raw.decode()  # no internals leak to the client
+        assert openai_proxy.app[LIMITER].in_flight("alice") == 0
+        async with session.get(openai_proxy.url(f"/api/v1/generation/{gen_id}"),
+                               headers={"Authorization": f"Bearer {ALICE_KEY}"}) as answer:
+            assert answer.status == 200
+            row = (await answer.json())["data"]
+    assert row["status_code"] == 500 and row["error_code"] == "internal_error"

@@ -163,6 +163,40 @@ async def test_many_records_few_transactions(tmp_path: Path) -> None:
     await s.close()
 
 
+def test_inserts_are_grouped_into_statements_of_many_rows() -> None:
+    """sqlite3's executemany gives up the GIL for every row (and at saturation waited for
+    it each time): INSERTs go out as a few statements of many rows instead."""
+    width = len(usage_store.GENERATION_COLUMNS)
+    rows = [tuple(f"{n}.{c}" for c in range(width)) for n in range(300)]
+    statements = usage_store.multi_row(usage_store._INSERT_GENERATION, rows)
+    assert statements is not None
+    assert [len(params) // width for _, params in statements] == [128, 128, 32, 8, 4]
+    assert [p for _, params in statements for p in params] == [v for r in rows for v in r]
+    for sql, params in statements:
+        assert sql.count("?") == len(params)
+    assert usage_store.multi_row("UPDATE batches SET status = ? WHERE id = ?", [("a", "b")]) \
+        is None
+    assert usage_store.multi_row(
+        "INSERT INTO t (a) VALUES (?) ON CONFLICT (a) DO NOTHING", [(1,)]) is None
+
+
+async def test_a_large_batch_lands_row_for_row(tmp_path: Path) -> None:
+    s = UsageStore(tmp_path / "u.db", flush_interval_s=0.05, batch_max=2000)
+    await s.open()
+    for i in range(1000):
+        assert s.record(make_record(i, model=f"m-{i}", usage=Usage(prompt_tokens=i,
+                                                                  completion_tokens=2 * i)))
+    await s.flush()
+    stored = {r["id"]: r for r in rows(s.path)}
+    assert len(stored) == 1000
+    for i in (0, 127, 128, 500, 999):
+        row = stored[f"gen-{i}"]
+        assert (row["model"], row["tokens_prompt"], row["tokens_completion"]) == \
+            (f"m-{i}", i, 2 * i)
+    assert s.transactions <= 3
+    await s.close()
+
+
 async def test_queue_full_drops_without_blocking(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
