@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,6 +110,15 @@ class RateLimited(ProxyError):
 
 class InternalError(ProxyError):
     status, type, code = 500, "server_error", "internal_error"
+
+
+def internal_failure(log: logging.Logger, what: str) -> InternalError:
+    """Inside an `except` for a bug of ours: logged with its traceback and a request id,
+    answered with only that id (the client can quote it; no internals leak)."""
+    request_id = os.urandom(6).hex()
+    log.exception("%s failed (request id %s)", what, request_id)
+    return InternalError(f"Internal error (request id {request_id})",
+                         metadata={"request_id": request_id})
 
 
 class UpstreamError(ProxyError):

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import orjson
 
 from .accounting import Books
-from .errors import InternalError, ProxyError, UpstreamError
+from .errors import ProxyError, UpstreamError, internal_failure
 from .providers.base import StreamTranslator
 from .sse import EventTooLarge, SSEDecoder, encode_event
 from .types import MESSAGES
@@ -137,10 +136,7 @@ class StreamSession:
             books.close(cancelled=True, usage=translator.usage, completion_estimate=events)
             raise
         except Exception:  # a bug of ours: the books still close, the client hears of it
-            request_id = os.urandom(6).hex()
-            log.exception("stream relay failed (request id %s)", request_id)
-            failure = InternalError(f"Internal error (request id {request_id})",
-                                    metadata={"request_id": request_id})
+            failure = internal_failure(log, "stream relay")
             self._fill_record()
             self._ended(failure=failure)
             books.close(error=failure, usage=translator.usage, completion_estimate=events)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import orjson
@@ -11,12 +10,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..errors import (
-    InternalError,
     MethodNotAllowed,
     NotFound,
     ProxyError,
     RequestTooLarge,
     error_for_status,
+    internal_failure,
 )
 from .client import client_address, cors_headers, preflight
 from .protocol import EnvelopeRequestHandler
@@ -111,11 +110,8 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         response = error_response(request, _from_http_exception(request, exc))
     except Exception:
-        request_id = os.urandom(6).hex()
-        log.exception("unhandled error in %s %s (request id %s)", request.method, request.path,
-                      request_id)
-        response = error_response(request, InternalError(
-            f"Internal error (request id {request_id})", metadata={"request_id": request_id}))
+        response = error_response(request, internal_failure(
+            log, f"{request.method} {request.path[:200]}"))
     if not response.prepared:
         await decorate(request, response)
     return response

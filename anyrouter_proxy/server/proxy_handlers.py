@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..deprecation import deprecation_headers
-from ..errors import ProxyError
+from ..errors import ProxyError, internal_failure
 from ..gateway import Answer, ProxyRequest
 from ..sse import KEEPALIVE
 from ..stream_session import StreamSession, stream_error_event
@@ -17,6 +18,8 @@ from ..types import MESSAGES
 from .inbound import authenticate, read_json
 from .middlewares import decorate
 from .state import GATEWAY, METRICS, context
+
+log = logging.getLogger(__name__)
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -137,14 +140,16 @@ async def _stream_with_keepalive(request: web.Request, req: ProxyRequest,
     timer = asyncio.get_running_loop().call_later(interval, keepalive.start)
     try:
         result = await request.app[GATEWAY].proxy(req)
-    except ProxyError as exc:
+    except Exception as exc:
         timer.cancel()
         response = await keepalive.stop()
         if response is None:
-            raise
+            raise  # nothing sent yet: the middleware answers
+        # Committed to 200 by the comments: the failure is the stream's last event (a bug
+        # of ours too, rather than a second status line in the middle of the body).
+        failure = exc if isinstance(exc, ProxyError) else internal_failure(log, "stream")
         with contextlib.suppress(ConnectionError):
-            await response.write(stream_error_event(req.endpoint, exc))
-            await response.write_eof()
+            await response.write_eof(stream_error_event(req.endpoint, failure))
         return response
     except BaseException:
         timer.cancel()

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import openai
 import pytest
 
+from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.sse import SSEEvent
-from tests.conftest import ALICE_KEY, PROVIDER_KEY, Proxy
+from tests.conftest import (
+    ALICE_KEY,
+    PROVIDER_KEY,
+    ConfigFactory,
+    Proxy,
+    openai_provider,
+    sha256,
+)
 from tests.fakes import ANSWER, Behaviour, FakeOpenAI
+
+StartProxy = Callable[[Config], Awaitable[Proxy]]
 
 
 @pytest.fixture
@@ -205,3 +217,36 @@ async def test_a_relay_bug_mid_stream_still_closes_the_books(
             assert answer.status == 200
             row = (await answer.json())["data"]
     assert row["status_code"] == 500 and row["error_code"] == "internal_error"
+
+
+async def test_a_bug_after_keepalive_comments_ends_the_stream_cleanly(
+        config_factory: ConfigFactory, fake_openai: FakeOpenAI, start_proxy: StartProxy,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep-alive comments commit the answer to 200; a bug of ours after that must end the
+    stream with an error event, not write a second status line into the body."""
+    from anyrouter_proxy.gateway import Gateway
+
+    async def broken_proxy(self: Gateway, req: Any) -> Any:
+        await asyncio.sleep(0.2)  # past the keep-alive interval
+        raise RuntimeError("a gateway bug")
+
+    monkeypatch.setattr(Gateway, "proxy", broken_proxy)
+    proxy = await start_proxy(config_factory(
+        providers={"openai": openai_provider(fake_openai)},
+        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
+                                                   "model": "gpt-4o-mini"}]}},
+        keys={"alice": {"key_sha256": sha256(ALICE_KEY)}},
+        server={"sse_keepalive_interval_s": 0.05}))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, \
+            session.post(proxy.url("/api/v1/chat/completions"),
+                         json={"model": "openai/gpt-4o-mini", "stream": True,
+                               "messages": [{"role": "user", "content": "hi"}]},
+                         headers={"Authorization": f"Bearer {ALICE_KEY}"}) as response:
+        assert response.status == 200
+        raw = (await response.read()).decode()
+    blocks = [block for block in raw.split("\n\n") if block]
+    assert blocks[0].startswith(":")  # a keep-alive comment went out first
+    assert blocks[-1] == "data: [DONE]"
+    error = json.loads(blocks[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "internal_error" and "request id" in error["message"]
+    assert "HTTP/1.1" not in raw and "a gateway bug" not in raw
