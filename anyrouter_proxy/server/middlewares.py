@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -17,6 +18,7 @@ from ..errors import (
     error_for_status,
     internal_failure,
 )
+from ..logs import AccessLog
 from .client import client_address, cors_headers, preflight
 from .protocol import EnvelopeRequestHandler
 from .state import ACCESS_LOG, CONTEXT, GATEWAY, RequestContext, context
@@ -66,9 +68,15 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         if access.enabled():
             access.write(request_fields(request, 499, started, type(exc).__name__))
         raise
-    if access.enabled():
-        access.write(request_fields(request, response.status, started))
+    if access.enabled():  # once the answer is out: the line is not on the client's clock
+        asyncio.get_running_loop().call_soon(_log_request, access, request, response,
+                                             started)
     return response
+
+
+def _log_request(access: AccessLog, request: web.Request, response: web.StreamResponse,
+                 started: float) -> None:
+    access.write(request_fields(request, response.status, started))
 
 
 def request_fields(request: web.Request, status: int, started: float,
