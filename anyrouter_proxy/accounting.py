@@ -3,6 +3,7 @@ row, closed exactly once however the request ends (success, error, cancel)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -80,5 +81,6 @@ class Books:
             self.provider_admission.settle_tokens(total_tokens)
             self.provider_admission.release()
         self._ledger.store.record(rec)
-        self._ledger.metrics.observe(rec)
+        # Metrics only observe: once the answer is out, not on the client's clock.
+        asyncio.get_running_loop().call_soon(self._ledger.metrics.observe, rec)
         return rec.cost
