@@ -329,10 +329,7 @@ def _result(item: Any, status: int, gen_id: str, body: Any) -> dict[str, Any]:
 
 
 def _failed(item: Any, endpoint: str, gen_id: str, exc: ProxyError) -> dict[str, Any]:
-    envelope = exc.envelope()
-    if endpoint == MESSAGES:
-        envelope = {"type": "error", **envelope}
-    return _result(item, exc.status, gen_id, envelope)
+    return _result(item, exc.status, gen_id, exc.envelope(anthropic=endpoint == MESSAGES))
 
 
 def _error_result(item: Any, code: str, message: str) -> dict[str, Any]:

@@ -12,13 +12,13 @@ from .errors import Gone
 API_BASE = "/api/v1"
 
 
-def _past_sunset(deprecated: Deprecation | None, today: dt.date | None = None) -> bool:
+def _past_sunset(deprecated: Deprecation | None) -> bool:
     return bool(deprecated and deprecated.sunset
-                and (today or dt.datetime.now(dt.UTC).date()) >= deprecated.sunset)
+                and dt.datetime.now(dt.UTC).date() >= deprecated.sunset)
 
 
-def is_sunset(model: ModelConfig, today: dt.date | None = None) -> bool:
-    return _past_sunset(model.deprecated, today)
+def is_sunset(model: ModelConfig) -> bool:
+    return _past_sunset(model.deprecated)
 
 
 def headers_for(deprecated: Deprecation | None, successor_url: str | None) -> dict[str, str]:

@@ -51,8 +51,9 @@ class ProxyError(Exception):
         self.metadata = dict(metadata) if metadata else None
         self.headers = dict(headers) if headers else {}
 
-    def envelope(self) -> dict[str, Any]:
-        """The OpenAI error envelope; `metadata` only when there is some."""
+    def envelope(self, anthropic: bool = False) -> dict[str, Any]:
+        """The OpenAI error envelope; `metadata` only when there is some. `anthropic`: with
+        the top-level `"type": "error"` the Anthropic SDK expects."""
         error: dict[str, Any] = {
             "message": self.message,
             "type": self.type,
@@ -61,7 +62,7 @@ class ProxyError(Exception):
         }
         if self.metadata:
             error["metadata"] = self.metadata
-        return {"error": error}
+        return {"type": "error", "error": error} if anthropic else {"error": error}
 
 
 class InvalidRequest(ProxyError):

@@ -128,7 +128,7 @@ class Gateway:
     # -- authentication -------------------------------------------------------------
 
     def authenticate(self, token: str | None, trace_id: str | None = None,
-                     client: str | None = None) -> KeyConfig:
+                     client: Callable[[], str | None] = lambda: None) -> KeyConfig:
         if not token:
             raise AuthenticationFailed(
                 "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
@@ -139,7 +139,7 @@ class Gateway:
         matched = hmac.compare_digest(key.key_sha256 if key else _DUMMY_DIGEST, digest)
         if key is None or not matched:
             self.ledger.store.audit("auth_failed", trace_id=trace_id,
-                                    detail={"key_prefix": token[:8], "client": client})
+                                    detail={"key_prefix": token[:8], "client": client()})
             raise AuthenticationFailed("Invalid API key", code="invalid_api_key")
         if key.disabled:
             self.ledger.store.audit("key_disabled", key_name=key.name, trace_id=trace_id)

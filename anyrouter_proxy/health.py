@@ -108,10 +108,14 @@ class ProviderHealth:
                 ok, failed = ok + good, failed + bad
         return None if ok + failed == 0 else round(ok / (ok + failed) * 100, 2)
 
+    def circuit(self, now: float) -> str:
+        """The breaker's effective state: open past its cool-down reads half-open."""
+        return self.state if self.state != OPEN or not self.would_be_available(now) \
+            else HALF_OPEN
+
     def snapshot(self, now: float) -> dict[str, object]:
         return {
-            "circuit": self.state if self.state != OPEN or not self.would_be_available(now)
-            else HALF_OPEN,
+            "circuit": self.circuit(now),
             "consecutive_failures": self._failures,
             "uptime": {name: self.uptime(now, window) for name, window in WINDOWS_S.items()},
             "latency_ms": _percentiles(self._latency),
@@ -163,4 +167,4 @@ class HealthBoard:
     def states(self) -> dict[str, str]:
         """Each breaker's effective state (open past its cool-down reads half-open)."""
         now = self.clock()
-        return {pid: str(h.snapshot(now)["circuit"]) for pid, h in self._providers.items()}
+        return {pid: h.circuit(now) for pid, h in self._providers.items()}

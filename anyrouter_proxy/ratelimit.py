@@ -152,17 +152,19 @@ class _Gate:
         )
 
     def consume(self, tokens: int, now: float) -> None:
+        """After `blocked` said no at the same `now`: take without asking again."""
         if self.requests is not None:
-            self.requests.take(1, now)
+            self.requests.force_take(1, now)
         if self.tokens is not None:
-            self.tokens.take(tokens, now)
+            self.tokens.force_take(tokens, now)
         self.in_flight += 1
 
 
-_LIMIT_NAMES = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
+LIMIT_NAMES = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
 
 
-def _compile(pattern: str) -> Callable[[str], bool]:
+def model_matcher(pattern: str) -> Callable[[str], bool]:
+    """A model_limits / allow-list pattern (shell glob, case-sensitive) as a predicate."""
     if _GLOB_CHARS.isdisjoint(pattern):
         return pattern.__eq__
     regex = re.compile(translate(pattern))  # case-sensitive, unlike fnmatch.fnmatch on Windows
@@ -188,7 +190,7 @@ class _KeyState:
                 gate = _Gate(limits, now, pattern)
             else:
                 gate.apply(limits, now)
-            rules.append((_compile(pattern), gate))
+            rules.append((model_matcher(pattern), gate))
         self.rules = tuple(rules)
         self.cache.clear()
 
@@ -303,7 +305,7 @@ class Limiter:
         failures = [
             (gate, name, wait)
             for gate in gates
-            for name, wait in zip(_LIMIT_NAMES, gate.waits(estimate, now), strict=True)
+            for name, wait in zip(LIMIT_NAMES, gate.waits(estimate, now), strict=True)
             if wait > 0
         ]
         gate, name, _ = failures[0]

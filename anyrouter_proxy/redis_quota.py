@@ -58,11 +58,9 @@ import itertools
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from fnmatch import translate
 from importlib import resources
 from typing import Any, cast
 
@@ -76,12 +74,11 @@ from .config.model import Config, KeyConfig, Limits, ProviderConfig
 from .credits import CreditReservation, insufficient_credits
 from .errors import RateLimited, ServiceUnavailable
 from .quota import Held, MemoryQuota, Reserved
-from .ratelimit import rate_limited
+from .ratelimit import EPSILON, LIMIT_NAMES, model_matcher, rate_limited
 
 log = logging.getLogger(__name__)
 
 UNITS_PER_USD = 10_000_000_000  # money in Redis: integers of 1e-10 USD
-EPSILON = 1e-9  # as ratelimit.EPSILON
 LEASE_MIN_S = 900.0  # concurrency slots and credit reservations of a dead replica expire
 LEASE_MARGIN_S = 60.0
 HEADER_CACHE_S = 1.0  # X-RateLimit-* from the last admission of the key, for this long
@@ -91,7 +88,6 @@ OUTBOX_BATCH = 256
 OUTBOX_RETRY_S = 300.0  # a settlement not delivered within this is dropped (logged)
 DONE_TTL_S = 2 * OUTBOX_RETRY_S  # dedup window of spend recorded without a reservation
 CLOSE_GRACE_S = 5.0
-LIMIT_NAMES = ("requests_per_minute", "tokens_per_minute", "concurrent_requests")
 
 # What "Redis is unreachable" means here; other errors (a script bug) are logged too.
 UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -126,13 +122,6 @@ def from_units(units: float) -> float:
 
 def _cap(value: int | None) -> int:
     return -1 if value is None else value
-
-
-def _matcher(pattern: str) -> Callable[[str], bool]:
-    if not any(c in pattern for c in "*?["):
-        return pattern.__eq__
-    regex = re.compile(translate(pattern))  # case-sensitive, as ratelimit.py
-    return lambda model_id: regex.match(model_id) is not None
 
 
 def default_lease_s(config: Config) -> float:
@@ -373,7 +362,7 @@ class RedisQuota:
         bucket, inflight = self._key_scope(key.name)
         scopes = [_Scope(owner, bucket, inflight, key.limits)]
         for pattern, limits in key.model_limits.items():
-            if _matcher(pattern)(model_id):
+            if model_matcher(pattern)(model_id):
                 scopes.append(_Scope(owner, self._key(owner, f"m:{pattern}:b"),
                                      self._key(owner, f"m:{pattern}:cc"), limits, pattern))
         if len(self._scopes) >= SCOPE_CACHE_MAX:

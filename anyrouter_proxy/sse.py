@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DONE = "[DONE]"
+DONE_EVENT = b"data: [DONE]\n\n"
 KEEPALIVE = b": ANYROUTER PROCESSING\n\n"
 MAX_EVENT_BYTES = 16 * 1024 * 1024  # one event larger than this is not an LLM stream
 
@@ -69,11 +70,6 @@ class SSEDecoder:
         self._parts = [rest] if rest else []
         self._size = len(rest)
         return events
-
-    @property
-    def pending(self) -> bytes:
-        """Bytes of an event not yet terminated (a stream that ends here was cut)."""
-        return b"".join(self._parts).strip()
 
 
 def _parse_block(block: bytes) -> SSEEvent | None:

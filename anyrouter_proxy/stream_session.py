@@ -18,7 +18,7 @@ import orjson
 from .accounting import Books
 from .errors import ProxyError, UpstreamError, internal_failure
 from .providers.base import StreamTranslator
-from .sse import EventTooLarge, SSEDecoder, encode_event
+from .sse import DONE_EVENT, EventTooLarge, SSEDecoder, encode_event
 from .types import MESSAGES
 from .upstream import UpstreamResponse
 
@@ -36,10 +36,9 @@ class Outcome(Protocol):
 
 def stream_error_event(endpoint: str, exc: ProxyError) -> bytes:
     """The final event of a stream that failed, in the client's dialect."""
-    envelope = exc.envelope()
     if endpoint == MESSAGES:
-        return encode_event(orjson.dumps({"type": "error", **envelope}), "error")
-    return encode_event(orjson.dumps(envelope)) + b"data: [DONE]\n\n"
+        return encode_event(orjson.dumps(exc.envelope(anthropic=True)), "error")
+    return encode_event(orjson.dumps(exc.envelope())) + DONE_EVENT
 
 
 def translate(chunk: bytes, decoder: SSEDecoder, translator: StreamTranslator

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 
 from ..errors import UpstreamError
-from ..redaction import redact, redact_error
-from ..sse import SSEEvent, encode_event
+from ..redaction import redact_error
+from ..sse import DONE_EVENT, SSEEvent, encode_event
 from ..types import Usage
 from .anthropic_stream import AnthropicToOpenAIStream
 from .anthropic_translate import (
@@ -18,12 +18,19 @@ from .anthropic_translate import (
     anthropic_usage,
     openai_to_anthropic_request,
 )
-from .base import CallContext, Reply, UpstreamCall, cut_short, invalid_response
+from .base import (
+    GATEWAY_FIELDS,
+    CallContext,
+    Reply,
+    UpstreamCall,
+    cut_short,
+    event_data,
+    invalid_response,
+    stream_error,
+)
 
 MESSAGES_PATH = "/messages"
 FORWARDED_CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
-GATEWAY_FIELDS = ("provider", "models", "route", "transforms")
-DONE_EVENT = b"data: [DONE]\n\n"
 
 
 def anthropic_headers(ctx: CallContext) -> dict[str, str]:
@@ -37,16 +44,6 @@ def anthropic_headers(ctx: CallContext) -> dict[str, str]:
             headers[name] = value
     headers.update(ctx.provider.headers)
     return headers
-
-
-def _event_data(event: SSEEvent, ctx: CallContext) -> dict[str, Any]:
-    try:
-        data = orjson.loads(event.data)
-    except orjson.JSONDecodeError:
-        raise invalid_response(ctx, "a stream event is not JSON") from None
-    if not isinstance(data, dict):
-        raise invalid_response(ctx, "a stream event is not a JSON object")
-    return data
 
 
 class AnthropicPassthrough:
@@ -89,15 +86,10 @@ class AnthropicRelay:
         name = event.event or ""
         if name == "ping":
             return [encode_event(event.data, name)]
-        data = _event_data(event, self._ctx)
+        data = event_data(event, self._ctx)
         kind = name or str(data.get("type", ""))
         if kind == "error":
-            error = data.get("error")
-            message = error.get("message") if isinstance(error, dict) else None
-            detail = redact(str(message), self._ctx.provider) if message else "unknown error"
-            raise UpstreamError(f"Provider {self._ctx.provider.id} failed mid-stream: "
-                                f"{detail}",
-                                metadata={"provider_name": self._ctx.provider.id})
+            raise stream_error(data.get("error"), self._ctx)
         if kind == "message_start":
             message = data.get("message")
             if isinstance(message, dict):
@@ -173,7 +165,7 @@ class AnthropicToOpenAIRelay:
     def feed(self, event: SSEEvent) -> list[bytes]:
         if event.event == "ping":
             return []
-        data = _event_data(event, self._ctx)
+        data = event_data(event, self._ctx)
         try:
             chunks = self._stream.feed(event.event or str(data.get("type", "")), data)
         except UpstreamError as exc:

@@ -11,9 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from ..config.model import Pricing, ProviderConfig, Route
 from ..credits import request_cost
 from ..errors import UpstreamError
+from ..redaction import redact
 from ..sse import SSEEvent
 from ..types import Usage
 
@@ -85,10 +88,33 @@ class Exchange(Protocol):
     def translator(self, ctx: CallContext) -> StreamTranslator: ...
 
 
+# Request fields that steer the gateway and mean nothing (or something else) upstream.
+GATEWAY_FIELDS = ("provider", "models", "route", "transforms")
+
+
 def invalid_response(ctx: CallContext, what: str) -> UpstreamError:
     """The upstream answered something that is not its API's shape."""
     return UpstreamError(f"Provider {ctx.provider.id} sent an invalid response: {what}",
                          code="upstream_invalid_response",
+                         metadata={"provider_name": ctx.provider.id})
+
+
+def event_data(event: SSEEvent, ctx: CallContext) -> dict[str, Any]:
+    """A stream event's JSON object, or the upstream's fault."""
+    try:
+        data = orjson.loads(event.data)
+    except orjson.JSONDecodeError:
+        raise invalid_response(ctx, "a stream event is not JSON") from None
+    if not isinstance(data, dict):
+        raise invalid_response(ctx, "a stream event is not a JSON object")
+    return data
+
+
+def stream_error(raw: Any, ctx: CallContext) -> UpstreamError:
+    """An error the upstream sent as a stream event (its message redacted of our key)."""
+    message = raw.get("message") if isinstance(raw, dict) else None
+    detail = redact(str(message), ctx.provider) if message else "unknown error"
+    return UpstreamError(f"Provider {ctx.provider.id} failed mid-stream: {detail}",
                          metadata={"provider_name": ctx.provider.id})
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from ..config.model import ProviderConfig
-from ..sse import encode_event
+from ..sse import DONE_EVENT, encode_event
 
 EMBEDDING_DIMENSIONS = 8
 
@@ -114,7 +114,7 @@ def _stream(base: dict[str, Any], words: list[str], finish: str, usage: dict[str
     last["delta" if chat else "text"] = {} if chat else ""
     events.append(encode_event(orjson.dumps({**base, "choices": [last]})))
     events.append(encode_event(orjson.dumps({**base, "choices": [], "usage": usage})))
-    events.append(b"data: [DONE]\n\n")
+    events.append(DONE_EVENT)
     return events
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 
 from ..errors import UpstreamError
-from ..redaction import redact, redact_error
-from ..sse import SSEEvent, encode_event
+from ..redaction import redact_error
+from ..sse import DONE_EVENT, SSEEvent, encode_event
 from ..types import CHAT, COMPLETIONS, ENDPOINT_PATHS, Usage
 from .anthropic_client import (
     anthropic_to_openai_request,
@@ -20,11 +20,16 @@ from .anthropic_stream import OpenAIToAnthropicStream
 from .anthropic_translate import (
     openai_usage,
 )
-from .base import CallContext, Reply, UpstreamCall, cut_short, invalid_response
-
-DONE_EVENT = b"data: [DONE]\n\n"
-# Request fields that steer the gateway and mean nothing (or something else) upstream.
-GATEWAY_FIELDS = ("provider", "models", "route", "transforms")
+from .base import (
+    GATEWAY_FIELDS,
+    CallContext,
+    Reply,
+    UpstreamCall,
+    cut_short,
+    event_data,
+    invalid_response,
+    stream_error,
+)
 
 
 def openai_headers(ctx: CallContext) -> dict[str, str]:
@@ -98,14 +103,9 @@ class OpenAIStreamRelay:
         if event.is_done:
             self._done = True
             return []
-        try:
-            chunk = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            raise invalid_response(self._ctx, "a stream event is not JSON") from None
-        if not isinstance(chunk, dict):
-            raise invalid_response(self._ctx, "a stream event is not a JSON object")
+        chunk = event_data(event, self._ctx)
         if "error" in chunk:
-            raise _stream_error(chunk["error"], self._ctx)
+            raise stream_error(chunk["error"], self._ctx)
         if self.upstream_id is None and isinstance(chunk.get("id"), str):
             self.upstream_id = chunk["id"]
         chunk["id"] = self._ctx.gen_id
@@ -142,21 +142,11 @@ def _finish_and_id(choices: Any, upstream_id: Any) -> tuple[str | None, str | No
             upstream_id if isinstance(upstream_id, str) else None)
 
 
-def _stream_error(raw: Any, ctx: CallContext) -> UpstreamError:
-    message = raw.get("message") if isinstance(raw, dict) else None
-    detail = redact(str(message), ctx.provider) if message else "unknown error"
-    return UpstreamError(
-        f"Provider {ctx.provider.id} failed mid-stream: {detail}",
-        metadata={"provider_name": ctx.provider.id})
-
-
 class AnthropicViaOpenAI:
     """Anthropic Messages client, OpenAI-compatible upstream."""
 
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
         out = anthropic_to_openai_request(body, upstream_model=ctx.route.model)
-        if ctx.stream:
-            out["stream_options"] = {"include_usage": True}
         return UpstreamCall(ENDPOINT_PATHS[CHAT], out, openai_headers(ctx))
 
     def reply(self, data: Any, ctx: CallContext) -> Reply:
@@ -197,7 +187,7 @@ class OpenAIToAnthropicRelay:
             raise invalid_response(self._ctx, "a stream event is not JSON") from None
         if isinstance(chunk, dict):
             if "error" in chunk:
-                raise _stream_error(chunk["error"], self._ctx)
+                raise stream_error(chunk["error"], self._ctx)
             if self.upstream_id is None and isinstance(chunk.get("id"), str):
                 self.upstream_id = chunk["id"]
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 from decimal import Decimal
 from importlib import resources
@@ -221,5 +222,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of this API (no key needed: it is documentation)."""
-    text = resources.files("anyrouter_proxy").joinpath("openapi.json").read_bytes()
-    return web.Response(body=text, content_type="application/json")
+    return web.Response(body=_openapi_document(), content_type="application/json")
+
+
+@functools.cache
+def _openapi_document() -> bytes:
+    return resources.files("anyrouter_proxy").joinpath("openapi.json").read_bytes()

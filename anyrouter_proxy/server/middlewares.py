@@ -31,9 +31,7 @@ def is_anthropic_path(path: str) -> bool:
 
 
 def error_response(request: web.Request, exc: ProxyError) -> web.Response:
-    envelope = exc.envelope()
-    if is_anthropic_path(request.path):
-        envelope = {"type": "error", **envelope}  # what the Anthropic SDK expects
+    envelope = exc.envelope(anthropic=is_anthropic_path(request.path))
     response = web.Response(status=exc.status, body=orjson.dumps(envelope),
                             content_type="application/json", headers=exc.headers)
     if exc.status in (408, 413):  # the rest of that body is not worth reading

@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 from ..deprecation import deprecation_headers
 from ..errors import ProxyError, internal_failure
 from ..gateway import Answer, ProxyRequest
+from ..providers.anthropic import FORWARDED_CLIENT_HEADERS
 from ..sse import KEEPALIVE
 from ..stream_session import StreamSession, stream_error_event
 from ..types import MESSAGES
@@ -28,7 +29,6 @@ SSE_HEADERS = {
 }
 
 
-FORWARDABLE_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
 class SSEResponse(web.StreamResponse):
@@ -40,7 +40,7 @@ class SSEResponse(web.StreamResponse):
 
 def _forwardable(request: web.Request) -> dict[str, str]:
     headers = request.headers
-    return {name: headers[name] for name in FORWARDABLE_HEADERS if name in headers}
+    return {name: headers[name] for name in FORWARDED_CLIENT_HEADERS if name in headers}
 
 
 def proxy_handler(endpoint: str) -> Handler:
