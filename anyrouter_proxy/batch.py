@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from .batch_store import DONE, PENDING, RUNNING, BatchRecord, BatchStore
+from .batch_store import DONE, PENDING, RUNNING, BatchRecord, BatchStore, custom_id
 from .config.model import KeyConfig
 from .errors import InternalError, InvalidRequest, ProxyError, RequestTooLarge
 from .gateway import Answer, Gateway, ProxyRequest
@@ -90,16 +90,16 @@ def check_items(items: Any, limits: BatchLimits) -> list[Any]:
             orjson.dumps(item)
         except orjson.JSONEncodeError as exc:  # too deep to store: it fails alone
             items[index] = {INVALID_LINE: f"item {index} cannot be stored: {exc}",
-                            "custom_id": _custom_id(item)}
+                            "custom_id": custom_id(item)}
     seen: set[str] = set()
     for item in items:
-        custom_id = item.get("custom_id") if isinstance(item, dict) else None
-        if isinstance(custom_id, str):
-            if custom_id in seen:
-                raise InvalidRequest(f"custom_id {custom_id!r} appears more than once; "
+        given = custom_id(item)
+        if given is not None:
+            if given in seen:
+                raise InvalidRequest(f"custom_id {given!r} appears more than once; "
                                      "custom_id must be unique within a batch",
                                      param="custom_id")
-            seen.add(custom_id)
+            seen.add(given)
     return items
 
 
@@ -323,7 +323,7 @@ class BatchRunner:
 
 
 def _result(item: Any, status: int, gen_id: str, body: Any) -> dict[str, Any]:
-    return {"id": "batch_req_" + os.urandom(8).hex(), "custom_id": _custom_id(item),
+    return {"id": "batch_req_" + os.urandom(8).hex(), "custom_id": custom_id(item),
             "response": {"status_code": status, "request_id": gen_id, "body": body},
             "error": None}
 
@@ -333,10 +333,7 @@ def _failed(item: Any, endpoint: str, gen_id: str, exc: ProxyError) -> dict[str,
 
 
 def _error_result(item: Any, code: str, message: str) -> dict[str, Any]:
-    return {"id": "batch_req_" + os.urandom(8).hex(), "custom_id": _custom_id(item),
+    return {"id": "batch_req_" + os.urandom(8).hex(), "custom_id": custom_id(item),
             "response": None, "error": {"code": code, "message": message}}
 
 
-def _custom_id(item: Any) -> str | None:
-    custom_id = item.get("custom_id") if isinstance(item, dict) else None
-    return custom_id if isinstance(custom_id, str) else None

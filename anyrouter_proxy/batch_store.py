@@ -27,6 +27,12 @@ class BatchRecord:
     results: list[dict[str, Any] | None] = field(default_factory=list)  # by input index
 
 
+
+def custom_id(item: Any) -> str | None:
+    """A batch item's custom_id, when it has a string one."""
+    value = item.get("custom_id") if isinstance(item, dict) else None
+    return value if isinstance(value, str) else None
+
 class BatchStore:
     def __init__(self, store: UsageStore) -> None:
         self.store = store
@@ -38,12 +44,11 @@ class BatchStore:
             (batch.id, batch.key_name, batch.created_at, None, batch.status, batch.mode,
              batch.total, batch.trace_id), bounded=False)
         for index, item in enumerate(items):
-            custom_id = item.get("custom_id") if isinstance(item, dict) else None
             self.store.enqueue(
                 "INSERT INTO batch_items (batch_id, idx, custom_id, item, state, result) "
                 "VALUES (?, ?, ?, ?, ?, NULL)",
-                (batch.id, index, custom_id if isinstance(custom_id, str) else None,
-                 orjson.dumps(item).decode(), PENDING), bounded=False)
+                (batch.id, index, custom_id(item), orjson.dumps(item).decode(), PENDING),
+                bounded=False)
 
     def started(self, batch_id: str, index: int) -> None:
         self.store.enqueue("UPDATE batch_items SET state = ? WHERE batch_id = ? AND idx = ?",

@@ -33,10 +33,14 @@ class JsonFormatter(logging.Formatter):
             entry["message"] = record.getMessage()
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        try:
-            return orjson.dumps(entry, default=str).decode()
-        except TypeError:  # a lone surrogate from a client: escape rather than lose the line
-            return json.dumps(entry, default=str)
+        return json_line(entry).decode()
+
+
+def json_line(entry: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(entry, default=str)
+    except TypeError:  # a lone surrogate from a client: escape rather than lose the line
+        return json.dumps(entry, default=str).encode()
 
 
 class TextFormatter(logging.Formatter):
@@ -85,11 +89,7 @@ class AccessLog:
             self._logger.info("request", extra={"fields": fields})
             return
         entry = {"time": self._timestamp(), "level": "info", "logger": ACCESS, **fields}
-        try:
-            line = orjson.dumps(entry, default=str)
-        except TypeError:  # a lone surrogate from a client: escape rather than lose the line
-            line = json.dumps(entry, default=str).encode()
-        self._pending.append(line + b"\n")
+        self._pending.append(json_line(entry) + b"\n")
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)

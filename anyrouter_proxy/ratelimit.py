@@ -333,18 +333,23 @@ class Limiter:
         if bucket is None:
             return {}
         now = self._clock()
-        level = bucket.level(now)
-        reset = math.ceil(self._wall() + bucket.seconds_until_full(now))
-        return {
-            "X-RateLimit-Limit": str(int(bucket.capacity)),
-            "X-RateLimit-Remaining": str(max(0, math.floor(level + EPSILON))),
-            "X-RateLimit-Reset": str(reset),
-        }
+        return rate_headers(int(bucket.capacity), bucket.level(now),
+                            self._wall() + bucket.seconds_until_full(now))
 
     def in_flight(self, key_name: str) -> int:
         """Requests of this key currently holding a concurrency slot."""
         state = self._keys.get(key_name)
         return state.gate.in_flight if state is not None else 0
+
+
+def rate_headers(capacity: int, level: float, full_at: float) -> dict[str, str]:
+    """X-RateLimit-* (SPEC §4) of a requests bucket, whichever backend keeps it; `full_at`
+    is the wall-clock time it will be full again."""
+    return {
+        "X-RateLimit-Limit": str(capacity),
+        "X-RateLimit-Remaining": str(max(0, math.floor(level + EPSILON))),
+        "X-RateLimit-Reset": str(math.ceil(full_at)),
+    }
 
 
 def rate_limited(key: KeyConfig, model_id: str, limits: Limits, pattern: str | None,

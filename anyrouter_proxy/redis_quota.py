@@ -74,7 +74,7 @@ from .config.model import Config, KeyConfig, Limits, ProviderConfig
 from .credits import CreditReservation, insufficient_credits
 from .errors import RateLimited, ServiceUnavailable
 from .quota import Held, MemoryQuota, Reserved
-from .ratelimit import EPSILON, LIMIT_NAMES, model_matcher, rate_limited
+from .ratelimit import LIMIT_NAMES, model_matcher, rate_headers, rate_limited
 
 log = logging.getLogger(__name__)
 
@@ -524,11 +524,7 @@ class RedisQuota:
         if level < capacity:
             level = min(float(capacity), level + elapsed * capacity / 60.0)
         until_full = max(0.0, cache.until_full - elapsed)
-        return {
-            "X-RateLimit-Limit": str(capacity),
-            "X-RateLimit-Remaining": str(max(0, math.floor(level + EPSILON))),
-            "X-RateLimit-Reset": str(math.ceil(time.time() + until_full)),
-        }
+        return rate_headers(capacity, level, time.time() + until_full)
 
     async def rate_headers(self, key: KeyConfig) -> dict[str, str]:
         """From the key's last admission on this replica (up to HEADER_CACHE_S old), else

@@ -281,25 +281,23 @@ class UsageStore:
             log.exception("usage record %s cannot be stored", rec.id)
             self.dropped += 1
             return False
-        return self._enqueue(_INSERT_GENERATION, params)
+        return self.enqueue(_INSERT_GENERATION, params)
 
     def audit(
         self, event: str, *, key_name: str | None = None, trace_id: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
         text = json.dumps(dict(detail or {}), default=str, separators=(",", ":"))
-        return self._enqueue(_INSERT_AUDIT, (time.time(), event, key_name, trace_id, text))
+        return self.enqueue(_INSERT_AUDIT, (time.time(), event, key_name, trace_id, text))
 
-    def enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
-        """Queue any write for the writer (batch bookkeeping); `bounded=False` for the
-        few rows that must not be dropped when the queue is full."""
-        return self._enqueue(sql, params, bounded=bounded)
 
     async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Read through the reader connection (after `flush()` when freshness matters)."""
         return list(await self._reader().execute_fetchall(sql, params))
 
-    def _enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
+    def enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
+        """Queue any write for the writer; `bounded=False` for the few rows that must not
+        be dropped when the queue is full (batch bookkeeping)."""
         full = bounded and self.queue_depth >= self.queue_max
         if self._closed or self._closing or full:
             self.dropped += 1

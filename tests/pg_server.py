@@ -18,7 +18,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.net import free_port
 
 OS_USER = "postgres"
 SUPERUSER = "postgres"
@@ -49,13 +50,6 @@ def find_bin_dir() -> Path | None:
     if initdb and shutil.which("pg_ctl"):
         return Path(initdb).parent
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PgServer:

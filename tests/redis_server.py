@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.net import free_port
+
 MISSING = ("redis-server not found on PATH or in /usr/bin, /usr/sbin: .ci/run installs it "
            "with `apt-get install redis-server`; run that (as root) to run these tests")
 
@@ -39,13 +41,6 @@ def find_redis_server() -> str | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RedisServer:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,6 +30,7 @@ from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.metrics import Metrics
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider
 from tests.fakes import Behaviour, FakeOpenAI
+from tests.net import free_port
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SITE = DEPLOY / "nginx" / "anyrouter.conf"
@@ -48,13 +48,6 @@ def nginx_binary() -> str:
         pytest.fail("nginx is not installed: these tests need a real nginx "
                     "(.ci/run installs it: apt-get install -y nginx)", pytrace=False)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def site_config(upstream: str, port: int, *, metrics_open: bool = True) -> str:

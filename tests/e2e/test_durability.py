@@ -27,7 +27,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -44,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from anyrouter_proxy.config.model import Config
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider, sha256
 from tests.fakes import Behaviour, FakeOpenAI
+from tests.net import free_port
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals, /proc, prlimit")
 
@@ -56,12 +56,6 @@ SIGKILL_BOUND_S = SIGKILL_FLUSH_INTERVAL_S + 0.8
 
 
 # -- a real `serve` subprocess (also used by test_upstream_faults and test_soak) ---------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def proc_status_kb(pid: int) -> dict[str, int]:

@@ -19,7 +19,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import sys
 import time
 import zlib
@@ -43,6 +42,7 @@ from tests.conftest import (
     sha256,
 )
 from tests.fakes import ANSWER, Behaviour, FakeAnthropic, FakeOpenAI
+from tests.net import free_port
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 
@@ -466,12 +466,6 @@ async def test_prompt_estimate_cannot_be_zeroed_by_an_odd_shape(
 
 
 # -- a 100 MB body -------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Served:

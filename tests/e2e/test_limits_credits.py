@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +21,15 @@ import pytest
 from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.credits import estimate_prompt_tokens
 from anyrouter_proxy.server.reload import reload_config
-from tests.conftest import ALICE_KEY, BOB_KEY, ConfigFactory, Proxy, auth, openai_provider
+from tests.conftest import (
+    ALICE_KEY,
+    BOB_KEY,
+    ConfigFactory,
+    Proxy,
+    auth,
+    openai_provider,
+    sha256,
+)
 from tests.fakes import USAGE, Behaviour, FakeOpenAI
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
@@ -34,10 +41,6 @@ PROMPT_PRICE, COMPLETION_PRICE, CACHED_PRICE = 0.15, 0.60, 0.075
 MESSAGES = [{"role": "user", "content": "hi"}]
 CHAT: dict[str, Any] = {"model": MODEL, "messages": MESSAGES}
 MAX_TOKENS = 100
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def models() -> dict[str, Any]:

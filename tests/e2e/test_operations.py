@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -40,6 +39,7 @@ from tests.conftest import (
     sha256,
 )
 from tests.fakes import ANSWER, USAGE, Behaviour, FakeOpenAI
+from tests.net import free_port
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 Sample = tuple[str, dict[str, str], float]
@@ -751,13 +751,6 @@ async def test_unknown_api_versions_are_404_envelopes(openai_proxy: Proxy, metho
 
 
 # -- a real `serve` process: logs, SIGHUP, file watch ------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Served:

@@ -20,7 +20,6 @@ import hmac
 import json
 import logging
 import os
-import socket
 import sqlite3
 import sys
 import time
@@ -38,6 +37,7 @@ from anyrouter_proxy.logs import ACCESS, JsonFormatter, TextFormatter
 from anyrouter_proxy.server.protocol import answer_protocol_errors_as_envelopes
 from tests.conftest import ConfigFactory, Proxy, anthropic_provider, openai_provider, sha256
 from tests.fakes import ANSWER, Behaviour, FakeAnthropic, FakeOpenAI
+from tests.net import free_port
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 
@@ -145,13 +145,6 @@ def rendered_logs(records: Iterable[logging.LogRecord]) -> str:
 @pytest.fixture
 def secrets() -> Secrets:
     return Secrets()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def secure_config(config_factory: ConfigFactory, secrets: Secrets, openai_fake: FakeOpenAI,

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -26,19 +25,13 @@ import pytest
 from anyrouter_proxy.config.model import Config
 from tests.conftest import ALICE_KEY, ConfigFactory, auth, openai_provider
 from tests.fakes import ANSWER, Behaviour, FakeOpenAI
+from tests.net import free_port
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 MODEL = "openai/gpt-4o-mini"
 CHAT: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 STREAM_CHUNKS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Server:

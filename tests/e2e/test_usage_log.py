@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import csv
 import datetime as dt
-import hashlib
 import io
 import json
 import sqlite3
@@ -26,7 +25,15 @@ import pytest
 
 from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.server.reload import reload_config
-from tests.conftest import ALICE_KEY, BOB_KEY, ConfigFactory, Proxy, auth, openai_provider
+from tests.conftest import (
+    ALICE_KEY,
+    BOB_KEY,
+    ConfigFactory,
+    Proxy,
+    auth,
+    openai_provider,
+    sha256,
+)
 from tests.fakes import EMBEDDING_USAGE, USAGE, Behaviour, FakeOpenAI
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
@@ -37,10 +44,6 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 CHAT: dict[str, Any] = {"model": MODEL, "messages": MESSAGES}
 # The openai_proxy fixture's prices (USD per 1M tokens).
 PROMPT_PRICE, COMPLETION_PRICE, CACHED_PRICE, EMBEDDING_PRICE = 0.15, 0.60, 0.075, 0.02
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def chat_cost(prompt: int, completion: int, cached: int = 0) -> float:

@@ -16,6 +16,7 @@ import pytest
 
 from anyrouter_proxy import cli
 from anyrouter_proxy.config.loader import load_config, schema, schema_path
+from tests.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "routes.yaml"
@@ -63,13 +64,6 @@ def bad_config(tmp_path: Path) -> Path:
 def problem_lines(stderr: str, path: Path) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith(f"{path}:")
             and not line.endswith("problem(s)")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- check ----------------------------------------------------------------------------
