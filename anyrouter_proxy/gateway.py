@@ -182,9 +182,7 @@ class Gateway:
             else "unknown"
 
     def _models_for(self, req: ProxyRequest, config: Config) -> list[ModelConfig]:
-        ids = fallback_models(req.body)
-        if not ids:
-            raise InvalidRequest("'model' is required and must be a string", param="model")
+        ids: list[Any] = fallback_models(req.body) or [req.body.get("model")]  # model_for: why
         return [self.model_for(req.key, model_id, config) for model_id in ids]
 
     def _targets(self, req: ProxyRequest, models: list[ModelConfig],
@@ -239,12 +237,9 @@ class Gateway:
     def _refused(self, req: ProxyRequest, model_id: str, exc: ProxyError) -> None:
         """A proxied request refused before routing still gets its row (cost 0), so
         the generation id it was given resolves, and its metrics."""
-        record = GenerationRecord(
-            id=req.gen_id, created_at=time.time(), key_name=req.key.name,
-            endpoint=req.endpoint, model=model_id, trace_id=req.trace_id,
-            streamed=req.body.get("stream") is True, status_code=exc.status,
-            error_code=exc.code, usage=Usage(source="none"))
-        req.record = record
+        record = _new_record(req, model_id, req.body.get("stream") is True,
+                             status_code=exc.status, error_code=exc.code,
+                             usage=Usage(source="none"))
         self.ledger.store.record(record)
         self.ledger.metrics.observe(record)
 
@@ -286,12 +281,8 @@ class Gateway:
             store.audit("insufficient_credits", key_name=req.key.name, trace_id=req.trace_id,
                         detail={"model": model.id})
             raise
-        record = GenerationRecord(id=req.gen_id, created_at=time.time(), key_name=req.key.name,
-                                  endpoint=req.endpoint, model=model.id, trace_id=req.trace_id,
-                                  streamed=stream)
-        req.record = record
-        return Books(self.ledger, record, targets[0].pricing, admission, reservation,
-                     prompt_tokens)
+        return Books(self.ledger, _new_record(req, model.id, stream), targets[0].pricing,
+                     admission, reservation, prompt_tokens)
 
     async def _try_targets(self, req: ProxyRequest, targets: list[Target], books: Books,
                            headers: dict[str, str],
@@ -462,6 +453,16 @@ class Gateway:
             return Answer(200, raw, {"X-AnyRouter-Provider": target.provider.id})
         estimate = {"input_tokens": estimate_prompt_tokens(req.body), "estimated": True}
         return Answer(200, orjson.dumps(estimate), {})
+
+
+def _new_record(req: ProxyRequest, model_id: str, streamed: bool,
+                **fields: Any) -> GenerationRecord:
+    """The usage row of `req`, from now on `req.record`."""
+    req.record = GenerationRecord(id=req.gen_id, created_at=time.time(),
+                                  key_name=req.key.name, endpoint=req.endpoint,
+                                  model=model_id, trace_id=req.trace_id, streamed=streamed,
+                                  **fields)
+    return req.record
 
 
 def _encode_body(body: dict[str, Any]) -> bytes:

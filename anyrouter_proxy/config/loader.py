@@ -347,7 +347,7 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
             max_age_s=cors.get("max_age_s", CorsConfig().max_age_s)),
         **raw_server)
     raw_storage = dict(data.get("storage") or {})
-    sqlite_path = Path(raw_storage.pop("sqlite_path", "data/anyrouter.db"))
+    sqlite_path = Path(raw_storage.pop("sqlite_path", StorageConfig().sqlite_path))
     if not sqlite_path.is_absolute():
         sqlite_path = (base_dir / sqlite_path).resolve()
     storage = StorageConfig(sqlite_path=sqlite_path, **raw_storage)
@@ -380,10 +380,16 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
         timeouts=Timeouts(**raw.get("timeouts", {})),
         headers=MappingProxyType(dict(raw.get("headers", {}))),
         limits=_limits(raw["limits"]) if "limits" in raw else None,
-        anthropic_version=raw.get("anthropic_version", "2023-06-01"),
-        circuit_failures=raw.get("circuit", {}).get("failures", 5),
-        circuit_cooldown_s=raw.get("circuit", {}).get("cooldown_s", 30.0),
+        **_given(raw, anthropic_version="anthropic_version"),
+        **_given(raw.get("circuit", {}), circuit_failures="failures",
+                 circuit_cooldown_s="cooldown_s"),
     )
+
+
+def _given(raw: Mapping[str, Any], **fields: str) -> dict[str, Any]:
+    """The dataclass fields (field=key in `raw`) the file sets; the others keep the
+    dataclass's default, the one place it is written."""
+    return {name: raw[key] for name, key in fields.items() if key in raw}
 
 
 def _model(mid: str, raw: Mapping[str, Any]) -> ModelConfig:
@@ -407,12 +413,10 @@ def _model(mid: str, raw: Mapping[str, Any]) -> ModelConfig:
 
 
 def _state(raw: Mapping[str, Any]) -> StateConfig:
-    on_error = raw.get("on_error", {})
-    return StateConfig(backend=raw.get("backend", "memory"), url=raw.get("url"),
-                       key_prefix=raw.get("key_prefix", "anyrouter:"),
-                       timeout_s=raw.get("timeout_s", 0.5),
-                       limits_on_error=on_error.get("limits", "open"),
-                       credits_on_error=on_error.get("credits", "closed"))
+    return StateConfig(**_given(raw, backend="backend", url="url", key_prefix="key_prefix",
+                                timeout_s="timeout_s"),
+                       **_given(raw.get("on_error", {}), limits_on_error="limits",
+                                credits_on_error="credits"))
 
 
 def _deprecation(raw: Mapping[str, Any]) -> Deprecation:
