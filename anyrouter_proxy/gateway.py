@@ -281,8 +281,10 @@ class Gateway:
             store.audit("insufficient_credits", key_name=req.key.name, trace_id=req.trace_id,
                         detail={"model": model.id})
             raise
-        return Books(self.ledger, _new_record(req, model.id, stream), targets[0].pricing,
-                     admission, reservation, prompt_tokens)
+        books = Books(self.ledger, _new_record(req, model.id, stream), targets[0].pricing,
+                      admission, reservation, prompt_tokens)
+        store.journal(books.record, cost, prompt_tokens)  # charged at `cost` if we die now
+        return books
 
     async def _try_targets(self, req: ProxyRequest, targets: list[Target], books: Books,
                            headers: dict[str, str],

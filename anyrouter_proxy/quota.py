@@ -7,12 +7,13 @@ backend settles them in the background.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from .config.model import Config, KeyConfig, ProviderConfig
 from .credits import CreditLedger
 from .ratelimit import Limiter
+from .types import Interrupted
 
 
 class Held(Protocol):
@@ -50,6 +51,11 @@ class Quota(Protocol):
     async def remaining(self, key: KeyConfig) -> float | None: ...
 
     async def load_spend(self, spend_by_key: Mapping[str, float]) -> None: ...
+
+    async def charge_interrupted(self, charges: Sequence[Interrupted]) -> None:
+        """After `load_spend` at start: requests an earlier process died with, whose usage
+        rows the start has just written (each charge once, whatever the backend saw)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -92,6 +98,9 @@ class MemoryQuota:
 
     async def load_spend(self, spend_by_key: Mapping[str, float]) -> None:
         self.ledger.load_spend(spend_by_key)
+
+    async def charge_interrupted(self, charges: Sequence[Interrupted]) -> None:
+        pass  # load_spend's sums, read after the rows were written, hold them already
 
     async def close(self) -> None:
         pass

@@ -14,6 +14,7 @@ shared by both backends); they are rewritten to `$1..$n` here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -24,6 +25,8 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from .journal import JOURNAL_TABLE, RECOVERED_COLUMNS, RECOVERED_VALUES
+from .types import Interrupted
 from .usage_store import (
     _INSERT_GENERATION,
     GENERATION_COLUMNS,
@@ -76,10 +79,23 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (batch_id, idx)
     );
     """,
+    # 2 -> 3: the reservation journal of requests in flight (journal.py).
+    JOURNAL_TABLE.format(real="DOUBLE PRECISION"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serialises migrations of replicas starting together (any 64-bit constant: "anyrout" in hex).
 _MIGRATION_LOCK = 0x616E79726F7574
+# A process holds the advisory lock (_OWNER_LOCK, its journal owner id) for as long as it
+# runs (two-key locks: a key space apart from _MIGRATION_LOCK's); a free lock is a gone owner.
+_OWNER_LOCK = 0x6A726E6C  # "jrnl"
+# The journal rows of one gone owner become usage rows (the DELETE takes each row once,
+# even with several replicas recovering at the same time); those whose usage row made it
+# are only deleted.
+_RECOVER = f"""
+    WITH gone AS (DELETE FROM reservation_journal WHERE owner = $1 RETURNING *)
+    INSERT INTO generations ({RECOVERED_COLUMNS}) SELECT {RECOVERED_VALUES} FROM gone
+    ON CONFLICT (id) DO NOTHING RETURNING id, key_name, cost
+"""
 
 # INSERT OR REPLACE becomes an upsert: a generation recorded twice (cancelled at shutdown,
 # then finished) must not become a poison row that fails every retry of its batch.
@@ -127,15 +143,17 @@ class PostgresUsageStore(UsageStore):
     def __init__(
         self, dsn: str, *, queue_max: int = 10000, flush_interval_s: float = 0.2,
         batch_max: int = 500, close_timeout_s: float = 10.0, connect_timeout_s: float = 10.0,
-        command_timeout_s: float = 30.0, pool_max: int = 4,
+        command_timeout_s: float = 30.0, pool_max: int = 4, audit_queue_max: int = 1000,
     ) -> None:
         super().__init__(Path(), queue_max=queue_max, flush_interval_s=flush_interval_s,
-                         batch_max=batch_max, close_timeout_s=close_timeout_s)
+                         batch_max=batch_max, close_timeout_s=close_timeout_s,
+                         audit_queue_max=audit_queue_max)
         self.dsn = dsn
         self.connect_timeout_s = connect_timeout_s
         self.command_timeout_s = command_timeout_s
         self.pool_max = pool_max
         self._pool: Any = None  # asyncpg.Pool
+        self._owner_conn: Any = None  # holds this process's _OWNER_LOCK
 
     @property
     def where(self) -> str:
@@ -156,10 +174,23 @@ class PostgresUsageStore(UsageStore):
                 "(check storage.dsn and that PostgreSQL is running and reachable)") from exc
         try:
             await self._migrate()
+            await self._hold_owner_lock()
         except BaseException:
             await self._close_connections()
             raise
         self._writer = asyncio.create_task(self._run(), name="usage-writer")
+
+    async def _hold_owner_lock(self) -> None:
+        try:
+            self._owner_conn = await asyncpg.connect(
+                self.dsn, timeout=self.connect_timeout_s,
+                command_timeout=self.command_timeout_s,
+                server_settings={"application_name": "anyrouter-proxy"})
+            await self._owner_conn.execute("SELECT pg_advisory_lock($1, $2)", _OWNER_LOCK,
+                                           self.owner)
+        except Exception as exc:
+            raise StoreError(f"cannot prepare usage database {self.where}: "
+                             f"{self._scrub(exc)}") from exc
 
     async def _migrate(self) -> None:
         try:
@@ -191,6 +222,12 @@ class PostgresUsageStore(UsageStore):
                              f"{self._scrub(exc)}") from exc
 
     async def _close_connections(self) -> None:
+        owner_conn, self._owner_conn = self._owner_conn, None
+        if owner_conn is not None:
+            with contextlib.suppress(Exception):  # the lock goes with the session anyway
+                await asyncio.wait_for(owner_conn.close(), self.close_timeout_s)
+            if not owner_conn.is_closed():
+                owner_conn.terminate()
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -203,13 +240,11 @@ class PostgresUsageStore(UsageStore):
 
     async def _write_batch(self, items: Sequence[_Item]) -> None:
         pool = self._require_pool()
-        groups: dict[str, list[tuple[Any, ...]]] = {}
-        for item in items:
-            groups.setdefault(to_postgres(item.sql), []).append(item.params)
+        plan = [(to_postgres(sql), rows) for sql, rows in self._plan(items)]
         async with pool.acquire(timeout=self.connect_timeout_s) as conn:
             try:
                 async with conn.transaction():
-                    for sql, rows in groups.items():
+                    for sql, rows in plan:
                         await conn.executemany(sql, rows)
             except _PG_BAD_ROW_ERRORS as exc:
                 raise BadRowError(f"{type(exc).__name__}: {exc}") from exc
@@ -244,6 +279,29 @@ class PostgresUsageStore(UsageStore):
             raise StoreError(f"cannot read spend from usage database {self.where}: "
                              f"{self._scrub(exc)}") from exc
         return {str(row["key_name"]): float(row["cost"]) for row in rows}
+
+    async def _recover_rows(self) -> list[Interrupted]:
+        """The journal rows of owners whose lock is free (their process is gone; several
+        replicas may share the database) become usage rows."""
+        pool = self._require_pool()
+        found: list[Interrupted] = []
+        try:
+            async with pool.acquire(timeout=self.connect_timeout_s) as conn:
+                owners = await conn.fetch(
+                    "SELECT DISTINCT owner FROM reservation_journal WHERE owner <> $1",
+                    self.owner)
+                for (owner,) in owners:
+                    async with conn.transaction():
+                        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)",
+                                                   _OWNER_LOCK, int(owner)):
+                            continue  # alive: its requests are still running
+                        rows = await conn.fetch(_RECOVER, owner)
+                    found += [Interrupted(str(r["id"]), str(r["key_name"]), float(r["cost"]))
+                              for r in rows]
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot recover interrupted requests from usage database "
+                             f"{self.where}: {self._scrub(exc)}") from exc
+        return found
 
     async def prune(self, retention_days: int) -> int:
         cutoff = time.time() - retention_days * 86400

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(slots=True)
@@ -52,6 +53,15 @@ class GenerationRecord:
     ttft_ms: float | None = None
     generation_time_ms: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
+
+
+class Interrupted(NamedTuple):
+    """A request a process had in flight when it died, charged by the next start (its
+    usage row: status `interrupted`, cost the amount it had reserved)."""
+
+    gen_id: str
+    key_name: str
+    cost: float
 
 
 # The proxied endpoints, by the client's dialect.

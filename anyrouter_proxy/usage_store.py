@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import re
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,11 +26,21 @@ from typing import Any, NamedTuple
 import aiosqlite
 import orjson
 
-from .types import GenerationRecord
+from .journal import (
+    DELETE_JOURNAL,
+    INSERT_JOURNAL,
+    INTERRUPTED,
+    JOURNAL_TABLE,
+    LiveLock,
+    journal_params,
+    new_owner,
+    recover_sqlite,
+)
+from .types import GenerationRecord, Interrupted
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # MIGRATIONS[n] takes a database from user_version n to n + 1; later versions append.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -69,6 +80,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (batch_id, idx)
     );
     """,
+    # 2 -> 3: the reservation journal of requests in flight (journal.py).
+    JOURNAL_TABLE.format(real="REAL"),
 )
 
 GENERATION_COLUMNS = (
@@ -97,6 +110,13 @@ _SPEND = """
         SELECT key_name, cost FROM generations UNION ALL SELECT key_name, cost FROM spend_carryover
     ) GROUP BY key_name
 """
+
+# What a queued row is, for its bound: usage rows (and batch bookkeeping) at most
+# `queue_max`, audit rows at most `audit_queue_max` (so that a flood of unauthenticated
+# requests never crowds out a billing row), journal rows unbounded (one per request in
+# flight at most: a request that ends before its journal row is written drops it).
+BILLING, AUDIT, JOURNAL = "billing", "audit", "journal"
+_KEY_COL, _COST_COL = GENERATION_COLUMNS.index("key_name"), GENERATION_COLUMNS.index("cost")
 
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
@@ -154,25 +174,30 @@ class _Item(NamedTuple):
     seq: int
     sql: str
     params: tuple[Any, ...]
+    kind: str = BILLING
 
 
 class UsageStore:
     def __init__(
         self, path: Path, *, queue_max: int = 10000, flush_interval_s: float = 0.2,
         batch_max: int = 2000, busy_timeout_s: float = 5.0, close_timeout_s: float = 10.0,
+        audit_queue_max: int = 1000,
     ) -> None:
         self.path = Path(path)
         self.queue_max = queue_max
+        self.audit_queue_max = audit_queue_max
         self.flush_interval_s = flush_interval_s
         self.batch_max = batch_max
         self.busy_timeout_s = busy_timeout_s
         self.close_timeout_s = close_timeout_s
-        self.dropped = 0
+        self.dropped_by_kind = {BILLING: 0, AUDIT: 0}
         self.write_errors = 0
         self.last_error: str | None = None
         self.transactions = 0
         self._pending: deque[_Item] = deque()
         self._inflight: list[_Item] = []  # the batch being written, kept until it commits
+        self._queued = {BILLING: 0, AUDIT: 0, JOURNAL: 0}  # rows waiting, by kind
+        self._taken_seq = 0  # the last sequence number taken into the batch in flight
         self._seq = 0  # last sequence number handed out
         self._done_seq = 0  # every item up to this one has been committed (or rejected)
         self._wake = asyncio.Event()  # rows arrived
@@ -181,6 +206,14 @@ class UsageStore:
         self._closing = False
         self._closed = False
         self._last_warning = {"drop": -LOG_INTERVAL_S, "write": -LOG_INTERVAL_S}
+        # The journal (journal.py): ids whose journal row waits in the queue (dropped
+        # unwritten if their usage row comes first), and ids whose journal row is written
+        # or being written (deleted with their usage row).
+        self.owner = new_owner()
+        self._journal_waiting: set[str] = set()
+        self._journalled: set[str] = set()
+        self._live: LiveLock | None = None
+        self._write_lock = asyncio.Lock()  # held from a batch's BEGIN until it is let go
         self._wdb: aiosqlite.Connection | None = None
         self._rdb: aiosqlite.Connection | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -188,7 +221,12 @@ class UsageStore:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._pending) + len(self._inflight)
+        return sum(self._queued.values())
+
+    @property
+    def dropped(self) -> int:
+        """Rows dropped since start (queue full, closed, or rows that cannot be stored)."""
+        return sum(self.dropped_by_kind.values())
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -196,6 +234,11 @@ class UsageStore:
         # Checking and migrating the file is done with plain sqlite3 in a thread first: a
         # failed aiosqlite connect leaves its worker thread finishing behind our back.
         await asyncio.to_thread(self._prepare)
+        self._live = LiveLock(self.path, self.owner)
+        try:
+            await asyncio.to_thread(self._live.hold)
+        except OSError as exc:
+            raise StoreError(f"cannot create a lock file beside {self.path}: {exc}") from exc
         self._wdb = await self._connect()
         try:
             self._rdb = await self._connect()
@@ -223,6 +266,8 @@ class UsageStore:
                           self.queue_depth, self.last_error)
         self._closed = True
         await self._close_connections()
+        if self._live is not None:
+            self._live.release()
 
     def _prepare(self) -> None:
         try:
@@ -275,43 +320,73 @@ class UsageStore:
     # -- request path: never awaits ------------------------------------------------------
 
     def record(self, rec: GenerationRecord) -> bool:
+        waiting = self._journal_waiting
+        if waiting and rec.id in waiting:  # its journal row is not written yet: never is
+            waiting.discard(rec.id)
+            self._queued[JOURNAL] -= 1
         try:
             params = _generation_params(rec)
         except (TypeError, ValueError):  # a bug upstream of us must not fail the request
             log.exception("usage record %s cannot be stored", rec.id)
-            self.dropped += 1
+            self.dropped_by_kind[BILLING] += 1
             return False
-        return self.enqueue(_INSERT_GENERATION, params)
+        if self.enqueue(_INSERT_GENERATION, params):
+            return True
+        # A journal row already written stays: the next start charges the reservation.
+        self._journalled.discard(rec.id)
+        return False
+
+    def journal(self, rec: GenerationRecord, reserved: float, prompt_estimate: int) -> bool:
+        """Journal a request whose books just opened (`reserved` USD held): if the process
+        dies before its usage row is written, the next start charges it (journal.py)."""
+        params = journal_params(self.owner, rec, reserved, prompt_estimate)
+        if not self.enqueue(INSERT_JOURNAL, params, kind=JOURNAL):
+            return False
+        self._journal_waiting.add(rec.id)
+        return True
 
     def audit(
         self, event: str, *, key_name: str | None = None, trace_id: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
         text = json.dumps(dict(detail or {}), default=str, separators=(",", ":"))
-        return self.enqueue(_INSERT_AUDIT, (time.time(), event, key_name, trace_id, text))
+        return self.enqueue(_INSERT_AUDIT, (time.time(), event, key_name, trace_id, text),
+                            kind=AUDIT)
 
 
     async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Read through the reader connection (after `flush()` when freshness matters)."""
         return list(await self._reader().execute_fetchall(sql, params))
 
-    def enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
+    def enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True,
+                kind: str = BILLING) -> bool:
         """Queue any write for the writer; `bounded=False` for the few rows that must not
-        be dropped when the queue is full (batch bookkeeping)."""
-        full = bounded and self.queue_depth >= self.queue_max
+        be dropped when the queue is full (batch bookkeeping). Each `kind` has its own
+        bound: audit rows never take the room of billing rows."""
+        queued = self._queued
+        if kind == BILLING:
+            full = bounded and queued[BILLING] >= self.queue_max
+        else:
+            full = kind == AUDIT and queued[AUDIT] >= self.audit_queue_max
         if self._closed or self._closing or full:
-            self.dropped += 1
-            if self._may_warn("drop"):
-                log.warning("usage log queue full or closed (%d rows waiting, last write "
-                            "error: %s); %d rows dropped so far",
-                            self.queue_depth, self.last_error, self.dropped)
+            if kind != JOURNAL:  # a journal row is a safety net, not a row of the log
+                self._dropped(kind)
             return False
+        queued[kind] += 1
         self._seq += 1
-        self._pending.append(_Item(self._seq, sql, params))
+        self._pending.append(_Item(self._seq, sql, params, kind))
         self._wake.set()
         if len(self._pending) >= self.batch_max:
             self._urgent.set()
         return True
+
+    def _dropped(self, kind: str) -> None:
+        self.dropped_by_kind[kind] += 1
+        if self._may_warn("drop"):
+            log.warning("usage log queue full or closed (%d rows waiting, last write "
+                        "error: %s); %d rows dropped so far (%s)",
+                        self.queue_depth, self.last_error, self.dropped,
+                        ", ".join(f"{k}: {n}" for k, n in self.dropped_by_kind.items()))
 
     def _may_warn(self, kind: str) -> bool:
         now = time.monotonic()
@@ -340,10 +415,12 @@ class UsageStore:
                         await self._wake.wait()
                         continue
                     await self._linger()
-                    count = min(len(self._pending), self.batch_max)
-                    self._inflight = [self._pending.popleft() for _ in range(count)]
+                    self._inflight = self._take_batch()
+                    if not self._inflight:
+                        continue
                 try:
-                    await self._write_inflight()
+                    async with self._write_lock:
+                        await self._write_inflight()
                     delay = 0.0
                 except Exception as exc:  # the disk's fault: keep the rows, back off, retry
                     self._note_error(exc)
@@ -360,6 +437,24 @@ class UsageStore:
                 await asyncio.wait_for(self._urgent.wait(), self.flush_interval_s)
         self._urgent.clear()
 
+    def _take_batch(self) -> list[_Item]:
+        """Up to batch_max rows off the queue, without the journal rows whose request has
+        ended meanwhile (its usage row follows: the journal row would only be deleted)."""
+        pending, waiting = self._pending, self._journal_waiting
+        batch: list[_Item] = []
+        while pending and len(batch) < self.batch_max:
+            item = pending.popleft()
+            self._taken_seq = item.seq
+            if item.kind == JOURNAL:
+                if item.params[0] not in waiting:
+                    continue
+                waiting.discard(item.params[0])
+                self._journalled.add(item.params[0])
+            batch.append(item)
+        if not batch:
+            self._mark_done(self._taken_seq)
+        return batch
+
     async def _write_inflight(self) -> None:
         try:
             await self._write_batch(self._inflight)
@@ -372,26 +467,52 @@ class UsageStore:
                 try:
                     await self._write_batch([item])
                 except _BAD_ROW_ERRORS as row_exc:
-                    self.dropped += 1
+                    if item.kind != JOURNAL:
+                        self.dropped_by_kind[item.kind] += 1
                     log.error("usage row dropped, it cannot be stored: %s", row_exc)
                 self._inflight.pop(0)
+                self._written((item,))
                 self._mark_done(item.seq)
+            self._mark_done(self._taken_seq)
             return
         if self.write_errors and self.last_error is not None:
             log.info("usage log writes recovered (%d failures so far)", self.write_errors)
             self.last_error = None
-        self._mark_done(self._inflight[-1].seq)
+        self._written(self._inflight)
+        self._mark_done(self._taken_seq)
         self._inflight = []
+
+    def _written(self, items: Sequence[_Item]) -> None:
+        """Rows committed (or dropped as bad): off the counts; a usage row's journal row
+        went with it."""
+        queued, journalled = self._queued, self._journalled
+        for item in items:
+            queued[item.kind] -= 1
+            if journalled and item.sql == _INSERT_GENERATION:
+                journalled.discard(item.params[0])
+
+    def _plan(self, items: Sequence[_Item]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The statements of one batch: its rows grouped by statement, then the deletion
+        of the journal rows of the usage rows written (one transaction: a crash leaves a
+        request's journal row or its usage row, never both or neither)."""
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        ended: list[tuple[Any, ...]] = []
+        journalled = self._journalled
+        for item in items:
+            groups.setdefault(item.sql, []).append(item.params)
+            if journalled and item.sql == _INSERT_GENERATION and item.params[0] in journalled:
+                ended.append((item.params[0],))
+        plan = list(groups.items())
+        if ended:
+            plan.append((DELETE_JOURNAL, ended))
+        return plan
 
     async def _write_batch(self, items: Sequence[_Item]) -> None:
         assert self._wdb is not None
         db = self._wdb
-        groups: dict[str, list[tuple[Any, ...]]] = {}
-        for item in items:
-            groups.setdefault(item.sql, []).append(item.params)
         await db.execute("BEGIN IMMEDIATE")
         try:
-            for sql, rows in groups.items():
+            for sql, rows in self._plan(items):
                 statements = multi_row(sql, rows)
                 if statements is None:
                     await db.executemany(sql, rows)
@@ -444,6 +565,47 @@ class UsageStore:
         except sqlite3.DatabaseError as exc:  # garbled pages behind a valid header
             raise _open_error(self.path, exc) from exc
         return {str(name): float(total) for name, total in rows}
+
+    async def spend_snapshot(self, at_cut: Callable[[], None] | None = None
+                             ) -> dict[str, float]:
+        """Spend per key as of one instant: the usage log plus the usage rows queued and
+        not yet written. The writer commits nothing meanwhile; `at_cut` runs at that
+        instant (a caller that must tell what was counted from what comes after)."""
+        async with self._write_lock:
+            spend = await self.spend_by_key()
+            for item in itertools.chain(self._inflight, self._pending):
+                if item.sql == _INSERT_GENERATION:
+                    name = item.params[_KEY_COL]
+                    spend[name] = spend.get(name, 0.0) + item.params[_COST_COL]
+            if at_cut is not None:
+                at_cut()
+        return spend
+
+    async def recover_interrupted(self) -> list[Interrupted]:
+        """At start, before serving: the requests that a process now gone had in flight
+        become usage rows with status `interrupted`, charged at their reservation."""
+        found = await self._recover_rows()
+        if found:
+            log.warning("charged %d request(s) interrupted by the end of an earlier process "
+                        "at the amount they had reserved ($%.6f in all); their usage rows "
+                        "say status_code 500, error_code interrupted",
+                        len(found), sum(i.cost for i in found))
+        return found
+
+    async def _recover_rows(self) -> list[Interrupted]:
+        return await asyncio.to_thread(self._recover)
+
+    def _recover(self) -> list[Interrupted]:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_s)
+        except sqlite3.Error as exc:
+            raise _open_error(self.path, exc) from exc
+        try:
+            return recover_sqlite(db, self.path, self.owner)
+        except sqlite3.Error as exc:
+            raise _open_error(self.path, exc) from exc
+        finally:
+            db.close()
 
     async def prune(self, retention_days: int) -> int:
         cutoff = time.time() - retention_days * 86400
@@ -520,11 +682,22 @@ _SAME_NAME = (
 )
 
 
+def _status(row: sqlite3.Row) -> str:
+    """completed | cancelled | failed | interrupted (the process died with it in flight)."""
+    if row["error_code"] == INTERRUPTED:
+        return INTERRUPTED
+    if row["cancelled"]:
+        return "cancelled"
+    return "failed" if row["status_code"] >= 400 else "completed"
+
+
 def _present(row: sqlite3.Row) -> dict[str, Any]:
-    """A row in OpenRouter's GET /generation shape (plus trace_id, usage_source, attempts)."""
+    """A row in OpenRouter's GET /generation shape (plus trace_id, usage_source, attempts,
+    status)."""
     created = datetime.fromtimestamp(row["created_at"], UTC)
     out: dict[str, Any] = {name: row[name] for name in _SAME_NAME}
     out.update(
+        status=_status(row),
         provider_name=row["provider"], total_cost=row["cost"], usage=row["cost"],
         # One tokenizer count: OpenRouter's normalized and native counts are the same here.
         native_tokens_prompt=row["tokens_prompt"],

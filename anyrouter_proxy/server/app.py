@@ -51,10 +51,12 @@ def create_app(config: Config, *, http: Upstream | None = None,
 
         store: UsageStore = PostgresUsageStore(
             config.storage.dsn or "", queue_max=config.storage.queue_max,
-            flush_interval_s=config.storage.flush_interval_s)
+            flush_interval_s=config.storage.flush_interval_s,
+            audit_queue_max=config.storage.audit_queue_max)
     else:
         store = UsageStore(config.storage.sqlite_path, queue_max=config.storage.queue_max,
-                           flush_interval_s=config.storage.flush_interval_s)
+                           flush_interval_s=config.storage.flush_interval_s,
+                           audit_queue_max=config.storage.audit_queue_max)
     metrics = Metrics()
     limiter = Limiter(config)
     upstream = http or HttpUpstream()
@@ -62,7 +64,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     quota: Quota = local_quota
     if config.state.backend == "redis":  # shared by replicas; this process's as fallback
         from ..redis_quota import RedisQuota
-        quota = RedisQuota(config, local_quota)
+        quota = RedisQuota(config, local_quota, spend_source=store.spend_snapshot)
     gateway = Gateway(config, http=upstream, mock=MockUpstream(), quota=quota,
                       ledger=Ledger(store, metrics))
     batches = BatchRunner(gateway, BatchStore(store))
@@ -73,7 +75,10 @@ def create_app(config: Config, *, http: Upstream | None = None,
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await store.open()
         try:
+            # Requests an earlier process died with are charged before anything is read.
+            interrupted = await store.recover_interrupted()
             await gateway.quota.load_spend(await store.spend_by_key())  # never refills a key
+            await gateway.quota.charge_interrupted(interrupted)
         except BaseException:
             await store.close()  # its threads must not keep a failed start alive
             raise
