@@ -1,5 +1,5 @@
 """A real `anyrouter-proxy serve` subprocess for end-to-end tests that signal, limit or
-kill the process itself."""
+kill the process itself, and a stalled disk for its usage database."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,3 +101,16 @@ class ServeProcess:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._reader, 5)
         return code
+
+
+@contextlib.contextmanager
+def locked(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """An exclusive write lock on the database, held by another connection: the proxy's
+    writer waits its busy timeout, then fails with "database is locked" (a stalled disk)."""
+    db = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    try:
+        db.execute("BEGIN EXCLUSIVE")
+        yield db
+    finally:
+        db.rollback()
+        db.close()

@@ -43,7 +43,7 @@ from anyrouter_proxy.config.model import Config
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider, sha256
 from tests.fakes import Behaviour, FakeOpenAI
 from tests.net import free_port
-from tests.serve_process import ServeProcess, open_fds, proc_status_kb  # noqa: F401
+from tests.serve_process import ServeProcess, locked, open_fds, proc_status_kb  # noqa: F401
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals, /proc, prlimit")
 
@@ -143,18 +143,6 @@ async def proxy(config_factory: ConfigFactory, start_proxy: StartProxy,
     return await start_proxy(config_factory(
         providers={"openai": openai_provider(fake_openai)},
         models={MODEL: {"routes": [{"provider": "openai", "model": "gpt-4o-mini"}]}}))
-
-
-@contextlib.contextmanager
-def locked(db_path: Path) -> Any:
-    """An exclusive write lock on the database, held by another connection."""
-    db = sqlite3.connect(db_path, timeout=0, isolation_level=None)
-    try:
-        db.execute("BEGIN EXCLUSIVE")
-        yield db
-    finally:
-        db.rollback()
-        db.close()
 
 
 async def test_locked_database_keeps_serving_and_catches_up(proxy: Proxy) -> None:
