@@ -338,6 +338,7 @@ class RedisQuota:
         self._open: dict[str, tuple[str, int]] = {}
         self._check_at = 0.0
         self._suspect = False
+        self._checked = asyncio.Event()  # replaced after each look at the marker
         self._rebuilt_at_start = False
         self._configure(config)
 
@@ -759,6 +760,23 @@ class RedisQuota:
                           SPEND_CHECK_S)
         else:
             self._succeeded()
+        finally:
+            checked, self._checked = self._checked, asyncio.Event()
+            checked.set()
+
+    async def check_spend(self) -> None:
+        """Have the outbox task look at the spend marker now, and wait until it has (it
+        does so every SPEND_CHECK_S anyway)."""
+        if self.spend_source is None:
+            return
+        self._start_worker()
+        checked = self._checked
+        self._suspect = True
+        assert self._wake is not None
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):  # Redis being skipped: no look for now
+            async with asyncio.timeout(REBUILD_TIMEOUT_S):
+                await checked.wait()
 
     async def _claim(self) -> str | None:
         """Rebuild every key's spend from the usage log; the marker another replica wrote
