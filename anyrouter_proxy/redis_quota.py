@@ -98,7 +98,8 @@ OUTBOX_BATCH = 256
 OUTBOX_RETRY_S = 300.0  # a settlement not delivered within this is dropped (logged)
 DONE_TTL_S = 2 * OUTBOX_RETRY_S  # dedup window of spend recorded without a reservation
 CLOSE_GRACE_S = 5.0
-SPEND_CHECK_S = 1.0  # how often the spend marker is looked at (and when a rebuild retries)
+SPEND_CHECK_S = 1.0  # how often the spend marker is looked at
+SPEND_RETRY_S = 10.0  # a rebuild that failed (the usage log unreadable) is tried again
 REBUILD_TIMEOUT_S = 30.0
 
 # What "Redis is unreachable" means here; other errors (a script bug) are logged too.
@@ -755,9 +756,10 @@ class RedisQuota:
                     await self._join(marker)
         except UNAVAILABLE as exc:
             self._failed(exc, "spend check")
-        except Exception:  # the usage log unreadable, a script bug: try again later
-            log.exception("could not rebuild the spend in Redis (trying again in %g s)",
-                          SPEND_CHECK_S)
+        except Exception as exc:  # the usage log unreadable, a script bug: later
+            self._check_at = time.monotonic() + SPEND_RETRY_S
+            log.warning("could not rebuild the spend in Redis (trying again in %g s): %s: %s",
+                        SPEND_RETRY_S, type(exc).__name__, exc)
         else:
             self._succeeded()
         finally:

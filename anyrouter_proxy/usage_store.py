@@ -211,6 +211,7 @@ class UsageStore:
         # or being written (deleted with their usage row).
         self.owner = new_owner()
         self._journal_waiting: set[str] = set()
+        self._voided = 0  # journal rows in the queue that will not be written
         self._journalled: set[str] = set()
         self._live: LiveLock | None = None
         self._write_lock = asyncio.Lock()  # held from a batch's BEGIN until it is let go
@@ -234,17 +235,19 @@ class UsageStore:
         # Checking and migrating the file is done with plain sqlite3 in a thread first: a
         # failed aiosqlite connect leaves its worker thread finishing behind our back.
         await asyncio.to_thread(self._prepare)
-        self._live = LiveLock(self.path, self.owner)
+        live = LiveLock(self.path, self.owner)  # this process runs: see journal.py
         try:
-            await asyncio.to_thread(self._live.hold)
+            await asyncio.to_thread(live.hold)
         except OSError as exc:
             raise StoreError(f"cannot create a lock file beside {self.path}: {exc}") from exc
-        self._wdb = await self._connect()
         try:
+            self._wdb = await self._connect()
             self._rdb = await self._connect()
         except BaseException:
             await self._close_connections()
+            live.release()
             raise
+        self._live = live
         self._rdb.row_factory = sqlite3.Row
         self._writer = asyncio.create_task(self._run(), name="usage-writer")
 
@@ -324,6 +327,7 @@ class UsageStore:
         if waiting and rec.id in waiting:  # its journal row is not written yet: never is
             waiting.discard(rec.id)
             self._queued[JOURNAL] -= 1
+            self._voided += 1
         try:
             params = _generation_params(rec)
         except (TypeError, ValueError):  # a bug upstream of us must not fail the request
@@ -424,6 +428,7 @@ class UsageStore:
                     delay = 0.0
                 except Exception as exc:  # the disk's fault: keep the rows, back off, retry
                     self._note_error(exc)
+                    self._compact()
                     delay = min(max(delay * 2, RETRY_MIN_S), RETRY_MAX_S)
                     await asyncio.sleep(delay)
         finally:
@@ -447,6 +452,7 @@ class UsageStore:
             self._taken_seq = item.seq
             if item.kind == JOURNAL:
                 if item.params[0] not in waiting:
+                    self._voided -= 1
                     continue
                 waiting.discard(item.params[0])
                 self._journalled.add(item.params[0])
@@ -454,6 +460,15 @@ class UsageStore:
         if not batch:
             self._mark_done(self._taken_seq)
         return batch
+
+    def _compact(self) -> None:
+        """While the disk is stuck the queue is not taken from: drop the journal rows of
+        requests that have ended meanwhile, so that they do not pile up."""
+        if self._voided > 1000 and self._voided * 2 > len(self._pending):
+            waiting = self._journal_waiting
+            self._pending = deque(item for item in self._pending
+                                  if item.kind != JOURNAL or item.params[0] in waiting)
+            self._voided = 0
 
     async def _write_inflight(self) -> None:
         try:
