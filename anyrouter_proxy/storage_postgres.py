@@ -27,6 +27,7 @@ import asyncpg  # type: ignore[import-untyped]
 from .usage_store import (
     _INSERT_GENERATION,
     GENERATION_COLUMNS,
+    PRUNE_STATEMENTS,
     StoreError,
     UsageStore,
     _Item,
@@ -250,8 +251,9 @@ class PostgresUsageStore(UsageStore):
         pool = self._require_pool()
         async with pool.acquire(timeout=self.connect_timeout_s) as conn, conn.transaction():
             deleted = int(await conn.fetchval(_PRUNE_GENERATIONS, cutoff))
-            status = await conn.execute("DELETE FROM audit WHERE created_at < $1", cutoff)
-            deleted += int(str(status).rsplit(" ", 1)[-1])  # "DELETE <count>"
+            for statement in PRUNE_STATEMENTS:
+                status = await conn.execute(to_postgres(statement), cutoff)
+                deleted += int(str(status).rsplit(" ", 1)[-1])  # "DELETE <count>"
         return deleted
 
     async def _retain(self, retention_days: int, interval_s: float) -> None:

@@ -97,6 +97,18 @@ _SPEND = """
         SELECT key_name, cost FROM generations UNION ALL SELECT key_name, cost FROM spend_carryover
     ) GROUP BY key_name
 """
+# Retention: what `prune` deletes besides generations (whose spend is carried over first),
+# each statement with the cutoff as its one parameter. A batch goes whole (its row, its
+# items' inputs and results) once it finished before the cutoff; an unfinished batch
+# stays, whatever its age. The statuses are batch.py's FINISHED.
+_PRUNE_GENERATIONS = "DELETE FROM generations WHERE created_at < ?"
+_FINISHED_BATCHES = (
+    "FROM batches WHERE status IN ('completed', 'cancelled') AND completed_at < ?")
+PRUNE_STATEMENTS: tuple[str, ...] = (
+    "DELETE FROM audit WHERE created_at < ?",
+    f"DELETE FROM batch_items WHERE batch_id IN (SELECT id {_FINISHED_BATCHES})",
+    f"DELETE {_FINISHED_BATCHES}",
+)
 
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
@@ -455,8 +467,8 @@ class UsageStore:
             try:
                 await db.execute(_CARRY_SPEND, (cutoff,))
                 deleted = 0
-                for table in ("generations", "audit"):
-                    cur = await db.execute(f"DELETE FROM {table} WHERE created_at < ?", (cutoff,))
+                for statement in (_PRUNE_GENERATIONS, *PRUNE_STATEMENTS):
+                    cur = await db.execute(statement, (cutoff,))
                     deleted += cur.rowcount
                 await db.execute("COMMIT")
             except BaseException:

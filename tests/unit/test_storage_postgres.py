@@ -36,6 +36,7 @@ from anyrouter_proxy.usage_store import StoreError, UsageStore
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider, sha256
 from tests.fakes import USAGE, FakeOpenAI
 from tests.pg_server import PgServer, free_port, running_pg_server
+from tests.retention import GONE, ITEMS_PER_BATCH, KEPT, RESULT, RETENTION_DAYS, seed_batches
 from tests.unit.test_usage_report import RECORDS
 from tests.unit.test_usage_store import full_record, make_record
 
@@ -409,6 +410,22 @@ async def test_prune_deletes_old_audit_rows(store: PostgresUsageStore) -> None:
     await query(store.dsn, "UPDATE audit SET created_at = created_at - 2 * 86400")
     assert await store.prune(1) == 1
     assert await count(store.dsn, "audit") == 0
+
+
+async def test_prune_deletes_old_finished_batches_whole(store: PostgresUsageStore) -> None:
+    seed_batches(store)
+    await store.flush()
+    assert await store.prune(RETENTION_DAYS) == len(GONE) * (1 + ITEMS_PER_BATCH)
+    assert {r["id"] for r in await query(store.dsn, "SELECT id FROM batches")} == set(KEPT)
+    items = await query(store.dsn, "SELECT batch_id, item, result FROM batch_items")
+    assert {r["batch_id"] for r in items} == set(KEPT)  # no prompt or answer left behind
+    assert len(items) == len(KEPT) * ITEMS_PER_BATCH
+    batches = BatchStore(store)
+    assert await batches.load(GONE[0]) is None
+    kept = await batches.load("old-in-progress")
+    assert kept is not None and kept[0].results[0] == RESULT  # still resumable
+    assert await batches.unfinished() == ["old-in-progress", "old-cancelling"]
+    assert await store.prune(RETENTION_DAYS) == 0
 
 
 async def test_retention_task_prunes_in_background(store: PostgresUsageStore) -> None:

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from anyrouter_proxy import usage_store
+from anyrouter_proxy.batch_store import BatchStore
 from anyrouter_proxy.types import Attempt, GenerationRecord, Usage
 from anyrouter_proxy.usage_store import SCHEMA_VERSION, StoreError, UsageStore
+from tests.retention import GONE, ITEMS_PER_BATCH, KEPT, RESULT, RETENTION_DAYS, seed_batches
 
 
 def make_record(n: int = 1, **overrides: Any) -> GenerationRecord:
@@ -404,6 +406,22 @@ async def test_prune_deletes_old_audit_rows(store: UsageStore) -> None:
     db.close()
     assert await store.prune(1) == 1
     assert count(store.path, "audit") == 0
+
+
+async def test_prune_deletes_old_finished_batches_whole(store: UsageStore) -> None:
+    seed_batches(store)
+    await store.flush()
+    assert await store.prune(RETENTION_DAYS) == len(GONE) * (1 + ITEMS_PER_BATCH)
+    assert {r["id"] for r in rows(store.path, "SELECT id FROM batches")} == set(KEPT)
+    items = rows(store.path, "SELECT batch_id, item, result FROM batch_items")
+    assert {r["batch_id"] for r in items} == set(KEPT)  # no prompt or answer left behind
+    assert len(items) == len(KEPT) * ITEMS_PER_BATCH
+    batches = BatchStore(store)
+    assert await batches.load(GONE[0]) is None
+    kept = await batches.load("old-in-progress")
+    assert kept is not None and kept[0].results[0] == RESULT  # still resumable
+    assert await batches.unfinished() == ["old-in-progress", "old-cancelling"]
+    assert await store.prune(RETENTION_DAYS) == 0
 
 
 async def test_retention_task_prunes_in_background(store: UsageStore) -> None:
