@@ -19,6 +19,8 @@
 --      the spend restarts from there).
 --      Idempotent: a reservation is settled once (its entry is removed), spend without
 --      one is recorded once per id within the done ttl.
+--      A key with a budget adds a fifth key, the spend of the period the reservation
+--      was made in (see reserve.lua), and two args: its floor and expiry (Unix ms).
 --
 -- ARGV: the number of operations, then per operation: kind, #keys, #args, args...
 -- KEYS: every operation's keys, one after the other.
@@ -63,6 +65,12 @@ local function release(keys, args)
   return 1
 end
 
+-- The cost joins the budget period's spend, which restarts from the floor if Redis lost it.
+local function add_to_period(key, actual, floor, expire_at)
+  local spent = tonumber(redis.call('GET', key) or nil) or tonumber(floor)
+  if spent > 0 or actual > 0 then redis.call('SET', key, int(spent + actual), 'PXAT', expire_at) end
+end
+
 local function settle(keys, args)
   local id, actual, orphan = args[1], tonumber(args[2]), args[3] == '1'
   local ttl_ms, floor = tonumber(args[4]), tonumber(args[5])
@@ -84,6 +92,7 @@ local function settle(keys, args)
   end
   local spent = tonumber(redis.call('HGET', keys[1], 'spent') or nil) or floor
   if spent > 0 or actual > 0 then redis.call('HSET', keys[1], 'spent', int(spent + actual)) end
+  if keys[5] then add_to_period(keys[5], actual, args[6], args[7]) end
   return '1 ' .. int(spent + actual)
 end
 
