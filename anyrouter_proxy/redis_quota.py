@@ -158,6 +158,7 @@ class _Op:
     args: tuple[str | int, ...]
     created: float
     seq: int
+    window: Window | None = None  # the budget period a settlement counts in
 
 
 @dataclass(frozen=True, slots=True)
@@ -697,7 +698,8 @@ class RedisQuota:
         if period is not None:  # the cost counts in the period it was reserved in
             keys += (period.key,)
             args += (self._period_floor(name, period.window), period.expire_at_ms)
-        self._enqueue("s", f"key:{name}", keys, args)
+        self._enqueue("s", f"key:{name}", keys, args,
+                      window=None if period is None else period.window)
 
     async def spent(self, key_name: str) -> float:
         """The key's spend across replicas (USD). Never raises: this replica's view when
@@ -820,12 +822,13 @@ class RedisQuota:
     # -- the background outbox ----------------------------------------------------
 
     def _enqueue(self, kind: str, owner: str, keys: tuple[str, ...],
-                 args: tuple[str | int, ...]) -> None:
+                 args: tuple[str | int, ...], *, window: Window | None = None) -> None:
         if self._closed:  # a request that outlived the shutdown: nothing left to send with
             self._drop(1, "the quota is closed")
             return
         self._queued += 1
-        self._outbox.append(_Op(kind, owner, keys, args, time.monotonic(), self._queued))
+        self._outbox.append(_Op(kind, owner, keys, args, time.monotonic(), self._queued,
+                                window))
         if len(self._outbox) > OUTBOX_MAX:
             self._outbox.popleft()
             self._drop(1, "the queue of settlements for Redis is full")
@@ -930,7 +933,8 @@ class RedisQuota:
                     self._settled(op, result)
 
     def _settled(self, op: _Op, result: Any) -> None:
-        applied, spent = (result.decode() if isinstance(result, bytes) else result).split()
+        applied, spent, *period = (result.decode() if isinstance(result, bytes)
+                                   else result).split()
         name = op.owner.removeprefix("key:")
         if applied != "1" and op.args[2] == "0" and int(op.args[1]) > 0:
             log.info("no reservation %s of key %s left to settle (settled by an earlier "
@@ -938,6 +942,8 @@ class RedisQuota:
                      op.args[0], name)
         if float(spent) >= 0:
             self._saw(name, from_units(float(spent)))
+        if period and op.window is not None:
+            self._saw_period(name, op.window, from_units(float(period[0])))
 
     async def _pipeline(self, calls: Sequence[Sequence[_Op]]) -> list[Any]:
         """settle.lua once per call; an error answer comes back in place of its result."""

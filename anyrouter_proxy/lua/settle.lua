@@ -20,7 +20,8 @@
 --      Idempotent: a reservation is settled once (its entry is removed), spend without
 --      one is recorded once per id within the done ttl.
 --      A key with a budget adds a fifth key, the spend of the period the reservation
---      was made in (see reserve.lua), and two args: its floor and expiry (Unix ms).
+--      was made in (see reserve.lua), and two args: its floor and expiry (Unix ms); an
+--      applied settlement then answers "1 spent period_spent".
 --
 -- ARGV: the number of operations, then per operation: kind, #keys, #args, args...
 -- KEYS: every operation's keys, one after the other.
@@ -69,6 +70,7 @@ end
 local function add_to_period(key, actual, floor, expire_at)
   local spent = tonumber(redis.call('GET', key) or nil) or tonumber(floor)
   if spent > 0 or actual > 0 then redis.call('SET', key, int(spent + actual), 'PXAT', expire_at) end
+  return ' ' .. int(spent + actual)
 end
 
 local function settle(keys, args)
@@ -92,8 +94,9 @@ local function settle(keys, args)
   end
   local spent = tonumber(redis.call('HGET', keys[1], 'spent') or nil) or floor
   if spent > 0 or actual > 0 then redis.call('HSET', keys[1], 'spent', int(spent + actual)) end
-  if keys[5] then add_to_period(keys[5], actual, args[6], args[7]) end
-  return '1 ' .. int(spent + actual)
+  local period = ''
+  if keys[5] then period = add_to_period(keys[5], actual, args[6], args[7]) end
+  return '1 ' .. int(spent + actual) .. period
 end
 
 local OPS = {t = tokens, r = release, s = settle}
