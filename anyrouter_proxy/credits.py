@@ -246,6 +246,12 @@ class CreditLedger:
             return None
         return max(0.0, key.credits - self.spent(key.name) - self.reserved(key.name))
 
+    def note_period_spend(self, key_name: str, at: float, amount: float) -> None:
+        """Count spend settled elsewhere (on the shared backend) in the periods holding
+        `at`: this process's lower bound of a key's period spend."""
+        if amount > 0:
+            self._periods.add(key_name, at, amount, self.clock())
+
     def period_spent(self, key_name: str, period: str) -> float:
         """The key's spend in the current `period` (day, week or month)."""
         return self._periods.spent(key_name, period, self.clock())

@@ -230,12 +230,13 @@ class RedisHeld:
 class RedisReserved:
     """A credit reservation in Redis; settling is queued, never awaited."""
 
-    __slots__ = ("_done", "_period", "_quota", "amount", "key_name", "rid")
+    __slots__ = ("_at", "_done", "_period", "_quota", "amount", "key_name", "rid")
 
     def __init__(self, quota: RedisQuota, key_name: str, rid: str, amount: float,
-                 period: _Period | None = None) -> None:
+                 at: float, period: _Period | None = None) -> None:
         self._quota = quota
         self._done = False
+        self._at = at
         self._period = period
         self.key_name = key_name
         self.rid = rid
@@ -248,8 +249,10 @@ class RedisReserved:
         self._done = True
         if not math.isfinite(actual_cost):
             actual_cost = self.amount
-        self._quota._settle(self.key_name, self.rid, max(0.0, actual_cost), orphan=False,
+        actual_cost = max(0.0, actual_cost)
+        self._quota._settle(self.key_name, self.rid, actual_cost, orphan=False,
                             period=self._period)
+        self._quota.local.ledger.note_period_spend(self.key_name, self._at, actual_cost)
 
     def cancel(self) -> None:
         self.settle(0.0)
@@ -351,6 +354,10 @@ class RedisQuota:
         self._scopes.clear()
         self._budgets = {name: key.budget for name, key in config.keys.items()
                          if key.budget is not None}
+        ledger = self.local.ledger
+        for name, budget in self._budgets.items():  # a budget new to Redis starts from here
+            self._saw_period(name, self._window(budget.period),
+                             ledger.period_spent(name, budget.period))
 
     def reconfigure(self, config: Config) -> None:
         """Limits and credits follow reloads (capacities resize in Redis on the next
@@ -379,13 +386,12 @@ class RedisQuota:
 
     def _window(self, period: str, at: float | None = None) -> Window:
         """The `period` holding `at` (default: now, on the local ledger's clock)."""
-        now = at is None
         at = self.local.ledger.clock() if at is None else at
         current = self._windows.get(period)
         if current is not None and current.holds(at):
             return current
         found = window(period, at)
-        if now:
+        if current is None or found.start > current.start:  # the latest one is cached
             self._windows[period] = found
         return found
 
@@ -647,14 +653,14 @@ class RedisQuota:
         name, amount = key.name, max(0.0, amount)
         if not self.available:
             return self._reserve_locally(key, amount)
-        rid = self._new_id()
+        rid, at = self._new_id(), self.local.ledger.clock()
         credits = -1 if key.credits is None else to_units(key.credits)
         keys: tuple[str, ...] = self._credit_keys(name)[:3]
         args: tuple[str | int, ...] = (to_units(amount), credits, rid, self._lease_ms,
                                        self._floor(name))
         budget, period = key.budget, None
         if budget is not None:
-            period = self._period(name, budget)
+            period = self._period(name, budget, at)
             keys += (period.key,)
             args += (to_units(budget.usd), self._period_floor(name, period.window),
                      period.expire_at_ms)
@@ -673,7 +679,7 @@ class RedisQuota:
         if period is not None:
             self._saw_period(name, period.window, from_units(float(period_u)))
         if int(ok) == 1:
-            return RedisReserved(self, name, rid, amount, period)
+            return RedisReserved(self, name, rid, amount, at, period)
         if int(ok) == 2:
             assert budget is not None and period is not None
             raise budget_exceeded(name, BudgetStatus(

@@ -547,6 +547,26 @@ async def test_load_period_spend_seeds_only_what_redis_lacks(
     assert status is not None and status.spent == usd(0.6)
 
 
+async def test_a_budget_added_by_a_reload_counts_what_this_replica_knows(
+        make_quota: QuotaFactory) -> None:
+    """Redis keeps no period spend for a key without a budget: a budget added by a
+    reload starts from this replica's own view (the usage log at start-up, then its own
+    settlements)."""
+    plain = make_key(credits=None)
+    quota = make_quota(plain)
+    start = window("week", time.time()).start
+    await quota.load_period_spend("week", start, {"alice": 0.25})
+    (await quota.reserve(plain, 1.0)).settle(0.5)
+    await quota.flush()
+    budgeted = budget_key(1.0, "week")
+    quota.reconfigure(make_config(budgeted, state=quota._state))
+    with pytest.raises(InsufficientCredits) as caught:
+        await quota.reserve(budgeted, 0.26)
+    assert caught.value.code == "budget_exceeded"
+    status = await quota.budget(budgeted)
+    assert status is not None and status.spent == usd(0.75)
+
+
 async def test_budget_fails_closed_or_open_on_the_local_ledger(
         make_quota: QuotaFactory, own_server: RedisServer) -> None:
     key = budget_key(1.0, "day")
