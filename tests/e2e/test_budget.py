@@ -98,6 +98,14 @@ async def get(proxy: Proxy, path: str, key: str = ALICE_KEY) -> Any:
         return await response.json()
 
 
+async def scrape(proxy: Proxy) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics as {(sample name, sorted labels): value}."""
+    async with aiohttp.ClientSession() as session, session.get(proxy.url("/metrics")) as r:
+        text = await r.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def iso_utc(text: str) -> float:
     assert text.endswith("Z")
     return dt.datetime.fromisoformat(text).timestamp()
@@ -149,6 +157,14 @@ async def test_budget_exceeded_402_through_openai_sdk(
     assert meta["requested"] == pytest.approx(WORST)
     assert iso_utc(meta["resets_at"]) == tomorrow
     assert iso_utc(meta["period_start"]) == window("day", time.time()).start
+    await proxy.flush()  # refused, yet in the log: a usage row and an audit event
+    with sqlite3.connect(proxy.config.storage.sqlite_path) as db:
+        refused = db.execute("SELECT status_code, error_code, cost FROM generations "
+                             "WHERE status_code = 402").fetchall()
+        events = db.execute("SELECT key_name FROM audit WHERE event = 'budget_exceeded'"
+                            ).fetchall()
+    db.close()
+    assert refused == [(402, "budget_exceeded", 0.0)] and events == [("alice",)]
     # bob has no budget and is not affected
     status, _ = await post(proxy, key=BOB_KEY)
     assert status == 200
@@ -233,13 +249,18 @@ async def test_metrics_gauge_budget_remaining_per_key(
     proxy = await start_proxy(config_for(alice={"budget": {"usd": 2.0, "period": "day"}}))
     assert (await post(proxy))[0] == 200
     spent = (await get(proxy, "/api/v1/credits"))["data"]["budget"]["spent"]
-    async with aiohttp.ClientSession() as session, session.get(proxy.url("/metrics")) as r:
-        text = await r.text()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = await scrape(proxy)
     gauge = "anyrouter_key_budget_remaining_usd"
     assert samples[(gauge, (("key", "alice"),))] == pytest.approx(2.0 - spent)
     assert not any(name == gauge and labels == (("key", "bob"),) for name, labels in samples)
+    assert not any(name == "anyrouter_rejections_total" for name, _ in samples)
+    proxy.gateway.reconfigure(config_for(alice={"budget": {"usd": spent, "period": "day"}}))
+    status, _ = await post(proxy)
+    assert status == 402
+    samples = await scrape(proxy)
+    assert samples[(gauge, (("key", "alice"),))] == 0
+    assert samples[("anyrouter_rejections_total",
+                    (("key", "alice"), ("reason", "budget_exceeded")))] == 1
 
 
 async def test_a_budget_added_by_a_reload_counts_the_period_so_far(

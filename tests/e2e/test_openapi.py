@@ -815,8 +815,8 @@ def test_messages_upstream_error_is_an_anthropic_envelope(live: LiveProxy,
     (ALICE_KEY, "/messages/count_tokens", "POST", {**MESSAGES, "model": "nope/nope"}, 404,
      "model_not_found"),
 ], ids=["missing-key", "invalid-key", "expired-read", "expired-messages", "disabled-read",
-        "disabled-chat", "credits", "budget", "allow-list", "no-provider", "sunset", "no-route-kind",
-        "unknown-model"])
+        "disabled-chat", "credits", "budget", "allow-list", "no-provider", "sunset",
+        "no-route-kind", "unknown-model"])
 def test_gateway_errors_match_the_document(live: LiveProxy, session: requests.Session,
                                            key: str | None, path: str, method: str,
                                            body: Any, status: int, code: str) -> None:
