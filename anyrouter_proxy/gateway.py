@@ -266,9 +266,11 @@ class Gateway:
         except ProxyError as exc:
             admission.settle_tokens(0)  # refused: its token estimate goes back
             admission.release()
-            metrics.rejected(req.key.name, "insufficient_credits")
+            reason = "budget_exceeded" if exc.code == "budget_exceeded" else \
+                "insufficient_credits"
+            metrics.rejected(req.key.name, reason)
             self._refused(req, model.id, exc)
-            store.audit("insufficient_credits", key_name=req.key.name, trace_id=req.trace_id,
+            store.audit(reason, key_name=req.key.name, trace_id=req.trace_id,
                         detail={"model": model.id})
             raise
         return Books(self.ledger, _new_record(req, model.id, stream), targets[0].pricing,

@@ -108,6 +108,9 @@ _SPEND = """
         SELECT key_name, cost FROM generations UNION ALL SELECT key_name, cost FROM spend_carryover
     ) AS spend GROUP BY key_name
 """
+_SPEND_SINCE = """
+    SELECT key_name, SUM(cost) AS cost FROM generations WHERE created_at >= ? GROUP BY key_name
+"""
 # Errors that no retry can cure: the rows themselves are bad (out of range, NOT NULL,
 # a statement that does not fit the schema). asyncpg's client-side encoding errors are
 # ValueErrors already; everything else (server down, connection lost, timeouts,
@@ -242,6 +245,14 @@ class PostgresUsageStore(UsageStore):
             rows = await self.fetch(_SPEND)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Read at start-up to rebuild spend: a clear refusal, not a traceback.
+            raise StoreError(f"cannot read spend from usage database {self.where}: "
+                             f"{self._scrub(exc)}") from exc
+        return {str(row["key_name"]): float(row["cost"]) for row in rows}
+
+    async def spend_since(self, since: float) -> dict[str, float]:
+        try:
+            rows = await self.fetch(_SPEND_SINCE, (since,))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"cannot read spend from usage database {self.where}: "
                              f"{self._scrub(exc)}") from exc
         return {str(row["key_name"]): float(row["cost"]) for row in rows}

@@ -110,6 +110,13 @@ PRUNE_STATEMENTS: tuple[str, ...] = (
     f"DELETE {_FINISHED_BATCHES}",
 )
 
+# A range of created_at: without statistics SQLite would rather walk all of
+# generations_key_created (for the GROUP BY) than search generations_created.
+_SPEND_SINCE = """
+    SELECT key_name, SUM(cost) FROM generations INDEXED BY generations_created
+    WHERE created_at >= ? GROUP BY key_name
+"""
+
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
 LOG_INTERVAL_S = 10.0  # at most one "queue full" / "write failed" warning per interval
@@ -454,6 +461,15 @@ class UsageStore:
         try:
             rows = await self._reader().execute_fetchall(_SPEND)
         except sqlite3.DatabaseError as exc:  # garbled pages behind a valid header
+            raise _open_error(self.path, exc) from exc
+        return {str(name): float(total) for name, total in rows}
+
+    async def spend_since(self, since: float) -> dict[str, float]:
+        """USD per key of the usage rows created at or after `since` (Unix seconds): a
+        budget period's spend so far."""
+        try:
+            rows = await self._reader().execute_fetchall(_SPEND_SINCE, (since,))
+        except sqlite3.DatabaseError as exc:
             raise _open_error(self.path, exc) from exc
         return {str(name): float(total) for name, total in rows}
 

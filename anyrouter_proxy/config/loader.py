@@ -24,6 +24,7 @@ import yaml
 
 from .model import (
     BatchConfig,
+    Budget,
     Config,
     CorsConfig,
     Deprecation,
@@ -433,6 +434,8 @@ def _key(name: str, raw: Mapping[str, Any], default_limits: Limits) -> KeyConfig
         key_sha256=raw["key_sha256"],
         limits=_limits(raw.get("limits"), default_limits),
         credits=float(raw["credits"]) if "credits" in raw else None,
+        budget=Budget(float(raw["budget"]["usd"]), raw["budget"]["period"])
+        if "budget" in raw else None,
         models=tuple(raw["models"]) if "models" in raw else None,
         model_limits=MappingProxyType(
             {glob: _limits(lim) for glob, lim in (raw.get("model_limits") or {}).items()}

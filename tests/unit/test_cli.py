@@ -122,7 +122,7 @@ def test_check_ignores_credentials_in_the_process_environment(
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     assert cli.main(["check", "--config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
-    assert "OK (4 providers, 6 models, 1 keys)" in out
+    assert "OK (4 providers, 6 models, 2 keys)" in out
 
 
 def test_check_reports_an_unknown_yaml_tag_as_a_problem(tmp_path: Path) -> None:

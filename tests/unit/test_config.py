@@ -22,7 +22,7 @@ from anyrouter_proxy.config.loader import (
     schema,
     schema_path,
 )
-from anyrouter_proxy.config.model import Config, KeyConfig, Limits
+from anyrouter_proxy.config.model import Budget, Config, KeyConfig, Limits
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "routes.yaml"
@@ -672,9 +672,43 @@ def test_key_own_limits_win(tmp_path: Path) -> None:
 def test_key_optional_fields_default(tmp_path: Path) -> None:
     key = parse(tmp_path, BASE + f"keys:\n  alice: {{key_sha256: {HASH_A}}}\n").keys["alice"]
     assert key.credits is None
+    assert key.budget is None
     assert key.models is None
     assert key.disabled is False
     assert key.expires_at is None
+
+
+@pytest.mark.parametrize("period", ["day", "week", "month"])
+def test_key_budget_beside_or_instead_of_credits(tmp_path: Path, period: str) -> None:
+    text = (BASE + f"keys:\n  alice:\n    key_sha256: {HASH_A}\n"
+            f"    budget: {{usd: 50, period: {period}}}\n"
+            f"  bob:\n    key_sha256: {HASH_B}\n    credits: 10\n"
+            f"    budget: {{usd: 0.5, period: {period}}}\n")
+    keys = parse(tmp_path, text).keys
+    assert keys["alice"].budget == Budget(usd=50.0, period=period)
+    assert isinstance(keys["alice"].budget.usd, float) and keys["alice"].credits is None
+    assert (keys["bob"].credits, keys["bob"].budget) == (10.0, Budget(0.5, period))
+
+
+@pytest.mark.parametrize(("budget", "path", "message"), [
+    ("{usd: -1, period: day}", "keys.alice.budget.usd", "less than the minimum of 0"),
+    ("{usd: 5, period: year}", "keys.alice.budget.period", "'year' is not one of"),
+    ("{usd: 5}", "keys.alice.budget", "'period' is a required property"),
+    ("{period: day}", "keys.alice.budget", "'usd' is a required property"),
+    ("{usd: '5', period: day}", "keys.alice.budget.usd", "is not of type 'number'"),
+    ("{usd: 5, period: day, reset: daily}", "keys.alice.budget.reset", "unknown field"),
+    ("50", "keys.alice.budget", "is not of type 'object'"),
+])
+def test_bad_key_budget(tmp_path: Path, budget: str, path: str, message: str) -> None:
+    text = BASE + f"keys:\n  alice:\n    key_sha256: {HASH_A}\n    budget: {budget}\n"
+    problem = only_problem(tmp_path, text)
+    assert problem.path == path
+    assert problem.line == line_of(text, "budget:")
+    assert message in problem.message
+
+
+def test_example_has_a_key_with_a_budget(example: Config) -> None:
+    assert any(key.budget is not None for key in example.keys.values())
 
 
 def test_route_priority_defaults_to_position_and_weight_to_1(tmp_path: Path) -> None:

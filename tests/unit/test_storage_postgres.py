@@ -383,6 +383,22 @@ async def test_spend_by_key_survives_prune(store: PostgresUsageStore) -> None:
     assert await store.spend_by_key() == {"alice": 2.75, "bob": 2.0, "carol": 0.5}
 
 
+async def test_spend_since_counts_rows_from_the_instant_on(store: PostgresUsageStore) -> None:
+    since = time.time() - 3600
+    store.record(make_record(1, key_name="alice", cost=1.5, created_at=since - 0.001))
+    store.record(make_record(2, key_name="alice", cost=0.25, created_at=since))
+    store.record(make_record(3, key_name="alice", cost=0.5, created_at=since + 10))
+    store.record(make_record(4, key_name="bob", cost=2.0, created_at=since + 20))
+    store.record(make_record(5, key_name="carol", cost=3.0, created_at=since - 86400))
+    await store.flush()
+    assert await store.spend_since(since) == {"alice": 0.75, "bob": 2.0}
+    assert await store.spend_since(since + 15) == {"bob": 2.0}
+    assert await store.spend_since(time.time() + 1) == {}
+    await query(store.dsn, "DROP TABLE generations CASCADE")
+    with pytest.raises(StoreError, match="cannot read spend from usage database"):
+        await store.spend_since(since)
+
+
 async def test_unreadable_spend_refuses_with_a_store_error(store: PostgresUsageStore) -> None:
     await query(store.dsn, "DROP TABLE spend_carryover")  # start-up must say, not crash
     with pytest.raises(StoreError, match="cannot read spend from usage database"):
