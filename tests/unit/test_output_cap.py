@@ -135,7 +135,7 @@ def test_a_cap_that_is_not_a_positive_integer_is_a_400(name: str, value: Any) ->
     assert err.value.param == name
 
 
-@pytest.mark.parametrize("value", BAD_CAPS + [None])
+@pytest.mark.parametrize("value", [*BAD_CAPS, None])
 def test_anthropic_max_tokens_must_be_a_positive_integer(value: Any) -> None:
     with pytest.raises(InvalidRequest) as err:
         messages_cap({"max_tokens": value})
