@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidRequest
-from .types import EMBEDDINGS, MESSAGES
+from .types import COMPLETIONS, EMBEDDINGS, MESSAGES
 
 # reasoning_effort -> thinking budget in tokens (Anthropic's minimum is 1024).
 EFFORT_BUDGETS: dict[str, int] = {
@@ -77,7 +77,8 @@ def output_cap(endpoint: str, body: dict[str, Any], *, model_limit: int | None,
         tokens = default_max_tokens + budget
     tokens = _within(tokens, model_limit)
     used_completion = body.get("max_completion_tokens") is not None
-    field = "max_completion_tokens" if used_completion or reasoning else "max_tokens"
+    chat = endpoint != COMPLETIONS  # legacy completions know only max_tokens
+    field = "max_completion_tokens" if chat and (used_completion or reasoning) else "max_tokens"
     return OutputCap(tokens, choices, field)
 
 

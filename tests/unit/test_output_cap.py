@@ -75,6 +75,10 @@ def test_reasoning_effort_without_a_cap_adds_its_budget(effort: str) -> None:
     assert cap.field == "max_completion_tokens"  # OpenAI's reasoning models want it
 
 
+def test_legacy_completions_are_capped_with_max_tokens() -> None:
+    assert chat_cap({"reasoning_effort": "low"}, endpoint=COMPLETIONS).field == "max_tokens"
+
+
 def test_high_effort_reserves_what_the_anthropic_translation_asks_for() -> None:
     assert chat_cap({"reasoning_effort": "high"}).tokens == 20_480
 
