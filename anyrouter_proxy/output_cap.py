@@ -35,8 +35,10 @@ UNKNOWN_EFFORT_BUDGET = max(EFFORT_BUDGETS.values())  # an effort we do not know
 MAX_CAP = 10**9  # no model writes more; a larger integer is taken as this
 OPENAI_CAP_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 CHOICE_FIELDS = ("n", "best_of")
-# Upstream paths by wire: what a cap is written into.
-OPENAI_OUTPUT_PATHS = frozenset({"/chat/completions", "/completions", "/responses"})
+# Upstream paths that write output, by wire -> the OpenAI field added when none is there
+# (None: the request's own preference, OutputCap.field).
+OPENAI_OUTPUT_PATHS: dict[str, str | None] = {
+    "/chat/completions": None, "/completions": "max_tokens", "/responses": "max_output_tokens"}
 ANTHROPIC_OUTPUT_PATHS = frozenset({"/messages"})
 
 
@@ -88,8 +90,9 @@ def _anthropic_cap(body: dict[str, Any], model_limit: int | None) -> OutputCap:
         raise InvalidRequest("'max_tokens' is required and must be a positive integer",
                              param="max_tokens")
     thinking = body.get("thinking")
-    enabled = isinstance(thinking, dict) and thinking.get("type") == "enabled"
-    if isinstance(thinking, dict) and enabled:
+    enabled = False
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        enabled = True
         _positive(thinking, "budget_tokens", "thinking.budget_tokens")
     return OutputCap(_within(max_tokens, model_limit), 1,
                      "max_completion_tokens" if enabled else "max_tokens")
@@ -131,20 +134,19 @@ def _within(tokens: int, model_limit: int | None) -> int:
 
 # --- the cap on the built upstream body ---------------------------------------------------
 
-def cap_upstream_body(path: str, body: dict[str, Any], cap: OutputCap, *,
-                      completion_field: bool = False) -> None:
-    """Make the body sent to upstream `path` carry a cap no larger than `cap` (in place).
-    `completion_field`: the upstream wants max_completion_tokens when one is added."""
+def cap_upstream_body(path: str, body: dict[str, Any], cap: OutputCap) -> None:
+    """Make the body sent to upstream `path` carry a cap no larger than `cap` (in place);
+    bodies that write no output (embeddings) are left alone."""
     if path in ANTHROPIC_OUTPUT_PATHS:
         cap_anthropic_body(body, cap.tokens)
     elif path in OPENAI_OUTPUT_PATHS:
-        cap_openai_body(body, cap, completion_field=completion_field and path != "/completions")
+        cap_openai_body(body, cap, field=OPENAI_OUTPUT_PATHS[path])
 
 
-def cap_openai_body(body: dict[str, Any], cap: OutputCap, *,
-                    completion_field: bool = False) -> None:
+def cap_openai_body(body: dict[str, Any], cap: OutputCap, *, field: str | None = None) -> None:
     """Clamp every OpenAI cap field above `cap.tokens` (or not a positive integer) to it,
-    add one when there is none, and keep the choices to those reserved."""
+    add one (`field`, else `cap.field`) when there is none, and keep the choices to those
+    reserved."""
     present = False
     for name in OPENAI_CAP_FIELDS:
         value = body.get(name)
@@ -154,7 +156,7 @@ def cap_openai_body(body: dict[str, Any], cap: OutputCap, *,
         if value.__class__ is not int or not 0 < value <= cap.tokens:
             body[name] = cap.tokens
     if not present:
-        body["max_completion_tokens" if completion_field else cap.field] = cap.tokens
+        body[field or cap.field] = cap.tokens
     for name in CHOICE_FIELDS:
         value = body.get(name)
         if value is not None and (value.__class__ is not int or not 0 < value <= cap.choices):

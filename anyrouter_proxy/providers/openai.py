@@ -70,8 +70,9 @@ class OpenAIPassthrough:
         out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
         out["model"] = ctx.route.model
         if ctx.output is not None and self.endpoint != EMBEDDINGS:
-            cap_openai_body(out, ctx.output, completion_field=self.endpoint == CHAT
-                            and is_openai_api(ctx.provider.base_url))
+            openai_chat = self.endpoint == CHAT and is_openai_api(ctx.provider.base_url)
+            cap_openai_body(out, ctx.output,
+                            field="max_completion_tokens" if openai_chat else None)
         if ctx.stream:
             # Always ask for usage: every stream is accounted, asked for or not (SPEC §4).
             options = out.get("stream_options")

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from anyrouter_proxy.config.model import ProviderConfig, Route
 from anyrouter_proxy.errors import InvalidRequest
 from anyrouter_proxy.output_cap import (
     EFFORT_BUDGETS,
@@ -16,6 +17,9 @@ from anyrouter_proxy.output_cap import (
     cap_upstream_body,
     output_cap,
 )
+from anyrouter_proxy.providers.anthropic import AnthropicPassthrough, OpenAIViaAnthropic
+from anyrouter_proxy.providers.base import CallContext
+from anyrouter_proxy.providers.openai import AnthropicViaOpenAI, OpenAIPassthrough
 from anyrouter_proxy.types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 
 USER = [{"role": "user", "content": "hi"}]
@@ -178,7 +182,7 @@ def test_reasoning_bodies_get_max_completion_tokens() -> None:
 
 def test_openais_own_api_gets_max_completion_tokens() -> None:
     body: dict[str, Any] = {}
-    cap_openai_body(body, OutputCap(100), completion_field=True)
+    cap_openai_body(body, OutputCap(100), field="max_completion_tokens")
     assert body == {"max_completion_tokens": 100}
 
 
@@ -214,12 +218,13 @@ def test_a_cap_within_the_reservation_is_left_alone() -> None:
     assert body == {"max_tokens": 50, "thinking": {"type": "enabled", "budget_tokens": 9000}}
 
 
-@pytest.mark.parametrize(("path", "field"), [("/chat/completions", "max_tokens"),
+@pytest.mark.parametrize(("path", "field"), [("/chat/completions", "max_completion_tokens"),
                                              ("/completions", "max_tokens"),
+                                             ("/responses", "max_output_tokens"),
                                              ("/messages", "max_tokens")])
 def test_the_guard_caps_by_wire(path: str, field: str) -> None:
     body: dict[str, Any] = {}
-    cap_upstream_body(path, body, OutputCap(77))
+    cap_upstream_body(path, body, OutputCap(77, 1, "max_completion_tokens"))
     assert body == {field: 77}
 
 
@@ -227,3 +232,45 @@ def test_the_guard_leaves_embeddings_alone() -> None:
     body: dict[str, Any] = {"input": "x"}
     cap_upstream_body("/embeddings", body, OutputCap(77))
     assert body == {"input": "x"}
+
+
+# --- the exchanges' builds -----------------------------------------------------------------
+
+def context(base_url: str, kind: str, cap: OutputCap) -> CallContext:
+    provider = ProviderConfig(id="p", kind=kind, base_url=base_url, api_key="k")
+    return CallContext("gen-1", "m", 0, provider, Route(provider="p", model="up", priority=0),
+                       False, False, 4096, output=cap)
+
+
+@pytest.mark.parametrize(("base_url", "field"), [
+    ("https://api.openai.com/v1", "max_completion_tokens"),
+    ("http://vllm.internal:8000/v1", "max_tokens")])
+def test_openai_builds_add_the_field_the_upstream_takes(base_url: str, field: str) -> None:
+    call = OpenAIPassthrough(CHAT).build({"model": "m", "messages": USER},
+                                         context(base_url, "openai", OutputCap(4096)))
+    other = "max_tokens" if field == "max_completion_tokens" else "max_completion_tokens"
+    assert call.body[field] == 4096 and other not in call.body
+
+
+def test_anthropic_builds_clamp_max_tokens_and_the_thinking_budget() -> None:
+    body = {"model": "m", "messages": USER, "max_tokens": 64_000,
+            "thinking": {"type": "enabled", "budget_tokens": 60_000}}
+    call = AnthropicPassthrough().build(body, context("http://a/v1", "anthropic",
+                                                      OutputCap(8192)))
+    assert call.body["max_tokens"] == 8192
+    assert call.body["thinking"]["budget_tokens"] == 8191
+
+
+def test_the_openai_to_anthropic_translation_stays_within_the_reservation() -> None:
+    body = {"model": "m", "messages": USER, "reasoning_effort": "high"}
+    call = OpenAIViaAnthropic().build(body, context("http://a/v1", "anthropic",
+                                                    OutputCap(8192)))
+    assert call.body["max_tokens"] == 8192
+    assert call.body["thinking"] == {"type": "enabled", "budget_tokens": 8191}
+
+
+def test_the_anthropic_to_openai_translation_stays_within_the_reservation() -> None:
+    body = {"model": "m", "messages": USER, "max_tokens": 64_000,
+            "thinking": {"type": "enabled", "budget_tokens": 20_000}}
+    call = AnthropicViaOpenAI().build(body, context("http://o/v1", "openai", OutputCap(8192)))
+    assert call.body["max_completion_tokens"] == 8192 and "max_tokens" not in call.body
