@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from .config.model import Pricing
 from .credits import request_cost
 from .errors import ProxyError
-from .output_cap import NO_OUTPUT, OutputCap
+from .output_cap import OutputCap
 from .quota import Held, Reserved
 from .types import ESTIMATED, NONE, PARTIAL, GenerationRecord, Usage
 
@@ -53,8 +53,8 @@ class Books:
 
     def __init__(self, ledger: Ledger, record: GenerationRecord, pricing: Pricing,
                  admission: Held, reservation: Reserved,
-                 prompt_estimate: int, cap: OutputCap = NO_OUTPUT,
-                 reserved_cost: float = 0.0) -> None:
+                 prompt_estimate: int, cap: OutputCap | None = None,
+                 reserved_cost: float | None = None) -> None:
         self._ledger = ledger
         self._closed = False
         self.record = record
@@ -64,7 +64,7 @@ class Books:
         self.provider_admission: Held | None = None
         self.prompt_estimate = prompt_estimate
         self.cap = cap  # the output reserved for: what the upstream is told it may write
-        self.reserved_cost = reserved_cost
+        self.reserved_cost = reserved_cost  # USD; None: not known, no overspend check
         self.started = time.perf_counter()
 
     def elapsed_ms(self) -> float:
@@ -87,12 +87,14 @@ class Books:
         # goes past the output reserved: the upstream was told not to write more.
         answered = bool(rec.attempts) and (rec.ttft_ms is not None or (
             error is None and rec.attempts[-1].status == 200))
-        usage = settled_usage(usage, answered, self.prompt_estimate,
-                              min(completion_estimate, self.cap.total))
+        if self.cap is not None:
+            completion_estimate = min(completion_estimate, self.cap.total)
+        usage = settled_usage(usage, answered, self.prompt_estimate, completion_estimate)
         rec.usage = usage
         rec.cost = request_cost(self.pricing, usage) if rec.attempts else 0.0
-        if rec.cost > self.reserved_cost + OVERSPEND_TOLERANCE_USD:
-            self._overspent(rec)
+        reserved = self.reserved_cost
+        if reserved is not None and rec.cost > reserved + OVERSPEND_TOLERANCE_USD:
+            self._overspent(rec, reserved)
         rec.cancelled = cancelled
         rec.status_code = error.status if error is not None else (499 if cancelled else status)
         rec.error_code = error.code if error is not None else ("cancelled" if cancelled else None)
@@ -111,13 +113,12 @@ class Books:
         asyncio.get_running_loop().call_soon(self._ledger.metrics.observe, rec)
         return rec.cost
 
-    def _overspent(self, rec: GenerationRecord) -> None:
+    def _overspent(self, rec: GenerationRecord, reserved: float) -> None:
         """The provider reported more than was reserved: charged in full all the same,
         and the excess counted and audited."""
-        excess = rec.cost - self.reserved_cost
-        self._ledger.metrics.overspent(rec.key_name, excess)
+        self._ledger.metrics.overspent(rec.key_name, rec.cost - reserved)
         self._ledger.store.audit("overspend", key_name=rec.key_name, trace_id=rec.trace_id,
                                  detail={"generation_id": rec.id,
-                                         "reserved": round(self.reserved_cost, 10),
+                                         "reserved": round(reserved, 10),
                                          "charged": rec.cost, "model": rec.model,
                                          "provider": rec.provider})

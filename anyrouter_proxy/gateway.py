@@ -291,6 +291,7 @@ class Gateway:
             raise InvalidRequest(f"No provider of model {targets[0].model.id} serves "
                                  f"{req.endpoint}", code="provider_not_available")
         include_usage = _include_usage(req.body)
+        output = books.cap if books.cap is not None and books.cap.tokens else None
         created = int(time.time())
         failures: list[ProxyError] = []
         skipped: list[str] = []
@@ -311,7 +312,7 @@ class Gateway:
                 ctx = CallContext(req.gen_id, target.model.id, created, provider, target.route,
                                   books.record.streamed, include_usage,
                                   server.default_max_tokens, req.client_headers, target.pricing,
-                                  books.cap if books.cap.tokens else None)
+                                  output)
                 books.pricing = target.pricing  # what this attempt costs if it answers
                 books.record.model = target.model.id
                 started = time.perf_counter()
