@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from anyrouter_proxy.budget import ADJECTIVES, BudgetStatus, PeriodSpend, iso
-from anyrouter_proxy.config.model import Budget, KeyConfig, ModelConfig, Pricing
+from anyrouter_proxy.config.model import Budget, KeyConfig, Pricing
 from anyrouter_proxy.errors import InsufficientCredits
 from anyrouter_proxy.types import Usage
 
@@ -53,23 +53,12 @@ def request_cost(pricing: Pricing, usage: Usage) -> float:
     return round(total, COST_DECIMALS)
 
 
-def worst_case_cost(
-    model: ModelConfig, prompt_tokens: int, max_tokens: int | None, default_max_tokens: int
-) -> float:
-    """SPEC §7 upper bound: prompt estimate x prompt price + output cap x dearest output price.
-
-    The output cap is the request's `max_tokens`, else the model's `max_output_tokens`,
-    else `server.default_max_tokens`.
-    """
-    if max_tokens is not None and max_tokens >= 0:
-        output = max_tokens
-    elif model.max_output_tokens is not None:
-        output = model.max_output_tokens
-    else:
-        output = default_max_tokens
-    pricing = model.pricing
+def worst_case_cost(pricing: Pricing, prompt_tokens: int, output_tokens: int) -> float:
+    """The most a request may cost: prompt estimate x prompt price + its worst-case output
+    (every choice at its cap, see output_cap.py) x the dearer of the output prices."""
     output_price = max(pricing.completion, pricing.reasoning or 0.0)
-    total = (max(0, prompt_tokens) * pricing.prompt + output * output_price) / PER_TOKENS
+    total = (max(0, prompt_tokens) * pricing.prompt + max(0, output_tokens) * output_price
+             ) / PER_TOKENS
     return round(total, COST_DECIMALS)
 
 

@@ -8,7 +8,6 @@ the server). Pre-stream failures raise `ProxyError`, after failover and retries.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import fnmatch
 import hashlib
@@ -47,6 +46,7 @@ from .failures import (
 )
 from .health import BreakerPolicy, HealthBoard
 from .ids import new_generation_id
+from .output_cap import OutputCap, cap_upstream_body, output_cap
 from .providers.anthropic import anthropic_headers
 from .providers.base import CallContext, Exchange
 from .providers.registry import exchange_for
@@ -197,6 +197,8 @@ class Gateway:
             endpoint_extra = self.endpoint_headers(req.endpoint)
             models = self._models_for(req, config)
             stream = _validate(req.endpoint, req.body)
+            cap = output_cap(req.endpoint, req.body, model_limit=models[0].max_output_tokens,
+                             default_max_tokens=config.server.default_max_tokens)
             targets = self._targets(req, models, config)
         except ProxyError as exc:
             self._refused(req, self.known_model(req.body, config), exc)
@@ -206,7 +208,7 @@ class Gateway:
                                     trace_id=req.trace_id,
                                     detail={"provider": req.forced_provider,
                                             "model": models[0].id})
-        books = await self._open_books(req, models[0], targets, stream, config)
+        books = await self._open_books(req, models[0], targets, stream, cap)
         headers = {"X-AnyRouter-Generation-Id": req.gen_id, **endpoint_extra}
         try:
             if stream:
@@ -234,15 +236,11 @@ class Gateway:
         self.ledger.metrics.observe(record)
 
     async def _open_books(self, req: ProxyRequest, model: ModelConfig, targets: list[Target],
-                    stream: bool, config: Config) -> Books:
-        body = req.body
-        prompt_tokens = estimate_prompt_tokens(body)
-        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-        max_tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None
-        tokens = prompt_tokens + (max_tokens or model.max_output_tokens
-                                  or config.server.default_max_tokens)
-        if req.endpoint == EMBEDDINGS:
-            tokens, max_tokens = prompt_tokens, 0
+                          stream: bool, cap: OutputCap) -> Books:
+        """Admit the request's worst case (prompt estimate + every choice at its output cap)
+        against the token limits and reserve its cost against the credits."""
+        prompt_tokens = estimate_prompt_tokens(req.body)
+        tokens = prompt_tokens + cap.total
         store, metrics = self.ledger.store, self.ledger.metrics
         try:
             admission = await self.quota.admit(req.key, model.id, tokens)
@@ -257,11 +255,7 @@ class Gateway:
             raise
         try:
             # The dearest of the routes that may answer bounds the reservation.
-            dearest = _dearest(targets)
-            worst = model if dearest == model.pricing else dataclasses.replace(
-                model, pricing=dearest)
-            cost = worst_case_cost(worst, prompt_tokens, max_tokens,
-                                   config.server.default_max_tokens)
+            cost = worst_case_cost(_dearest(targets), prompt_tokens, cap.total)
             reservation = await self.quota.reserve(req.key, cost)
         except ProxyError as exc:
             admission.settle_tokens(0)  # refused: its token estimate goes back
@@ -274,7 +268,7 @@ class Gateway:
                         detail={"model": model.id})
             raise
         return Books(self.ledger, _new_record(req, model.id, stream), targets[0].pricing,
-                     admission, reservation, prompt_tokens)
+                     admission, reservation, prompt_tokens, cap, cost)
 
     async def _try_targets(self, req: ProxyRequest, targets: list[Target], books: Books,
                            headers: dict[str, str],
@@ -289,6 +283,7 @@ class Gateway:
             raise InvalidRequest(f"No provider of model {targets[0].model.id} serves "
                                  f"{req.endpoint}", code="provider_not_available")
         include_usage = _include_usage(req.body)
+        output = books.cap if books.cap is not None and books.cap.tokens else None
         created = int(time.time())
         failures: list[ProxyError] = []
         skipped: list[str] = []
@@ -308,7 +303,8 @@ class Gateway:
                     continue
                 ctx = CallContext(req.gen_id, target.model.id, created, provider, target.route,
                                   books.record.streamed, include_usage,
-                                  server.default_max_tokens, req.client_headers, target.pricing)
+                                  server.default_max_tokens, req.client_headers, target.pricing,
+                                  output)
                 books.pricing = target.pricing  # what this attempt costs if it answers
                 books.record.model = target.model.id
                 started = time.perf_counter()
@@ -350,6 +346,8 @@ class Gateway:
     async def _send(self, ctx: CallContext, exchange: Exchange, body: dict[str, Any],
                     books: Books) -> UpstreamResponse:
         call = exchange.build(body, ctx)
+        if ctx.output is not None:  # whatever the exchange built, never more than reserved
+            cap_upstream_body(call.path, call.body, ctx.output)
         payload = _encode_body(call.body)
         upstream = self.mock if ctx.provider.kind == "mock" else self.http
         record = books.record
@@ -387,7 +385,7 @@ class Gateway:
         reply = exchange.reply(data, ctx)
         books.record.upstream_id = reply.upstream_id
         books.record.finish_reason = reply.finish_reason
-        cost = books.close(usage=reply.usage)
+        cost = books.close(usage=reply.usage, completion_estimate=reply.output_tokens)
         usage = reply.body.get("usage")
         if isinstance(usage, dict) and req.endpoint != MESSAGES:
             usage["cost"] = cost
@@ -528,10 +526,6 @@ def _validate(endpoint: str, body: dict[str, Any]) -> bool:
             raise InvalidRequest("'input' is required", param="input")
         if stream:
             raise InvalidRequest("Embeddings cannot be streamed", param="stream")
-    if endpoint == MESSAGES and (not isinstance(body.get("max_tokens"), int)
-                                 or isinstance(body.get("max_tokens"), bool)):
-        raise InvalidRequest("'max_tokens' is required and must be an integer",
-                             param="max_tokens")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("'stream_options' must be an object", param="stream_options")

@@ -70,6 +70,10 @@ class Metrics:
         self.budget_remaining = Gauge("anyrouter_key_budget_remaining_usd",
                                       "Budget left in the current period per key with a "
                                       "budget (USD), at scrape time.", ["key"], registry=r)
+        self.overspend = Counter("anyrouter_overspend_usd",
+                                 "USD charged beyond what was reserved, because a provider "
+                                 "reported more usage than the request's cap allowed.",
+                                 ["key"], registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -102,6 +106,9 @@ class Metrics:
                 self._child(self.tokens, rec.model, provider, rec.key_name, direction).inc(count)
         if rec.cost:
             self._child(self.cost, rec.model, rec.key_name).inc(rec.cost)
+
+    def overspent(self, key_name: str, usd: float) -> None:
+        self._child(self.overspend, key_name).inc(usd)
 
     def rejected(self, key_name: str, reason: str) -> None:
         self._child(self.rejections, key_name, reason).inc()

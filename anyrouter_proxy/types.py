@@ -25,7 +25,14 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
-    source: str = "upstream"  # upstream | estimated
+    source: str = "provider"  # PROVIDER | PARTIAL | ESTIMATED | NONE
+
+
+# Usage.source: where a usage row's counts come from.
+PROVIDER = "provider"  # the provider's own final usage
+PARTIAL = "partial"  # the provider reported the input only; the output is estimated
+ESTIMATED = "estimated"  # no usage from the provider: prompt and output estimated
+NONE = "none"  # no answer, nothing charged
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import aiosqlite
 import orjson
 
-from .types import GenerationRecord
+from .types import PROVIDER, GenerationRecord
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ _SPEND_SINCE = """
     WHERE created_at >= ? GROUP BY key_name
 """
 
+LEGACY_PROVIDER_SOURCE = "upstream"  # the provider's usage, as rows stored it before
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
 LOG_INTERVAL_S = 10.0  # at most one "queue full" / "write failed" warning per interval
@@ -552,6 +553,8 @@ def _present(row: sqlite3.Row) -> dict[str, Any]:
     """A row in OpenRouter's GET /generation shape (plus trace_id, usage_source, attempts)."""
     created = datetime.fromtimestamp(row["created_at"], UTC)
     out: dict[str, Any] = {name: row[name] for name in _SAME_NAME}
+    if out["usage_source"] == LEGACY_PROVIDER_SOURCE:  # a row stored before the rename
+        out["usage_source"] = PROVIDER
     out.update(
         provider_name=row["provider"], total_cost=row["cost"], usage=row["cost"],
         # One tokenizer count: OpenRouter's normalized and native counts are the same here.

@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from anyrouter_proxy.config.model import Budget, KeyConfig, Limits, ModelConfig, Pricing
+from anyrouter_proxy.config.model import Budget, KeyConfig, Limits, Pricing
 from anyrouter_proxy.credits import (
     IMAGE_TOKENS,
     CreditLedger,
@@ -21,10 +21,6 @@ from anyrouter_proxy.types import Usage
 
 def make_key(credits: float | None, name: str = "alice") -> KeyConfig:
     return KeyConfig(name=name, key_sha256="0" * 64, limits=Limits(), credits=credits)
-
-
-def make_model(pricing: Pricing, max_output_tokens: int | None = None) -> ModelConfig:
-    return ModelConfig(id="v/m", routes=(), pricing=pricing, max_output_tokens=max_output_tokens)
 
 
 # --- request_cost ---------------------------------------------------------------------------
@@ -72,31 +68,26 @@ def test_cost_tolerates_inconsistent_counts() -> None:
 # --- worst_case_cost ------------------------------------------------------------------------
 
 
-def test_worst_case_uses_request_max_tokens_first() -> None:
-    model = make_model(Pricing(prompt=1.0, completion=2.0), max_output_tokens=8000)
-    assert worst_case_cost(model, 1000, 100, 4096) == pytest.approx((1000 + 200) / 1e6)
+def test_worst_case_is_prompt_and_output_at_their_prices() -> None:
+    pricing = Pricing(prompt=1.0, completion=2.0)
+    assert worst_case_cost(pricing, 1000, 100) == pytest.approx((1000 + 200) / 1e6)
 
 
-def test_worst_case_falls_back_to_model_output_cap() -> None:
-    model = make_model(Pricing(prompt=1.0, completion=2.0), max_output_tokens=8000)
-    assert worst_case_cost(model, 1000, None, 4096) == pytest.approx((1000 + 16000) / 1e6)
-
-
-def test_worst_case_falls_back_to_server_default() -> None:
-    model = make_model(Pricing(prompt=1.0, completion=2.0))
-    assert worst_case_cost(model, 1000, None, 4096) == pytest.approx((1000 + 8192) / 1e6)
+def test_worst_case_of_no_output_is_the_prompt_alone() -> None:
+    assert worst_case_cost(Pricing(prompt=1.0, completion=2.0), 1000, 0) == pytest.approx(
+        1000 / 1e6)
 
 
 def test_worst_case_uses_the_dearer_of_completion_and_reasoning() -> None:
-    model = make_model(Pricing(prompt=0.0, completion=2.0, reasoning=5.0))
-    assert worst_case_cost(model, 0, 1000, 4096) == pytest.approx(5000 / 1e6)
+    pricing = Pricing(prompt=0.0, completion=2.0, reasoning=5.0)
+    assert worst_case_cost(pricing, 0, 1000) == pytest.approx(5000 / 1e6)
 
 
 def test_worst_case_bounds_the_real_cost() -> None:
     pricing = Pricing(prompt=3.0, completion=15.0, cached_prompt=0.3, reasoning=20.0)
     usage = Usage(prompt_tokens=900, cached_tokens=100, completion_tokens=256,
                   reasoning_tokens=200)
-    assert request_cost(pricing, usage) <= worst_case_cost(make_model(pricing), 900, 256, 4096)
+    assert request_cost(pricing, usage) <= worst_case_cost(pricing, 900, 256)
 
 
 # --- estimate_prompt_tokens -----------------------------------------------------------------
