@@ -353,7 +353,7 @@ class Gateway:
                         raise
                     failures.append(exc)
                     if slow and not server.retry_slow_answers:  # never generated twice
-                        raise final_error(targets[0].model, failures, skipped)
+                        raise final_error(targets[0].model, failures, skipped) from None
                     if worth_retrying(exc):
                         again.append((target, exchange))
                         wait = max(wait, retry_after_s(exc) or 0.0)
