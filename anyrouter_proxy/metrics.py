@@ -39,10 +39,6 @@ class Metrics:
         self.tokens = Counter("anyrouter_tokens", "Tokens by direction.",
                               ["model", "provider", "key", "direction"], registry=r)
         self.cost = Counter("anyrouter_cost_usd", "Cost in USD.", ["model", "key"], registry=r)
-        self.operator_cost = Counter(
-            "anyrouter_operator_cost_usd", "Estimated upstream cost of abandoned attempts "
-            "(timed out after the upstream accepted them), not charged to keys, in USD.",
-            ["model", "provider"], registry=r)
         self.rejections = Counter("anyrouter_rejections", "Requests refused by a limit.",
                                   ["key", "reason"], registry=r)
         self.in_flight = Gauge("anyrouter_in_flight_requests", "Proxied requests in flight.",
@@ -103,8 +99,6 @@ class Metrics:
                 self._child(self.tokens, rec.model, provider, rec.key_name, direction).inc(count)
         if rec.cost:
             self._child(self.cost, rec.model, rec.key_name).inc(rec.cost)
-        if rec.operator_cost:
-            self._child(self.operator_cost, rec.model, provider).inc(rec.operator_cost)
 
     def rejected(self, key_name: str, reason: str) -> None:
         self._child(self.rejections, key_name, reason).inc()
