@@ -174,12 +174,18 @@ class PoolConnector(aiohttp.TCPConnector):
     async def connect(self, req: ClientRequest, traces: list[Trace],
                       timeout: aiohttp.ClientTimeout) -> Connection:
         progress = _SENDING.get()
-        if progress is not None and self._available_connections(req.connection_key) <= 0:
+        if progress is not None and self._full(req):
             progress.queued = True
         connection = await super().connect(req, traces, timeout)
         if progress is not None:
             progress.connected = True
         return connection
+
+    def _full(self, req: ClientRequest) -> bool:
+        try:
+            return self._available_connections(req.connection_key) <= 0
+        except AttributeError:  # an aiohttp without it: a wait then counts as the provider's
+            return False
 
 
 SessionKey = tuple[str, Timeouts, int]
