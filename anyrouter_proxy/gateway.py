@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import orjson
 
 from .accounting import Books, Ledger
-from .config.model import Config, KeyConfig, ModelConfig, Pricing
-from .connection_shares import SHARE_SKIP, ConnectionShares, share_exhausted
+from .config.model import Config, KeyConfig, ModelConfig, Pricing, ProviderConfig
+from .connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
 from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
 from .errors import (
@@ -314,17 +314,15 @@ class Gateway:
                 if not health.available(self.board.clock()):
                     skipped.append(f"{provider.id}: circuit open")
                     continue
-                share = self.shares.take(provider, req.key.name)
-                if share is None:  # the key holds its share of this provider's pool
+                try:
+                    share, refusal = await self._claim(provider, req.key.name,
+                                                       books.prompt_estimate)
+                except BaseException:  # e.g. the client left meanwhile
                     health.release_probe()
-                    skipped.append(f"{provider.id}: {SHARE_SKIP}")
-                    continue
-                share.admission = await self.quota.admit_provider(provider,
-                                                                  books.prompt_estimate)
-                if share.admission is None:
-                    share.release()
+                    raise
+                if share is None:
                     health.release_probe()
-                    skipped.append(f"{provider.id}: at its limits")
+                    skipped.append(f"{provider.id}: {refusal}")
                     continue
                 ctx = CallContext(req.gen_id, target.model.id, created, provider, target.route,
                                   books.record.streamed, include_usage,
@@ -379,6 +377,23 @@ class Gateway:
             self.ledger.metrics.rejected(req.key.name, "connection_share")
             raise share_exhausted(req.key.name, skipped)
         raise final_error(targets[0].model, failures, skipped)
+
+    async def _claim(self, provider: ProviderConfig, key_name: str,
+                     prompt_estimate: int) -> tuple[Share | None, str]:
+        """The key's place in the provider's pool, carrying the provider's own admission;
+        None and the reason when the key holds its share or the provider is at its limits."""
+        share = self.shares.take(provider, key_name)
+        if share is None:
+            return None, SHARE_SKIP
+        try:
+            share.admission = await self.quota.admit_provider(provider, prompt_estimate)
+        except BaseException:
+            share.release()
+            raise
+        if share.admission is None:
+            share.release()
+            return None, "at its limits"
+        return share, ""
 
     async def _send(self, ctx: CallContext, exchange: Exchange, body: dict[str, Any],
                     books: Books) -> UpstreamResponse:
