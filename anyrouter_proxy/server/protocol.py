@@ -1,5 +1,5 @@
 """The HTTP connection itself: aiohttp's protocol-level errors (a malformed request line,
-headers too large, invalid characters) answered in the SPEC §5 envelope instead of plain
+headers too large, invalid characters) answered in the error envelope instead of plain
 text, and timeouts a client cannot hold open (see docs/configuration.md, `server`):
 
 - `keepalive_timeout_s`: an idle keep-alive connection, or one whose request head has not
