@@ -1,6 +1,6 @@
 """The HTTP connection itself: aiohttp's protocol-level errors (a malformed request line,
 headers too large, invalid characters) answered in the error envelope instead of plain
-text, and timeouts a client cannot hold open (see docs/configuration.md, `server`):
+text, and timeouts a client cannot hold open (`server.keepalive_timeout_s`, `write_timeout_s`):
 
 - `keepalive_timeout_s`: an idle keep-alive connection, or one whose request head has not
   all arrived, is closed (aiohttp's keep-alive timer, which runs from the moment the
