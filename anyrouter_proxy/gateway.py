@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import orjson
 
 from .accounting import Books, Ledger
-from .config.model import Config, KeyConfig, ModelConfig, Pricing
+from .config.model import Config, KeyConfig, ModelConfig, Pricing, ProviderConfig
+from .connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
 from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
 from .errors import (
@@ -41,6 +42,7 @@ from .failures import (
     final_error,
     retry_after_s,
     should_fail_over,
+    slow_answer,
     upstream_failure,
     worth_retrying,
 )
@@ -107,6 +109,7 @@ class Gateway:
         self.quota = quota
         self.ledger = ledger
         self.board = HealthBoard(breaker_policies(config))
+        self.shares = ConnectionShares()
         self._draw = draw
         self._sleep = sleep
 
@@ -287,6 +290,7 @@ class Gateway:
         created = int(time.time())
         failures: list[ProxyError] = []
         skipped: list[str] = []
+        streamed = books.record.streamed
         for round_number in range(server.retries + 1):
             again: list[tuple[Target, Exchange]] = []
             wait = 0.0
@@ -296,10 +300,15 @@ class Gateway:
                 if not health.available(self.board.clock()):
                     skipped.append(f"{provider.id}: circuit open")
                     continue
-                admission = await self.quota.admit_provider(provider, books.prompt_estimate)
-                if admission is None:
+                try:
+                    share, refusal = await self._claim(provider, req.key.name,
+                                                       books.prompt_estimate)
+                except BaseException:  # e.g. the client left meanwhile
                     health.release_probe()
-                    skipped.append(f"{provider.id}: at its limits")
+                    raise
+                if share is None:
+                    health.release_probe()
+                    skipped.append(f"{provider.id}: {refusal}")
                     continue
                 ctx = CallContext(req.gen_id, target.model.id, created, provider, target.route,
                                   books.record.streamed, include_usage,
@@ -307,32 +316,42 @@ class Gateway:
                                   output)
                 books.pricing = target.pricing  # what this attempt costs if it answers
                 books.record.model = target.model.id
+                # Held by the books from now on: an answer closes them within the attempt.
+                books.provider_admission = share
                 started = time.perf_counter()
                 try:
                     result = await attempt(req, ctx, exchange, books, headers)
                 except ProxyError as exc:
-                    admission.release()
-                    if counts_against_health(exc):
+                    share.release()
+                    books.provider_admission = None
+                    if counts_against_health(exc, streamed=streamed):
                         health.failure(self.board.clock())
                     else:
                         health.release_probe()
+                    _mark_last_attempt(books, exc)
+                    slow = slow_answer(exc, streamed)
+                    if slow:  # abandoned upstream, maybe still billed there: the operator's
+                        books.record.operator_cost += worst_case_cost(
+                            target.pricing, books.prompt_estimate,
+                            books.cap.total if books.cap is not None else 0)
                     if not should_fail_over(exc):
                         raise
                     failures.append(exc)
-                    _mark_last_attempt(books, exc)
+                    if slow and not server.retry_slow_answers:  # never generated twice
+                        raise final_error(targets[0].model, failures, skipped) from None
                     if worth_retrying(exc):
                         again.append((target, exchange))
                         wait = max(wait, retry_after_s(exc) or 0.0)
                     continue
                 except BaseException:
-                    admission.release()
+                    share.release()
+                    books.provider_admission = None
                     health.release_probe()
                     raise
                 if not isinstance(result, StreamSession):  # a stream reports when it ends
                     usage = books.record.usage
                     health.success(self.board.clock(), _ms_since(started),
                                    tokens=usage.completion_tokens)
-                books.provider_admission = admission
                 headers["X-AnyRouter-Provider"] = provider.id
                 headers.update(deprecation_headers(target.model))
                 return result
@@ -341,7 +360,27 @@ class Gateway:
             backoff = min(server.retry_backoff_s * 2 ** round_number, server.retry_backoff_max_s)
             await self._sleep(max(wait, backoff * (0.5 + self._draw() / 2)))
             candidates = again
+        if not failures and any(reason.endswith(SHARE_SKIP) for reason in skipped):
+            self.ledger.metrics.rejected(req.key.name, "connection_share")
+            raise share_exhausted(req.key.name, skipped)
         raise final_error(targets[0].model, failures, skipped)
+
+    async def _claim(self, provider: ProviderConfig, key_name: str,
+                     prompt_estimate: int) -> tuple[Share | None, str]:
+        """The key's place in the provider's pool, carrying the provider's own admission;
+        None and the reason when the key holds its share or the provider is at its limits."""
+        share = self.shares.take(provider, key_name)
+        if share is None:
+            return None, SHARE_SKIP
+        try:
+            share.admission = await self.quota.admit_provider(provider, prompt_estimate)
+        except BaseException:
+            share.release()
+            raise
+        if share.admission is None:
+            share.release()
+            return None, "at its limits"
+        return share, ""
 
     async def _send(self, ctx: CallContext, exchange: Exchange, body: dict[str, Any],
                     books: Books) -> UpstreamResponse:

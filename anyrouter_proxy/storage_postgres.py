@@ -77,6 +77,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (batch_id, idx)
     );
     """,
+    # 2 -> 3: the estimated upstream cost of abandoned attempts, which the key does not pay.
+    "ALTER TABLE generations ADD COLUMN operator_cost DOUBLE PRECISION NOT NULL DEFAULT 0",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serialises migrations of replicas starting together (any 64-bit constant: "anyrout" in hex).

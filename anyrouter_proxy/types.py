@@ -54,7 +54,8 @@ class GenerationRecord:
     status_code: int = 200
     error_code: str | None = None
     usage: Usage = field(default_factory=Usage)
-    cost: float = 0.0
+    cost: float = 0.0  # what the key is charged
+    operator_cost: float = 0.0  # estimated upstream cost of abandoned attempts, not charged
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     generation_time_ms: float | None = None

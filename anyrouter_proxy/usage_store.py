@@ -29,7 +29,7 @@ from .types import PROVIDER, GenerationRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # MIGRATIONS[n] takes a database from user_version n to n + 1; later versions append.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -69,6 +69,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (batch_id, idx)
     );
     """,
+    # 2 -> 3: the estimated upstream cost of abandoned attempts, which the key does not pay.
+    "ALTER TABLE generations ADD COLUMN operator_cost REAL NOT NULL DEFAULT 0",
 )
 
 GENERATION_COLUMNS = (
@@ -76,7 +78,7 @@ GENERATION_COLUMNS = (
     "upstream_model", "upstream_id", "streamed", "cancelled", "finish_reason", "status_code",
     "error_code", "tokens_prompt", "tokens_completion", "tokens_cached", "tokens_reasoning",
     "tokens_cache_write", "usage_source", "cost", "latency_ms", "ttft_ms",
-    "generation_time_ms", "attempts",
+    "generation_time_ms", "attempts", "operator_cost",
 )
 # OR REPLACE: a generation recorded twice (say, marked cancelled at shutdown and then
 # finished) must not become a poison row that fails every retry of its batch.
@@ -536,6 +538,7 @@ def _generation_params(rec: GenerationRecord) -> tuple[Any, ...]:
         int(usage.prompt_tokens), int(usage.completion_tokens), int(usage.cached_tokens),
         int(usage.reasoning_tokens), int(usage.cache_write_tokens), str(usage.source),
         float(rec.cost), float(rec.latency_ms), rec.ttft_ms, rec.generation_time_ms, attempts,
+        float(rec.operator_cost),
     )
 
 
@@ -557,6 +560,7 @@ def _present(row: sqlite3.Row) -> dict[str, Any]:
         out["usage_source"] = PROVIDER
     out.update(
         provider_name=row["provider"], total_cost=row["cost"], usage=row["cost"],
+        operator_cost=row["operator_cost"],
         # One tokenizer count: OpenRouter's normalized and native counts are the same here.
         native_tokens_prompt=row["tokens_prompt"],
         native_tokens_completion=row["tokens_completion"],

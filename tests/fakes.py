@@ -40,6 +40,7 @@ class Behaviour:
     first_event_delay_s: float = 0.0  # streams: after headers, before the first event
     chunk_delay_s: float = 0.0  # streams: between events
     chunks: int = 3  # streams: number of content chunks
+    content: str | None = None  # streams: every content chunk's text (default "tok<i> ")
     stall_after: int | None = None  # streams: stop sending (stay open) after N events
     drop_after: int | None = None  # streams: drop the connection after N events
     no_done: bool = False  # streams: end without [DONE]
@@ -121,7 +122,7 @@ class FakeOpenAI:
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         for i in range(behaviour.chunks):
-            text = f"tok{i} "
+            text = behaviour.content if behaviour.content is not None else f"tok{i} "
             delta: dict[str, Any] = {"content": text}
             if i == 0:
                 delta["role"] = "assistant"

@@ -23,6 +23,7 @@ import jsonschema
 import yaml
 
 from .model import (
+    DEFAULT_MAX_CONNECTIONS,
     BatchConfig,
     Budget,
     Config,
@@ -264,6 +265,12 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
 
     providers = _dicts(data.get("providers"))
     models = _dicts(data.get("models"))
+    for pid, provider in providers.items():
+        per_key = provider.get("per_key_connections")
+        pool = provider.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+        if isinstance(per_key, int) and isinstance(pool, int) and per_key > pool:
+            yield problem(("providers", pid, "per_key_connections"),
+                          f"{per_key} is more than the pool's max_connections ({pool})")
     for model_id, model in models.items():
         routes = model.get("routes")
         for i, route in enumerate(routes if isinstance(routes, list) else []):
@@ -381,7 +388,8 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
         timeouts=Timeouts(**raw.get("timeouts", {})),
         headers=MappingProxyType(dict(raw.get("headers", {}))),
         limits=_limits(raw["limits"]) if "limits" in raw else None,
-        **_given(raw, anthropic_version="anthropic_version"),
+        **_given(raw, anthropic_version="anthropic_version", max_connections="max_connections",
+                 per_key_connections="per_key_connections"),
         **_given(raw.get("circuit", {}), circuit_failures="failures",
                  circuit_cooldown_s="cooldown_s"),
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 DEFAULT_REQUESTS_PER_MINUTE = 1000
 DEFAULT_MAX_TOKENS = 4096
+DEFAULT_MAX_CONNECTIONS = 256  # per provider and process
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +53,19 @@ class ProviderConfig:
     anthropic_version: str = "2023-06-01"
     circuit_failures: int = 5
     circuit_cooldown_s: float = 30.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
+    per_key_connections: int | None = None  # None: half of max_connections, rounded up
 
     @property
     def has_credentials(self) -> bool:
         return self.kind == "mock" or self.api_key != ""
+
+    @property
+    def connections_per_key(self) -> int:
+        """How many requests one key may have in flight to this provider at once."""
+        if self.per_key_connections is not None:
+            return self.per_key_connections
+        return max(1, -(-self.max_connections // 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +147,9 @@ class ServerConfig:
     retry_backoff_s: float = 0.25
     retry_backoff_max_s: float = 4.0
     retry_after_max_s: float = 10.0
+    retry_slow_answers: bool = False  # retry a non-stream request the upstream accepted
+    write_timeout_s: float = 30.0  # a client that reads nothing for this long is dropped
+    keepalive_timeout_s: float = 75.0  # idle keep-alive, and the whole request head
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,7 +112,10 @@ def provider_statuses(request: web.Request) -> dict[str, dict[str, Any]]:
         else:
             status = "ok"
         result[pid] = {"id": pid, "kind": provider.kind, "status": status,
-                       "models": served[pid], **health.snapshot(now)}
+                       "models": served[pid], **health.snapshot(now),
+                       "connections": {"max": provider.max_connections,
+                                       "per_key": provider.connections_per_key,
+                                       "in_flight": gateway.shares.in_flight(pid)}}
     return result
 
 

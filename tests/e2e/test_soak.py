@@ -145,6 +145,8 @@ def _config(workdir: Path, upstream_port: int) -> Path:
         "storage": {"sqlite_path": str(workdir / "soak.db")},
         "providers": {"up": {"kind": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
                              "api_key": PROVIDER_KEY,
+                             # One key is the whole load: its share is the whole pool.
+                             "per_key_connections": 256,
                              "timeouts": {"connect_s": 5, "first_byte_s": 30, "idle_s": 30,
                                           "total_s": 60}}},
         "models": {MODEL: {"pricing": {"prompt": 1, "completion": 2},

@@ -299,6 +299,48 @@ def test_mock_provider_needs_no_base_url_nor_key(tmp_path: Path) -> None:
     assert provider.has_credentials is True
 
 
+def test_connection_pool_and_timeout_defaults(tmp_path: Path) -> None:
+    config = parse(tmp_path, BASE)
+    provider = config.providers["demo"]
+    assert (provider.max_connections, provider.per_key_connections) == (256, None)
+    assert provider.connections_per_key == 128
+    server = config.server
+    assert (server.write_timeout_s, server.keepalive_timeout_s) == (30.0, 75.0)
+    assert server.retry_slow_answers is False
+
+
+def test_connection_pool_and_timeouts_as_written(tmp_path: Path) -> None:
+    text = BASE.replace("  demo: {kind: mock}\n", "  demo: {kind: mock, max_connections: 10, "
+                        "per_key_connections: 4}\n") + yml("""
+        server: {write_timeout_s: 5, keepalive_timeout_s: 2.5, retry_slow_answers: true}
+        """)
+    config = parse(tmp_path, text)
+    assert config.providers["demo"].connections_per_key == 4
+    assert config.providers["demo"].max_connections == 10
+    assert (config.server.write_timeout_s, config.server.keepalive_timeout_s,
+            config.server.retry_slow_answers) == (5, 2.5, True)
+
+
+def test_a_key_share_larger_than_the_pool_is_an_error(tmp_path: Path) -> None:
+    text = BASE.replace("  demo: {kind: mock}\n", "  demo: {kind: mock, per_key_connections: "
+                        "300}\n")
+    problem = only_problem(tmp_path, text)
+    assert problem.path == "providers.demo.per_key_connections"
+    assert "300" in problem.message and "max_connections (256)" in problem.message
+
+
+@pytest.mark.parametrize("field", ["max_connections: 0", "per_key_connections: 0",
+                                   "max_connections: 1.5"])
+def test_pool_sizes_are_positive_integers(tmp_path: Path, field: str) -> None:
+    text = BASE.replace("  demo: {kind: mock}\n", f"  demo: {{kind: mock, {field}}}\n")
+    assert only_problem(tmp_path, text).path.startswith("providers.demo.")
+
+
+@pytest.mark.parametrize("field", ["write_timeout_s", "keepalive_timeout_s"])
+def test_connection_timeouts_must_be_positive(tmp_path: Path, field: str) -> None:
+    assert only_problem(tmp_path, BASE + f"server: {{{field}: 0}}\n").path == f"server.{field}"
+
+
 def test_base_url_trailing_slash_is_dropped(tmp_path: Path) -> None:
     text = openai_with("k").replace("/v1", "/v1/")
     assert parse(tmp_path, text).providers["oa"].base_url == "https://api.example.com/v1"

@@ -125,6 +125,34 @@ async def test_replicas_starting_together_migrate_once(dsn: str) -> None:
         await s.close()
 
 
+async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(dsn: str) -> None:
+    from anyrouter_proxy.storage_postgres import MIGRATIONS
+
+    conn = await asyncpg.connect(dsn)
+    try:  # the database as the previous release left it
+        await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for step in MIGRATIONS[:2]:
+            await conn.execute(step)  # several statements: execute, not a prepared fetch
+        await conn.execute("INSERT INTO schema_version VALUES (2)")
+    finally:
+        await conn.close()
+    old_columns = usage_store.GENERATION_COLUMNS[:-1]
+    await query(dsn, f"INSERT INTO generations ({', '.join(old_columns)}) VALUES "
+                f"({', '.join(f'${i + 1}' for i in range(len(old_columns)))})",
+                *usage_store._generation_params(make_record(cost=0.5))[:-1])
+    store = PostgresUsageStore(dsn)
+    await store.open()
+    try:
+        old = await store.get_generation("gen-1", "alice")
+        assert old is not None and (old["total_cost"], old["operator_cost"]) == (0.5, 0.0)
+        store.record(make_record(2, operator_cost=0.25))
+        new = await store.get_generation("gen-2", "alice")
+        assert new is not None and new["operator_cost"] == 0.25
+    finally:
+        await store.close()
+    assert [r["version"] for r in await query(dsn, "SELECT version FROM schema_version")] == [3]
+
+
 async def test_newer_schema_refuses_naming_both_versions(dsn: str) -> None:
     await query(dsn, "CREATE TABLE schema_version (version INTEGER NOT NULL)")
     await query(dsn, "INSERT INTO schema_version VALUES ($1)", SCHEMA_VERSION + 1)
@@ -172,7 +200,8 @@ def test_placeholders_become_numbered() -> None:
         "tokens_reasoning = EXCLUDED.tokens_reasoning, tokens_cache_write = "
         "EXCLUDED.tokens_cache_write, usage_source = EXCLUDED.usage_source, cost = "
         "EXCLUDED.cost, latency_ms = EXCLUDED.latency_ms, ttft_ms = EXCLUDED.ttft_ms, "
-        "generation_time_ms = EXCLUDED.generation_time_ms, attempts = EXCLUDED.attempts")
+        "generation_time_ms = EXCLUDED.generation_time_ms, attempts = EXCLUDED.attempts, "
+        "operator_cost = EXCLUDED.operator_cost")
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -194,6 +223,7 @@ async def test_row_matches_every_field(store: PostgresUsageStore) -> None:
         "attempts": json.dumps([{"provider": "openai", "status": 503, "latency_ms": 12.3},
                                 {"provider": "anthropic", "status": "timeout",
                                  "latency_ms": 30000.0}], separators=(",", ":")),
+        "operator_cost": 0.0456,
     }
 
 

@@ -43,6 +43,7 @@ def full_record() -> GenerationRecord:
                     reasoning_tokens=4, cache_write_tokens=5, source="estimated"),
         cost=0.0123, latency_ms=1234.4, ttft_ms=56.6, generation_time_ms=1100.2,
         attempts=[Attempt("openai", 503, 12.34), Attempt("anthropic", "timeout", 30000.0)],
+        operator_cost=0.0456,
     )
 
 
@@ -90,6 +91,32 @@ async def test_reopen_keeps_rows_and_does_not_migrate_again(tmp_path: Path) -> N
     await second.open()  # CREATE TABLE again would raise "table already exists"
     assert await second.get_generation("gen-1", "alice") is not None
     await second.close()
+
+
+async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(
+        tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for step in usage_store.MIGRATIONS[:2]:
+        db.executescript(step)
+    db.execute("PRAGMA user_version = 2")
+    old_columns = usage_store.GENERATION_COLUMNS[:-1]
+    assert usage_store.GENERATION_COLUMNS[-1] == "operator_cost"
+    db.execute(f"INSERT INTO generations ({', '.join(old_columns)}) VALUES "
+               f"({', '.join('?' * len(old_columns))})",
+               usage_store._generation_params(make_record(cost=0.5))[:-1])
+    db.close()
+    store = UsageStore(path)
+    await store.open()
+    try:
+        old = await store.get_generation("gen-1", "alice")
+        assert old is not None and (old["total_cost"], old["operator_cost"]) == (0.5, 0.0)
+        store.record(make_record(2, operator_cost=0.25))
+        new = await store.get_generation("gen-2", "alice")
+        assert new is not None and new["operator_cost"] == 0.25
+    finally:
+        await store.close()
+    assert rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
 
 
 async def test_newer_schema_refuses_naming_both_versions(tmp_path: Path) -> None:
@@ -141,6 +168,7 @@ async def test_row_matches_every_field(store: UsageStore) -> None:
         "attempts": json.dumps([{"provider": "openai", "status": 503, "latency_ms": 12.3},
                                 {"provider": "anthropic", "status": "timeout",
                                  "latency_ms": 30000.0}], separators=(",", ":")),
+        "operator_cost": 0.0456,
     }
 
 
@@ -334,7 +362,8 @@ async def test_get_generation_openrouter_shape(store: UsageStore) -> None:
     assert data == {
         "id": "gen-full", "model": "anthropic/claude-sonnet-4", "provider_name": "anthropic",
         "upstream_model": "claude-sonnet-4-20250514", "upstream_id": "msg_123",
-        "total_cost": 0.0123, "usage": 0.0123, "tokens_prompt": 11, "tokens_completion": 22,
+        "total_cost": 0.0123, "usage": 0.0123, "operator_cost": 0.0456, "tokens_prompt": 11,
+        "tokens_completion": 22,
         "native_tokens_prompt": 11, "native_tokens_completion": 22, "native_tokens_cached": 3,
         "native_tokens_reasoning": 4, "latency": 1234, "generation_time": 1100,
         "time_to_first_token": 57, "streamed": True, "cancelled": True,
