@@ -27,8 +27,8 @@ class Ledger:
 
 
 class Books:
-    __slots__ = ("_closed", "_ledger", "admission", "pricing", "prompt_estimate",
-                 "provider_admission", "record", "reservation", "started")
+    __slots__ = ("_closed", "_ledger", "admission", "min_web_searches", "pricing",
+                 "prompt_estimate", "provider_admission", "record", "reservation", "started")
 
     def __init__(self, ledger: Ledger, record: GenerationRecord, pricing: Pricing,
                  admission: Held, reservation: Reserved,
@@ -41,6 +41,7 @@ class Books:
         self.reservation = reservation
         self.provider_admission: Held | None = None
         self.prompt_estimate = prompt_estimate
+        self.min_web_searches = 0  # searches charged to an answer that reports fewer
         self.started = time.perf_counter()
 
     def elapsed_ms(self) -> float:
@@ -65,6 +66,8 @@ class Books:
             # a request that failed or was dropped before any answer costs nothing.
             usage = Usage(prompt_tokens=self.prompt_estimate, completion_tokens=completion_estimate,
                           source="estimated") if answered else Usage(source="none")
+        if usage.source != "none" and usage.web_search_requests < self.min_web_searches:
+            usage.web_search_requests = self.min_web_searches  # OpenAI reports no count
         rec.usage = usage
         rec.cost = request_cost(self.pricing, usage) if rec.attempts else 0.0
         rec.cancelled = cancelled

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 import orjson
 
 from .accounting import Books, Ledger
-from .config.model import Config, KeyConfig, ModelConfig, Pricing
+from .billed_extras import NO_EXTRAS, Extras, check_extras
+from .config.model import Config, KeyConfig, ModelConfig, Pricing, is_metered
 from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
 from .errors import (
@@ -92,6 +93,7 @@ class ProxyRequest:
     gen_id: str = field(default_factory=new_generation_id)
     client_headers: dict[str, str] = field(default_factory=dict)  # anthropic-version, -beta
     record: GenerationRecord | None = None  # its usage row, once it has one
+    extras: Extras = NO_EXTRAS  # what it may be billed beyond tokens, once checked
 
 
 @dataclass(slots=True)
@@ -208,6 +210,8 @@ class Gateway:
             models = self._models_for(req, config)
             stream = _validate(req.endpoint, req.body)
             targets = self._targets(req, models, config)
+            req.extras = check_extras(req.body, req.client_headers,
+                                      [t.pricing for t in targets], is_metered(req.key))
         except ProxyError as exc:
             self._refused(req, self.known_model(req.body, config), exc)
             raise
@@ -217,6 +221,7 @@ class Gateway:
                                     detail={"provider": req.forced_provider,
                                             "model": models[0].id})
         books = await self._open_books(req, models[0], targets, stream, config)
+        books.min_web_searches = req.extras.min_searches
         headers = {"X-AnyRouter-Generation-Id": req.gen_id, **endpoint_extra}
         try:
             if stream:
@@ -271,7 +276,8 @@ class Gateway:
             worst = model if dearest == model.pricing else dataclasses.replace(
                 model, pricing=dearest)
             cost = worst_case_cost(worst, prompt_tokens, max_tokens,
-                                   config.server.default_max_tokens)
+                                   config.server.default_max_tokens) \
+                + req.extras.reservation([t.pricing for t in targets], prompt_tokens)
             reservation = await self.quota.reserve(req.key, cost)
         except ProxyError as exc:
             admission.settle_tokens(0)  # refused: its token estimate goes back
