@@ -437,9 +437,25 @@ class Gateway:
 
     async def count_tokens(self, req: ProxyRequest) -> Answer:
         """POST /messages/count_tokens: passed to the first Anthropic route (free upstream,
-        so it is not a generation); models without one get the local estimate."""
+        so it is not a generation); models without one get the local estimate. It takes
+        one request from the key's limits (and a concurrency slot while it runs)."""
         config = self.config
         model = self.model_for(req.key, req.body.get("model"), config)
+        try:
+            admission = await self.quota.admit(req.key, model.id, 0)
+        except RateLimited as exc:
+            self.ledger.metrics.rejected(req.key.name, "rate_limited")
+            self.ledger.store.audit("rate_limited", key_name=req.key.name,
+                                    trace_id=req.trace_id,
+                                    detail={"model": model.id, **(exc.metadata or {})})
+            raise
+        try:
+            return await self._count_tokens(req, model, config)
+        finally:
+            admission.release()
+
+    async def _count_tokens(self, req: ProxyRequest, model: ModelConfig,
+                            config: Config) -> Answer:
         for target in self._targets(req, [model], config):
             if target.provider.kind != "anthropic":
                 continue
