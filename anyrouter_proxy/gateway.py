@@ -143,6 +143,17 @@ class Gateway:
             self.ledger.store.audit("auth_failed", trace_id=trace_id,
                                     detail={"key_prefix": token[:8], "client": client()})
             raise AuthenticationFailed("Invalid API key", code="invalid_api_key")
+        return self._usable(key, trace_id)
+
+    def current_key(self, name: str, trace_id: str | None = None) -> KeyConfig:
+        """The key called `name` in the current config, checked as `authenticate` checks
+        it: for work that runs long after its request was authenticated (batch items)."""
+        key = self.config.keys.get(name)
+        if key is None:
+            raise AuthenticationFailed(f"Key {name} no longer exists", code="invalid_api_key")
+        return self._usable(key, trace_id)
+
+    def _usable(self, key: KeyConfig, trace_id: str | None) -> KeyConfig:
         if key.disabled:
             self.ledger.store.audit("key_disabled", key_name=key.name, trace_id=trace_id)
             raise PermissionDenied(f"Key {key.name} is disabled", code="key_disabled")
