@@ -27,12 +27,13 @@ class Ledger:
 
 
 class Books:
-    __slots__ = ("_closed", "_ledger", "admission", "min_web_searches", "pricing",
-                 "prompt_estimate", "provider_admission", "record", "reservation", "started")
+    __slots__ = ("_closed", "_ledger", "admission", "min_web_searches", "model_admission",
+                 "pricing", "prompt_estimate", "provider_admission", "record", "reservation",
+                 "started", "token_estimate")
 
     def __init__(self, ledger: Ledger, record: GenerationRecord, pricing: Pricing,
                  admission: Held, reservation: Reserved,
-                 prompt_estimate: int) -> None:
+                 prompt_estimate: int, token_estimate: int = 0) -> None:
         self._ledger = ledger
         self._closed = False
         self.record = record
@@ -40,7 +41,10 @@ class Books:
         self.admission = admission
         self.reservation = reservation
         self.provider_admission: Held | None = None
+        # A fallback model's own model_limits, held for the attempt that answered.
+        self.model_admission: Held | None = None
         self.prompt_estimate = prompt_estimate
+        self.token_estimate = token_estimate  # what `admission` took from the token limits
         self.min_web_searches = 0  # searches charged to an answer that reports fewer
         self.started = time.perf_counter()
 
@@ -80,9 +84,10 @@ class Books:
         total_tokens = usage.prompt_tokens + usage.completion_tokens
         self.admission.settle_tokens(total_tokens)
         self.admission.release()
-        if self.provider_admission is not None:
-            self.provider_admission.settle_tokens(total_tokens)
-            self.provider_admission.release()
+        for held in (self.provider_admission, self.model_admission):
+            if held is not None:
+                held.settle_tokens(total_tokens)
+                held.release()
         self._ledger.store.record(rec)
         # Metrics only observe: once the answer is out, not on the client's clock.
         asyncio.get_running_loop().call_soon(self._ledger.metrics.observe, rec)

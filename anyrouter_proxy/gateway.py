@@ -51,7 +51,7 @@ from .health import BreakerPolicy, HealthBoard
 from .providers.anthropic import anthropic_headers
 from .providers.base import CallContext, Exchange
 from .providers.registry import exchange_for
-from .quota import Quota
+from .quota import NOTHING_HELD, Held, Quota
 from .routing import Target, fallback_models, parse_prefs, resolve_targets
 from .sse import SSEDecoder
 from .stream_session import StreamSession, discard, first_output
@@ -231,7 +231,9 @@ class Gateway:
                                     trace_id=req.trace_id,
                                     detail={"provider": req.forced_provider,
                                             "model": models[0].id})
-        books = await self._open_books(req, models[0], targets, stream, config)
+        # The first model that may answer is admitted (its model_limits included) with
+        # the request; a fallback model's own limits are admitted with its attempts.
+        books = await self._open_books(req, targets[0].model, targets, stream, config)
         books.min_web_searches = req.extras.min_searches
         headers = {"X-AnyRouter-Generation-Id": req.gen_id, **endpoint_extra}
         try:
@@ -299,7 +301,7 @@ class Gateway:
                         detail={"model": model.id})
             raise
         return Books(self.ledger, _new_record(req, model.id, stream), targets[0].pricing,
-                     admission, reservation, prompt_tokens)
+                     admission, reservation, prompt_tokens, token_estimate=tokens)
 
     async def _try_targets(self, req: ProxyRequest, targets: list[Target], books: Books,
                            headers: dict[str, str],
@@ -315,6 +317,7 @@ class Gateway:
                                  f"{req.endpoint}", code="provider_not_available")
         include_usage = _include_usage(req.body)
         created = int(time.time())
+        admitted = targets[0].model.id  # whose model_limits the request's admission holds
         failures: list[ProxyError] = []
         skipped: list[str] = []
         for round_number in range(server.retries + 1):
@@ -326,8 +329,14 @@ class Gateway:
                 if not health.available(self.board.clock()):
                     skipped.append(f"{provider.id}: circuit open")
                     continue
+                model_admission = await self._admit_model(req, target, admitted, books)
+                if model_admission is None:
+                    health.release_probe()
+                    skipped.append(f"{target.model.id}: at its model_limits")
+                    continue
                 admission = await self.quota.admit_provider(provider, books.prompt_estimate)
                 if admission is None:
+                    model_admission.release()
                     health.release_probe()
                     skipped.append(f"{provider.id}: at its limits")
                     continue
@@ -337,10 +346,14 @@ class Gateway:
                 books.pricing = target.pricing  # what this attempt costs if it answers
                 books.record.model = target.model.id
                 started = time.perf_counter()
+                # Held by the books from now on: a whole answer closes them in `attempt`.
+                books.provider_admission, books.model_admission = admission, model_admission
                 try:
                     result = await attempt(req, ctx, exchange, books, headers)
                 except ProxyError as exc:
+                    books.provider_admission = books.model_admission = None
                     admission.release()
+                    model_admission.release()
                     if counts_against_health(exc):
                         health.failure(self.board.clock())
                     else:
@@ -354,14 +367,15 @@ class Gateway:
                         wait = max(wait, retry_after_s(exc) or 0.0)
                     continue
                 except BaseException:
+                    books.provider_admission = books.model_admission = None
                     admission.release()
+                    model_admission.release()
                     health.release_probe()
                     raise
                 if not isinstance(result, StreamSession):  # a stream reports when it ends
                     usage = books.record.usage
                     health.success(self.board.clock(), _ms_since(started),
                                    tokens=usage.completion_tokens)
-                books.provider_admission = admission
                 headers["X-AnyRouter-Provider"] = provider.id
                 headers.update(deprecation_headers(target.model))
                 return result
@@ -371,6 +385,16 @@ class Gateway:
             await self._sleep(max(wait, backoff * (0.5 + self._draw() / 2)))
             candidates = again
         raise final_error(targets[0].model, failures, skipped)
+
+    async def _admit_model(self, req: ProxyRequest, target: Target, admitted: str,
+                           books: Books) -> Held | None:
+        """An attempt on a fallback model takes from that model's own model_limits (those
+        the request's admission does not hold); None when they are exhausted. A no-op
+        hold when the model is the one admitted."""
+        if target.model.id == admitted:
+            return NOTHING_HELD
+        return await self.quota.admit_model(req.key, target.model.id, admitted,
+                                            books.token_estimate)
 
     async def _send(self, ctx: CallContext, exchange: Exchange, body: dict[str, Any],
                     books: Books) -> UpstreamResponse:
