@@ -1,5 +1,5 @@
 """Features a provider bills beyond plain tokens, found in a request before it goes
-upstream (pure logic, no I/O; see docs/configuration.md, pricing).
+upstream (pure logic, no I/O).
 
 | in the request | billed | metered keys |
 |---|---|---|
