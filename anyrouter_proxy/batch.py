@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from .batch_store import DONE, PENDING, RUNNING, BatchRecord, BatchStore, custom
 from .config.model import KeyConfig
 from .errors import InternalError, InvalidRequest, ProxyError, RequestTooLarge
 from .gateway import Answer, Gateway, ProxyRequest
+from .ids import new_batch_id, new_batch_request_id
 from .types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,6 @@ class ItemError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
-
-
-def new_batch_id() -> str:
-    return "batch_" + os.urandom(12).hex()
 
 
 def endpoint_of(url: Any) -> str | None:
@@ -328,7 +324,7 @@ class BatchRunner:
 
 
 def _result(item: Any, status: int, gen_id: str, body: Any) -> dict[str, Any]:
-    return {"id": "batch_req_" + os.urandom(8).hex(), "custom_id": custom_id(item),
+    return {"id": new_batch_request_id(), "custom_id": custom_id(item),
             "response": {"status_code": status, "request_id": gen_id, "body": body},
             "error": None}
 
@@ -338,7 +334,7 @@ def _failed(item: Any, endpoint: str, gen_id: str, exc: ProxyError) -> dict[str,
 
 
 def _error_result(item: Any, code: str, message: str) -> dict[str, Any]:
-    return {"id": "batch_req_" + os.urandom(8).hex(), "custom_id": custom_id(item),
+    return {"id": new_batch_request_id(), "custom_id": custom_id(item),
             "response": None, "error": {"code": code, "message": message}}
 
 

@@ -14,7 +14,6 @@ import fnmatch
 import hashlib
 import hmac
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,6 +47,7 @@ from .failures import (
     worth_retrying,
 )
 from .health import BreakerPolicy, HealthBoard
+from .ids import new_generation_id
 from .providers.anthropic import anthropic_headers
 from .providers.base import CallContext, Exchange
 from .providers.registry import exchange_for
@@ -71,16 +71,6 @@ log = logging.getLogger(__name__)
 
 _DUMMY_DIGEST = "0" * 64
 T = TypeVar("T")
-
-
-# Generation ids need to be unique, not secret (a row is read only with its own key), so
-# they come from a generator seeded once from the OS rather than a syscall per request.
-_ids = random.Random(os.urandom(32))
-os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))  # never shared
-
-
-def new_generation_id() -> str:
-    return f"gen-{_ids.getrandbits(96):024x}"
 
 
 @dataclass(slots=True)
@@ -295,9 +285,11 @@ class Gateway:
         except ProxyError as exc:
             admission.settle_tokens(0)  # refused: its token estimate goes back
             admission.release()
-            metrics.rejected(req.key.name, "insufficient_credits")
+            reason = "budget_exceeded" if exc.code == "budget_exceeded" else \
+                "insufficient_credits"
+            metrics.rejected(req.key.name, reason)
             self._refused(req, model.id, exc)
-            store.audit("insufficient_credits", key_name=req.key.name, trace_id=req.trace_id,
+            store.audit(reason, key_name=req.key.name, trace_id=req.trace_id,
                         detail={"model": model.id})
             raise
         return Books(self.ledger, _new_record(req, model.id, stream), targets[0].pricing,

@@ -67,6 +67,9 @@ class Metrics:
         self.credits_remaining = Gauge("anyrouter_key_credits_remaining_usd",
                                        "Credit left per key with credits (USD), at scrape "
                                        "time.", ["key"], registry=r)
+        self.budget_remaining = Gauge("anyrouter_key_budget_remaining_usd",
+                                      "Budget left in the current period per key with a "
+                                      "budget (USD), at scrape time.", ["key"], registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:

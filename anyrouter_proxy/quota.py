@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from .budget import BudgetStatus
 from .config.model import Config, KeyConfig, ProviderConfig
 from .credits import CreditLedger
 from .ratelimit import Limiter
@@ -24,7 +25,8 @@ class Held(Protocol):
 
 
 class Reserved(Protocol):
-    """A credit reservation: settled to the real cost (or cancelled)."""
+    """A credit reservation, held against the key's credits and its budget's period at
+    once: settled to the real cost (or cancelled)."""
 
     def settle(self, actual_cost: float) -> None: ...
 
@@ -69,6 +71,16 @@ class Quota(Protocol):
     async def remaining(self, key: KeyConfig) -> float | None: ...
 
     async def load_spend(self, spend_by_key: Mapping[str, float]) -> None: ...
+
+    async def budget(self, key: KeyConfig) -> BudgetStatus | None:
+        """The key's budget in its current period; None when it has none."""
+        ...
+
+    async def load_period_spend(self, period: str, start: float,
+                                spend_by_key: Mapping[str, float]) -> None:
+        """The usage log's spend per key since `start`, the start of the current `period`
+        (day, week or month), at start-up."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -115,6 +127,13 @@ class MemoryQuota:
 
     async def load_spend(self, spend_by_key: Mapping[str, float]) -> None:
         self.ledger.load_spend(spend_by_key)
+
+    async def budget(self, key: KeyConfig) -> BudgetStatus | None:
+        return self.ledger.budget(key)
+
+    async def load_period_spend(self, period: str, start: float,
+                                spend_by_key: Mapping[str, float]) -> None:
+        self.ledger.load_period_spend(period, start, spend_by_key)
 
     async def close(self) -> None:
         pass

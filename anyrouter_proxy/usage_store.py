@@ -97,6 +97,25 @@ _SPEND = """
         SELECT key_name, cost FROM generations UNION ALL SELECT key_name, cost FROM spend_carryover
     ) GROUP BY key_name
 """
+# Retention: what `prune` deletes besides generations (whose spend is carried over first),
+# each statement with the cutoff as its one parameter. A batch goes whole (its row, its
+# items' inputs and results) once it finished before the cutoff; an unfinished batch
+# stays, whatever its age. The statuses are batch.py's FINISHED.
+_PRUNE_GENERATIONS = "DELETE FROM generations WHERE created_at < ?"
+_FINISHED_BATCHES = (
+    "FROM batches WHERE status IN ('completed', 'cancelled') AND completed_at < ?")
+PRUNE_STATEMENTS: tuple[str, ...] = (
+    "DELETE FROM audit WHERE created_at < ?",
+    f"DELETE FROM batch_items WHERE batch_id IN (SELECT id {_FINISHED_BATCHES})",
+    f"DELETE {_FINISHED_BATCHES}",
+)
+
+# A range of created_at: without statistics SQLite would rather walk all of
+# generations_key_created (for the GROUP BY) than search generations_created.
+_SPEND_SINCE = """
+    SELECT key_name, SUM(cost) FROM generations INDEXED BY generations_created
+    WHERE created_at >= ? GROUP BY key_name
+"""
 
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
@@ -445,6 +464,15 @@ class UsageStore:
             raise _open_error(self.path, exc) from exc
         return {str(name): float(total) for name, total in rows}
 
+    async def spend_since(self, since: float) -> dict[str, float]:
+        """USD per key of the usage rows created at or after `since` (Unix seconds): a
+        budget period's spend so far."""
+        try:
+            rows = await self._reader().execute_fetchall(_SPEND_SINCE, (since,))
+        except sqlite3.DatabaseError as exc:
+            raise _open_error(self.path, exc) from exc
+        return {str(name): float(total) for name, total in rows}
+
     async def prune(self, retention_days: int) -> int:
         cutoff = time.time() - retention_days * 86400
         # A connection of its own, so a long delete never queues behind or ahead of the
@@ -455,8 +483,8 @@ class UsageStore:
             try:
                 await db.execute(_CARRY_SPEND, (cutoff,))
                 deleted = 0
-                for table in ("generations", "audit"):
-                    cur = await db.execute(f"DELETE FROM {table} WHERE created_at < ?", (cutoff,))
+                for statement in (_PRUNE_GENERATIONS, *PRUNE_STATEMENTS):
+                    cur = await db.execute(statement, (cutoff,))
                     deleted += cur.rowcount
                 await db.execute("COMMIT")
             except BaseException:

@@ -24,6 +24,7 @@ import yaml
 
 from .model import (
     BatchConfig,
+    Budget,
     Config,
     CorsConfig,
     Deprecation,
@@ -337,9 +338,9 @@ def _unpriced(config: Config, lines: Mapping[PathItems, int]) -> Iterator[Config
         yield ConfigProblem(
             render_path(items), _line_of(lines, items),
             f"missing, so the model would cost nothing, yet key {users[0]!r}{more} has "
-            f"credits and may use it (routes via {', '.join(unpriced)} have no pricing of "
-            "their own either): write its prices, or pricing: {prompt: 0, completion: 0} "
-            "to make it free on purpose")
+            f"credits or a budget and may use it (routes via {', '.join(unpriced)} have no "
+            "pricing of their own either): write its prices, or pricing: {prompt: 0, "
+            "completion: 0} to make it free on purpose")
 
 
 def _parse_datetime(text: str) -> dt.datetime | None:
@@ -461,6 +462,8 @@ def _key(name: str, raw: Mapping[str, Any], default_limits: Limits) -> KeyConfig
         key_sha256=raw["key_sha256"],
         limits=_limits(raw.get("limits"), default_limits),
         credits=float(raw["credits"]) if "credits" in raw else None,
+        budget=Budget(float(raw["budget"]["usd"]), raw["budget"]["period"])
+        if "budget" in raw else None,
         models=tuple(raw["models"]) if "models" in raw else None,
         model_limits=MappingProxyType(
             {glob: _limits(lim) for glob, lim in (raw.get("model_limits") or {}).items()}

@@ -93,11 +93,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """USD a key may spend per UTC period: day, week (from Monday) or month."""
+
+    usd: float
+    period: str  # day | week | month
+
+
+@dataclass(frozen=True, slots=True)
 class KeyConfig:
     name: str
     key_sha256: str
     limits: Limits
     credits: float | None = None  # USD; None = unlimited
+    budget: Budget | None = None  # per period, beside or instead of credits
     models: tuple[str, ...] | None = None  # allow-list globs; None = all
     model_limits: Mapping[str, Limits] = field(default_factory=dict)
     disabled: bool = False
@@ -105,9 +114,9 @@ class KeyConfig:
 
 
 def is_metered(key: KeyConfig) -> bool:
-    """Is the key's spending capped? Then every model it may reach must be priced and
-    billed extras must be priced or are refused."""
-    return key.credits is not None
+    """Is the key's spending capped (credits or a budget)? Then every model it may reach
+    must be priced, and billed extras must be priced or are refused."""
+    return key.credits is not None or key.budget is not None
 
 
 @dataclass(frozen=True, slots=True)

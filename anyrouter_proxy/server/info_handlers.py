@@ -152,19 +152,23 @@ async def health(request: web.Request) -> web.Response:
 async def credits(request: web.Request) -> web.Response:
     key = authenticate(request)
     quota = request.app[GATEWAY].quota
+    budget = await quota.budget(key)
     return json_response({"data": {"total_credits": key.credits,
-                                   "total_usage": round(await quota.spent(key.name), 10)}})
+                                   "total_usage": round(await quota.spent(key.name), 10),
+                                   "budget": budget.as_json() if budget else None}})
 
 
 async def key_info(request: web.Request) -> web.Response:
     key = authenticate(request)
     quota = request.app[GATEWAY].quota
     limits = key.limits
+    budget = await quota.budget(key)
     return json_response({"data": {
         "label": key.name,
         "usage": round(await quota.spent(key.name), 10),
         "limit": key.credits,
         "limit_remaining": await quota.remaining(key),
+        "budget": budget.as_json() if budget else None,
         "is_free_tier": False,
         "rate_limit": {"requests": limits.requests_per_minute, "interval": "1m"},
         "limits": {"requests_per_minute": limits.requests_per_minute,
@@ -204,6 +208,8 @@ async def metrics(request: web.Request) -> web.Response:
     board = gateway.board
     remaining = {key.name: await gateway.quota.remaining(key)
                  for key in gateway.config.keys.values() if key.credits is not None}
+    budgets = {key.name: await gateway.quota.budget(key)
+               for key in gateway.config.keys.values() if key.budget is not None}
 
     quota = gateway.quota
     fallbacks: dict[str, int] = dict(getattr(quota, "fallbacks", {}))
@@ -215,10 +221,14 @@ async def metrics(request: web.Request) -> web.Response:
             app_metrics.state_fallbacks.labels(kind).set(count)
         # Cleared first: keys and providers removed by a reload must not linger.
         app_metrics.credits_remaining.clear()
+        app_metrics.budget_remaining.clear()
         app_metrics.circuit.clear()
         for name, left in remaining.items():
             if left is not None:
                 app_metrics.credits_remaining.labels(name).set(left)
+        for name, status in budgets.items():
+            if status is not None:
+                app_metrics.budget_remaining.labels(name).set(status.remaining)
         app_metrics.queue_depth.set(store.queue_depth)
         app_metrics.dropped.set(store.dropped)
         for provider, state in board.states().items():

@@ -33,6 +33,7 @@ PRICED = {"prompt": 3, "completion": 15, "cache_write": 3.75, "web_search": 0.01
           "request": 0.002}
 GPT_PRICES = {"prompt": 1, "completion": 2, "web_search": 0.03, "request": 0.001}
 MSGS = [{"role": "user", "content": "hi"}]
+CAROL_KEY = "sk-ar-test-carol-0123456789abcdef0123456789"
 SEARCH_TOOL = {"type": "web_search_20250305", "name": "web_search"}
 CACHED_SYSTEM = [{"type": "text", "text": "You are terse.",
                   "cache_control": {"type": "ephemeral"}}]
@@ -64,7 +65,9 @@ def make_config(config_factory: ConfigFactory, fake_openai: FakeOpenAI,
                 GPT_SEARCH: {"pricing": GPT_PRICES,
                              "routes": [{"provider": "openai", "model": "gpt-search-x"}]}},
             keys={"alice": {"key_sha256": sha256(ALICE_KEY), "credits": credits},
-                  "bob": {"key_sha256": sha256(BOB_KEY)}},
+                  "bob": {"key_sha256": sha256(BOB_KEY)},
+                  "carol": {"key_sha256": sha256(CAROL_KEY),
+                            "budget": {"usd": 5, "period": "day"}}},
             **sections)
     return make
 
@@ -128,6 +131,15 @@ async def test_extras_not_priced_are_refused_for_a_credit_key_before_upstream(
     status, _, data = await post_json(proxy, f"/api/v1{path}", body, key=BOB_KEY,
                                       headers=headers)
     assert status == 200, data
+
+
+async def test_a_key_with_a_budget_is_refused_too(
+        proxy: Proxy, fake_anthropic: FakeAnthropic) -> None:
+    status, _, data = await post_json(proxy, "/api/v1/messages",
+                                      message(CLAUDE, system=CACHED_SYSTEM), key=CAROL_KEY)
+    assert status == 400, data
+    assert data["error"]["param"] == "cache_control"
+    assert fake_anthropic.requests == []
 
 
 async def test_the_anthropic_sdk_gets_the_refusal(claude_sdk: anthropic.AsyncAnthropic,

@@ -22,7 +22,7 @@ from anyrouter_proxy.config.loader import (
     schema,
     schema_path,
 )
-from anyrouter_proxy.config.model import Config, KeyConfig, Limits
+from anyrouter_proxy.config.model import Budget, Config, KeyConfig, Limits
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "routes.yaml"
@@ -565,7 +565,7 @@ def test_a_model_without_pricing_that_a_credit_key_may_use_is_an_error(
     problem = only_problem(tmp_path, text)
     assert problem.path == "models.demo/echo.pricing"
     assert problem.line == line_of(text, "demo/echo:")
-    assert "key 'alice' has credits" in problem.message
+    assert "key 'alice' has credits or a budget" in problem.message
     assert "routes via a, b have no pricing" in problem.message
     assert "pricing: {prompt: 0, completion: 0}" in problem.message
 
@@ -610,10 +610,18 @@ def test_an_unpriced_model_is_fine_when_no_key_has_credits(tmp_path: Path) -> No
     assert parse(tmp_path, text).models["demo/echo"].pricing.prompt == 0
 
 
+def test_a_key_with_a_budget_is_metered_too(tmp_path: Path) -> None:
+    text = TWO_ROUTES + f"keys:\n  team:\n    key_sha256: {HASH_B}\n" \
+        "    budget: {usd: 5, period: day}\n"
+    problem = only_problem(tmp_path, text)
+    assert problem.path == "models.demo/echo.pricing"
+    assert "key 'team' has credits or a budget" in problem.message
+
+
 def test_every_metered_key_is_counted_in_the_message(tmp_path: Path) -> None:
     text = TWO_ROUTES + credit_key() + f"  bob: {{key_sha256: {HASH_B}, credits: 1}}\n"
     problem = only_problem(tmp_path, text)
-    assert "key 'alice' (and 1 more) has credits" in problem.message
+    assert "key 'alice' (and 1 more) has credits or a budget" in problem.message
 
 
 def test_billed_extras_are_priced_fields(tmp_path: Path) -> None:
@@ -765,9 +773,43 @@ def test_key_own_limits_win(tmp_path: Path) -> None:
 def test_key_optional_fields_default(tmp_path: Path) -> None:
     key = parse(tmp_path, BASE + f"keys:\n  alice: {{key_sha256: {HASH_A}}}\n").keys["alice"]
     assert key.credits is None
+    assert key.budget is None
     assert key.models is None
     assert key.disabled is False
     assert key.expires_at is None
+
+
+@pytest.mark.parametrize("period", ["day", "week", "month"])
+def test_key_budget_beside_or_instead_of_credits(tmp_path: Path, period: str) -> None:
+    text = (BASE + f"keys:\n  alice:\n    key_sha256: {HASH_A}\n"
+            f"    budget: {{usd: 50, period: {period}}}\n"
+            f"  bob:\n    key_sha256: {HASH_B}\n    credits: 10\n"
+            f"    budget: {{usd: 0.5, period: {period}}}\n")
+    keys = parse(tmp_path, text).keys
+    assert keys["alice"].budget == Budget(usd=50.0, period=period)
+    assert isinstance(keys["alice"].budget.usd, float) and keys["alice"].credits is None
+    assert (keys["bob"].credits, keys["bob"].budget) == (10.0, Budget(0.5, period))
+
+
+@pytest.mark.parametrize(("budget", "path", "message"), [
+    ("{usd: -1, period: day}", "keys.alice.budget.usd", "less than the minimum of 0"),
+    ("{usd: 5, period: year}", "keys.alice.budget.period", "'year' is not one of"),
+    ("{usd: 5}", "keys.alice.budget", "'period' is a required property"),
+    ("{period: day}", "keys.alice.budget", "'usd' is a required property"),
+    ("{usd: '5', period: day}", "keys.alice.budget.usd", "is not of type 'number'"),
+    ("{usd: 5, period: day, reset: daily}", "keys.alice.budget.reset", "unknown field"),
+    ("50", "keys.alice.budget", "is not of type 'object'"),
+])
+def test_bad_key_budget(tmp_path: Path, budget: str, path: str, message: str) -> None:
+    text = BASE + f"keys:\n  alice:\n    key_sha256: {HASH_A}\n    budget: {budget}\n"
+    problem = only_problem(tmp_path, text)
+    assert problem.path == path
+    assert problem.line == line_of(text, "budget:")
+    assert message in problem.message
+
+
+def test_example_has_a_key_with_a_budget(example: Config) -> None:
+    assert any(key.budget is not None for key in example.keys.values())
 
 
 def test_route_priority_defaults_to_position_and_weight_to_1(tmp_path: Path) -> None:

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from anyrouter_proxy import usage_store
+from anyrouter_proxy.batch_store import BatchStore
 from anyrouter_proxy.types import Attempt, GenerationRecord, Usage
 from anyrouter_proxy.usage_store import SCHEMA_VERSION, StoreError, UsageStore
+from tests.retention import GONE, ITEMS_PER_BATCH, KEPT, RESULT, RETENTION_DAYS, seed_batches
 
 
 def make_record(n: int = 1, **overrides: Any) -> GenerationRecord:
@@ -395,6 +397,30 @@ async def test_spend_by_key_survives_prune(store: UsageStore) -> None:
     assert await store.spend_by_key() == {"alice": 1.75, "bob": 2.0}
 
 
+async def test_spend_since_counts_rows_from_the_instant_on(store: UsageStore) -> None:
+    since = time.time() - 3600
+    store.record(make_record(1, key_name="alice", cost=1.5, created_at=since - 0.001))
+    store.record(make_record(2, key_name="alice", cost=0.25, created_at=since))
+    store.record(make_record(3, key_name="alice", cost=0.5, created_at=since + 10))
+    store.record(make_record(4, key_name="bob", cost=2.0, created_at=since + 20))
+    store.record(make_record(5, key_name="carol", cost=3.0, created_at=since - 86400))
+    await store.flush()
+    assert await store.spend_since(since) == {"alice": 0.75, "bob": 2.0}
+    assert await store.spend_since(since + 15) == {"bob": 2.0}
+    assert await store.spend_since(time.time() + 1) == {}
+
+
+def test_spend_since_searches_the_created_at_index(tmp_path: Path) -> None:
+    """A range of created_at, not a walk of every row, whatever the table holds."""
+    with sqlite3.connect(tmp_path / "plan.db") as db:
+        for step in usage_store.MIGRATIONS:
+            db.executescript(step)
+        plan = " ".join(str(row[-1]) for row in
+                        db.execute("EXPLAIN QUERY PLAN " + usage_store._SPEND_SINCE, (0.0,)))
+    db.close()
+    assert "SEARCH generations USING INDEX generations_created (created_at>?)" in plan
+
+
 async def test_prune_deletes_old_audit_rows(store: UsageStore) -> None:
     store.audit("auth_failed")
     await store.flush()
@@ -404,6 +430,22 @@ async def test_prune_deletes_old_audit_rows(store: UsageStore) -> None:
     db.close()
     assert await store.prune(1) == 1
     assert count(store.path, "audit") == 0
+
+
+async def test_prune_deletes_old_finished_batches_whole(store: UsageStore) -> None:
+    seed_batches(store)
+    await store.flush()
+    assert await store.prune(RETENTION_DAYS) == len(GONE) * (1 + ITEMS_PER_BATCH)
+    assert {r["id"] for r in rows(store.path, "SELECT id FROM batches")} == set(KEPT)
+    items = rows(store.path, "SELECT batch_id, item, result FROM batch_items")
+    assert {r["batch_id"] for r in items} == set(KEPT)  # no prompt or answer left behind
+    assert len(items) == len(KEPT) * ITEMS_PER_BATCH
+    batches = BatchStore(store)
+    assert await batches.load(GONE[0]) is None
+    kept = await batches.load("old-in-progress")
+    assert kept is not None and kept[0].results[0] == RESULT  # still resumable
+    assert await batches.unfinished() == ["old-in-progress", "old-cancelling"]
+    assert await store.prune(RETENTION_DAYS) == 0
 
 
 async def test_retention_task_prunes_in_background(store: UsageStore) -> None:
