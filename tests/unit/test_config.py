@@ -781,7 +781,8 @@ def test_key_optional_fields_default(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("period", ["day", "week", "month"])
 def test_key_budget_beside_or_instead_of_credits(tmp_path: Path, period: str) -> None:
-    text = (BASE + f"keys:\n  alice:\n    key_sha256: {HASH_A}\n"
+    priced = BASE.replace("  demo/echo:\n", "  demo/echo:\n    pricing: {prompt: 1}\n")
+    text = (priced + f"keys:\n  alice:\n    key_sha256: {HASH_A}\n"
             f"    budget: {{usd: 50, period: {period}}}\n"
             f"  bob:\n    key_sha256: {HASH_B}\n    credits: 10\n"
             f"    budget: {{usd: 0.5, period: {period}}}\n")
