@@ -120,15 +120,21 @@ def _search_tools(tools: Any, pricings: Sequence[Pricing]) -> int:
 
 
 def _has_cache_control(body: dict[str, Any]) -> bool:
+    """A `cache_control` at any depth (a hot loop: JSON gives only dicts and lists)."""
     stack: list[Any] = [body]
+    push = stack.append
     while stack:
         node = stack.pop()
         if node.__class__ is dict:
             if node.get("cache_control") is not None:
                 return True
-            stack.extend(v for v in node.values() if v.__class__ in (dict, list))
-        elif node.__class__ is list:
-            stack.extend(v for v in node if v.__class__ in (dict, list))
+            children = node.values()
+        else:
+            children = node
+        for child in children:
+            kind = child.__class__
+            if kind is dict or kind is list:
+                push(child)
     return False
 
 
