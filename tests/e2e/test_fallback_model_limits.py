@@ -75,11 +75,10 @@ async def test_skipped_everywhere_is_503_naming_the_model(
                                      {FALLBACK: {"requests_per_minute": 1}}))
     fake_openai.then(Behaviour(status=500))
     assert (await post_json(proxy, CHAT, body()))[0] == 200  # answered by the fallback
-    # The primary's only provider is at its own limits now, the fallback at its model's.
-    await proxy.gateway.quota.admit_provider(proxy.config.providers["openai"], 0)
-    proxy.gateway.board.get("openai").failure(proxy.gateway.board.clock())
+    # The primary's only provider has its circuit open now, the fallback is at its limits.
+    board = proxy.gateway.board
     for _ in range(1000):
-        proxy.gateway.board.get("openai").failure(proxy.gateway.board.clock())
+        board.get("openai").failure(board.clock())
     status, _, data = await post_json(proxy, CHAT, body())
     assert status == 503, data
     assert "spare/model: at its model_limits" in data["error"]["message"]
