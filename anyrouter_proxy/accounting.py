@@ -4,18 +4,22 @@ row, closed exactly once however the request ends (success, error, cancel)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
 from .config.model import Pricing
 from .credits import request_cost
 from .errors import ProxyError
+from .output_cap import OutputCap
 from .quota import Held, Reserved
-from .types import GenerationRecord, Usage
+from .types import ESTIMATED, NONE, PARTIAL, GenerationRecord, Usage
 
 if TYPE_CHECKING:
     from .metrics import Metrics
     from .usage_store import UsageStore
+
+OVERSPEND_TOLERANCE_USD = 1e-9  # float and rounding slack (costs are rounded to 1e-10)
 
 
 class Ledger:
@@ -26,13 +30,32 @@ class Ledger:
         self.metrics = metrics
 
 
+def settled_usage(reported: Usage | None, answered: bool, prompt_estimate: int,
+                  output_estimate: int) -> Usage:
+    """The usage a request is charged for: the provider's when it reported a final one;
+    its input with the output estimated when it reported input only (`partial`); else,
+    for an answer that began, the prompt estimate and the output estimated (`estimated`);
+    nothing for a request that got no answer."""
+    if reported is not None and reported.source == PARTIAL:
+        return dataclasses.replace(reported, completion_tokens=max(
+            reported.completion_tokens, output_estimate))
+    if reported is not None:
+        return reported
+    if not answered:
+        return Usage(source=NONE)
+    return Usage(prompt_tokens=prompt_estimate, completion_tokens=output_estimate,
+                 source=ESTIMATED)
+
+
 class Books:
-    __slots__ = ("_closed", "_ledger", "admission", "pricing", "prompt_estimate",
-                 "provider_admission", "record", "reservation", "started")
+    __slots__ = ("_closed", "_ledger", "admission", "cap", "min_web_searches",
+                 "model_admission", "pricing", "prompt_estimate", "provider_admission", "record",
+                 "reservation", "reserved_cost", "started", "token_estimate")
 
     def __init__(self, ledger: Ledger, record: GenerationRecord, pricing: Pricing,
                  admission: Held, reservation: Reserved,
-                 prompt_estimate: int) -> None:
+                 prompt_estimate: int, cap: OutputCap | None = None,
+                 reserved_cost: float | None = None, token_estimate: int = 0) -> None:
         self._ledger = ledger
         self._closed = False
         self.record = record
@@ -40,7 +63,13 @@ class Books:
         self.admission = admission
         self.reservation = reservation
         self.provider_admission: Held | None = None
+        # A fallback model's own model_limits, held for the attempt that answered.
+        self.model_admission: Held | None = None
         self.prompt_estimate = prompt_estimate
+        self.cap = cap  # the output reserved for: what the upstream is told it may write
+        self.reserved_cost = reserved_cost  # USD; None: not known, no overspend check
+        self.token_estimate = token_estimate  # what `admission` took from the token limits
+        self.min_web_searches = 0  # searches charged to an answer that reports fewer
         self.started = time.perf_counter()
 
     def elapsed_ms(self) -> float:
@@ -58,15 +87,22 @@ class Books:
             return self.record.cost
         self._closed = True
         rec = self.record
-        answered = rec.attempts and (rec.ttft_ms is not None
-                                     or (error is None and not cancelled))
-        if usage is None:
-            # Unreported usage is estimated only for an answer that (began to) come back;
-            # a request that failed or was dropped before any answer costs nothing.
-            usage = Usage(prompt_tokens=self.prompt_estimate, completion_tokens=completion_estimate,
-                          source="estimated") if answered else Usage(source="none")
+        # An answer began once its first event came, or (not streamed) once the upstream
+        # answered 200; a request that failed before that costs nothing. An estimate never
+        # goes past the output reserved: the upstream was told not to write more.
+        answered = bool(rec.attempts) and (rec.ttft_ms is not None or (
+            error is None and rec.attempts[-1].status == 200))
+        if self.cap is not None:
+            completion_estimate = min(completion_estimate, self.cap.total)
+        usage = settled_usage(usage, answered, self.prompt_estimate, completion_estimate)
+        if usage.source != NONE and usage.web_search_requests < self.min_web_searches:
+            # OpenAI reports no count: an answer that asked for search pays at least this
+            usage = dataclasses.replace(usage, web_search_requests=self.min_web_searches)
         rec.usage = usage
         rec.cost = request_cost(self.pricing, usage) if rec.attempts else 0.0
+        reserved = self.reserved_cost
+        if reserved is not None and rec.cost > reserved + OVERSPEND_TOLERANCE_USD:
+            self._overspent(rec, reserved)
         rec.cancelled = cancelled
         rec.status_code = error.status if error is not None else (499 if cancelled else status)
         rec.error_code = error.code if error is not None else ("cancelled" if cancelled else None)
@@ -77,10 +113,21 @@ class Books:
         total_tokens = usage.prompt_tokens + usage.completion_tokens
         self.admission.settle_tokens(total_tokens)
         self.admission.release()
-        if self.provider_admission is not None:
-            self.provider_admission.settle_tokens(total_tokens)
-            self.provider_admission.release()
+        for held in (self.provider_admission, self.model_admission):
+            if held is not None:
+                held.settle_tokens(total_tokens)
+                held.release()
         self._ledger.store.record(rec)
         # Metrics only observe: once the answer is out, not on the client's clock.
         asyncio.get_running_loop().call_soon(self._ledger.metrics.observe, rec)
         return rec.cost
+
+    def _overspent(self, rec: GenerationRecord, reserved: float) -> None:
+        """The provider reported more than was reserved: charged in full all the same,
+        and the excess counted and audited."""
+        self._ledger.metrics.overspent(rec.key_name, rec.cost - reserved)
+        self._ledger.store.audit("overspend", key_name=rec.key_name, trace_id=rec.trace_id,
+                                 detail={"generation_id": rec.id,
+                                         "reserved": round(reserved, 10),
+                                         "charged": rec.cost, "model": rec.model,
+                                         "provider": rec.provider})

@@ -1,7 +1,9 @@
 """POST /batch (SPEC §6): OpenAI batch-input items run as ordinary proxied requests.
 
 Each item passes the key's allow-list, limits and credits and gets its own generation id
-and usage row; a failing item fails alone. Sync batches answer when every item is done;
+and usage row; a failing item fails alone. Each item looks its key up again by name in the
+current config right before it runs, so a reload that disables, removes or lowers the
+credits of the key stops the items not yet started. Sync batches answer when every item is done;
 async ones answer 202 at once, keep their results in SQLite, and are resumed after a
 restart (items that were running when the process stopped are marked `interrupted`,
 since they may have reached the upstream; items not yet started run).
@@ -13,7 +15,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from .batch_store import DONE, PENDING, RUNNING, BatchRecord, BatchStore, custom
 from .config.model import KeyConfig
 from .errors import InternalError, InvalidRequest, ProxyError, RequestTooLarge
 from .gateway import Answer, Gateway, ProxyRequest
+from .ids import new_batch_id, new_batch_request_id
 from .types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 
 log = logging.getLogger(__name__)
@@ -46,10 +48,6 @@ class ItemError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
-
-
-def new_batch_id() -> str:
-    return "batch_" + os.urandom(12).hex()
 
 
 def endpoint_of(url: Any) -> str | None:
@@ -253,6 +251,9 @@ class BatchRunner:
             return _error_result(item, exc.code, exc.message)
         request = ProxyRequest(endpoint, body, key, batch.trace_id)
         try:
+            # The key as it is now: disabled, expired, removed or with lower credits since
+            # the batch began (or before a restart resumed it), the item is refused.
+            request.key = self.gateway.current_key(key.name, batch.trace_id)
             answer = await self.gateway.proxy(request)
         except ProxyError as exc:
             return _failed(item, endpoint, request.gen_id, exc)
@@ -323,7 +324,7 @@ class BatchRunner:
 
 
 def _result(item: Any, status: int, gen_id: str, body: Any) -> dict[str, Any]:
-    return {"id": "batch_req_" + os.urandom(8).hex(), "custom_id": custom_id(item),
+    return {"id": new_batch_request_id(), "custom_id": custom_id(item),
             "response": {"status_code": status, "request_id": gen_id, "body": body},
             "error": None}
 
@@ -333,7 +334,7 @@ def _failed(item: Any, endpoint: str, gen_id: str, exc: ProxyError) -> dict[str,
 
 
 def _error_result(item: Any, code: str, message: str) -> dict[str, Any]:
-    return {"id": "batch_req_" + os.urandom(8).hex(), "custom_id": custom_id(item),
+    return {"id": new_batch_request_id(), "custom_id": custom_id(item),
             "response": None, "error": {"code": code, "message": message}}
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config.loader import ConfigError, load_config, schema
 from .config.model import Config
+from .exposure import exposure_problem
 
 DEFAULT_CONFIG = "config/routes.yaml"
 KEY_PREFIX = "sk-ar-"
@@ -92,6 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load_or_report(args.config)
     if config is None:
+        return 1
+    problem = exposure_problem(config, args.host or config.server.host)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     return serve(config, host=args.host, port=args.port, log_level=args.log_level,
                  log_format=args.log_format)

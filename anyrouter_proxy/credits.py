@@ -1,18 +1,21 @@
 """Credit ledger and cost arithmetic (SPEC §3, §7; issue 5). Pure logic, no I/O.
 
 Before dispatch the gateway reserves a request's worst-case cost against the key's
-remaining credit; afterwards the reservation is settled to the real cost and the rest
-released. The ledger is only touched from the event loop and never awaits, so
-check-and-reserve is atomic: N concurrent requests cannot all see the same headroom.
+remaining credit and what its periodic budget has left (budget.py); afterwards the
+reservation is settled to the real cost and the rest released. The ledger is only touched
+from the event loop and never awaits, so check-and-reserve is atomic: N concurrent
+requests cannot all see the same headroom.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from anyrouter_proxy.config.model import KeyConfig, ModelConfig, Pricing
+from anyrouter_proxy.budget import ADJECTIVES, BudgetStatus, PeriodSpend, iso
+from anyrouter_proxy.config.model import Budget, KeyConfig, Pricing
 from anyrouter_proxy.errors import InsufficientCredits
 from anyrouter_proxy.types import Usage
 
@@ -33,12 +36,17 @@ PROMPT_FIELDS = (
 def request_cost(pricing: Pricing, usage: Usage) -> float:
     """USD for one request from the usage the upstream reported (OpenAI-style counts).
 
-    `prompt_tokens` includes `cached_tokens` and `completion_tokens` includes
-    `reasoning_tokens`; cached tokens are billed at `cached_prompt` and reasoning tokens
-    at `reasoning` when those are priced, otherwise at the plain rate.
+    `prompt_tokens` includes `cached_tokens` and `cache_write_tokens`, and
+    `completion_tokens` includes `reasoning_tokens`; cached tokens are billed at
+    `cached_prompt`, cache writes at `cache_write` and reasoning tokens at `reasoning` when
+    those are priced, otherwise at the plain rate. Each web search costs `web_search`, and
+    an answered request (usage source other than "none") `request` on top.
     """
-    cached = min(max(0, usage.cached_tokens), max(0, usage.prompt_tokens))
-    uncached = max(0, usage.prompt_tokens) - cached
+    prompt = max(0, usage.prompt_tokens)
+    cached = min(max(0, usage.cached_tokens), prompt)
+    written = 0 if pricing.cache_write is None else \
+        min(max(0, usage.cache_write_tokens), prompt - cached)
+    uncached = prompt - cached - written
     cached_price = pricing.prompt if pricing.cached_prompt is None else pricing.cached_prompt
     completion = max(0, usage.completion_tokens)
     if pricing.reasoning is None:
@@ -46,27 +54,20 @@ def request_cost(pricing: Pricing, usage: Usage) -> float:
     else:
         reasoning = min(max(0, usage.reasoning_tokens), completion)
         output = reasoning * pricing.reasoning + (completion - reasoning) * pricing.completion
-    total = (uncached * pricing.prompt + cached * cached_price + output) / PER_TOKENS
+    total = (uncached * pricing.prompt + cached * cached_price + output
+             + written * (pricing.cache_write or 0.0)) / PER_TOKENS
+    total += max(0, usage.web_search_requests) * (pricing.web_search or 0.0)
+    if pricing.request and usage.source != "none":
+        total += pricing.request
     return round(total, COST_DECIMALS)
 
 
-def worst_case_cost(
-    model: ModelConfig, prompt_tokens: int, max_tokens: int | None, default_max_tokens: int
-) -> float:
-    """SPEC §7 upper bound: prompt estimate x prompt price + output cap x dearest output price.
-
-    The output cap is the request's `max_tokens`, else the model's `max_output_tokens`,
-    else `server.default_max_tokens`.
-    """
-    if max_tokens is not None and max_tokens >= 0:
-        output = max_tokens
-    elif model.max_output_tokens is not None:
-        output = model.max_output_tokens
-    else:
-        output = default_max_tokens
-    pricing = model.pricing
+def worst_case_cost(pricing: Pricing, prompt_tokens: int, output_tokens: int) -> float:
+    """The most a request may cost: prompt estimate x prompt price + its worst-case output
+    (every choice at its cap, see output_cap.py) x the dearer of the output prices."""
     output_price = max(pricing.completion, pricing.reasoning or 0.0)
-    total = (max(0, prompt_tokens) * pricing.prompt + output * output_price) / PER_TOKENS
+    total = (max(0, prompt_tokens) * pricing.prompt + max(0, output_tokens) * output_price
+             ) / PER_TOKENS
     return round(total, COST_DECIMALS)
 
 
@@ -120,6 +121,18 @@ def insufficient_credits(name: str, credits: float, spent: float, reserved: floa
                   "requested": amount})
 
 
+def budget_exceeded(name: str, status: BudgetStatus, amount: float) -> InsufficientCredits:
+    """The 402 for a key whose budget period cannot cover `amount` (whichever backend keeps
+    the balance): what is left, and when the period resets."""
+    budget = status.budget
+    return InsufficientCredits(
+        f"Budget exceeded for key {name}: ${_usd(status.remaining)} of its "
+        f"{ADJECTIVES[budget.period]} budget of ${_usd(budget.usd)} remaining until it "
+        f"resets at {iso(status.window.end)}, this request may cost up to ${_usd(amount)}",
+        code="budget_exceeded",
+        metadata={"key": name, **status.as_json(), "requested": amount})
+
+
 def _usd(amount: float) -> str:
     """Dollars with cents, and more decimals only when the amount needs them."""
     text = f"{amount:.6f}".rstrip("0")
@@ -130,13 +143,14 @@ def _usd(amount: float) -> str:
 class CreditReservation:
     """A worst-case amount held against a key until the request's real cost is known."""
 
-    __slots__ = ("_done", "_ledger", "amount", "key_name")
+    __slots__ = ("_done", "_ledger", "amount", "at", "key_name")
 
-    def __init__(self, ledger: CreditLedger, key_name: str, amount: float) -> None:
+    def __init__(self, ledger: CreditLedger, key_name: str, amount: float, at: float) -> None:
         self._ledger = ledger
         self._done = False
         self.key_name = key_name
         self.amount = amount
+        self.at = at  # when it was reserved: its cost counts in that moment's periods
 
     @property
     def settled(self) -> bool:
@@ -153,7 +167,7 @@ class CreditReservation:
         self._done = True
         if not math.isfinite(actual_cost):
             actual_cost = self.amount
-        self._ledger._settle(self.key_name, self.amount, max(0.0, actual_cost))
+        self._ledger._settle(self.key_name, self.amount, max(0.0, actual_cost), self.at)
 
     def cancel(self) -> None:
         """Release without spending: the request never reached upstream."""
@@ -161,23 +175,35 @@ class CreditReservation:
 
 
 class CreditLedger:
-    """Spent and reserved USD per key name, in memory; rebuilt from the usage log at start."""
+    """Spent (in all, and per budget period) and reserved USD per key name, in memory;
+    rebuilt from the usage log at start. `clock` (Unix seconds) places periods."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self._spent: dict[str, float] = {}
         self._reserved: dict[str, float] = {}
         self._open: dict[str, int] = {}  # outstanding reservations per key
+        self._periods = PeriodSpend(clock())
 
     def load_spend(self, spend_by_key: Mapping[str, float]) -> None:
         """Set (not add) the spend of the given keys, e.g. sums from the usage log."""
         for name, amount in spend_by_key.items():
             self._spent[name] = max(0.0, float(amount))
 
+    def load_period_spend(self, period: str, start: float,
+                          spend_by_key: Mapping[str, float]) -> bool:
+        """Set the spend of the given keys in the `period` that began at `start` (sums from
+        the usage log); False when that period is over by now (nothing set)."""
+        return self._periods.load(period, start, spend_by_key, self.clock())
+
     def reserve(self, key: KeyConfig, amount: float) -> CreditReservation:
-        """Hold `amount` USD for a request, or raise InsufficientCredits (402).
+        """Hold `amount` USD for a request, or raise InsufficientCredits (402): code
+        insufficient_credits when the credits cannot cover it, else budget_exceeded when
+        the budget's period cannot (its spend + all open reservations + amount > usd).
 
         Keys with `credits: None` are unlimited but still get a reservation, so their
-        spend is recorded. `key.credits` is read on every call: reloads apply at once.
+        spend is recorded. `key.credits` and `key.budget` are read on every call: reloads
+        apply at once.
         """
         if not math.isfinite(amount):
             raise ValueError(f"credit reservation must be finite, got {amount!r}")
@@ -185,11 +211,16 @@ class CreditLedger:
         spent, reserved = self._spent.get(name, 0.0), self._reserved.get(name, 0.0)
         if key.credits is not None and spent + reserved + amount > key.credits + TOLERANCE:
             raise insufficient_credits(name, key.credits, spent, reserved, amount)
+        now = self.clock()
+        budget = key.budget
+        if budget is not None and self._periods.spent(name, budget.period, now) + reserved \
+                + amount > budget.usd + TOLERANCE:
+            raise budget_exceeded(name, self._budget_status(name, budget, now), amount)
         self._reserved[name] = reserved + amount
         self._open[name] = self._open.get(name, 0) + 1
-        return CreditReservation(self, name, amount)
+        return CreditReservation(self, name, amount, now)
 
-    def _settle(self, name: str, reserved: float, actual: float) -> None:
+    def _settle(self, name: str, reserved: float, actual: float, at: float) -> None:
         left = self._open.get(name, 0) - 1
         if left <= 0:  # nothing outstanding: drop accumulated float drift
             self._open.pop(name, None)
@@ -198,6 +229,8 @@ class CreditLedger:
             self._open[name] = left
             self._reserved[name] = max(0.0, self._reserved.get(name, 0.0) - reserved)
         self._spent[name] = self._spent.get(name, 0.0) + actual
+        if actual:
+            self._periods.add(name, at, actual, self.clock())
 
     def spent(self, key_name: str) -> float:
         return self._spent.get(key_name, 0.0)
@@ -210,3 +243,23 @@ class CreditLedger:
         if key.credits is None:
             return None
         return max(0.0, key.credits - self.spent(key.name) - self.reserved(key.name))
+
+    def note_period_spend(self, key_name: str, at: float, amount: float) -> None:
+        """Count spend settled elsewhere (on the shared backend) in the periods holding
+        `at`: this process's lower bound of a key's period spend."""
+        if amount > 0:
+            self._periods.add(key_name, at, amount, self.clock())
+
+    def period_spent(self, key_name: str, period: str) -> float:
+        """The key's spend in the current `period` (day, week or month)."""
+        return self._periods.spent(key_name, period, self.clock())
+
+    def budget(self, key: KeyConfig) -> BudgetStatus | None:
+        """The key's budget in its current period; None when it has none."""
+        if key.budget is None:
+            return None
+        return self._budget_status(key.name, key.budget, self.clock())
+
+    def _budget_status(self, name: str, budget: Budget, now: float) -> BudgetStatus:
+        return BudgetStatus(budget, self._periods.current(budget.period, now),
+                            self._periods.spent(name, budget.period, now), self.reserved(name))

@@ -23,7 +23,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
+
+TimeoutStage = Literal["upstream", "pool", "answer"]
 
 
 class ProxyError(Exception):
@@ -131,7 +133,17 @@ class ServiceUnavailable(ProxyError):
 
 
 class UpstreamTimeout(ProxyError):
+    """`stage` says where the time went: `upstream` (connecting, a stream's first event,
+    a stalled body: the provider's doing), `pool` (waiting for a free connection of the
+    proxy's own pool) or `answer` (the request was sent; its answer is not back yet)."""
+
     status, type, code = 504, "timeout_error", "upstream_timeout"
+    stage: TimeoutStage = "upstream"
+
+    def __init__(self, message: str, *, stage: TimeoutStage = "upstream",
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.stage = stage
 
 
 _BY_STATUS: dict[int, type[ProxyError]] = {

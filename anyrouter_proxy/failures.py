@@ -38,9 +38,19 @@ def worth_retrying(exc: ProxyError) -> bool:
     return exc.status == 429 or exc.status >= 500
 
 
-def counts_against_health(exc: ProxyError) -> bool:
-    """Failures that say the provider is unwell (rate limiting does not)."""
+def counts_against_health(exc: ProxyError, *, streamed: bool = True) -> bool:
+    """Failures that say the provider is unwell. Rate limiting does not, nor time spent
+    waiting for a free connection of our own pool, nor a non-stream answer that is slow
+    to come back once the upstream has the request (the client chose its length)."""
+    if isinstance(exc, UpstreamTimeout) and (exc.stage == "pool" or slow_answer(exc, streamed)):
+        return False
     return exc.status >= 500 and exc.code != "internal_error"
+
+
+def slow_answer(exc: ProxyError, streamed: bool) -> bool:
+    """A non-stream request that timed out after the upstream accepted it: it may still be
+    generating (and billing) there, so it is not sent again unless the config says so."""
+    return not streamed and isinstance(exc, UpstreamTimeout) and exc.stage == "answer"
 
 
 def retry_after_s(exc: ProxyError) -> float | None:

@@ -8,13 +8,11 @@ the server). Pre-stream failures raise `ProxyError`, after failover and retries.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import fnmatch
 import hashlib
 import hmac
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,7 +22,9 @@ from typing import Any, TypeVar
 import orjson
 
 from .accounting import Books, Ledger
-from .config.model import Config, KeyConfig, ModelConfig, Pricing
+from .billed_extras import NO_EXTRAS, Extras, check_extras
+from .config.model import Config, KeyConfig, ModelConfig, Pricing, ProviderConfig, is_metered
+from .connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
 from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
 from .errors import (
@@ -43,14 +43,17 @@ from .failures import (
     final_error,
     retry_after_s,
     should_fail_over,
+    slow_answer,
     upstream_failure,
     worth_retrying,
 )
 from .health import BreakerPolicy, HealthBoard
+from .ids import new_generation_id
+from .output_cap import OutputCap, cap_upstream_body, output_cap
 from .providers.anthropic import anthropic_headers
 from .providers.base import CallContext, Exchange
 from .providers.registry import exchange_for
-from .quota import Quota
+from .quota import NOTHING_HELD, Held, Quota
 from .routing import Target, fallback_models, parse_prefs, resolve_targets
 from .sse import SSEDecoder
 from .stream_session import StreamSession, discard, first_output
@@ -72,16 +75,6 @@ _DUMMY_DIGEST = "0" * 64
 T = TypeVar("T")
 
 
-# Generation ids need to be unique, not secret (a row is read only with its own key), so
-# they come from a generator seeded once from the OS rather than a syscall per request.
-_ids = random.Random(os.urandom(32))
-os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))  # never shared
-
-
-def new_generation_id() -> str:
-    return f"gen-{_ids.getrandbits(96):024x}"
-
-
 @dataclass(slots=True)
 class ProxyRequest:
     endpoint: str
@@ -92,6 +85,7 @@ class ProxyRequest:
     gen_id: str = field(default_factory=new_generation_id)
     client_headers: dict[str, str] = field(default_factory=dict)  # anthropic-version, -beta
     record: GenerationRecord | None = None  # its usage row, once it has one
+    extras: Extras = NO_EXTRAS  # what it may be billed beyond tokens, once checked
 
 
 @dataclass(slots=True)
@@ -117,6 +111,7 @@ class Gateway:
         self.quota = quota
         self.ledger = ledger
         self.board = HealthBoard(breaker_policies(config))
+        self.shares = ConnectionShares()
         self._draw = draw
         self._sleep = sleep
 
@@ -141,6 +136,17 @@ class Gateway:
             self.ledger.store.audit("auth_failed", trace_id=trace_id,
                                     detail={"key_prefix": token[:8], "client": client()})
             raise AuthenticationFailed("Invalid API key", code="invalid_api_key")
+        return self._usable(key, trace_id)
+
+    def current_key(self, name: str, trace_id: str | None = None) -> KeyConfig:
+        """The key called `name` in the current config, checked as `authenticate` checks
+        it: for work that runs long after its request was authenticated (batch items)."""
+        key = self.config.keys.get(name)
+        if key is None:
+            raise AuthenticationFailed(f"Key {name} no longer exists", code="invalid_api_key")
+        return self._usable(key, trace_id)
+
+    def _usable(self, key: KeyConfig, trace_id: str | None) -> KeyConfig:
         if key.disabled:
             self.ledger.store.audit("key_disabled", key_name=key.name, trace_id=trace_id)
             raise PermissionDenied(f"Key {key.name} is disabled", code="key_disabled")
@@ -207,7 +213,11 @@ class Gateway:
             endpoint_extra = self.endpoint_headers(req.endpoint)
             models = self._models_for(req, config)
             stream = _validate(req.endpoint, req.body)
+            cap = output_cap(req.endpoint, req.body, model_limit=models[0].max_output_tokens,
+                             default_max_tokens=config.server.default_max_tokens)
             targets = self._targets(req, models, config)
+            req.extras = check_extras(req.body, req.client_headers,
+                                      [t.pricing for t in targets], is_metered(req.key))
         except ProxyError as exc:
             self._refused(req, self.known_model(req.body, config), exc)
             raise
@@ -216,7 +226,10 @@ class Gateway:
                                     trace_id=req.trace_id,
                                     detail={"provider": req.forced_provider,
                                             "model": models[0].id})
-        books = await self._open_books(req, models[0], targets, stream, config)
+        # The first model that may answer is admitted (its model_limits included) with
+        # the request; a fallback model's own limits are admitted with its attempts.
+        books = await self._open_books(req, targets[0].model, targets, stream, cap)
+        books.min_web_searches = req.extras.min_searches
         headers = {"X-AnyRouter-Generation-Id": req.gen_id, **endpoint_extra}
         try:
             if stream:
@@ -244,15 +257,11 @@ class Gateway:
         self.ledger.metrics.observe(record)
 
     async def _open_books(self, req: ProxyRequest, model: ModelConfig, targets: list[Target],
-                    stream: bool, config: Config) -> Books:
-        body = req.body
-        prompt_tokens = estimate_prompt_tokens(body)
-        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-        max_tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None
-        tokens = prompt_tokens + (max_tokens or model.max_output_tokens
-                                  or config.server.default_max_tokens)
-        if req.endpoint == EMBEDDINGS:
-            tokens, max_tokens = prompt_tokens, 0
+                          stream: bool, cap: OutputCap) -> Books:
+        """Admit the request's worst case (prompt estimate + every choice at its output cap)
+        against the token limits and reserve its cost against the credits."""
+        prompt_tokens = estimate_prompt_tokens(req.body)
+        tokens = prompt_tokens + cap.total
         store, metrics = self.ledger.store, self.ledger.metrics
         try:
             admission = await self.quota.admit(req.key, model.id, tokens)
@@ -267,22 +276,21 @@ class Gateway:
             raise
         try:
             # The dearest of the routes that may answer bounds the reservation.
-            dearest = _dearest(targets)
-            worst = model if dearest == model.pricing else dataclasses.replace(
-                model, pricing=dearest)
-            cost = worst_case_cost(worst, prompt_tokens, max_tokens,
-                                   config.server.default_max_tokens)
+            cost = worst_case_cost(_dearest(targets), prompt_tokens, cap.total) \
+                + req.extras.reservation([t.pricing for t in targets], prompt_tokens)
             reservation = await self.quota.reserve(req.key, cost)
         except ProxyError as exc:
             admission.settle_tokens(0)  # refused: its token estimate goes back
             admission.release()
-            metrics.rejected(req.key.name, "insufficient_credits")
+            reason = "budget_exceeded" if exc.code == "budget_exceeded" else \
+                "insufficient_credits"
+            metrics.rejected(req.key.name, reason)
             self._refused(req, model.id, exc)
-            store.audit("insufficient_credits", key_name=req.key.name, trace_id=req.trace_id,
+            store.audit(reason, key_name=req.key.name, trace_id=req.trace_id,
                         detail={"model": model.id})
             raise
         books = Books(self.ledger, _new_record(req, model.id, stream), targets[0].pricing,
-                      admission, reservation, prompt_tokens)
+                      admission, reservation, prompt_tokens, cap, cost, token_estimate=tokens)
         store.journal(books.record, cost, prompt_tokens)  # charged at `cost` if we die now
         return books
 
@@ -299,9 +307,12 @@ class Gateway:
             raise InvalidRequest(f"No provider of model {targets[0].model.id} serves "
                                  f"{req.endpoint}", code="provider_not_available")
         include_usage = _include_usage(req.body)
+        output = books.cap if books.cap is not None and books.cap.tokens else None
         created = int(time.time())
+        admitted = targets[0].model.id  # whose model_limits the request's admission holds
         failures: list[ProxyError] = []
         skipped: list[str] = []
+        streamed = books.record.streamed
         for round_number in range(server.retries + 1):
             again: list[tuple[Target, Exchange]] = []
             wait = 0.0
@@ -311,42 +322,67 @@ class Gateway:
                 if not health.available(self.board.clock()):
                     skipped.append(f"{provider.id}: circuit open")
                     continue
-                admission = await self.quota.admit_provider(provider, books.prompt_estimate)
-                if admission is None:
+                model_admission = await self._admit_model(req, target, admitted, books)
+                if model_admission is None:
                     health.release_probe()
-                    skipped.append(f"{provider.id}: at its limits")
+                    skipped.append(f"{target.model.id}: at its model_limits")
+                    continue
+                try:
+                    share, refusal = await self._claim(provider, req.key.name,
+                                                       books.prompt_estimate)
+                except BaseException:  # e.g. the client left meanwhile
+                    model_admission.release()
+                    health.release_probe()
+                    raise
+                if share is None:
+                    model_admission.release()
+                    health.release_probe()
+                    skipped.append(f"{provider.id}: {refusal}")
                     continue
                 ctx = CallContext(req.gen_id, target.model.id, created, provider, target.route,
                                   books.record.streamed, include_usage,
-                                  server.default_max_tokens, req.client_headers, target.pricing)
+                                  server.default_max_tokens, req.client_headers, target.pricing,
+                                  output)
                 books.pricing = target.pricing  # what this attempt costs if it answers
                 books.record.model = target.model.id
+                # Held by the books from now on: an answer closes them within the attempt.
+                books.provider_admission, books.model_admission = share, model_admission
                 started = time.perf_counter()
                 try:
                     result = await attempt(req, ctx, exchange, books, headers)
                 except ProxyError as exc:
-                    admission.release()
-                    if counts_against_health(exc):
+                    books.provider_admission = books.model_admission = None
+                    share.release()
+                    model_admission.release()
+                    if counts_against_health(exc, streamed=streamed):
                         health.failure(self.board.clock())
                     else:
                         health.release_probe()
+                    _mark_last_attempt(books, exc)
+                    slow = slow_answer(exc, streamed)
+                    if slow:  # abandoned upstream, maybe still billed there: the operator's
+                        books.record.operator_cost += worst_case_cost(
+                            target.pricing, books.prompt_estimate,
+                            books.cap.total if books.cap is not None else 0)
                     if not should_fail_over(exc):
                         raise
                     failures.append(exc)
-                    _mark_last_attempt(books, exc)
+                    if slow and not server.retry_slow_answers:  # never generated twice
+                        raise final_error(targets[0].model, failures, skipped) from None
                     if worth_retrying(exc):
                         again.append((target, exchange))
                         wait = max(wait, retry_after_s(exc) or 0.0)
                     continue
                 except BaseException:
-                    admission.release()
+                    books.provider_admission = books.model_admission = None
+                    share.release()
+                    model_admission.release()
                     health.release_probe()
                     raise
                 if not isinstance(result, StreamSession):  # a stream reports when it ends
                     usage = books.record.usage
                     health.success(self.board.clock(), _ms_since(started),
                                    tokens=usage.completion_tokens)
-                books.provider_admission = admission
                 headers["X-AnyRouter-Provider"] = provider.id
                 headers.update(deprecation_headers(target.model))
                 return result
@@ -355,11 +391,43 @@ class Gateway:
             backoff = min(server.retry_backoff_s * 2 ** round_number, server.retry_backoff_max_s)
             await self._sleep(max(wait, backoff * (0.5 + self._draw() / 2)))
             candidates = again
+        if not failures and any(reason.endswith(SHARE_SKIP) for reason in skipped):
+            self.ledger.metrics.rejected(req.key.name, "connection_share")
+            raise share_exhausted(req.key.name, skipped)
         raise final_error(targets[0].model, failures, skipped)
+
+    async def _claim(self, provider: ProviderConfig, key_name: str,
+                     prompt_estimate: int) -> tuple[Share | None, str]:
+        """The key's place in the provider's pool, carrying the provider's own admission;
+        None and the reason when the key holds its share or the provider is at its limits."""
+        share = self.shares.take(provider, key_name)
+        if share is None:
+            return None, SHARE_SKIP
+        try:
+            share.admission = await self.quota.admit_provider(provider, prompt_estimate)
+        except BaseException:
+            share.release()
+            raise
+        if share.admission is None:
+            share.release()
+            return None, "at its limits"
+        return share, ""
+
+    async def _admit_model(self, req: ProxyRequest, target: Target, admitted: str,
+                           books: Books) -> Held | None:
+        """An attempt on a fallback model takes from that model's own model_limits (those
+        the request's admission does not hold); None when they are exhausted. A no-op
+        hold when the model is the one admitted."""
+        if target.model.id == admitted:
+            return NOTHING_HELD
+        return await self.quota.admit_model(req.key, target.model.id, admitted,
+                                            books.token_estimate)
 
     async def _send(self, ctx: CallContext, exchange: Exchange, body: dict[str, Any],
                     books: Books) -> UpstreamResponse:
         call = exchange.build(body, ctx)
+        if ctx.output is not None:  # whatever the exchange built, never more than reserved
+            cap_upstream_body(call.path, call.body, ctx.output)
         payload = _encode_body(call.body)
         upstream = self.mock if ctx.provider.kind == "mock" else self.http
         record = books.record
@@ -397,7 +465,7 @@ class Gateway:
         reply = exchange.reply(data, ctx)
         books.record.upstream_id = reply.upstream_id
         books.record.finish_reason = reply.finish_reason
-        cost = books.close(usage=reply.usage)
+        cost = books.close(usage=reply.usage, completion_estimate=reply.output_tokens)
         usage = reply.body.get("usage")
         if isinstance(usage, dict) and req.endpoint != MESSAGES:
             usage["cost"] = cost
@@ -433,9 +501,25 @@ class Gateway:
 
     async def count_tokens(self, req: ProxyRequest) -> Answer:
         """POST /messages/count_tokens: passed to the first Anthropic route (free upstream,
-        so it is not a generation); models without one get the local estimate."""
+        so it is not a generation); models without one get the local estimate. It takes
+        one request from the key's limits (and a concurrency slot while it runs)."""
         config = self.config
         model = self.model_for(req.key, req.body.get("model"), config)
+        try:
+            admission = await self.quota.admit(req.key, model.id, 0)
+        except RateLimited as exc:
+            self.ledger.metrics.rejected(req.key.name, "rate_limited")
+            self.ledger.store.audit("rate_limited", key_name=req.key.name,
+                                    trace_id=req.trace_id,
+                                    detail={"model": model.id, **(exc.metadata or {})})
+            raise
+        try:
+            return await self._count_tokens(req, model, config)
+        finally:
+            admission.release()
+
+    async def _count_tokens(self, req: ProxyRequest, model: ModelConfig,
+                            config: Config) -> Answer:
         for target in self._targets(req, [model], config):
             if target.provider.kind != "anthropic":
                 continue
@@ -538,10 +622,6 @@ def _validate(endpoint: str, body: dict[str, Any]) -> bool:
             raise InvalidRequest("'input' is required", param="input")
         if stream:
             raise InvalidRequest("Embeddings cannot be streamed", param="stream")
-    if endpoint == MESSAGES and (not isinstance(body.get("max_tokens"), int)
-                                 or isinstance(body.get("max_tokens"), bool)):
-        raise InvalidRequest("'max_tokens' is required and must be an integer",
-                             param="max_tokens")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("'stream_options' must be an object", param="stream_options")

@@ -72,6 +72,13 @@ class Metrics:
         self.credits_remaining = Gauge("anyrouter_key_credits_remaining_usd",
                                        "Credit left per key with credits (USD), at scrape "
                                        "time.", ["key"], registry=r)
+        self.budget_remaining = Gauge("anyrouter_key_budget_remaining_usd",
+                                      "Budget left in the current period per key with a "
+                                      "budget (USD), at scrape time.", ["key"], registry=r)
+        self.overspend = Counter("anyrouter_overspend_usd",
+                                 "USD charged beyond what was reserved, because a provider "
+                                 "reported more usage than the request's cap allowed.",
+                                 ["key"], registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -112,6 +119,9 @@ class Metrics:
             if seen is None or count > seen:
                 self._child(self.dropped_by_kind, kind).inc(count - (seen or 0))
                 self._dropped_seen[kind] = count
+
+    def overspent(self, key_name: str, usd: float) -> None:
+        self._child(self.overspend, key_name).inc(usd)
 
     def rejected(self, key_name: str, reason: str) -> None:
         self._child(self.rejections, key_name, reason).inc()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from .budget import BudgetStatus
 from .config.model import Config, KeyConfig, ProviderConfig
 from .credits import CreditLedger
 from .ratelimit import Limiter
@@ -25,11 +26,25 @@ class Held(Protocol):
 
 
 class Reserved(Protocol):
-    """A credit reservation: settled to the real cost (or cancelled)."""
+    """A credit reservation, held against the key's credits and its budget's period at
+    once: settled to the real cost (or cancelled)."""
 
     def settle(self, actual_cost: float) -> None: ...
 
     def cancel(self) -> None: ...
+
+
+class _NothingHeld:
+    """An admission that holds no limit."""
+
+    def settle_tokens(self, actual_tokens: int) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+NOTHING_HELD: Held = _NothingHeld()
 
 
 class Quota(Protocol):
@@ -39,6 +54,12 @@ class Quota(Protocol):
 
     async def admit_provider(self, provider: ProviderConfig,
                              estimated_tokens: int) -> Held | None: ...
+
+    async def admit_model(self, key: KeyConfig, model_id: str, admitted_model_id: str,
+                          estimated_tokens: int) -> Held | None:
+        """An attempt on a fallback model: its model_limits entries not already held by
+        the admission of `admitted_model_id`; None when one is exhausted."""
+        ...
 
     async def rate_headers(self, key: KeyConfig) -> dict[str, str]: ...
 
@@ -55,6 +76,16 @@ class Quota(Protocol):
     async def charge_interrupted(self, charges: Sequence[Interrupted]) -> None:
         """After `load_spend` at start: requests an earlier process died with, whose usage
         rows the start has just written (each charge once, whatever the backend saw)."""
+        ...
+
+    async def budget(self, key: KeyConfig) -> BudgetStatus | None:
+        """The key's budget in its current period; None when it has none."""
+        ...
+
+    async def load_period_spend(self, period: str, start: float,
+                                spend_by_key: Mapping[str, float]) -> None:
+        """The usage log's spend per key since `start`, the start of the current `period`
+        (day, week or month), at start-up."""
         ...
 
     async def close(self) -> None: ...
@@ -81,6 +112,10 @@ class MemoryQuota:
                              estimated_tokens: int) -> Held | None:
         return self.limiter.admit_provider(provider, estimated_tokens)
 
+    async def admit_model(self, key: KeyConfig, model_id: str, admitted_model_id: str,
+                          estimated_tokens: int) -> Held | None:
+        return self.limiter.admit_model(key, model_id, admitted_model_id, estimated_tokens)
+
     async def rate_headers(self, key: KeyConfig) -> dict[str, str]:
         return self.limiter.headers(key)
 
@@ -101,6 +136,13 @@ class MemoryQuota:
 
     async def charge_interrupted(self, charges: Sequence[Interrupted]) -> None:
         pass  # load_spend's sums, read after the rows were written, hold them already
+
+    async def budget(self, key: KeyConfig) -> BudgetStatus | None:
+        return self.ledger.budget(key)
+
+    async def load_period_spend(self, period: str, start: float,
+                                spend_by_key: Mapping[str, float]) -> None:
+        self.ledger.load_period_spend(period, start, spend_by_key)
 
     async def close(self) -> None:
         pass

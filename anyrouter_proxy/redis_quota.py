@@ -26,6 +26,13 @@ every replica that uses the same Redis and `state.key_prefix`:
   has run or never will (undoing earlier could overtake it).
 * Money is stored in integer units of 1e-10 USD (the precision costs are computed to),
   so sums never drift and the credit boundary is exact.
+* Budgets: a key with a `budget` has its period's spend in a key of its own, named by
+  the period's start on this replica's clock (keep replicas on NTP) and expiring an hour
+  after the period ends. The same reserve.lua call checks it against the budget (spend +
+  every open reservation of the key + amount) and the same settle.lua operation adds the
+  cost to the period it was reserved in: no extra round trip. It is seeded like the
+  lifetime spend: from the usage log at start-up where Redis has none, and from the
+  highest value this replica saw when Redis lost it.
 * Spend: Redis is the live truth while it is up. `load_spend` (the usage log's sums at
   start-up) writes a key's spend only where Redis has none (HSETNX): a replica starting
   beside running ones does not overwrite live spend. Each replica also keeps the highest
@@ -79,8 +86,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from .config.model import Config, KeyConfig, Limits, ProviderConfig
-from .credits import CreditReservation, insufficient_credits
+from .budget import BudgetStatus, Window, window
+from .config.model import Budget, Config, KeyConfig, Limits, ProviderConfig
+from .credits import CreditReservation, budget_exceeded, insufficient_credits
 from .errors import RateLimited, ServiceUnavailable
 from .quota import Held, MemoryQuota, Reserved
 from .ratelimit import LIMIT_NAMES, model_matcher, rate_headers, rate_limited
@@ -98,6 +106,7 @@ OUTBOX_BATCH = 256
 OUTBOX_RETRY_S = 300.0  # a settlement not delivered within this is dropped (logged)
 DONE_TTL_S = 2 * OUTBOX_RETRY_S  # dedup window of spend recorded without a reservation
 CLOSE_GRACE_S = 5.0
+BUDGET_KEY_MARGIN_S = 3600.0  # a period's spend outlives the period (clock skew, late settles)
 SPEND_CHECK_S = 1.0  # how often the spend marker is looked at
 SPEND_RETRY_S = 10.0  # a rebuild that failed (the usage log unreadable) is tried again
 REBUILD_TIMEOUT_S = 30.0
@@ -171,6 +180,16 @@ class _Op:
     args: tuple[str | int, ...]
     created: float
     seq: int
+    window: Window | None = None  # the budget period a settlement counts in
+
+
+@dataclass(frozen=True, slots=True)
+class _Period:
+    """The budget period a reservation counts in: its spend's Redis key and expiry."""
+
+    key: str
+    window: Window
+    expire_at_ms: int
 
 
 @dataclass(slots=True)
@@ -233,11 +252,14 @@ class RedisHeld:
 class RedisReserved:
     """A credit reservation in Redis; settling is queued, never awaited."""
 
-    __slots__ = ("_done", "_quota", "amount", "key_name", "rid")
+    __slots__ = ("_at", "_done", "_period", "_quota", "amount", "key_name", "rid")
 
-    def __init__(self, quota: RedisQuota, key_name: str, rid: str, amount: float) -> None:
+    def __init__(self, quota: RedisQuota, key_name: str, rid: str, amount: float,
+                 at: float, period: _Period | None = None) -> None:
         self._quota = quota
         self._done = False
+        self._at = at
+        self._period = period
         self.key_name = key_name
         self.rid = rid
         self.amount = amount
@@ -249,7 +271,10 @@ class RedisReserved:
         self._done = True
         if not math.isfinite(actual_cost):
             actual_cost = self.amount
-        self._quota._settle(self.key_name, self.rid, max(0.0, actual_cost), orphan=False)
+        actual_cost = max(0.0, actual_cost)
+        self._quota._settle(self.key_name, self.rid, actual_cost, orphan=False,
+                            period=self._period)
+        self._quota.local.ledger.note_period_spend(self.key_name, self._at, actual_cost)
 
     def cancel(self) -> None:
         self.settle(0.0)
@@ -259,11 +284,13 @@ class LocalReserved:
     """A reservation on this process's ledger (Redis unreachable, credits fail open); its
     spend is also queued for Redis, so the shared spend catches up when Redis returns."""
 
-    __slots__ = ("_inner", "_quota", "key_name")
+    __slots__ = ("_inner", "_period", "_quota", "key_name")
 
-    def __init__(self, quota: RedisQuota, key_name: str, inner: CreditReservation) -> None:
+    def __init__(self, quota: RedisQuota, key_name: str, inner: CreditReservation,
+                 period: _Period | None = None) -> None:
         self._quota = quota
         self._inner = inner
+        self._period = period
         self.key_name = key_name
 
     def settle(self, actual_cost: float) -> None:
@@ -273,7 +300,8 @@ class LocalReserved:
         if not math.isfinite(actual_cost):
             actual_cost = self._inner.amount
         actual_cost = max(0.0, actual_cost)
-        self._quota._settle(self.key_name, self._quota._new_id(), actual_cost, orphan=True)
+        self._quota._settle(self.key_name, self._quota._new_id(), actual_cost, orphan=True,
+                            period=self._period)
 
     def cancel(self) -> None:
         self.settle(0.0)
@@ -321,6 +349,10 @@ class RedisQuota:
         self._scopes: dict[tuple[str, str], tuple[KeyConfig, tuple[_Scope, ...]]] = {}
         self._rates: dict[str, _RateCache] = {}
         self._seen: dict[str, float] = {}  # the highest spend seen per key: a lower bound
+        # ... and per key and budget period: {name: {period: (start, spent)}}
+        self._seen_periods: dict[str, dict[str, tuple[float, float]]] = {}
+        self._windows: dict[str, Window] = {}
+        self._budgets: dict[str, Budget] = {}
         self._outbox: collections.deque[_Op] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._progress: asyncio.Condition | None = None
@@ -340,7 +372,7 @@ class RedisQuota:
         self._check_at = 0.0
         self._suspect = False
         self._checked = asyncio.Event()  # replaced after each look at the marker
-        self._rebuilt_at_start = False
+        self._from_log: set[str] = set()  # keys whose spend load_spend wrote to Redis
         self._configure(config)
 
     # -- configuration --------------------------------------------------------------
@@ -353,6 +385,12 @@ class RedisQuota:
             for pid, provider in config.providers.items()
             if provider.limits is not None and provider.limits != Limits()}
         self._scopes.clear()
+        self._budgets = {name: key.budget for name, key in config.keys.items()
+                         if key.budget is not None}
+        ledger = self.local.ledger
+        for name, budget in self._budgets.items():  # a budget new to Redis starts from here
+            self._saw_period(name, self._window(budget.period),
+                             ledger.period_spent(name, budget.period))
 
     def reconfigure(self, config: Config) -> None:
         """Limits and credits follow reloads (capacities resize in Redis on the next
@@ -378,6 +416,22 @@ class RedisQuota:
     def _provider_scope(self, pid: str, limits: Limits) -> _Scope:
         owner = f"provider:{pid}"
         return _Scope(owner, self._key(owner, "b"), self._key(owner, "cc"), limits)
+
+    def _window(self, period: str, at: float | None = None) -> Window:
+        """The `period` holding `at` (default: now, on the local ledger's clock)."""
+        at = self.local.ledger.clock() if at is None else at
+        current = self._windows.get(period)
+        if current is not None and current.holds(at):
+            return current
+        found = window(period, at)
+        if current is None or found.start > current.start:  # the latest one is cached
+            self._windows[period] = found
+        return found
+
+    def _period(self, name: str, budget: Budget, at: float | None = None) -> _Period:
+        span = self._window(budget.period, at)
+        return _Period(self._key(f"key:{name}", f"budget:{span.period}:{int(span.start)}"),
+                       span, math.ceil((span.end + BUDGET_KEY_MARGIN_S) * 1000))
 
     def _key_scope(self, name: str) -> tuple[str, str]:
         return self._key(f"key:{name}", "b"), self._key(f"key:{name}", "cc")
@@ -463,11 +517,13 @@ class RedisQuota:
             self.on_fallback("limits")
 
     def _credits_unavailable(self, key: KeyConfig) -> None:
-        if key.credits is not None and self._state.credits_on_error == "closed":
+        metered = key.credits is not None or key.budget is not None
+        if metered and self._state.credits_on_error == "closed":
             self.refusals["credits"] += 1
             raise ServiceUnavailable(
                 "Credit state is unavailable (the proxy cannot reach Redis), so requests on "
-                "keys with credits are refused until it answers; try again shortly",
+                "keys with credits or a budget are refused until it answers; try again "
+                "shortly",
                 code="state_unavailable", headers={"Retry-After": "1"})
         self.fallbacks["credits"] += 1
         if self.on_fallback is not None:
@@ -528,24 +584,46 @@ class RedisQuota:
             if provider.limits is None or provider.limits == Limits():
                 return NO_LIMITS
             scope = self._provider_scope(provider.id, provider.limits)
+        return await self._admit_or_skip(
+            (scope,), estimated_tokens, "admit_provider",
+            lambda: self.local.admit_provider(provider, estimated_tokens))
+
+    async def admit_model(self, key: KeyConfig, model_id: str, admitted_model_id: str,
+                          estimated_tokens: int) -> Held | None:
+        held = {scope.pattern for scope in self._scopes_for(key, admitted_model_id)}
+        scopes = tuple(scope for scope in self._scopes_for(key, model_id)[1:]
+                       if scope.pattern not in held)
+        if not scopes:
+            return NO_LIMITS
+        return await self._admit_or_skip(
+            scopes, estimated_tokens, "admit_model",
+            lambda: self.local.admit_model(key, model_id, admitted_model_id,
+                                           estimated_tokens))
+
+    async def _admit_or_skip(self, scopes: tuple[_Scope, ...], estimated_tokens: int,
+                             what: str, locally: Callable[[], Awaitable[Held | None]]
+                             ) -> Held | None:
+        """Admit against `scopes` (all or nothing), or None when one is exhausted: for
+        what routing skips rather than refuses (a provider, a fallback model)."""
         if not self.available:
             self._limits_unavailable()
-            return await self.local.admit_provider(provider, estimated_tokens)
+            return await locally()
         estimate = max(0, estimated_tokens)
         member = self._new_id()
         try:
-            result = await self._run_admit((scope,), estimate, member)
+            result = await self._run_admit(scopes, estimate, member)
         except FAILED_OR_CANCELLED as exc:
-            self._compensate("r", scope.owner, (scope.inflight,), (member,))
+            self._compensate("r", scopes[0].owner, tuple(s.inflight for s in scopes),
+                             (member,))
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            self._failed(exc, "admit_provider")
+            self._failed(exc, what)
             self._limits_unavailable()
-            return await self.local.admit_provider(provider, estimated_tokens)
+            return await locally()
         self._succeeded()
         if int(result[0]) != 1:
             return None
-        return RedisHeld(self, member, (scope,), estimate)
+        return RedisHeld(self, member, scopes, estimate)
 
     def _cached_headers(self, key: KeyConfig) -> dict[str, str]:
         cache = self._rates.get(key.name)
@@ -603,12 +681,26 @@ class RedisQuota:
         if spent > self._seen.get(name, 0.0):
             self._seen[name] = spent
 
+    def _period_floor(self, name: str, span: Window) -> int:
+        start, spent = self._seen_periods.get(name, {}).get(span.period, (None, 0.0))
+        return to_units(spent) if start == span.start else 0
+
+    def _saw_period(self, name: str, span: Window, spent: float) -> None:
+        periods = self._seen_periods.setdefault(name, {})
+        start, before = periods.get(span.period, (-math.inf, 0.0))
+        if span.start > start or (span.start == start and spent > before):
+            periods[span.period] = (span.start, spent)
+
     def _sync_local(self, name: str) -> None:
-        """Bring the local ledger's spend up to the highest spend seen in Redis."""
+        """Bring the local ledger's spend (in all, and in its budget periods) up to the
+        highest spend seen in Redis."""
         ledger = self.local.ledger
         seen = self._seen.get(name, 0.0)
         if ledger.spent(name) < seen:
             ledger.load_spend({name: seen})
+        for period, (start, spent) in self._seen_periods.get(name, {}).items():
+            if ledger.period_spent(name, period) < spent:
+                ledger.load_period_spend(period, start, {name: spent})
 
     async def reserve(self, key: KeyConfig, amount: float) -> Reserved:
         if not math.isfinite(amount):
@@ -616,12 +708,19 @@ class RedisQuota:
         name, amount = key.name, max(0.0, amount)
         if not self.available:
             return self._reserve_locally(key, amount)
-        rid = self._new_id()
+        rid, at = self._new_id(), self.local.ledger.clock()
         credits = -1 if key.credits is None else to_units(key.credits)
+        keys: tuple[str, ...] = self._credit_keys(name)[:3]
+        args: tuple[str | int, ...] = (to_units(amount), credits, rid, self._lease_ms,
+                                       self._floor(name))
+        budget, period = key.budget, None
+        if budget is not None:
+            period = self._period(name, budget, at)
+            keys += (period.key,)
+            args += (to_units(budget.usd), self._period_floor(name, period.window),
+                     period.expire_at_ms)
         try:
-            ok, spent_u, reserved_u = await self._eval(
-                RESERVE, self._credit_keys(name)[:3],
-                (to_units(amount), credits, rid, self._lease_ms, self._floor(name)))
+            ok, spent_u, reserved_u, period_u = await self._eval(RESERVE, keys, args)
         except FAILED_OR_CANCELLED as exc:
             self._compensate("s", f"key:{name}", self._credit_keys(name),  # reserved or not
                              (rid, 0, "0", 0, 0))
@@ -630,26 +729,39 @@ class RedisQuota:
             self._failed(exc, "reserve")
             return self._reserve_locally(key, amount)
         self._succeeded()
-        spent = from_units(float(spent_u))
+        spent, reserved = from_units(float(spent_u)), from_units(float(reserved_u))
         self._saw(name, spent)
+        if period is not None:
+            self._saw_period(name, period.window, from_units(float(period_u)))
         if int(ok) == 1:
             self._open[rid] = (name, to_units(amount))
-            return RedisReserved(self, name, rid, amount)
+            return RedisReserved(self, name, rid, amount, at, period)
+        if int(ok) == 2:
+            assert budget is not None and period is not None
+            raise budget_exceeded(name, BudgetStatus(
+                budget, period.window, from_units(float(period_u)), reserved), amount)
         assert key.credits is not None
-        raise insufficient_credits(name, key.credits, spent, from_units(float(reserved_u)),
-                                   amount)
+        raise insufficient_credits(name, key.credits, spent, reserved, amount)
 
     def _reserve_locally(self, key: KeyConfig, amount: float) -> Reserved:
         self._credits_unavailable(key)
         self._sync_local(key.name)
-        return LocalReserved(self, key.name, self.local.ledger.reserve(key, amount))
+        inner = self.local.ledger.reserve(key, amount)
+        period = None if key.budget is None else self._period(key.name, key.budget, inner.at)
+        return LocalReserved(self, key.name, inner, period)
 
-    def _settle(self, name: str, rid: str, actual: float, *, orphan: bool) -> None:
+    def _settle(self, name: str, rid: str, actual: float, *, orphan: bool,
+                period: _Period | None = None) -> None:
         if orphan and actual <= 0:
             return
-        self._enqueue("s", f"key:{name}", (*self._credit_keys(name), self._marker),
-                      (rid, to_units(actual), "1" if orphan else "0",
-                       math.ceil(DONE_TTL_S * 1000), self._floor(name)))
+        keys: tuple[str, ...] = (*self._credit_keys(name), self._marker)
+        args: tuple[str | int, ...] = (rid, to_units(actual), "1" if orphan else "0",
+                                       math.ceil(DONE_TTL_S * 1000), self._floor(name))
+        if period is not None:  # the cost counts in the period it was reserved in
+            keys += (period.key,)
+            args += (self._period_floor(name, period.window), period.expire_at_ms)
+        self._enqueue("s", f"key:{name}", keys, args,
+                      window=None if period is None else period.window)
 
     async def spent(self, key_name: str) -> float:
         """The key's spend across replicas (USD). Never raises: this replica's view when
@@ -693,6 +805,60 @@ class RedisQuota:
         self._sync_local(key.name)
         return self.local.ledger.remaining(key)
 
+    async def budget(self, key: KeyConfig) -> BudgetStatus | None:
+        """The key's budget in its current period across replicas. Never raises: this
+        replica's view when Redis is unreachable."""
+        budget = key.budget
+        if budget is None:
+            return None
+        name = key.name
+        if self.available:
+            period = self._period(name, budget)
+            await self._caught_up()
+            try:
+                spent_u, reserved_u, period_u = await self._eval(
+                    CREDIT_STATE, (*self._credit_keys(name)[:3], period.key),
+                    (self._floor(name), self._period_floor(name, period.window)))
+            except UNAVAILABLE as exc:
+                self._failed(exc, "budget")
+            else:
+                self._succeeded()
+                self._saw(name, from_units(float(spent_u)))
+                spent = from_units(float(period_u))
+                self._saw_period(name, period.window, spent)
+                return BudgetStatus(budget, period.window, spent,
+                                    from_units(float(reserved_u)))
+        self._sync_local(name)
+        return self.local.ledger.budget(key)
+
+    async def load_period_spend(self, period: str, start: float,
+                                spend_by_key: Mapping[str, float]) -> None:
+        """Like load_spend, for the current `period` (which began at `start`): a lower
+        bound for every key, written to Redis for the keys with a budget of that period
+        where Redis has none (SET NX)."""
+        await self.local.load_period_spend(period, start, spend_by_key)
+        span = self._window(period)
+        if span.start != start:  # that period is over already: nothing of it counts
+            return
+        for name, amount in spend_by_key.items():
+            self._saw_period(name, span, max(0.0, float(amount)))
+        seeds = [(self._period(name, budget), to_units(max(0.0, spend_by_key[name])))
+                 for name, budget in self._budgets.items()
+                 if budget.period == period and spend_by_key.get(name, 0.0) > 0]
+        if not seeds:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for target, units in seeds:
+                    pipe.set(target.key, units, nx=True, pxat=target.expire_at_ms)
+                await pipe.execute()
+        except UNAVAILABLE as exc:
+            self._failed(exc, "load_period_spend")
+            log.warning("could not seed budget spend in Redis at start-up; each key is "
+                        "seeded from the usage log on its first request instead")
+        else:
+            self._succeeded()
+
     async def load_spend(self, spend_by_key: Mapping[str, float]) -> None:
         """The usage log's spend per key, at start-up: kept as this replica's lower bound
         and written to Redis only where Redis has none (HSETNX; Redis is the live truth
@@ -707,16 +873,22 @@ class RedisQuota:
                     pipe.script_load(script.text)
                 pipe.get(self._marker)
                 marker = _text((await pipe.execute())[-1])
+            rebuilt = False
             if marker is None:
-                self._rebuilt_at_start, marker = await self._rebuild_spend(
+                rebuilt, marker = await self._rebuild_spend(
                     "claim", self._new_marker(), spend_by_key, {})
             self._epoch = marker
-            if not self._rebuilt_at_start:
+            if rebuilt:
+                self._from_log = set(spend_by_key)
+            else:
+                names = list(spend_by_key)
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for name, amount in spend_by_key.items():
+                    for name in names:
                         pipe.hsetnx(self._credit_keys(name)[0], "spent",
-                                    to_units(max(0.0, float(amount))))
-                    await pipe.execute()
+                                    to_units(max(0.0, float(spend_by_key[name]))))
+                    written = await pipe.execute()
+                self._from_log = {name for name, new in zip(names, written, strict=True)
+                                  if new}
         except UNAVAILABLE as exc:
             self._failed(exc, "load_spend")
             log.warning("could not seed spend in Redis at start-up; each key is seeded "
@@ -726,12 +898,12 @@ class RedisQuota:
         self._start_worker()
 
     async def charge_interrupted(self, charges: Sequence[Interrupted]) -> None:
-        """Spend without a reservation, once per generation id; nothing when load_spend
-        wrote the usage log's sums (they hold it)."""
-        if self._rebuilt_at_start:
-            return
+        """Spend without a reservation, once per generation id; nothing for the keys whose
+        spend load_spend wrote from the usage log (the sums hold it). Budget periods are
+        left to their own seeding."""
         for charge in charges:
-            self._settle(charge.key_name, charge.gen_id, charge.cost, orphan=True)
+            if charge.key_name not in self._from_log:
+                self._settle(charge.key_name, charge.gen_id, charge.cost, orphan=True)
 
     # -- spend lost by Redis ---------------------------------------------------------
 
@@ -834,12 +1006,13 @@ class RedisQuota:
     # -- the background outbox ----------------------------------------------------
 
     def _enqueue(self, kind: str, owner: str, keys: tuple[str, ...],
-                 args: tuple[str | int, ...]) -> None:
+                 args: tuple[str | int, ...], *, window: Window | None = None) -> None:
         if self._closed:  # a request that outlived the shutdown: nothing left to send with
             self._drop(1, "the quota is closed")
             return
         self._queued += 1
-        self._outbox.append(_Op(kind, owner, keys, args, time.monotonic(), self._queued))
+        self._outbox.append(_Op(kind, owner, keys, args, time.monotonic(), self._queued,
+                                window))
         if len(self._outbox) > OUTBOX_MAX:
             self._forget(self._outbox.popleft())
             self._drop(1, "the queue of settlements for Redis is full")
@@ -962,7 +1135,8 @@ class RedisQuota:
                     self._settled(op, result)
 
     def _settled(self, op: _Op, result: Any) -> None:
-        applied, spent = (result.decode() if isinstance(result, bytes) else result).split()
+        applied, spent, *period = (result.decode() if isinstance(result, bytes)
+                                   else result).split()
         name = op.owner.removeprefix("key:")
         if applied == "2":  # its reservation went with Redis's data: look at once
             self._suspect = True
@@ -973,6 +1147,8 @@ class RedisQuota:
                      op.args[0], name)
         if float(spent) >= 0:
             self._saw(name, from_units(float(spent)))
+        if period and op.window is not None:
+            self._saw_period(name, op.window, from_units(float(period[0])))
 
     async def _pipeline(self, calls: Sequence[Sequence[_Op]]) -> list[Any]:
         """settle.lua once per call; an error answer comes back in place of its result."""

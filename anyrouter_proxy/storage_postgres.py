@@ -30,6 +30,7 @@ from .types import Interrupted
 from .usage_store import (
     _INSERT_GENERATION,
     GENERATION_COLUMNS,
+    PRUNE_STATEMENTS,
     StoreError,
     UsageStore,
     _Item,
@@ -79,7 +80,9 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (batch_id, idx)
     );
     """,
-    # 2 -> 3: the reservation journal of requests in flight (journal.py).
+    # 2 -> 3: the estimated upstream cost of abandoned attempts, which the key does not pay.
+    "ALTER TABLE generations ADD COLUMN operator_cost DOUBLE PRECISION NOT NULL DEFAULT 0",
+    # 3 -> 4: the reservation journal of requests in flight (journal.py).
     JOURNAL_TABLE.format(real="DOUBLE PRECISION"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -122,6 +125,9 @@ _SPEND = """
     SELECT key_name, SUM(cost) AS cost FROM (
         SELECT key_name, cost FROM generations UNION ALL SELECT key_name, cost FROM spend_carryover
     ) AS spend GROUP BY key_name
+"""
+_SPEND_SINCE = """
+    SELECT key_name, SUM(cost) AS cost FROM generations WHERE created_at >= ? GROUP BY key_name
 """
 # Errors that no retry can cure: the rows themselves are bad (out of range, NOT NULL,
 # a statement that does not fit the schema). asyncpg's client-side encoding errors are
@@ -303,13 +309,22 @@ class PostgresUsageStore(UsageStore):
                              f"{self.where}: {self._scrub(exc)}") from exc
         return found
 
+    async def spend_since(self, since: float) -> dict[str, float]:
+        try:
+            rows = await self.fetch(_SPEND_SINCE, (since,))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot read spend from usage database {self.where}: "
+                             f"{self._scrub(exc)}") from exc
+        return {str(row["key_name"]): float(row["cost"]) for row in rows}
+
     async def prune(self, retention_days: int) -> int:
         cutoff = time.time() - retention_days * 86400
         pool = self._require_pool()
         async with pool.acquire(timeout=self.connect_timeout_s) as conn, conn.transaction():
             deleted = int(await conn.fetchval(_PRUNE_GENERATIONS, cutoff))
-            status = await conn.execute("DELETE FROM audit WHERE created_at < $1", cutoff)
-            deleted += int(str(status).rsplit(" ", 1)[-1])  # "DELETE <count>"
+            for statement in PRUNE_STATEMENTS:
+                status = await conn.execute(to_postgres(statement), cutoff)
+                deleted += int(str(status).rsplit(" ", 1)[-1])  # "DELETE <count>"
         return deleted
 
     async def _retain(self, retention_days: int, interval_s: float) -> None:

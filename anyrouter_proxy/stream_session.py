@@ -101,16 +101,13 @@ class StreamSession:
         """Write the whole stream, then `end` with its last bytes (the normal end or an
         error event) in the same write as the end of the body."""
         translator, books = self._translator, self._books
-        events = 0  # a client gone before the first write got nothing (as abandon())
         try:
             await write(b"".join(self._pending))
-            events = len(self._pending)
             if self._failure is not None:
                 raise self._failure
             async for chunk in self._chunks:
                 out, failure = translate(chunk, self._decoder, translator)
                 if out:
-                    events += len(out)
                     await write(b"".join(out))
                 if failure is not None:
                     raise failure
@@ -122,23 +119,23 @@ class StreamSession:
                 # seen the end yet), so a /generation sent after the end finds the row.
                 await end(b"".join(tail))
             finally:  # the answer was complete even if the client left at the last byte
-                books.close(usage=translator.usage, completion_estimate=events)
+                self._close()
                 self._ended(completion_tokens=books.record.usage.completion_tokens)
         except ProxyError as exc:
             self._fill_record()
             self._ended(failure=exc)
-            books.close(error=exc, usage=translator.usage, completion_estimate=events)
+            self._close(error=exc)
             await end(stream_error_event(self.endpoint, exc))
         except (asyncio.CancelledError, ConnectionError):
             self._fill_record()
             self._ended(cancelled=True)
-            books.close(cancelled=True, usage=translator.usage, completion_estimate=events)
+            self._close(cancelled=True)
             raise
         except Exception:  # a bug of ours: the books still close, the client hears of it
             failure = internal_failure(log, "stream relay")
             self._fill_record()
             self._ended(failure=failure)
-            books.close(error=failure, usage=translator.usage, completion_estimate=events)
+            self._close(error=failure)
             with contextlib.suppress(Exception):
                 await end(stream_error_event(self.endpoint, failure))
         finally:
@@ -153,8 +150,15 @@ class StreamSession:
         """The client went away before the relay began."""
         self._ended(cancelled=True)
         self._fill_record()
-        self._books.close(cancelled=True, usage=self._translator.usage)
+        self._close(cancelled=True)
         await discard(self._response, self._chunks)
+
+    def _close(self, *, error: ProxyError | None = None, cancelled: bool = False) -> None:
+        """Every answer that began is charged: the provider's usage when it reported a
+        final one, else the output relayed so far estimated (accounting.settled_usage)."""
+        translator = self._translator
+        self._books.close(error=error, cancelled=cancelled, usage=translator.usage,
+                          completion_estimate=translator.output_tokens)
 
     def _fill_record(self) -> None:
         record = self._books.record

@@ -26,7 +26,15 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
-    source: str = "upstream"  # upstream | estimated
+    web_search_requests: int = 0  # server-side web searches the provider ran (billed each)
+    source: str = "provider"  # PROVIDER | PARTIAL | ESTIMATED | NONE
+
+
+# Usage.source: where a usage row's counts come from.
+PROVIDER = "provider"  # the provider's own final usage
+PARTIAL = "partial"  # the provider reported the input only; the output is estimated
+ESTIMATED = "estimated"  # no usage from the provider: prompt and output estimated
+NONE = "none"  # no answer, nothing charged
 
 
 @dataclass(slots=True)
@@ -48,7 +56,8 @@ class GenerationRecord:
     status_code: int = 200
     error_code: str | None = None
     usage: Usage = field(default_factory=Usage)
-    cost: float = 0.0
+    cost: float = 0.0  # what the key is charged
+    operator_cost: float = 0.0  # estimated upstream cost of abandoned attempts, not charged
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     generation_time_ms: float | None = None

@@ -12,17 +12,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from contextvars import ContextVar
 from typing import Protocol
 
 import aiohttp
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 
 from .config.model import ProviderConfig, Timeouts
-from .errors import UpstreamError, UpstreamTimeout
+from .errors import TimeoutStage, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a non-stream answer larger than this is refused
-POOL_SIZE_PER_PROVIDER = 256
 
 
 class UpstreamResponse(Protocol):
@@ -148,22 +151,62 @@ class HttpResponse:
         self._response.close()
 
 
-class HttpUpstream:
-    """One ClientSession per provider (and its timeouts), created on first use and kept
-    until a config reload retires it."""
+class _Progress:
+    """How far the request being sent got: `queued` when the pool had no free connection
+    as it asked for one, `connected` once it had one (its request then goes out)."""
+
+    __slots__ = ("connected", "queued")
 
     def __init__(self) -> None:
-        self._sessions: dict[tuple[str, Timeouts], aiohttp.ClientSession] = {}
+        self.queued = False
+        self.connected = False
+
+
+# The send in progress in this task, for PoolConnector (set and reset around each send).
+_SENDING: ContextVar[_Progress | None] = ContextVar("anyrouter_sending", default=None)
+
+
+class PoolConnector(aiohttp.TCPConnector):
+    """A provider's pool that tells the send in progress (`_SENDING`) whether it queued
+    for a free connection and when it got one: time spent waiting for our own pool is
+    not the provider's fault (see `HttpUpstream.send`)."""
+
+    async def connect(self, req: ClientRequest, traces: list[Trace],
+                      timeout: aiohttp.ClientTimeout) -> Connection:
+        progress = _SENDING.get()
+        if progress is not None and self._full(req):
+            progress.queued = True
+        connection = await super().connect(req, traces, timeout)
+        if progress is not None:
+            progress.connected = True
+        return connection
+
+    def _full(self, req: ClientRequest) -> bool:
+        try:
+            return self._available_connections(req.connection_key) <= 0
+        except AttributeError:  # an aiohttp without it: a wait then counts as the provider's
+            return False
+
+
+SessionKey = tuple[str, Timeouts, int]
+
+
+class HttpUpstream:
+    """One ClientSession per provider (its timeouts and pool size), created on first use
+    and kept until a config reload retires it."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[SessionKey, aiohttp.ClientSession] = {}
         self._retiring: set[asyncio.Task[None]] = set()
 
     def _session(self, provider: ProviderConfig) -> aiohttp.ClientSession:
-        key = (provider.id, provider.timeouts)
+        key = (provider.id, provider.timeouts, provider.max_connections)
         session = self._sessions.get(key)
         if session is None or session.closed:
             timeouts = provider.timeouts
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=POOL_SIZE_PER_PROVIDER, ttl_dns_cache=300,
-                                               enable_cleanup_closed=True),
+                connector=PoolConnector(limit=provider.max_connections, ttl_dns_cache=300,
+                                        enable_cleanup_closed=True),
                 timeout=aiohttp.ClientTimeout(total=timeouts.total_s,
                                               sock_connect=timeouts.connect_s),
                 auto_decompress=True,
@@ -178,19 +221,23 @@ class HttpUpstream:
     async def send(self, provider: ProviderConfig, path: str, body: bytes,
                    headers: Mapping[str, str]) -> UpstreamResponse:
         url = provider.base_url + path
+        progress = _Progress()
+        token = _SENDING.set(progress)
         try:
             async with asyncio.timeout(provider.timeouts.first_byte_s):
                 response = await self._session(provider).post(url, data=body, headers=headers)
         except TimeoutError as exc:
-            raise _timeout(provider, "the first byte") from exc
+            raise _first_byte_timeout(provider, progress, exc) from exc
         except aiohttp.ClientError as exc:
             raise _broken(provider, exc) from exc
+        finally:
+            _SENDING.reset(token)
         return HttpResponse(provider, response)
 
     def retire(self, providers: Iterable[ProviderConfig]) -> None:
         """After a reload: sessions of providers gone or changed close once the requests
         they carry can have ended (the provider's total_s)."""
-        current = {(p.id, p.timeouts) for p in providers}
+        current = {(p.id, p.timeouts, p.max_connections) for p in providers}
         for key in [k for k in self._sessions if k not in current]:
             session = self._sessions.pop(key)
             task = asyncio.create_task(_close_later(session, key[1].total_s))
@@ -212,13 +259,29 @@ async def _close_later(session: aiohttp.ClientSession, delay_s: float) -> None:
         await session.close()
 
 
-def _timeout(provider: ProviderConfig, waiting_for: str) -> UpstreamTimeout:
+def _timeout(provider: ProviderConfig, waiting_for: str,
+             stage: TimeoutStage = "upstream") -> UpstreamTimeout:
     return UpstreamTimeout(f"Provider {provider.id} timed out waiting for {waiting_for}",
-                           metadata={"provider_name": provider.id})
+                           stage=stage, metadata={"provider_name": provider.id})
+
+
+def _first_byte_timeout(provider: ProviderConfig, progress: _Progress,
+                        exc: TimeoutError) -> UpstreamTimeout:
+    """first_byte_s passed before the answer's headers: while waiting for a free
+    connection of our pool, while connecting (or aiohttp's own connect_s), or after the
+    request went out."""
+    if isinstance(exc, aiohttp.ServerTimeoutError) or not (progress.connected
+                                                           or progress.queued):
+        return _timeout(provider, "a connection")
+    if not progress.connected:
+        return _timeout(provider, f"a free connection (all {provider.max_connections} of "
+                        "its pool in use)", "pool")
+    return _timeout(provider, "the first byte", "answer")
 
 
 def _total_timeout(provider: ProviderConfig) -> UpstreamTimeout:
-    return _timeout(provider, f"the end of the answer ({provider.timeouts.total_s:g} s total)")
+    return _timeout(provider, f"the end of the answer ({provider.timeouts.total_s:g} s total)",
+                    "answer")
 
 
 def _broken(provider: ProviderConfig, exc: aiohttp.ClientError) -> UpstreamError:

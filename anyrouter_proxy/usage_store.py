@@ -36,11 +36,11 @@ from .journal import (
     new_owner,
     recover_sqlite,
 )
-from .types import GenerationRecord, Interrupted
+from .types import PROVIDER, GenerationRecord, Interrupted
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # MIGRATIONS[n] takes a database from user_version n to n + 1; later versions append.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -80,7 +80,9 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (batch_id, idx)
     );
     """,
-    # 2 -> 3: the reservation journal of requests in flight (journal.py).
+    # 2 -> 3: the estimated upstream cost of abandoned attempts, which the key does not pay.
+    "ALTER TABLE generations ADD COLUMN operator_cost REAL NOT NULL DEFAULT 0",
+    # 3 -> 4: the reservation journal of requests in flight (journal.py).
     JOURNAL_TABLE.format(real="REAL"),
 )
 
@@ -89,7 +91,7 @@ GENERATION_COLUMNS = (
     "upstream_model", "upstream_id", "streamed", "cancelled", "finish_reason", "status_code",
     "error_code", "tokens_prompt", "tokens_completion", "tokens_cached", "tokens_reasoning",
     "tokens_cache_write", "usage_source", "cost", "latency_ms", "ttft_ms",
-    "generation_time_ms", "attempts",
+    "generation_time_ms", "attempts", "operator_cost",
 )
 # OR REPLACE: a generation recorded twice (say, marked cancelled at shutdown and then
 # finished) must not become a poison row that fails every retry of its batch.
@@ -110,6 +112,18 @@ _SPEND = """
         SELECT key_name, cost FROM generations UNION ALL SELECT key_name, cost FROM spend_carryover
     ) GROUP BY key_name
 """
+# Retention: what `prune` deletes besides generations (whose spend is carried over first),
+# each statement with the cutoff as its one parameter. A batch goes whole (its row, its
+# items' inputs and results) once it finished before the cutoff; an unfinished batch
+# stays, whatever its age. The statuses are batch.py's FINISHED.
+_PRUNE_GENERATIONS = "DELETE FROM generations WHERE created_at < ?"
+_FINISHED_BATCHES = (
+    "FROM batches WHERE status IN ('completed', 'cancelled') AND completed_at < ?")
+PRUNE_STATEMENTS: tuple[str, ...] = (
+    "DELETE FROM audit WHERE created_at < ?",
+    f"DELETE FROM batch_items WHERE batch_id IN (SELECT id {_FINISHED_BATCHES})",
+    f"DELETE {_FINISHED_BATCHES}",
+)
 
 # What a queued row is, for its bound: usage rows (and batch bookkeeping) at most
 # `queue_max`, audit rows at most `audit_queue_max` (so that a flood of unauthenticated
@@ -118,6 +132,14 @@ _SPEND = """
 BILLING, AUDIT, JOURNAL = "billing", "audit", "journal"
 _KEY_COL, _COST_COL = GENERATION_COLUMNS.index("key_name"), GENERATION_COLUMNS.index("cost")
 
+# A range of created_at: without statistics SQLite would rather walk all of
+# generations_key_created (for the GROUP BY) than search generations_created.
+_SPEND_SINCE = """
+    SELECT key_name, SUM(cost) FROM generations INDEXED BY generations_created
+    WHERE created_at >= ? GROUP BY key_name
+"""
+
+LEGACY_PROVIDER_SOURCE = "upstream"  # the provider's usage, as rows stored it before
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 5.0
 LOG_INTERVAL_S = 10.0  # at most one "queue full" / "write failed" warning per interval
@@ -622,6 +644,15 @@ class UsageStore:
         finally:
             db.close()
 
+    async def spend_since(self, since: float) -> dict[str, float]:
+        """USD per key of the usage rows created at or after `since` (Unix seconds): a
+        budget period's spend so far."""
+        try:
+            rows = await self._reader().execute_fetchall(_SPEND_SINCE, (since,))
+        except sqlite3.DatabaseError as exc:
+            raise _open_error(self.path, exc) from exc
+        return {str(name): float(total) for name, total in rows}
+
     async def prune(self, retention_days: int) -> int:
         cutoff = time.time() - retention_days * 86400
         # A connection of its own, so a long delete never queues behind or ahead of the
@@ -632,8 +663,8 @@ class UsageStore:
             try:
                 await db.execute(_CARRY_SPEND, (cutoff,))
                 deleted = 0
-                for table in ("generations", "audit"):
-                    cur = await db.execute(f"DELETE FROM {table} WHERE created_at < ?", (cutoff,))
+                for statement in (_PRUNE_GENERATIONS, *PRUNE_STATEMENTS):
+                    cur = await db.execute(statement, (cutoff,))
                     deleted += cur.rowcount
                 await db.execute("COMMIT")
             except BaseException:
@@ -684,6 +715,7 @@ def _generation_params(rec: GenerationRecord) -> tuple[Any, ...]:
         int(usage.prompt_tokens), int(usage.completion_tokens), int(usage.cached_tokens),
         int(usage.reasoning_tokens), int(usage.cache_write_tokens), str(usage.source),
         float(rec.cost), float(rec.latency_ms), rec.ttft_ms, rec.generation_time_ms, attempts,
+        float(rec.operator_cost),
     )
 
 
@@ -711,9 +743,12 @@ def _present(row: sqlite3.Row) -> dict[str, Any]:
     status)."""
     created = datetime.fromtimestamp(row["created_at"], UTC)
     out: dict[str, Any] = {name: row[name] for name in _SAME_NAME}
+    if out["usage_source"] == LEGACY_PROVIDER_SOURCE:  # a row stored before the rename
+        out["usage_source"] = PROVIDER
     out.update(
         status=_status(row),
         provider_name=row["provider"], total_cost=row["cost"], usage=row["cost"],
+        operator_cost=row["operator_cost"],
         # One tokenizer count: OpenRouter's normalized and native counts are the same here.
         native_tokens_prompt=row["tokens_prompt"],
         native_tokens_completion=row["tokens_completion"],

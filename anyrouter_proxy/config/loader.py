@@ -23,7 +23,9 @@ import jsonschema
 import yaml
 
 from .model import (
+    DEFAULT_MAX_CONNECTIONS,
     BatchConfig,
+    Budget,
     Config,
     CorsConfig,
     Deprecation,
@@ -38,6 +40,7 @@ from .model import (
     StateConfig,
     StorageConfig,
     Timeouts,
+    is_metered,
 )
 
 PathItems = tuple[str | int, ...]
@@ -204,7 +207,11 @@ def parse_config(
         problems.extend(_cross_check(data, builder.lines))
     if problems:
         raise ConfigError(source, _first_per_path(problems))
-    return _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None)
+    config = _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None)
+    problems = list(_unpriced(config, builder.lines))  # needs the keys as frozen
+    if problems:
+        raise ConfigError(source, problems)
+    return config
 
 
 @cache
@@ -263,6 +270,12 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
 
     providers = _dicts(data.get("providers"))
     models = _dicts(data.get("models"))
+    for pid, provider in providers.items():
+        per_key = provider.get("per_key_connections")
+        pool = provider.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+        if isinstance(per_key, int) and isinstance(pool, int) and per_key > pool:
+            yield problem(("providers", pid, "per_key_connections"),
+                          f"{per_key} is more than the pool's max_connections ({pool})")
     for model_id, model in models.items():
         routes = model.get("routes")
         for i, route in enumerate(routes if isinstance(routes, list) else []):
@@ -313,6 +326,28 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
         expires = key.get("expires_at")
         if isinstance(expires, str) and _parse_datetime(expires) is None:
             yield problem(("keys", name, "expires_at"), "not a valid date or date-time")
+
+
+def _unpriced(config: Config, lines: Mapping[PathItems, int]) -> Iterator[ConfigProblem]:
+    """Every model a metered key may reach needs pricing, on the model or on each route:
+    without it the model would be free for a key whose spending is capped."""
+    metered = [key for key in config.keys.values() if is_metered(key)]
+    for model_id, model in config.models.items():
+        if model.priced:
+            continue
+        unpriced = [r.provider for r in model.routes if r.pricing is None]
+        users = [key.name for key in metered if key.models is None
+                 or any(fnmatch.fnmatchcase(model_id, p) for p in key.models)]
+        if not unpriced or not users:
+            continue
+        items: PathItems = ("models", model_id, "pricing")
+        more = f" (and {len(users) - 1} more)" if len(users) > 1 else ""
+        yield ConfigProblem(
+            render_path(items), _line_of(lines, items),
+            f"missing, so the model would cost nothing, yet key {users[0]!r}{more} has "
+            f"credits or a budget and may use it (routes via {', '.join(unpriced)} have no "
+            "pricing of their own either): write its prices, or pricing: {prompt: 0, "
+            "completion: 0} to make it free on purpose")
 
 
 def _parse_datetime(text: str) -> dt.datetime | None:
@@ -380,7 +415,8 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
         timeouts=Timeouts(**raw.get("timeouts", {})),
         headers=MappingProxyType(dict(raw.get("headers", {}))),
         limits=_limits(raw["limits"]) if "limits" in raw else None,
-        **_given(raw, anthropic_version="anthropic_version"),
+        **_given(raw, anthropic_version="anthropic_version", max_connections="max_connections",
+                 per_key_connections="per_key_connections"),
         **_given(raw.get("circuit", {}), circuit_failures="failures",
                  circuit_cooldown_s="cooldown_s"),
     )
@@ -408,6 +444,7 @@ def _model(mid: str, raw: Mapping[str, Any]) -> ModelConfig:
         context_length=raw.get("context_length"),
         max_output_tokens=raw.get("max_output_tokens"),
         pricing=Pricing(**raw.get("pricing", {})),
+        priced="pricing" in raw,
         deprecated=_deprecation(deprecated) if deprecated else None,
     )
 
@@ -433,6 +470,8 @@ def _key(name: str, raw: Mapping[str, Any], default_limits: Limits) -> KeyConfig
         key_sha256=raw["key_sha256"],
         limits=_limits(raw.get("limits"), default_limits),
         credits=float(raw["credits"]) if "credits" in raw else None,
+        budget=Budget(float(raw["budget"]["usd"]), raw["budget"]["period"])
+        if "budget" in raw else None,
         models=tuple(raw["models"]) if "models" in raw else None,
         model_limits=MappingProxyType(
             {glob: _limits(lim) for glob, lim in (raw.get("model_limits") or {}).items()}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 DEFAULT_REQUESTS_PER_MINUTE = 1000
 DEFAULT_MAX_TOKENS = 4096
+DEFAULT_MAX_CONNECTIONS = 256  # per provider and process
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +31,16 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Pricing:
-    """USD per 1M tokens, as written in routes.yaml."""
+    """USD per 1M tokens, as written in routes.yaml; the billed extras (None: not priced,
+    so refused for metered keys) per 1M cache-write tokens, per web search, per request."""
 
     prompt: float = 0.0
     completion: float = 0.0
     cached_prompt: float | None = None
     reasoning: float | None = None
+    cache_write: float | None = None
+    web_search: float | None = None
+    request: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +57,19 @@ class ProviderConfig:
     anthropic_version: str = "2023-06-01"
     circuit_failures: int = 5
     circuit_cooldown_s: float = 30.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
+    per_key_connections: int | None = None  # None: half of max_connections, rounded up
 
     @property
     def has_credentials(self) -> bool:
         return self.kind == "mock" or self.api_key != ""
+
+    @property
+    def connections_per_key(self) -> int:
+        """How many requests one key may have in flight to this provider at once."""
+        if self.per_key_connections is not None:
+            return self.per_key_connections
+        return max(1, -(-self.max_connections // 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +99,15 @@ class ModelConfig:
     pricing: Pricing = Pricing()
     deprecated: Deprecation | None = None
     created: int = 0
+    priced: bool = True  # False: routes.yaml wrote no `pricing` for the model itself
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """USD a key may spend per UTC period: day, week (from Monday) or month."""
+
+    usd: float
+    period: str  # day | week | month
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +116,17 @@ class KeyConfig:
     key_sha256: str
     limits: Limits
     credits: float | None = None  # USD; None = unlimited
+    budget: Budget | None = None  # per period, beside or instead of credits
     models: tuple[str, ...] | None = None  # allow-list globs; None = all
     model_limits: Mapping[str, Limits] = field(default_factory=dict)
     disabled: bool = False
     expires_at: dt.datetime | None = None
+
+
+def is_metered(key: KeyConfig) -> bool:
+    """Is the key's spending capped (credits or a budget)? Then every model it may reach
+    must be priced, and billed extras must be priced or are refused."""
+    return key.credits is not None or key.budget is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +158,9 @@ class ServerConfig:
     retry_backoff_s: float = 0.25
     retry_backoff_max_s: float = 4.0
     retry_after_max_s: float = 10.0
+    retry_slow_answers: bool = False  # retry a non-stream request the upstream accepted
+    write_timeout_s: float = 30.0  # a client that reads nothing for this long is dropped
+    keepalive_timeout_s: float = 75.0  # idle keep-alive, and the whole request head
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,17 @@
 --      without one (on a replica's local ledger while Redis was unreachable).
 --      KEYS: credit hash {spent, reserved}, reservations hash (id -> amount),
 --      reservation expiries (id -> ms), done set (ids of spend recorded without a
---      reservation, for a while), optionally the spend marker (redis_quota.py; gone when
---      Redis lost its data: then a reservation that vanished still has its spend
+--      reservation, for a while), then (optional) the spend marker (redis_quota.py; gone
+--      when Redis lost its data: then a reservation that vanished still has its spend
 --      counted, as spend without one). ARGV: id, real cost (units of 1e-10 USD, see
 --      reserve.lua), "1" when without a reservation, done ttl ms, spend floor (the
 --      highest spend the replica saw: where Redis has no spend, it lost its data, and
 --      the spend restarts from there).
 --      Idempotent: a reservation is settled once (its entry is removed), spend without
 --      one is recorded once per id within the done ttl.
+--      A key with a budget adds a sixth key (after the marker), the spend of the period
+--      the reservation was made in (see reserve.lua), and two args: its floor and expiry
+--      (Unix ms); an applied settlement then answers "1 spent period_spent".
 --
 -- ARGV: the number of operations, then per operation: kind, #keys, #args, args...
 -- KEYS: every operation's keys, one after the other.
@@ -66,6 +69,13 @@ local function release(keys, args)
   return 1
 end
 
+-- The cost joins the budget period's spend, which restarts from the floor if Redis lost it.
+local function add_to_period(key, actual, floor, expire_at)
+  local spent = tonumber(redis.call('GET', key) or nil) or tonumber(floor)
+  if spent > 0 or actual > 0 then redis.call('SET', key, int(spent + actual), 'PXAT', expire_at) end
+  return ' ' .. int(spent + actual)
+end
+
 local function settle(keys, args)
   local id, actual, orphan = args[1], tonumber(args[2]), args[3] == '1'
   local ttl_ms, floor = tonumber(args[4]), tonumber(args[5])
@@ -88,8 +98,10 @@ local function settle(keys, args)
   end
   local spent = tonumber(redis.call('HGET', keys[1], 'spent') or nil) or floor
   if spent > 0 or actual > 0 then redis.call('HSET', keys[1], 'spent', int(spent + actual)) end
-  if lost and not orphan then return '2 ' .. int(spent + actual) end
-  return '1 ' .. int(spent + actual)
+  local period = ''
+  if keys[6] then period = add_to_period(keys[6], actual, args[6], args[7]) end
+  if lost and not orphan then return '2 ' .. int(spent + actual) .. period end
+  return '1 ' .. int(spent + actual) .. period
 end
 
 local OPS = {t = tokens, r = release, s = settle}

@@ -8,9 +8,11 @@ from typing import Any
 import orjson
 
 from ..errors import UpstreamError
+from ..output_cap import cap_anthropic_body
+from ..output_estimate import anthropic_content_tokens, anthropic_delta_tokens
 from ..redaction import redact_error
 from ..sse import DONE_EVENT, SSEEvent, encode_event
-from ..types import Usage
+from ..types import PARTIAL, Usage
 from .anthropic_stream import AnthropicToOpenAIStream
 from .anthropic_translate import (
     FINISH_REASONS,
@@ -52,6 +54,8 @@ class AnthropicPassthrough:
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
         out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
         out["model"] = ctx.route.model
+        if ctx.output is not None:
+            cap_anthropic_body(out, ctx.output.tokens)
         return UpstreamCall(MESSAGES_PATH, out, anthropic_headers(ctx))
 
     def reply(self, data: Any, ctx: CallContext) -> Reply:
@@ -62,7 +66,8 @@ class AnthropicPassthrough:
         upstream_id = data.get("id")
         stop = data.get("stop_reason")
         return Reply(data, usage, FINISH_REASONS.get(stop) if isinstance(stop, str) else None,
-                     upstream_id if isinstance(upstream_id, str) else None)
+                     upstream_id if isinstance(upstream_id, str) else None,
+                     anthropic_content_tokens(data["content"]) if usage is None else 0)
 
     def translator(self, ctx: CallContext) -> AnthropicRelay:
         return AnthropicRelay(ctx)
@@ -70,9 +75,11 @@ class AnthropicPassthrough:
 
 class AnthropicRelay:
     """Relays Anthropic events unchanged (message_start gets the public model id), keeping
-    the usage, stop reason and whether message_stop came."""
+    the usage, stop reason and whether message_stop came, and estimating the output it
+    relayed. message_start's usage is `partial` (input only); message_delta's is final."""
 
-    __slots__ = ("_ctx", "_done", "_input", "finish_reason", "upstream_id", "usage")
+    __slots__ = ("_ctx", "_done", "_input", "finish_reason", "output_tokens", "upstream_id",
+                 "usage")
 
     def __init__(self, ctx: CallContext) -> None:
         self._ctx = ctx
@@ -81,6 +88,7 @@ class AnthropicRelay:
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.upstream_id: str | None = None
+        self.output_tokens = 0
 
     def feed(self, event: SSEEvent) -> list[bytes]:
         name = event.event or ""
@@ -88,9 +96,13 @@ class AnthropicRelay:
             return [encode_event(event.data, name)]
         data = event_data(event, self._ctx)
         kind = name or str(data.get("type", ""))
-        if kind == "error":
+        if kind == "content_block_delta":  # the most frequent event, first
+            self.output_tokens += anthropic_delta_tokens(data.get("delta"))
+        elif kind == "content_block_start":
+            self.output_tokens += anthropic_content_tokens([data.get("content_block")])
+        elif kind == "error":
             raise stream_error(data.get("error"), self._ctx)
-        if kind == "message_start":
+        elif kind == "message_start":
             message = data.get("message")
             if isinstance(message, dict):
                 self.upstream_id = message.get("id") if isinstance(message.get("id"), str) \
@@ -98,6 +110,7 @@ class AnthropicRelay:
                 if isinstance(message.get("usage"), dict):
                     self._input = message["usage"]
                     self.usage = anthropic_usage(self._input)
+                    self.usage.source = PARTIAL
                 message["model"] = self._ctx.model
                 return [encode_event(orjson.dumps(data), name or None)]
         elif kind == "message_delta":
@@ -122,8 +135,9 @@ class OpenAIViaAnthropic:
     """OpenAI chat client, Anthropic upstream."""
 
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
-        out = openai_to_anthropic_request(body, upstream_model=ctx.route.model,
-                                          default_max_tokens=ctx.default_max_tokens)
+        out = openai_to_anthropic_request(
+            body, upstream_model=ctx.route.model, default_max_tokens=ctx.default_max_tokens,
+            max_output=ctx.output.tokens if ctx.output is not None else None)
         return UpstreamCall(MESSAGES_PATH, out, anthropic_headers(ctx))
 
     def reply(self, data: Any, ctx: CallContext) -> Reply:
@@ -135,7 +149,8 @@ class OpenAIViaAnthropic:
         choices = body.get("choices") or [{}]
         upstream_id = data.get("id")
         return Reply(body, usage, choices[0].get("finish_reason"),
-                     upstream_id if isinstance(upstream_id, str) else None)
+                     upstream_id if isinstance(upstream_id, str) else None,
+                     anthropic_content_tokens(data.get("content")) if usage is None else 0)
 
     def translator(self, ctx: CallContext) -> AnthropicToOpenAIRelay:
         return AnthropicToOpenAIRelay(ctx)
@@ -161,6 +176,10 @@ class AnthropicToOpenAIRelay:
     @property
     def upstream_id(self) -> str | None:
         return self._stream.upstream_id
+
+    @property
+    def output_tokens(self) -> int:
+        return self._stream.output_tokens
 
     def feed(self, event: SSEEvent) -> list[bytes]:
         if event.event == "ping":

@@ -32,11 +32,15 @@ from anyrouter_proxy.providers.shapes import (
 
 # --- Anthropic request -> OpenAI request -----------------------------------------------------
 
-def anthropic_to_openai_request(body: dict[str, Any], *, upstream_model: str) -> dict[str, Any]:
+def anthropic_to_openai_request(body: dict[str, Any], *, upstream_model: str,
+                                max_output: int | None = None) -> dict[str, Any]:
+    """`max_output`: the most the gateway reserved for; max_tokens is lowered to it."""
     body = need_body(body)
     if body.get("max_tokens") is None:
         raise InvalidRequest("'max_tokens' is required", param="max_tokens")
     max_tokens = need_int(body["max_tokens"], "max_tokens", minimum=1)
+    if max_output is not None:
+        max_tokens = min(max_tokens, max_output)
     for name in ("mcp_servers", "container"):
         if body.get(name) is not None:
             raise unsupported(name, "only on Anthropic routes")

@@ -54,6 +54,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from anyrouter_proxy.errors import InvalidRequest, UpstreamError
+from anyrouter_proxy.output_estimate import (
+    anthropic_delta_tokens,
+    openai_choice_tokens,
+    text_tokens,
+)
 from anyrouter_proxy.providers.anthropic_translate import (
     FINISH_REASONS,
     STOP_REASONS,
@@ -69,7 +74,7 @@ from anyrouter_proxy.providers.shapes import (
     need_str,
     upstream_invalid,
 )
-from anyrouter_proxy.types import Usage
+from anyrouter_proxy.types import PARTIAL, PROVIDER, Usage
 
 Event = tuple[str, dict[str, Any]]
 _TEXT_DELTAS = {"text_delta": "text", "thinking_delta": "thinking"}  # delta type -> its field
@@ -100,7 +105,9 @@ class AnthropicToOpenAIStream:
         self._head = {"id": gen_id, "object": "chat.completion.chunk", "created": created,
                       "model": model}
         self._include_usage = include_usage
-        self.usage = Usage()
+        # None until message_start; `partial` (input only) until message_delta's final count.
+        self.usage: Usage | None = None
+        self.output_tokens = 0  # estimated from the deltas, for a stream without usage
         self.finish_reason: str | None = None
         self.upstream_id: str | None = None
         self._raw_usage: dict[str, Any] = {}
@@ -125,7 +132,8 @@ class AnthropicToOpenAIStream:
             self.finish_reason = "stop"
             chunks.append(self._chunk({}, "stop"))
         if self._include_usage:
-            chunks.append({**self._head, "choices": [], "usage": openai_usage_dict(self.usage)})
+            chunks.append({**self._head, "choices": [],
+                           "usage": openai_usage_dict(self.usage or Usage())})
         return chunks
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
@@ -143,7 +151,7 @@ class AnthropicToOpenAIStream:
         if kind == "message_start":
             message = need_dict(data.get("message"), "message")
             self.upstream_id = message.get("id") if isinstance(message.get("id"), str) else None
-            self._add_usage(message.get("usage"))
+            self._add_usage(message.get("usage"), PARTIAL)
         chunks = [] if self._started else [self._chunk({"role": "assistant", "content": ""})]
         self._started = True
         if kind == "content_block_start":
@@ -158,11 +166,12 @@ class AnthropicToOpenAIStream:
             self._stopped = True
         return chunks
 
-    def _add_usage(self, usage: Any) -> None:
+    def _add_usage(self, usage: Any, source: str) -> None:
         """Anthropic's counts are cumulative: later values replace earlier ones."""
         if isinstance(usage, dict):
             self._raw_usage.update({k: v for k, v in usage.items() if v is not None})
             self.usage = anthropic_usage(self._raw_usage)
+            self.usage.source = source
 
     def _block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         index = need_int(data.get("index"), "index")
@@ -185,6 +194,7 @@ class AnthropicToOpenAIStream:
             self._blocks[index] = _Block(kind)
             text = block.get(kind)
             if isinstance(text, str) and text:
+                self.output_tokens += text_tokens(text)
                 return self._text(self._blocks[index], text)
             return []
         self._blocks[index] = _Block("other")
@@ -202,6 +212,7 @@ class AnthropicToOpenAIStream:
         kind = delta.get("type")
         if block is None:
             return []
+        self.output_tokens += anthropic_delta_tokens(delta)
         field_ = _TEXT_DELTAS.get(kind) if isinstance(kind, str) else None
         if field_ is not None and field_ == block.kind:
             text = need_str(delta.get(field_), f"delta.{field_}")
@@ -224,7 +235,7 @@ class AnthropicToOpenAIStream:
         return [self._chunk({"thinking_blocks": [whole]})]
 
     def _message_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        self._add_usage(data.get("usage"))
+        self._add_usage(data.get("usage"), PROVIDER)
         delta = need_dict(data.get("delta", {}), "delta")
         stop = delta.get("stop_reason")
         if not isinstance(stop, str) or self.finish_reason is not None:
@@ -239,7 +250,8 @@ class OpenAIToAnthropicStream:
     def __init__(self, *, model: str, message_id: str) -> None:
         self._model = model
         self._message_id = message_id
-        self.usage = Usage()
+        self.usage: Usage | None = None  # the upstream's usage chunk, when one came
+        self.output_tokens = 0  # estimated from the deltas, for a stream without usage
         self.finish_reason: str | None = None
         self._started = False
         self._next_index = 0
@@ -253,6 +265,11 @@ class OpenAIToAnthropicStream:
         except InvalidRequest as exc:
             raise upstream_invalid(exc) from exc
 
+    def ended(self) -> None:
+        """The upstream stream reached its normal end: the usage it sent is final."""
+        if self.usage is not None:
+            self.usage.source = PROVIDER
+
     def finish(self) -> list[Event]:
         if self.finish_reason is None:
             raise UpstreamError("the upstream stream ended without a finish_reason")
@@ -260,7 +277,7 @@ class OpenAIToAnthropicStream:
         stop = STOP_REASONS.get(self.finish_reason, "end_turn")
         events.append(("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-            "usage": anthropic_usage_dict(self.usage)}))
+            "usage": anthropic_usage_dict(self.usage or Usage())}))
         events.append(("message_stop", {"type": "message_stop"}))
         return events
 
@@ -268,10 +285,13 @@ class OpenAIToAnthropicStream:
         chunk = need_dict(chunk, "chunk")
         if chunk.get("error") is not None:
             raise _stream_error(chunk["error"], "the upstream stream failed")
+        usage = None
         if chunk.get("usage") is not None:
-            self.usage = openai_usage(need_dict(chunk["usage"], "usage"))
+            usage = self.usage = openai_usage(need_dict(chunk["usage"], "usage"))
         events = self._message_start()
-        for i, item in enumerate(need_list(chunk.get("choices") or [], "choices")):
+        choices = need_list(chunk.get("choices") or [], "choices")
+        self.output_tokens += openai_choice_tokens(choices)
+        for i, item in enumerate(choices):
             choice = need_dict(item, f"choices[{i}]")
             if choice.get("index", 0) != 0:
                 continue
@@ -279,13 +299,15 @@ class OpenAIToAnthropicStream:
             finish = choice.get("finish_reason")
             if isinstance(finish, str):
                 self.finish_reason = finish
+        if usage is not None and choices and self.finish_reason is None:
+            usage.source = PARTIAL  # a running count, choices still coming
         return events
 
     def _message_start(self) -> list[Event]:
         if self._started:
             return []
         self._started = True
-        usage = anthropic_usage_dict(self.usage)
+        usage = anthropic_usage_dict(self.usage or Usage())
         usage["output_tokens"] = 0
         message: dict[str, Any] = {"id": self._message_id, "type": "message", "role": "assistant",
                                    "model": self._model, "content": [], "stop_reason": None,

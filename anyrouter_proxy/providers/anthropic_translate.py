@@ -28,7 +28,9 @@ OpenAI request -> Anthropic request (`openai_to_anthropic_request`)
 
 reasoning_effort with no max tokens given: max_tokens = budget + default_max_tokens. With an
 explicit max_completion_tokens / max_tokens (which in OpenAI's API includes reasoning) the
-budget shrinks to max - 1 and the limit is kept; below 1025 that is refused.
+budget shrinks to max - 1 and the limit is kept; below 1025 that is refused. Either way
+max_tokens is then lowered to the gateway's reserved cap (`max_output`), and a budget that
+no longer fits below it shrinks to max_tokens - 1.
 
 Dropped or refused (OpenAI -> Anthropic)
 
@@ -102,6 +104,7 @@ import re
 from typing import Any
 
 from anyrouter_proxy.errors import InvalidRequest
+from anyrouter_proxy.output_cap import EFFORT_BUDGETS, cap_anthropic_body
 from anyrouter_proxy.providers.shapes import (
     bad_type,
     need_body,
@@ -117,10 +120,6 @@ from anyrouter_proxy.providers.shapes import (
 )
 from anyrouter_proxy.types import Usage
 
-# reasoning_effort -> thinking.budget_tokens (Anthropic's minimum is 1024).
-EFFORT_BUDGETS: dict[str, int] = {
-    "minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768, "max": 32768,
-}
 MIN_THINKING_BUDGET = 1024
 # thinking.budget_tokens -> reasoning_effort: below 4096 low, below 16384 medium, else high.
 BUDGET_EFFORTS: tuple[tuple[int, str], ...] = ((4096, "low"), (16384, "medium"))
@@ -161,7 +160,15 @@ def anthropic_usage(usage: dict[str, Any]) -> Usage:
     thinking = _count(details.get("thinking_tokens")) if isinstance(details, dict) else 0
     return Usage(prompt_tokens=_count(usage.get("input_tokens")) + read + write,
                  completion_tokens=_count(usage.get("output_tokens")),
-                 cached_tokens=read, reasoning_tokens=thinking, cache_write_tokens=write)
+                 cached_tokens=read, reasoning_tokens=thinking, cache_write_tokens=write,
+                 web_search_requests=web_searches(usage))
+
+
+def web_searches(usage: dict[str, Any]) -> int:
+    """`usage.server_tool_use.web_search_requests`: Anthropic's count of billed searches
+    (OpenAI-compatible upstreams such as OpenRouter report it in the same place)."""
+    tools = usage.get("server_tool_use")
+    return _count(tools.get("web_search_requests")) if isinstance(tools, dict) else 0
 
 
 def openai_usage(usage: dict[str, Any] | None) -> Usage:
@@ -178,7 +185,7 @@ def openai_usage(usage: dict[str, Any] | None) -> Usage:
                  completion_tokens=_count(usage.get("completion_tokens")),
                  cached_tokens=_count(prompt.get("cached_tokens")),
                  reasoning_tokens=_count(completion.get("reasoning_tokens")),
-                 cache_write_tokens=write)
+                 cache_write_tokens=write, web_search_requests=web_searches(usage))
 
 
 def openai_usage_dict(usage: Usage) -> dict[str, Any]:
@@ -202,7 +209,10 @@ def anthropic_usage_dict(usage: Usage) -> dict[str, Any]:
 
 def openai_to_anthropic_request(
     body: dict[str, Any], *, upstream_model: str, default_max_tokens: int,
+    max_output: int | None = None,
 ) -> dict[str, Any]:
+    """`max_output`: the most the gateway reserved for; max_tokens (and a thinking budget
+    that no longer fits) is lowered to it."""
     body = need_body(body)
     _refuse_openai_params(body)
     system, messages = _openai_messages(need_list(body.get("messages"), "messages"))
@@ -218,6 +228,8 @@ def openai_to_anthropic_request(
     thinking, out["max_tokens"] = _thinking(body, max_tokens, max_param, default_max_tokens)
     if thinking is not None:
         out["thinking"] = thinking
+    if max_output is not None:
+        cap_anthropic_body(out, max_output)
     _copy_sampling(body, out, thinking_on=thinking is not None)
     tools = None if body.get("tools") is None else _anthropic_tools(body["tools"])
     if tools:

@@ -16,6 +16,7 @@ import orjson
 from ..config.model import Pricing, ProviderConfig, Route
 from ..credits import request_cost
 from ..errors import UpstreamError
+from ..output_cap import OutputCap
 from ..redaction import redact
 from ..sse import SSEEvent
 from ..types import Usage
@@ -37,6 +38,9 @@ class CallContext:
     client_headers: Mapping[str, str] = field(default_factory=dict)
     # The route's pricing: streamed usage chunks carry the cost.
     pricing: Pricing = field(default_factory=Pricing)
+    # What the gateway reserved for: the upstream body carries a cap no larger (None: no
+    # output to cap, e.g. embeddings).
+    output: OutputCap | None = None
 
     def cost_of(self, usage: Usage) -> float:
         return request_cost(self.pricing, usage)
@@ -57,17 +61,26 @@ class Reply:
     usage: Usage | None
     finish_reason: str | None
     upstream_id: str | None
+    output_tokens: int = 0  # estimated from the answer, when it has no usage
 
 
 class StreamTranslator(Protocol):
     @property
-    def usage(self) -> Usage | None: ...
+    def usage(self) -> Usage | None:
+        """The provider's usage so far: None, `partial` (input only) or final."""
+        ...
 
     @property
     def finish_reason(self) -> str | None: ...
 
     @property
     def upstream_id(self) -> str | None: ...
+
+    @property
+    def output_tokens(self) -> int:
+        """The output relayed so far, estimated (output_estimate.py): what a stream that
+        ends without the provider's final usage is charged for."""
+        ...
 
     def feed(self, event: SSEEvent) -> list[bytes]:
         """Client-bound wire bytes for one upstream event; raises ProxyError for an

@@ -3,14 +3,18 @@ OpenAI-compatible upstream (OpenAI, vLLM, Ollama, llama.cpp, ...)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
 from ..errors import UpstreamError
+from ..output_cap import cap_openai_body
+from ..output_estimate import openai_choice_tokens
 from ..redaction import redact_error
 from ..sse import DONE_EVENT, SSEEvent, encode_event
-from ..types import CHAT, COMPLETIONS, ENDPOINT_PATHS, Usage
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, ENDPOINT_PATHS, PARTIAL, PROVIDER, Usage
 from .anthropic_client import (
     anthropic_to_openai_request,
     message_id,
@@ -30,6 +34,14 @@ from .base import (
     invalid_response,
     stream_error,
 )
+
+OPENAI_API_HOST = "api.openai.com"
+
+
+@functools.lru_cache(maxsize=64)
+def is_openai_api(base_url: str) -> bool:
+    """OpenAI's own API, whose reasoning models take only max_completion_tokens."""
+    return urlsplit(base_url).hostname == OPENAI_API_HOST
 
 
 def openai_headers(ctx: CallContext) -> dict[str, str]:
@@ -57,6 +69,10 @@ class OpenAIPassthrough:
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
         out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
         out["model"] = ctx.route.model
+        if ctx.output is not None and self.endpoint != EMBEDDINGS:
+            openai_chat = self.endpoint == CHAT and is_openai_api(ctx.provider.base_url)
+            cap_openai_body(out, ctx.output,
+                            field="max_completion_tokens" if openai_chat else None)
         if ctx.stream:
             # Always ask for usage: every stream is accounted, asked for or not (SPEC §4).
             options = out.get("stream_options")
@@ -77,20 +93,25 @@ class OpenAIPassthrough:
             choices = []
         data["model"] = ctx.model
         data["provider"] = ctx.provider.id
-        return Reply(data, parse_usage(data.get("usage")), *_finish_and_id(choices, upstream_id))
+        usage = parse_usage(data.get("usage"))
+        return Reply(data, usage, *_finish_and_id(choices, upstream_id),
+                     output_tokens=openai_choice_tokens(choices) if usage is None else 0)
 
     def translator(self, ctx: CallContext) -> OpenAIStreamRelay:
         return OpenAIStreamRelay(ctx)
 
 
 class OpenAIStreamRelay:
-    """Relays OpenAI chunks with our id and model; keeps the usage it saw.
+    """Relays OpenAI chunks with our id and model; keeps the usage it saw and estimates
+    the output it relayed (for a stream that ends without usage).
 
     The usage chunk is forwarded only when the client asked for it: the proxy always
     asks upstream for usage, so it strips what the client would not otherwise get.
+    Usage that comes with choices still running (a running count) is `partial`; the
+    usage chunk, one beside a finish_reason, or any once [DONE] came is the provider's.
     """
 
-    __slots__ = ("_ctx", "_done", "finish_reason", "upstream_id", "usage")
+    __slots__ = ("_ctx", "_done", "finish_reason", "output_tokens", "upstream_id", "usage")
 
     def __init__(self, ctx: CallContext) -> None:
         self._ctx = ctx
@@ -98,10 +119,13 @@ class OpenAIStreamRelay:
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.upstream_id: str | None = None
+        self.output_tokens = 0
 
     def feed(self, event: SSEEvent) -> list[bytes]:
         if event.is_done:
             self._done = True
+            if self.usage is not None:
+                self.usage.source = PROVIDER
             return []
         chunk = event_data(event, self._ctx)
         if "error" in chunk:
@@ -111,13 +135,17 @@ class OpenAIStreamRelay:
         chunk["id"] = self._ctx.gen_id
         chunk["model"] = self._ctx.model
         choices = chunk.get("choices")
-        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
-            reason = choices[0].get("finish_reason")
-            if reason and isinstance(reason, str):
-                self.finish_reason = reason
+        if choices and isinstance(choices, list):
+            self.output_tokens += openai_choice_tokens(choices)
+            if isinstance(choices[0], dict):
+                reason = choices[0].get("finish_reason")
+                if reason and isinstance(reason, str):
+                    self.finish_reason = reason
         raw_usage = chunk.get("usage")
         if raw_usage:
             self.usage = parse_usage(raw_usage)
+            if self.usage is not None and choices and self.finish_reason is None:
+                self.usage.source = PARTIAL
             if not self._ctx.include_usage:
                 if not choices:
                     return []
@@ -146,15 +174,20 @@ class AnthropicViaOpenAI:
     """Anthropic Messages client, OpenAI-compatible upstream."""
 
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
-        out = anthropic_to_openai_request(body, upstream_model=ctx.route.model)
+        out = anthropic_to_openai_request(
+            body, upstream_model=ctx.route.model,
+            max_output=ctx.output.tokens if ctx.output is not None else None)
         return UpstreamCall(ENDPOINT_PATHS[CHAT], out, openai_headers(ctx))
 
     def reply(self, data: Any, ctx: CallContext) -> Reply:
         if not isinstance(data, dict):
             raise invalid_response(ctx, "not a JSON object")
         body = openai_to_anthropic_response(data, model=ctx.model)
-        return Reply(body, parse_usage(data.get("usage")),
-                     *_finish_and_id(data.get("choices"), data.get("id")))
+        usage = parse_usage(data.get("usage"))
+        choices = data.get("choices")
+        return Reply(body, usage, *_finish_and_id(choices, data.get("id")),
+                     output_tokens=openai_choice_tokens(choices)
+                     if usage is None and isinstance(choices, list) else 0)
 
     def translator(self, ctx: CallContext) -> OpenAIToAnthropicRelay:
         return OpenAIToAnthropicRelay(ctx)
@@ -177,9 +210,14 @@ class OpenAIToAnthropicRelay:
     def finish_reason(self) -> str | None:
         return self._stream.finish_reason
 
+    @property
+    def output_tokens(self) -> int:
+        return self._stream.output_tokens
+
     def feed(self, event: SSEEvent) -> list[bytes]:
         if event.is_done:
             self._done = True
+            self._stream.ended()
             return []
         try:
             chunk = orjson.loads(event.data)

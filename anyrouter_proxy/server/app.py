@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -9,6 +10,7 @@ from aiohttp import web
 from ..accounting import Ledger
 from ..batch import BatchRunner
 from ..batch_store import BatchStore
+from ..budget import PERIODS, window
 from ..config.model import Config
 from ..credits import CreditLedger
 from ..gateway import Gateway
@@ -79,6 +81,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
             interrupted = await store.recover_interrupted()
             await gateway.quota.load_spend(await store.spend_by_key())  # never refills a key
             await gateway.quota.charge_interrupted(interrupted)
+            await _load_period_spend(gateway.quota, store)
         except BaseException:
             await store.close()  # its threads must not keep a failed start alive
             raise
@@ -110,6 +113,14 @@ def create_app(config: Config, *, http: Upstream | None = None,
                                           interval_s=config.reload.interval_s))
     _add_routes(app)
     return app
+
+
+async def _load_period_spend(quota: Quota, store: UsageStore) -> None:
+    """Each key's spend in the current day, week and month, from the usage log."""
+    now = time.time()
+    for period in PERIODS:
+        start = window(period, now).start
+        await quota.load_period_spend(period, start, await store.spend_since(start))
 
 
 def _add_routes(app: web.Application) -> None:

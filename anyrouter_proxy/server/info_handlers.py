@@ -31,7 +31,11 @@ def price_per_token(per_million: float | None) -> str:
     """Plain decimal notation, never exponent form (SPEC §7)."""
     if not per_million:
         return "0"
-    text = format(Decimal(str(per_million)) / PER_TOKENS, "f")
+    return _plain(Decimal(str(per_million)) / PER_TOKENS)
+
+
+def _plain(value: Decimal) -> str:
+    text = format(value, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
@@ -39,9 +43,13 @@ def model_object(model: ModelConfig, config: Config) -> dict[str, Any]:
     pricing = model.pricing
     prices = {"prompt": price_per_token(pricing.prompt),
               "completion": price_per_token(pricing.completion),
-              "request": "0", "image": "0"}
+              "request": _plain(Decimal(str(pricing.request or 0))), "image": "0"}
     if pricing.cached_prompt is not None:
         prices["input_cache_read"] = price_per_token(pricing.cached_prompt)
+    if pricing.cache_write is not None:
+        prices["input_cache_write"] = price_per_token(pricing.cache_write)
+    if pricing.web_search is not None:  # USD per search, as OpenRouter lists it
+        prices["web_search"] = _plain(Decimal(str(pricing.web_search)))
     if pricing.reasoning is not None:
         prices["internal_reasoning"] = price_per_token(pricing.reasoning)
     owner = model.id.split("/", 1)[0] if "/" in model.id else model.routes[0].provider
@@ -112,7 +120,10 @@ def provider_statuses(request: web.Request) -> dict[str, dict[str, Any]]:
         else:
             status = "ok"
         result[pid] = {"id": pid, "kind": provider.kind, "status": status,
-                       "models": served[pid], **health.snapshot(now)}
+                       "models": served[pid], **health.snapshot(now),
+                       "connections": {"max": provider.max_connections,
+                                       "per_key": provider.connections_per_key,
+                                       "in_flight": gateway.shares.in_flight(pid)}}
     return result
 
 
@@ -146,19 +157,23 @@ async def health(request: web.Request) -> web.Response:
 async def credits(request: web.Request) -> web.Response:
     key = authenticate(request)
     quota = request.app[GATEWAY].quota
+    budget = await quota.budget(key)
     return json_response({"data": {"total_credits": key.credits,
-                                   "total_usage": round(await quota.spent(key.name), 10)}})
+                                   "total_usage": round(await quota.spent(key.name), 10),
+                                   "budget": budget.as_json() if budget else None}})
 
 
 async def key_info(request: web.Request) -> web.Response:
     key = authenticate(request)
     quota = request.app[GATEWAY].quota
     limits = key.limits
+    budget = await quota.budget(key)
     return json_response({"data": {
         "label": key.name,
         "usage": round(await quota.spent(key.name), 10),
         "limit": key.credits,
         "limit_remaining": await quota.remaining(key),
+        "budget": budget.as_json() if budget else None,
         "is_free_tier": False,
         "rate_limit": {"requests": limits.requests_per_minute, "interval": "1m"},
         "limits": {"requests_per_minute": limits.requests_per_minute,
@@ -198,6 +213,8 @@ async def metrics(request: web.Request) -> web.Response:
     board = gateway.board
     remaining = {key.name: await gateway.quota.remaining(key)
                  for key in gateway.config.keys.values() if key.credits is not None}
+    budgets = {key.name: await gateway.quota.budget(key)
+               for key in gateway.config.keys.values() if key.budget is not None}
 
     quota = gateway.quota
     fallbacks: dict[str, int] = dict(getattr(quota, "fallbacks", {}))
@@ -209,10 +226,14 @@ async def metrics(request: web.Request) -> web.Response:
             app_metrics.state_fallbacks.labels(kind).set(count)
         # Cleared first: keys and providers removed by a reload must not linger.
         app_metrics.credits_remaining.clear()
+        app_metrics.budget_remaining.clear()
         app_metrics.circuit.clear()
         for name, left in remaining.items():
             if left is not None:
                 app_metrics.credits_remaining.labels(name).set(left)
+        for name, status in budgets.items():
+            if status is not None:
+                app_metrics.budget_remaining.labels(name).set(status.remaining)
         app_metrics.queue_depth.set(store.queue_depth)
         app_metrics.dropped.set(store.dropped)
         app_metrics.dropped_rows(store.dropped_by_kind)

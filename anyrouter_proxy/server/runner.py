@@ -14,8 +14,8 @@ from ..config.model import Config
 from ..logs import setup_logging
 from ..usage_store import StoreError
 from .app import create_app
-from .protocol import answer_protocol_errors_as_envelopes
-from .state import LIFECYCLE
+from .protocol import guard_connections
+from .state import GATEWAY, LIFECYCLE
 
 log = logging.getLogger("anyrouter_proxy")
 
@@ -68,7 +68,7 @@ async def _serve(config: Config, host: str, port: int, json_lines: bool) -> None
     )
     await runner.setup()
     assert runner.server is not None
-    answer_protocol_errors_as_envelopes(runner.server)
+    guard_connections(runner.server, lambda: app[GATEWAY].config.server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -43,7 +43,7 @@ from anyrouter_proxy.config.model import Config
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider, sha256
 from tests.fakes import Behaviour, FakeOpenAI
 from tests.net import free_port
-from tests.serve_process import ServeProcess, locked, open_fds, proc_status_kb  # noqa: F401
+from tests.serve_process import ServeProcess, locked
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals, /proc, prlimit")
 

@@ -332,7 +332,8 @@ CHAT_WRONG: dict[str, list[Any]] = {
     "models": ["openai/gpt-4o-mini", 5, [5], {}, [[]], [""], True],
 }
 # Rejected by the gateway itself whatever the route (the upstream never sees them).
-GATEWAY_CHECKED = {"model", "messages", "stream", "stream_options", "provider", "models"}
+GATEWAY_CHECKED = {"model", "messages", "stream", "stream_options", "provider", "models",
+                   "max_tokens", "n"}
 
 
 def chat_case(field: str, value: Any, model: str) -> dict[str, Any]:
@@ -412,11 +413,10 @@ async def test_messages_wrong_types(hostile: Hostile, field: str, route: str) ->
             del body[field]
         else:
             body[field] = value
-        # The gateway checks the types of these itself; the items of a non-empty messages
-        # list and the range of an integer max_tokens are the upstream's to judge.
+        # The gateway checks the types of these itself (max_tokens: a positive integer);
+        # the items of a non-empty messages list are the upstream's to judge.
         gateway_checked = field in MESSAGES_GATEWAY_CHECKED and not (
-            field == "messages" and isinstance(value, list) and value) and not (
-            field == "max_tokens" and type(value) is int)
+            field == "messages" and isinstance(value, list) and value)
         await assert_refused(hostile, MESSAGES_PATH, body, passthrough=route == "passthrough",
                              gateway_checked=gateway_checked, field=field)
 

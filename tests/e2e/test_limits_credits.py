@@ -697,7 +697,8 @@ async def test_credits_and_key_info_shapes_and_isolation(
     spent = 2 * expected_cost(USAGE)
 
     credits = await fetch("/api/v1/credits", ALICE_KEY)
-    assert set(credits) == {"total_credits", "total_usage"}
+    assert set(credits) == {"total_credits", "total_usage", "budget"}
+    assert credits["budget"] is None  # alice has no periodic budget
     assert credits["total_credits"] == 25
     assert credits["total_usage"] == pytest.approx(spent, rel=1e-9)
 
@@ -712,7 +713,7 @@ async def test_credits_and_key_info_shapes_and_isolation(
                                   "concurrent_requests": 8}
 
     bob_credits = await fetch("/api/v1/credits", BOB_KEY)
-    assert bob_credits == {"total_credits": None, "total_usage": 0}
+    assert bob_credits == {"total_credits": None, "total_usage": 0, "budget": None}
     bob = await fetch("/api/v1/auth/key", BOB_KEY)
     assert bob["label"] == "bob"
     assert (bob["usage"], bob["limit"], bob["limit_remaining"]) == (0, None, None)

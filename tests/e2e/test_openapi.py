@@ -70,6 +70,7 @@ MAX_EXAMPLES = int(os.environ.get("ANYROUTER_OPENAPI_EXAMPLES", "20"))
 CAROL_KEY = "sk-ar-test-carol-disabled-0123456789abcdef01"
 DAVE_KEY = "sk-ar-test-dave-expired-0123456789abcdef0123"
 ERIN_KEY = "sk-ar-test-erin-one-a-minute-0123456789abcd"
+FRANK_KEY = "sk-ar-test-frank-tiny-budget-0123456789abc"
 METRICS_TOKEN = "metrics-token-0123456789"
 MAX_BODY_BYTES = 1_000_000
 BODY_TIMEOUT_S = 1.0
@@ -169,6 +170,8 @@ def full_config(workdir: Path, urls: dict[str, str]) -> dict[str, Any]:
             "carol": {"key_sha256": sha256(CAROL_KEY), "disabled": True},
             "dave": {"key_sha256": sha256(DAVE_KEY), "expires_at": "2020-01-01T00:00:00Z"},
             "erin": {"key_sha256": sha256(ERIN_KEY), "limits": {"requests_per_minute": 1}},
+            "frank": {"key_sha256": sha256(FRANK_KEY), "models": ["scripted/*"],
+                      "budget": {"usd": 0.000001, "period": "day"}},
         },
     }
 
@@ -800,6 +803,7 @@ def test_messages_upstream_error_is_an_anthropic_envelope(live: LiveProxy,
     (CAROL_KEY, "/auth/key", "GET", None, 403, "key_disabled"),
     (CAROL_KEY, "/chat/completions", "POST", CHAT, 403, "key_disabled"),
     (BOB_KEY, "/chat/completions", "POST", CHAT, 402, "insufficient_credits"),
+    (FRANK_KEY, "/messages", "POST", MESSAGES, 402, "budget_exceeded"),
     (BOB_KEY, "/embeddings", "POST", {"model": "openai/text-embedding-3-small", "input": "x"},
      403, "model_not_allowed"),
     (ALICE_KEY, "/chat/completions", "POST", {**CHAT, "model": "nokey/gpt"}, 503,
@@ -811,13 +815,23 @@ def test_messages_upstream_error_is_an_anthropic_envelope(live: LiveProxy,
     (ALICE_KEY, "/messages/count_tokens", "POST", {**MESSAGES, "model": "nope/nope"}, 404,
      "model_not_found"),
 ], ids=["missing-key", "invalid-key", "expired-read", "expired-messages", "disabled-read",
-        "disabled-chat", "credits", "allow-list", "no-provider", "sunset", "no-route-kind",
-        "unknown-model"])
+        "disabled-chat", "credits", "budget", "allow-list", "no-provider", "sunset",
+        "no-route-kind", "unknown-model"])
 def test_gateway_errors_match_the_document(live: LiveProxy, session: requests.Session,
                                            key: str | None, path: str, method: str,
                                            body: Any, status: int, code: str) -> None:
     response = exchange(live, session, path, method, body=body, key=key)
     assert (response.status_code, error_of(response)["code"]) == (status, code)
+
+
+@pytest.mark.parametrize("path", ["/credits", "/auth/key"])
+def test_budget_reads_match_the_document(live: LiveProxy, session: requests.Session,
+                                         path: str) -> None:
+    response = exchange(live, session, path, "GET", key=FRANK_KEY)
+    budget = json.loads(response.content)["data"]["budget"]
+    assert (budget["usd"], budget["period"]) == (0.000001, "day")
+    alice = exchange(live, session, path, "GET")
+    assert json.loads(alice.content)["data"]["budget"] is None
 
 
 def test_rate_limited_is_429_with_retry_after(live: LiveProxy,

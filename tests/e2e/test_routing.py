@@ -181,8 +181,11 @@ async def start_failover_pair(config_factory: ConfigFactory, start_proxy: StartP
     primary = refused_provider() if fault == REFUSED else fake_provider(fake_openai)
     if isinstance(fault, Behaviour):
         fake_openai.then(fault)
+    # retry_slow_answers: a non-stream answer late after the upstream took the request
+    # fails over too (by default it is the final answer; see test_fair_share.py).
     return await start(config_factory, start_proxy,
-                       {"primary": primary, "backup": fake_provider(fake_backup)})
+                       {"primary": primary, "backup": fake_provider(fake_backup)},
+                       server={"retry_slow_answers": True})
 
 
 @pytest.mark.parametrize("case", list(FAILOVER_CASES))
@@ -273,7 +276,7 @@ async def test_total_timeout_fails_over(config_factory: ConfigFactory, start_pro
                                         fake_backup: FakeOpenAI) -> None:
     proxy = await start(config_factory, start_proxy, {
         "primary": fake_provider(fake_openai, {"first_byte_s": 5, "total_s": 0.3}),
-        "backup": fake_provider(fake_backup)})
+        "backup": fake_provider(fake_backup)}, server={"retry_slow_answers": True})
     fake_openai.then(Behaviour(delay_s=1))
     started = time.monotonic()
     status, headers, body = await post(proxy)
@@ -923,7 +926,7 @@ async def trio(config_factory: ConfigFactory, start_proxy: StartProxy, fake_open
                fake_backup: FakeOpenAI, fake_third: FakeOpenAI) -> Proxy:
     return await start(config_factory, start_proxy, {
         "primary": fake_provider(fake_openai), "backup": fake_provider(fake_backup),
-        "third": fake_provider(fake_third)}, server={"retries": 0})
+        "third": fake_provider(fake_third)}, server={"retries": 0, "retry_slow_answers": True})
 
 
 async def final_failure(proxy: Proxy) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -984,7 +987,7 @@ async def test_failed_request_keeps_its_attempts(config_factory: ConfigFactory,
                                                  fake_backup: FakeOpenAI) -> None:
     proxy = await start(config_factory, start_proxy, {
         "primary": fake_provider(fake_openai), "backup": fake_provider(fake_backup),
-        "dead": refused_provider()}, server={"retries": 0})
+        "dead": refused_provider()}, server={"retries": 0, "retry_slow_answers": True})
     fake_openai.then(Behaviour(status=503))
     fake_backup.then(Behaviour(delay_s=1))
     status, headers, body = await post(proxy)

@@ -162,7 +162,8 @@ def secure_config(config_factory: ConfigFactory, secrets: Secrets, openai_fake: 
                          "routes": [{"provider": "anthropic", "model": "claude-x"}]},
                 EMBED: {"pricing": {"prompt": 0.02},
                         "routes": [{"provider": "openai", "model": "text-embedding-3-small"}]},
-                "dead/model": {"routes": [{"provider": "dead", "model": "m"}]}},
+                "dead/model": {"pricing": {"prompt": 1, "completion": 2},
+                               "routes": [{"provider": "dead", "model": "m"}]}},
         keys={"alice": {"key_sha256": sha256(secrets.alice), "credits": 100},
               "bob": {"key_sha256": sha256(secrets.bob), "credits": 50}},
         server={"retries": 0, "log_level": "debug", **server})
@@ -557,7 +558,7 @@ async def test_generation_batch_key_and_credits_are_isolated(
     assert (alice_info["limit"], bob_info["limit"]) == (100, 50)
     assert alice_info["usage"] > 0 and bob_info["usage"] == 0
     _, _, raw = await seen.call("GET", "/api/v1/credits", bob)
-    assert json.loads(raw)["data"] == {"total_credits": 50, "total_usage": 0}
+    assert json.loads(raw)["data"] == {"total_credits": 50, "total_usage": 0, "budget": None}
     _, _, raw = await seen.call("GET", "/api/v1/credits", alice)
     assert json.loads(raw)["data"]["total_usage"] == alice_info["usage"] > 0
     assert_absent({"answers": seen.text()}, secrets.client_keys())

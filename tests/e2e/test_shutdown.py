@@ -178,7 +178,7 @@ async def test_sigterm_drains_in_flight_requests(serve: Any, fake_openai: FakeOp
         assert gen_id in rows, f"no usage row for {gen_id}"
         row = rows[gen_id]
         assert (row["status_code"], row["cancelled"], row["streamed"]) == (200, 0, int(stream))
-        assert row["tokens_prompt"] == 11 and row["usage_source"] == "upstream"
+        assert row["tokens_prompt"] == 11 and row["usage_source"] == "provider"
     assert fake_openai.cancelled == 0
 
 

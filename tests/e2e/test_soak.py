@@ -48,7 +48,8 @@ import yaml
 from aiohttp import web
 
 from tests.conftest import ALICE_KEY, PROVIDER_KEY, auth, sha256
-from tests.e2e.test_durability import ServeProcess, free_port, open_fds, proc_status_kb
+from tests.net import free_port
+from tests.serve_process import ServeProcess, open_fds, proc_status_kb
 
 MODEL = "soak/model"
 CHUNKS = 5
@@ -145,6 +146,8 @@ def _config(workdir: Path, upstream_port: int) -> Path:
         "storage": {"sqlite_path": str(workdir / "soak.db")},
         "providers": {"up": {"kind": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
                              "api_key": PROVIDER_KEY,
+                             # One key is the whole load: its share is the whole pool.
+                             "per_key_connections": 256,
                              "timeouts": {"connect_s": 5, "first_byte_s": 30, "idle_s": 30,
                                           "total_s": 60}}},
         "models": {MODEL: {"pricing": {"prompt": 1, "completion": 2},

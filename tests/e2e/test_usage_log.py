@@ -167,7 +167,7 @@ async def test_non_stream_row_matches_upstream_usage(openai_proxy: Proxy,
     assert row["finish_reason"] == "stop"
     assert row["status_code"] == 200
     assert row["error_code"] is None
-    assert row["usage_source"] == "upstream"
+    assert row["usage_source"] == "provider"
     assert row["trace_id"] == "trace-ns"
     assert_iso_utc(row["created_at"], before, after)
     assert_attempts(row["attempts"], [200])
@@ -203,7 +203,7 @@ async def test_stream_row_matches_upstream_usage(openai_proxy: Proxy,
     assert row["cancelled"] is False
     assert row["finish_reason"] == "stop"
     assert row["status_code"] == 200
-    assert row["usage_source"] == "upstream"
+    assert row["usage_source"] == "provider"
     assert row["trace_id"] == "trace-stream"
     assert_iso_utc(row["created_at"], before, after)
     assert_attempts(row["attempts"], [200])

@@ -459,3 +459,42 @@ def test_malformed_chunks_are_upstream_errors(bad: Any) -> None:
     with pytest.raises(UpstreamError) as err:
         stream.feed(bad)
     assert err.value.code == "upstream_invalid_response"
+
+
+# -- usage sources and output estimates (what a stream cut short is charged) -------------------
+
+def test_message_start_usage_is_partial_until_message_delta() -> None:
+    stream = new_a2o()
+    events = anthropic_events("stream_text.txt")
+    stream.feed(*events[0])
+    assert stream.usage is not None and stream.usage.source == "partial"
+    for event in events[1:]:
+        stream.feed(*event)
+    assert stream.usage.source == "provider"
+
+
+def test_anthropic_deltas_are_estimated_as_they_pass() -> None:
+    stream = new_a2o()
+    events = anthropic_events("stream_text.txt")
+    text = "".join(d["delta"]["text"] for e, d in events if e == "content_block_delta")
+    for event in events:
+        stream.feed(*event)
+    assert stream.output_tokens >= -(-len(text) // 3) > 0
+
+
+def test_no_usage_until_the_upstream_sends_one() -> None:
+    chunks = [c for c in openai_chunks("openai_stream_parallel_tools.txt") if not c.get("usage")]
+    stream = OpenAIToAnthropicStream(model="openai/gpt-4o", message_id="msg_gen-xyz")
+    for chunk in chunks:
+        stream.feed(chunk)
+    assert stream.usage is None
+    assert stream.output_tokens >= 3  # one tool-argument event at least one token each
+
+
+def test_a_running_usage_count_is_partial_until_the_stream_ends() -> None:
+    stream = OpenAIToAnthropicStream(model="openai/gpt-4o", message_id="msg_gen-xyz")
+    stream.feed({"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}],
+                 "usage": {"prompt_tokens": 9, "completion_tokens": 1}})
+    assert stream.usage is not None and stream.usage.source == "partial"
+    stream.ended()
+    assert stream.usage.source == "provider"

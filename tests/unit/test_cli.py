@@ -7,9 +7,12 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from tests.net import free_port
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "routes.yaml"
 KEY_RE = re.compile(r"^\s*(sk-ar-\S+)\s*$", re.MULTILINE)
+DEMO_KEY = "sk-ar-demo-0000000000000000000000000000"  # the README's
 DIGEST_RE = re.compile(r"^\s*key_sha256: ([0-9a-f]{64})\s*$", re.MULTILINE)
 
 BAD = """\
@@ -118,7 +122,7 @@ def test_check_ignores_credentials_in_the_process_environment(
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     assert cli.main(["check", "--config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
-    assert "OK (4 providers, 6 models, 1 keys)" in out
+    assert "OK (4 providers, 6 models, 2 keys)" in out
 
 
 def test_check_reports_an_unknown_yaml_tag_as_a_problem(tmp_path: Path) -> None:
@@ -171,10 +175,143 @@ def test_serve_valid_config_passes_flags_to_the_server(
         return 0
 
     monkeypatch.setattr(runner, "serve", fake_serve)
-    assert cli.main(["serve", "--config", str(EXAMPLE), "--host", "0.0.0.0",
+    assert cli.main(["serve", "--config", str(EXAMPLE), "--host", "::1",
                      "--port", "9123"]) == 0
-    assert (seen["host"], seen["port"]) == ("0.0.0.0", 9123)
+    assert (seen["host"], seen["port"]) == ("::1", 9123)
     assert seen["config"] == load_config(EXAMPLE, environ={})
+
+
+UNPRICED = """\
+version: 1
+providers:
+  demo: {kind: mock}
+models:
+  demo/echo:
+    pricing: {prompt: 1, completion: 2}
+    routes:
+      - {provider: demo, model: echo}
+  demo/free:
+    routes:
+      - {provider: demo, model: free}
+keys:
+  alice:
+    key_sha256: %s
+    credits: 10
+""" % ("a" * 64)
+
+
+def test_check_and_serve_refuse_an_unpriced_model_a_credit_key_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from anyrouter_proxy.server import runner
+
+    path = tmp_path / "unpriced.yaml"
+    path.write_text(UNPRICED, "utf-8")
+    result = run("check", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    [line] = problem_lines(result.stderr, path)
+    assert line.startswith(f"{path}:9: models.demo/free.pricing: missing"), line
+    assert "key 'alice' has credits or a budget" in line
+    calls: list[object] = []
+    monkeypatch.setattr(runner, "serve", lambda *a, **k: calls.append(a) or 0)
+    assert cli.main(["serve", "--config", str(path)]) != 0
+    assert calls == []
+    assert f"{path}:9: models.demo/free.pricing: missing" in capsys.readouterr().err
+    path.write_text(UNPRICED.replace("  demo/free:\n",
+                                     "  demo/free:\n    pricing: {prompt: 0, completion: 0}\n"),
+                    "utf-8")
+    assert run("check", "--config", str(path), cwd=tmp_path).returncode == 0
+
+
+# --- serve: the published demo key stays on loopback ---------------------------------
+
+
+def demo_config(tmp_path: Path, host: str = "127.0.0.1") -> Path:
+    """The demo key under another name (it is known by its digest), listening on `host`."""
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        f"version: 1\nserver: {{host: '{host}'}}\n"
+        f"storage: {{sqlite_path: {tmp_path / 'usage.db'}}}\n"
+        "providers:\n  demo: {kind: mock}\n"
+        "models:\n  demo/echo: {routes: [{provider: demo, model: echo}]}\n"
+        f"keys:\n  mine: {{key_sha256: {'a' * 64}}}\n"
+        f"  trial: {{key_sha256: {hashlib.sha256(DEMO_KEY.encode()).hexdigest()}}}\n",
+        "utf-8")
+    return path
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], host: str, port: int) -> None:
+    assert result.returncode != 0
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message  # one paragraph, no traceback
+    assert f"refusing to serve on {host}:" in message
+    assert "keys.trial" in message  # which entry to remove
+    assert "anyrouter-proxy keys new NAME" in message  # how to make one's own
+    with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
+        sock.connect(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]", "192.168.1.10", "10.0.0.7",
+                                  "::ffff:0.0.0.0", "anyrouter.example.com"])
+def test_serve_refuses_the_demo_key_on_a_non_loopback_host(tmp_path: Path, host: str) -> None:
+    port = free_port()
+    result = run("serve", "--config", str(demo_config(tmp_path)), "--host", host,
+                 "--port", str(port), cwd=tmp_path, timeout=30)
+    assert_refused(result, host, port)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "172.16.0.3"])
+def test_serve_refuses_the_demo_key_on_the_configs_host(tmp_path: Path, host: str) -> None:
+    port = free_port()
+    result = run("serve", "--config", str(demo_config(tmp_path, host)), "--port", str(port),
+                 cwd=tmp_path, timeout=30)
+    assert_refused(result, host, port)
+
+
+def test_serve_refuses_the_example_config_as_the_container_runs_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from anyrouter_proxy.server import runner
+
+    calls: list[object] = []
+    monkeypatch.setattr(runner, "serve", lambda *a, **k: calls.append(a) or 0)
+    assert cli.main(["serve", "--config", str(EXAMPLE), "--host", "0.0.0.0"]) == 1
+    assert calls == []
+    assert "refusing to serve on 0.0.0.0: " in capsys.readouterr().err
+
+
+def wait_for_health(process: subprocess.Popen[str], url: str) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited: {process.communicate()[1]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return int(response.status)
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("serve did not answer within 30 s")
+
+
+@pytest.mark.parametrize(("host", "connect"), [
+    ("127.0.0.1", "127.0.0.1"), ("localhost", "127.0.0.1"), ("::1", "[::1]"),
+    ("127.0.0.2", "127.0.0.2"),
+])
+def test_serve_accepts_the_demo_key_on_loopback(tmp_path: Path, host: str,
+                                               connect: str) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anyrouter_proxy", "serve", "--config", str(demo_config(tmp_path)),
+         "--host", host, "--port", str(port)],
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        assert wait_for_health(process, f"http://{connect}:{port}/health") == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "refusing" not in stderr
 
 
 # --- schema ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from anyrouter_proxy.config.loader import (
     schema,
     schema_path,
 )
-from anyrouter_proxy.config.model import Config, KeyConfig, Limits
+from anyrouter_proxy.config.model import Budget, Config, KeyConfig, Limits
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "routes.yaml"
@@ -299,6 +299,48 @@ def test_mock_provider_needs_no_base_url_nor_key(tmp_path: Path) -> None:
     assert provider.has_credentials is True
 
 
+def test_connection_pool_and_timeout_defaults(tmp_path: Path) -> None:
+    config = parse(tmp_path, BASE)
+    provider = config.providers["demo"]
+    assert (provider.max_connections, provider.per_key_connections) == (256, None)
+    assert provider.connections_per_key == 128
+    server = config.server
+    assert (server.write_timeout_s, server.keepalive_timeout_s) == (30.0, 75.0)
+    assert server.retry_slow_answers is False
+
+
+def test_connection_pool_and_timeouts_as_written(tmp_path: Path) -> None:
+    text = BASE.replace("  demo: {kind: mock}\n", "  demo: {kind: mock, max_connections: 10, "
+                        "per_key_connections: 4}\n") + yml("""
+        server: {write_timeout_s: 5, keepalive_timeout_s: 2.5, retry_slow_answers: true}
+        """)
+    config = parse(tmp_path, text)
+    assert config.providers["demo"].connections_per_key == 4
+    assert config.providers["demo"].max_connections == 10
+    assert (config.server.write_timeout_s, config.server.keepalive_timeout_s,
+            config.server.retry_slow_answers) == (5, 2.5, True)
+
+
+def test_a_key_share_larger_than_the_pool_is_an_error(tmp_path: Path) -> None:
+    text = BASE.replace("  demo: {kind: mock}\n", "  demo: {kind: mock, per_key_connections: "
+                        "300}\n")
+    problem = only_problem(tmp_path, text)
+    assert problem.path == "providers.demo.per_key_connections"
+    assert "300" in problem.message and "max_connections (256)" in problem.message
+
+
+@pytest.mark.parametrize("field", ["max_connections: 0", "per_key_connections: 0",
+                                   "max_connections: 1.5"])
+def test_pool_sizes_are_positive_integers(tmp_path: Path, field: str) -> None:
+    text = BASE.replace("  demo: {kind: mock}\n", f"  demo: {{kind: mock, {field}}}\n")
+    assert only_problem(tmp_path, text).path.startswith("providers.demo.")
+
+
+@pytest.mark.parametrize("field", ["write_timeout_s", "keepalive_timeout_s"])
+def test_connection_timeouts_must_be_positive(tmp_path: Path, field: str) -> None:
+    assert only_problem(tmp_path, BASE + f"server: {{{field}: 0}}\n").path == f"server.{field}"
+
+
 def test_base_url_trailing_slash_is_dropped(tmp_path: Path) -> None:
     text = openai_with("k").replace("/v1", "/v1/")
     assert parse(tmp_path, text).providers["oa"].base_url == "https://api.example.com/v1"
@@ -536,6 +578,107 @@ def test_expires_at_forms(tmp_path: Path, written: str, expected: dt.datetime) -
     assert expires is not None and expires.tzinfo is not None
 
 
+# --- pricing of what metered keys reach -------------------------------------------------
+
+TWO_ROUTES = """\
+version: 1
+providers:
+  a: {kind: mock}
+  b: {kind: mock}
+models:
+  demo/echo:
+    routes:
+      - {provider: a, model: echo}
+      - {provider: b, model: echo}
+  free/model:
+    pricing: {prompt: 0, completion: 0}
+    routes:
+      - {provider: a, model: free}
+"""
+
+
+def credit_key(extra: str = "") -> str:
+    return f"keys:\n  alice:\n    key_sha256: {HASH_A}\n    credits: 5\n{extra}"
+
+
+def test_a_model_without_pricing_that_a_credit_key_may_use_is_an_error(
+        tmp_path: Path) -> None:
+    text = TWO_ROUTES + credit_key()
+    problem = only_problem(tmp_path, text)
+    assert problem.path == "models.demo/echo.pricing"
+    assert problem.line == line_of(text, "demo/echo:")
+    assert "key 'alice' has credits or a budget" in problem.message
+    assert "routes via a, b have no pricing" in problem.message
+    assert "pricing: {prompt: 0, completion: 0}" in problem.message
+
+
+def test_explicit_zero_pricing_is_free_on_purpose(tmp_path: Path) -> None:
+    config = parse(tmp_path, TWO_ROUTES.replace(
+        "  demo/echo:\n", "  demo/echo:\n    pricing: {prompt: 0, completion: 0}\n")
+        + credit_key())
+    model = config.models["demo/echo"]
+    assert model.priced and (model.pricing.prompt, model.pricing.completion) == (0, 0)
+    assert not parse(tmp_path, TWO_ROUTES).models["demo/echo"].priced
+
+
+def test_pricing_on_every_route_is_enough(tmp_path: Path) -> None:
+    text = TWO_ROUTES.replace("{provider: a, model: echo}",
+                              "{provider: a, model: echo, pricing: {prompt: 1}}")
+    text = text.replace("{provider: b, model: echo}",
+                        "{provider: b, model: echo, pricing: {prompt: 2, completion: 3}}")
+    config = parse(tmp_path, text + credit_key())
+    assert [r.pricing.prompt for r in config.models["demo/echo"].routes
+            if r.pricing is not None] == [1, 2]
+
+
+def test_one_unpriced_route_is_enough_for_the_error(tmp_path: Path) -> None:
+    text = TWO_ROUTES.replace("{provider: a, model: echo}",
+                              "{provider: a, model: echo, pricing: {prompt: 1}}")
+    problem = only_problem(tmp_path, text + credit_key())
+    assert problem.path == "models.demo/echo.pricing"
+    assert "routes via b have no pricing" in problem.message
+
+
+def test_an_unpriced_model_outside_the_allow_list_of_credit_keys_is_fine(
+        tmp_path: Path) -> None:
+    config = parse(tmp_path, TWO_ROUTES + credit_key('    models: ["free/*"]\n'))
+    assert config.keys["alice"].credits == 5
+    found = problems(tmp_path, TWO_ROUTES + credit_key('    models: ["free/*", "demo/*"]\n'))
+    assert [p.path for p in found] == ["models.demo/echo.pricing"]
+
+
+def test_an_unpriced_model_is_fine_when_no_key_has_credits(tmp_path: Path) -> None:
+    text = TWO_ROUTES + f"keys:\n  bob: {{key_sha256: {HASH_B}}}\n"
+    assert parse(tmp_path, text).models["demo/echo"].pricing.prompt == 0
+
+
+def test_a_key_with_a_budget_is_metered_too(tmp_path: Path) -> None:
+    text = TWO_ROUTES + f"keys:\n  team:\n    key_sha256: {HASH_B}\n" \
+        "    budget: {usd: 5, period: day}\n"
+    problem = only_problem(tmp_path, text)
+    assert problem.path == "models.demo/echo.pricing"
+    assert "key 'team' has credits or a budget" in problem.message
+
+
+def test_every_metered_key_is_counted_in_the_message(tmp_path: Path) -> None:
+    text = TWO_ROUTES + credit_key() + f"  bob: {{key_sha256: {HASH_B}, credits: 1}}\n"
+    problem = only_problem(tmp_path, text)
+    assert "key 'alice' (and 1 more) has credits or a budget" in problem.message
+
+
+def test_billed_extras_are_priced_fields(tmp_path: Path) -> None:
+    text = TWO_ROUTES.replace(
+        "    pricing: {prompt: 0, completion: 0}\n",
+        "    pricing: {prompt: 3, completion: 15, cache_write: 3.75, web_search: 0.01,"
+        " request: 0.005}\n")
+    pricing = parse(tmp_path, text).models["free/model"].pricing
+    assert (pricing.cache_write, pricing.web_search, pricing.request) == (3.75, 0.01, 0.005)
+    unpriced = parse(tmp_path, TWO_ROUTES).models["free/model"].pricing
+    assert (unpriced.cache_write, unpriced.web_search, unpriced.request) == (None, None, None)
+    problem = only_problem(tmp_path, text.replace("web_search: 0.01", "web_search: -1"))
+    assert problem.path == "models.free/model.pricing.web_search"
+
+
 # --- all problems at once -------------------------------------------------------------
 
 
@@ -672,9 +815,44 @@ def test_key_own_limits_win(tmp_path: Path) -> None:
 def test_key_optional_fields_default(tmp_path: Path) -> None:
     key = parse(tmp_path, BASE + f"keys:\n  alice: {{key_sha256: {HASH_A}}}\n").keys["alice"]
     assert key.credits is None
+    assert key.budget is None
     assert key.models is None
     assert key.disabled is False
     assert key.expires_at is None
+
+
+@pytest.mark.parametrize("period", ["day", "week", "month"])
+def test_key_budget_beside_or_instead_of_credits(tmp_path: Path, period: str) -> None:
+    priced = BASE.replace("  demo/echo:\n", "  demo/echo:\n    pricing: {prompt: 1}\n")
+    text = (priced + f"keys:\n  alice:\n    key_sha256: {HASH_A}\n"
+            f"    budget: {{usd: 50, period: {period}}}\n"
+            f"  bob:\n    key_sha256: {HASH_B}\n    credits: 10\n"
+            f"    budget: {{usd: 0.5, period: {period}}}\n")
+    keys = parse(tmp_path, text).keys
+    assert keys["alice"].budget == Budget(usd=50.0, period=period)
+    assert isinstance(keys["alice"].budget.usd, float) and keys["alice"].credits is None
+    assert (keys["bob"].credits, keys["bob"].budget) == (10.0, Budget(0.5, period))
+
+
+@pytest.mark.parametrize(("budget", "path", "message"), [
+    ("{usd: -1, period: day}", "keys.alice.budget.usd", "less than the minimum of 0"),
+    ("{usd: 5, period: year}", "keys.alice.budget.period", "'year' is not one of"),
+    ("{usd: 5}", "keys.alice.budget", "'period' is a required property"),
+    ("{period: day}", "keys.alice.budget", "'usd' is a required property"),
+    ("{usd: '5', period: day}", "keys.alice.budget.usd", "is not of type 'number'"),
+    ("{usd: 5, period: day, reset: daily}", "keys.alice.budget.reset", "unknown field"),
+    ("50", "keys.alice.budget", "is not of type 'object'"),
+])
+def test_bad_key_budget(tmp_path: Path, budget: str, path: str, message: str) -> None:
+    text = BASE + f"keys:\n  alice:\n    key_sha256: {HASH_A}\n    budget: {budget}\n"
+    problem = only_problem(tmp_path, text)
+    assert problem.path == path
+    assert problem.line == line_of(text, "budget:")
+    assert message in problem.message
+
+
+def test_example_has_a_key_with_a_budget(example: Config) -> None:
+    assert any(key.budget is not None for key in example.keys.values())
 
 
 def test_route_priority_defaults_to_position_and_weight_to_1(tmp_path: Path) -> None:

@@ -1,10 +1,13 @@
-"""Cost arithmetic, prompt estimates and the credit ledger."""
+"""Cost arithmetic, prompt estimates and the credit ledger (credits and budgets)."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+
 import pytest
 
-from anyrouter_proxy.config.model import KeyConfig, Limits, ModelConfig, Pricing
+from anyrouter_proxy.config.model import Budget, KeyConfig, Limits, Pricing
 from anyrouter_proxy.credits import (
     IMAGE_TOKENS,
     CreditLedger,
@@ -18,10 +21,6 @@ from anyrouter_proxy.types import Usage
 
 def make_key(credits: float | None, name: str = "alice") -> KeyConfig:
     return KeyConfig(name=name, key_sha256="0" * 64, limits=Limits(), credits=credits)
-
-
-def make_model(pricing: Pricing, max_output_tokens: int | None = None) -> ModelConfig:
-    return ModelConfig(id="v/m", routes=(), pricing=pricing, max_output_tokens=max_output_tokens)
 
 
 # --- request_cost ---------------------------------------------------------------------------
@@ -69,31 +68,26 @@ def test_cost_tolerates_inconsistent_counts() -> None:
 # --- worst_case_cost ------------------------------------------------------------------------
 
 
-def test_worst_case_uses_request_max_tokens_first() -> None:
-    model = make_model(Pricing(prompt=1.0, completion=2.0), max_output_tokens=8000)
-    assert worst_case_cost(model, 1000, 100, 4096) == pytest.approx((1000 + 200) / 1e6)
+def test_worst_case_is_prompt_and_output_at_their_prices() -> None:
+    pricing = Pricing(prompt=1.0, completion=2.0)
+    assert worst_case_cost(pricing, 1000, 100) == pytest.approx((1000 + 200) / 1e6)
 
 
-def test_worst_case_falls_back_to_model_output_cap() -> None:
-    model = make_model(Pricing(prompt=1.0, completion=2.0), max_output_tokens=8000)
-    assert worst_case_cost(model, 1000, None, 4096) == pytest.approx((1000 + 16000) / 1e6)
-
-
-def test_worst_case_falls_back_to_server_default() -> None:
-    model = make_model(Pricing(prompt=1.0, completion=2.0))
-    assert worst_case_cost(model, 1000, None, 4096) == pytest.approx((1000 + 8192) / 1e6)
+def test_worst_case_of_no_output_is_the_prompt_alone() -> None:
+    assert worst_case_cost(Pricing(prompt=1.0, completion=2.0), 1000, 0) == pytest.approx(
+        1000 / 1e6)
 
 
 def test_worst_case_uses_the_dearer_of_completion_and_reasoning() -> None:
-    model = make_model(Pricing(prompt=0.0, completion=2.0, reasoning=5.0))
-    assert worst_case_cost(model, 0, 1000, 4096) == pytest.approx(5000 / 1e6)
+    pricing = Pricing(prompt=0.0, completion=2.0, reasoning=5.0)
+    assert worst_case_cost(pricing, 0, 1000) == pytest.approx(5000 / 1e6)
 
 
 def test_worst_case_bounds_the_real_cost() -> None:
     pricing = Pricing(prompt=3.0, completion=15.0, cached_prompt=0.3, reasoning=20.0)
     usage = Usage(prompt_tokens=900, cached_tokens=100, completion_tokens=256,
                   reasoning_tokens=200)
-    assert request_cost(pricing, usage) <= worst_case_cost(make_model(pricing), 900, 256, 4096)
+    assert request_cost(pricing, usage) <= worst_case_cost(pricing, 900, 256)
 
 
 # --- estimate_prompt_tokens -----------------------------------------------------------------
@@ -252,3 +246,133 @@ def test_keys_have_separate_budgets() -> None:
     ledger.reserve(make_key(1.00, "alice"), 1.00).settle(1.00)
     ledger.reserve(make_key(1.00, "bob"), 1.00)
     assert ledger.spent("bob") == 0.0
+
+
+# --- budgets ------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, iso: str) -> None:
+        self.now = at(iso)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def at(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).replace(tzinfo=dt.UTC).timestamp()
+
+
+def budget_key(usd: float, period: str = "day", credits: float | None = None) -> KeyConfig:
+    return dataclasses.replace(make_key(credits), budget=Budget(usd=usd, period=period))
+
+
+def test_budget_boundary_is_exact_and_counts_open_reservations() -> None:
+    ledger = CreditLedger(FakeClock("2025-03-05T12:00:00"))
+    key = budget_key(1.00)
+    ledger.reserve(key, 0.40).settle(0.40)
+    held = ledger.reserve(key, 0.50)  # 0.40 spent + 0.50 held + 0.10 = 1.00: fits
+    ledger.reserve(key, 0.10)
+    with pytest.raises(InsufficientCredits) as info:
+        ledger.reserve(key, 0.01)
+    exc = info.value
+    assert (exc.status, exc.type, exc.code) == (402, "insufficient_credits", "budget_exceeded")
+    assert exc.message == (
+        "Budget exceeded for key alice: $0.00 of its daily budget of $1.00 remaining until "
+        "it resets at 2025-03-06T00:00:00Z, this request may cost up to $0.01")
+    assert exc.metadata == {
+        "key": "alice", "usd": 1.0, "period": "day", "period_start": "2025-03-05T00:00:00Z",
+        "resets_at": "2025-03-06T00:00:00Z", "spent": pytest.approx(0.40),
+        "reserved": pytest.approx(0.60), "remaining": pytest.approx(0.0),
+        "requested": 0.01}
+    held.settle(0.05)  # the rest of the worst case goes back to the period
+    ledger.reserve(key, 0.45)
+    status = ledger.budget(key)
+    assert status is not None
+    assert (status.spent, status.reserved) == (pytest.approx(0.45), pytest.approx(0.55))
+
+
+def test_hundred_reservations_on_a_budget_for_ten_admit_exactly_ten() -> None:
+    ledger = CreditLedger(FakeClock("2025-03-05T12:00:00"))
+    key = budget_key(0.30, "week")
+    admitted = []
+    for _ in range(100):
+        try:
+            admitted.append(ledger.reserve(key, 0.03))
+        except InsufficientCredits as exc:
+            assert exc.code == "budget_exceeded"
+    assert len(admitted) == 10
+    for reservation in admitted:
+        reservation.settle(0.03)
+    assert ledger.period_spent("alice", "week") == pytest.approx(0.30)
+
+
+def test_budget_resets_at_the_rollover_without_a_restart() -> None:
+    clock = FakeClock("2025-03-09T23:00:00")  # a Sunday
+    ledger, key = CreditLedger(clock), budget_key(1.00, "day")
+    ledger.reserve(key, 1.00).settle(1.00)
+    with pytest.raises(InsufficientCredits):
+        ledger.reserve(key, 0.01)
+    clock.now = at("2025-03-10T00:00:00")
+    ledger.reserve(key, 1.00).settle(0.25)
+    status = ledger.budget(key)
+    assert status is not None
+    assert status.as_json()["period_start"] == "2025-03-10T00:00:00Z"
+    assert (status.spent, status.remaining) == (0.25, 0.75)
+    assert ledger.spent("alice") == 1.25  # the lifetime spend goes on
+    weekly = budget_key(1.00, "week")  # a reload to a weekly budget: a new week, too
+    assert ledger.period_spent("alice", "week") == 0.25
+    ledger.reserve(weekly, 0.75)
+
+
+def test_request_across_midnight_is_the_old_days_spend_and_holds_meanwhile() -> None:
+    clock = FakeClock("2025-03-05T23:59:50")
+    ledger, key = CreditLedger(clock), budget_key(1.00, "day")
+    running = ledger.reserve(key, 0.80)
+    clock.now = at("2025-03-06T00:00:10")
+    with pytest.raises(InsufficientCredits):  # still held: the new day cannot spend it yet
+        ledger.reserve(key, 0.30)
+    running.settle(0.70)
+    assert ledger.period_spent("alice", "day") == 0.0
+    assert ledger.period_spent("alice", "month") == pytest.approx(0.70)
+    ledger.reserve(key, 1.00)
+
+
+def test_credits_are_checked_before_the_budget() -> None:
+    ledger = CreditLedger(FakeClock("2025-03-05T12:00:00"))
+    key = budget_key(1.00, credits=0.50)
+    with pytest.raises(InsufficientCredits) as info:
+        ledger.reserve(key, 2.00)
+    assert info.value.code == "insufficient_credits"
+    with pytest.raises(InsufficientCredits) as info:
+        ledger.reserve(budget_key(1.00, credits=5.00), 2.00)
+    assert info.value.code == "budget_exceeded"
+
+
+def test_zero_budget_refuses_all_but_free_requests() -> None:
+    ledger, key = CreditLedger(FakeClock("2025-03-05T12:00:00")), budget_key(0.0, "month")
+    ledger.reserve(key, 0.0).settle(0.0)
+    with pytest.raises(InsufficientCredits):
+        ledger.reserve(key, 1e-9)
+
+
+def test_loaded_period_spend_makes_a_restarted_ledger_refuse() -> None:
+    clock = FakeClock("2025-03-05T12:00:00")
+    key = budget_key(1.00, "month")
+    restarted = CreditLedger(clock)
+    assert restarted.load_period_spend("month", at("2025-03-01T00:00:00"), {"alice": 0.9})
+    assert not restarted.load_period_spend("month", at("2025-02-01T00:00:00"), {"alice": 5})
+    with pytest.raises(InsufficientCredits):
+        restarted.reserve(key, 0.2)
+    restarted.reserve(key, 0.1)
+
+
+def test_a_budget_added_by_a_reload_counts_its_period_from_the_start() -> None:
+    ledger = CreditLedger(FakeClock("2025-03-05T12:00:00"))
+    ledger.reserve(make_key(None), 0.8).settle(0.8)  # no budget yet: spend still counted
+    with pytest.raises(InsufficientCredits):
+        ledger.reserve(budget_key(1.00, "week"), 0.3)
+
+
+def test_key_without_budget_reports_none() -> None:
+    assert CreditLedger().budget(make_key(1.0)) is None

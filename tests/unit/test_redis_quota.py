@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from anyrouter_proxy.budget import window
 from anyrouter_proxy.config.model import (
+    Budget,
     Config,
     KeyConfig,
     Limits,
@@ -83,14 +85,16 @@ async def make_quota(redis_server: RedisServer, prefix: str) -> AsyncIterator[Qu
 
     def make(*keys: KeyConfig, providers: tuple[ProviderConfig, ...] = (),
              limits_on_error: str = "open", credits_on_error: str = "closed",
-             url: str | None = None, timeout_s: float = 5.0, **options: Any) -> RedisQuota:
+             url: str | None = None, timeout_s: float = 5.0,
+             clock: Callable[[], float] = time.time, **options: Any) -> RedisQuota:
         # A generous timeout: on a loaded CI machine a slow answer would otherwise fall
         # back to local buckets and make the shared-state assertions flaky.
         state = StateConfig(backend="redis", url=url or redis_server.url, key_prefix=prefix,
                             timeout_s=timeout_s, limits_on_error=limits_on_error,
                             credits_on_error=credits_on_error)
         config = make_config(*keys, providers=providers, state=state)
-        quota = RedisQuota(config, MemoryQuota(Limiter(config), CreditLedger()), **options)
+        quota = RedisQuota(config, MemoryQuota(Limiter(config), CreditLedger(clock)),
+                           **options)
         made.append(quota)
         return quota
 
@@ -252,6 +256,22 @@ async def test_provider_limits_return_none_when_exhausted(make_quota: QuotaFacto
     assert await quota.admit_provider(free, 10) is NO_LIMITS  # nothing to hold: no trip
 
 
+async def test_a_fallback_model_takes_only_the_entries_the_admission_does_not_hold(
+        make_quota: QuotaFactory) -> None:
+    key = make_key(rpm=100, model_limits={"*/x": Limits(requests_per_minute=2),
+                                          "b/*": Limits(concurrent_requests=1)})
+    quota = make_quota(key)
+    await quota.admit(key, "a/x", 0)
+    held = await quota.admit_model(key, "b/x", "a/x", 0)
+    assert held is not None and held is not NO_LIMITS
+    assert await admitted(quota, key, "a/x")  # "*/x" had 2: the fallback took none
+    assert await quota.admit_model(key, "b/x", "a/x", 0) is None  # "b/*": its slot is held
+    held.release()
+    await quota.flush()
+    assert await quota.admit_model(key, "b/x", "a/x", 0) is not None
+    assert await quota.admit_model(key, "c/y", "a/x", 0) is NO_LIMITS  # nothing to hold
+
+
 async def test_rate_headers_read_without_consuming_and_follow_other_replicas(
         make_quota: QuotaFactory) -> None:
     key = make_key(rpm=10)
@@ -403,6 +423,189 @@ async def test_load_spend_seeds_only_what_redis_lacks(make_quota: QuotaFactory,
     await first.reserve(key, 1.0)
     assert await first.spent("alice") == usd(2.5)
     assert await first.remaining(key) == usd(6.5)
+
+
+# -- budgets -----------------------------------------------------------------------------
+
+
+def budget_key(usd: float, period: str = "day", credits: float | None = None,
+               name: str = "alice") -> KeyConfig:
+    return dataclasses.replace(make_key(name, credits=credits),
+                               budget=Budget(usd=usd, period=period))
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_budget_boundary_is_exact_and_shares_the_reservation(
+        make_quota: QuotaFactory) -> None:
+    key = budget_key(0.3, "week", credits=10.0)
+    quota = make_quota(key)
+    held = [await quota.reserve(key, 0.1) for _ in range(3)]
+    with pytest.raises(InsufficientCredits) as caught:
+        await quota.reserve(key, 1 / UNITS_PER_USD)
+    exc = caught.value
+    assert (exc.status, exc.type, exc.code) == (402, "insufficient_credits", "budget_exceeded")
+    assert exc.message.startswith("Budget exceeded for key alice: $0.00 of its weekly "
+                                  "budget of $0.30 remaining until it resets at ")
+    assert exc.metadata is not None
+    assert exc.metadata["period"] == "week" and exc.metadata["reserved"] == usd(0.3)
+    assert exc.metadata["resets_at"] == exc.message.split("resets at ")[1].split(",")[0]
+    assert await quota.remaining(key) == usd(9.7)  # the one reservation holds credits too
+    held[0].settle(0.05)
+    held[1].cancel()
+    await quota.flush()
+    status = await quota.budget(key)
+    assert status is not None
+    assert (status.spent, status.reserved, status.remaining) == (usd(0.05), usd(0.1),
+                                                                usd(0.15))
+    assert await quota.spent("alice") == usd(0.05)
+    with pytest.raises(InsufficientCredits):
+        await quota.reserve(key, 0.16)
+    await quota.reserve(key, 0.15)
+
+
+async def test_credits_refuse_before_the_budget(make_quota: QuotaFactory) -> None:
+    key = budget_key(1.0, credits=0.5)
+    quota = make_quota(key)
+    with pytest.raises(InsufficientCredits) as caught:
+        await quota.reserve(key, 2.0)
+    assert caught.value.code == "insufficient_credits"
+
+
+async def test_two_replicas_share_a_budget_exactly(make_quota: QuotaFactory) -> None:
+    key = budget_key(0.001, "month")
+    one, two = make_quota(key), make_quota(key)
+    results = await asyncio.gather(*((one if i % 2 else two).reserve(key, 0.0001)
+                                     for i in range(100)), return_exceptions=True)
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    assert len(ok) == 10
+    assert all(isinstance(r, InsufficientCredits) and r.code == "budget_exceeded"
+               for r in results if r not in ok)
+    for reservation in ok:
+        reservation.settle(0.0001)
+    await one.flush()
+    await two.flush()
+    for quota in (one, two):
+        status = await quota.budget(key)
+        assert status is not None
+        assert (status.spent, status.remaining) == (usd(0.001), 0)
+
+
+async def test_period_spend_key_is_named_by_its_start_and_expires_after_it(
+        make_quota: QuotaFactory, redis_server: RedisServer, prefix: str) -> None:
+    key = budget_key(1.0, "day")
+    quota = make_quota(key)
+    (await quota.reserve(key, 0.5)).settle(0.25)
+    await quota.flush()
+    day = window("day", time.time())
+    name = f"{prefix}{{key:alice}}:budget:day:{int(day.start)}"
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        assert await client.get(name) == str(round(0.25 * UNITS_PER_USD)).encode()
+        ttl_s = await client.pttl(name) / 1000
+        assert ttl_s == pytest.approx(day.end + 3600 - time.time(), abs=5)
+    finally:
+        await client.aclose()
+
+
+async def test_budget_rolls_over_with_the_clock_and_charges_the_reserving_period(
+        make_quota: QuotaFactory) -> None:
+    monday = window("week", time.time()).start + 7 * 86400  # a Monday, 00:00 UTC, ahead
+    clock = FakeClock(monday - 60)  # Sunday 23:59
+    key = budget_key(1.0, "day")
+    quota = make_quota(key, clock=clock)
+    (await quota.reserve(key, 0.6)).settle(0.6)
+    across = await quota.reserve(key, 0.4)  # reserved on Sunday, settled on Monday
+    with pytest.raises(InsufficientCredits):
+        await quota.reserve(key, 0.01)
+    clock.now = monday + 1
+    with pytest.raises(InsufficientCredits):  # the open reservation still holds
+        await quota.reserve(key, 0.61)
+    across.settle(0.3)
+    await quota.flush()
+    status = await quota.budget(key)
+    assert status is not None
+    assert status.window.start == monday
+    assert (status.spent, status.reserved) == (0, 0)  # Sunday's 0.9 stays on Sunday
+    (await quota.reserve(key, 1.0)).settle(0.5)
+    await quota.flush()
+    clock.now = monday - 30  # what Sunday was charged (a clock set back, for the test)
+    sunday = await quota.budget(key)
+    assert sunday is not None and sunday.spent == usd(0.9)
+
+
+async def test_load_period_spend_seeds_only_what_redis_lacks(
+        make_quota: QuotaFactory, redis_server: RedisServer, prefix: str) -> None:
+    key = budget_key(1.0, "month")
+    start = window("month", time.time()).start
+    first = make_quota(key)
+    await first.load_period_spend("month", start, {"alice": 0.5, "bob": 0.25})
+    await first.load_period_spend("month", start - 86400, {"alice": 9.0})  # a past month
+    (await first.reserve(key, 0.2)).settle(0.1)
+    await first.flush()
+    second = make_quota(key)  # a replica starting later, its database behind live spend
+    await second.load_period_spend("month", start, {"alice": 0.55})
+    status = await second.budget(key)
+    assert status is not None and status.spent == usd(0.6)  # Redis is the live truth
+    # Redis loses everything: the next reservation re-seeds what this replica saw.
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.delete(*[k async for k in client.scan_iter(match=f"{prefix}*")])
+    await client.aclose()
+    with pytest.raises(InsufficientCredits):
+        await first.reserve(key, 0.41)
+    status = await first.budget(key)
+    assert status is not None and status.spent == usd(0.6)
+
+
+async def test_a_budget_added_by_a_reload_counts_what_this_replica_knows(
+        make_quota: QuotaFactory) -> None:
+    """Redis keeps no period spend for a key without a budget: a budget added by a
+    reload starts from this replica's own view (the usage log at start-up, then its own
+    settlements)."""
+    plain = make_key(credits=None)
+    quota = make_quota(plain)
+    start = window("week", time.time()).start
+    await quota.load_period_spend("week", start, {"alice": 0.25})
+    (await quota.reserve(plain, 1.0)).settle(0.5)
+    await quota.flush()
+    budgeted = budget_key(1.0, "week")
+    quota.reconfigure(make_config(budgeted, state=quota._state))
+    with pytest.raises(InsufficientCredits) as caught:
+        await quota.reserve(budgeted, 0.26)
+    assert caught.value.code == "budget_exceeded"
+    status = await quota.budget(budgeted)
+    assert status is not None and status.spent == usd(0.75)
+
+
+async def test_budget_fails_closed_or_open_on_the_local_ledger(
+        make_quota: QuotaFactory, own_server: RedisServer) -> None:
+    key = budget_key(1.0, "day")
+    closed = make_quota(key, url=own_server.url, retry_s=0.1)
+    opened = make_quota(key, url=own_server.url, retry_s=0.1, credits_on_error="open")
+    (await opened.reserve(key, 0.5)).settle(0.5)
+    await opened.flush()
+    assert (await opened.budget(key)).spent == usd(0.5)  # type: ignore[union-attr]
+    own_server.kill()
+    with pytest.raises(ServiceUnavailable) as caught:  # a budget is worth protecting
+        await closed.reserve(key, 0.1)
+    assert caught.value.code == "state_unavailable"
+    local = await opened.reserve(key, 0.4)  # the local ledger knows 0.5 was spent
+    with pytest.raises(InsufficientCredits) as refused:
+        await opened.reserve(key, 0.2)
+    assert refused.value.code == "budget_exceeded"
+    local.settle(0.3)
+    own_server.start()  # empty: the spend of the period comes back from what was seen
+    await asyncio.sleep(0.15)
+    await opened.reserve(key, 0.0)
+    await opened.flush()
+    status = await closed.budget(key)
+    assert status is not None and status.spent == usd(0.8)
 
 
 # -- two replicas ------------------------------------------------------------------------

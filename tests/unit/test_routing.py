@@ -23,6 +23,7 @@ from anyrouter_proxy.failures import (
     final_error,
     retry_after_s,
     should_fail_over,
+    slow_answer,
     upstream_failure,
     worth_retrying,
 )
@@ -344,6 +345,20 @@ def test_timeouts_and_internal_errors_for_health() -> None:
     assert counts_against_health(UpstreamTimeout("t"))
     assert worth_retrying(UpstreamTimeout("t"))
     assert not counts_against_health(UpstreamError("x", code="internal_error", status=500))
+
+
+def test_timeout_stages_for_health_and_retries() -> None:
+    waited = UpstreamTimeout("no free connection", stage="pool")  # our own pool was full
+    assert not counts_against_health(waited) and not counts_against_health(waited,
+                                                                           streamed=False)
+    assert worth_retrying(waited) and not slow_answer(waited, streamed=False)
+    late = UpstreamTimeout("sent, not answered", stage="answer")
+    assert not counts_against_health(late, streamed=False)  # the client chose its length
+    assert slow_answer(late, streamed=False)
+    assert counts_against_health(late, streamed=True)  # a stream should start at once
+    assert not slow_answer(late, streamed=True)
+    assert counts_against_health(UpstreamTimeout("connect"), streamed=False)
+    assert not slow_answer(UpstreamError("x"), streamed=False)
 
 
 # -- failures: final_error ------------------------------------------------------------------

@@ -36,6 +36,7 @@ from anyrouter_proxy.usage_store import StoreError, UsageStore
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider, sha256
 from tests.fakes import USAGE, FakeOpenAI
 from tests.pg_server import PgServer, free_port, running_pg_server
+from tests.retention import GONE, ITEMS_PER_BATCH, KEPT, RESULT, RETENTION_DAYS, seed_batches
 from tests.unit.test_usage_report import RECORDS
 from tests.unit.test_usage_store import full_record, make_record
 
@@ -124,6 +125,34 @@ async def test_replicas_starting_together_migrate_once(dsn: str) -> None:
         await s.close()
 
 
+async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(dsn: str) -> None:
+    from anyrouter_proxy.storage_postgres import MIGRATIONS
+
+    conn = await asyncpg.connect(dsn)
+    try:  # the database as the previous release left it
+        await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for step in MIGRATIONS[:2]:
+            await conn.execute(step)  # several statements: execute, not a prepared fetch
+        await conn.execute("INSERT INTO schema_version VALUES (2)")
+    finally:
+        await conn.close()
+    old_columns = usage_store.GENERATION_COLUMNS[:-1]
+    await query(dsn, f"INSERT INTO generations ({', '.join(old_columns)}) VALUES "
+                f"({', '.join(f'${i + 1}' for i in range(len(old_columns)))})",
+                *usage_store._generation_params(make_record(cost=0.5))[:-1])
+    store = PostgresUsageStore(dsn)
+    await store.open()
+    try:
+        old = await store.get_generation("gen-1", "alice")
+        assert old is not None and (old["total_cost"], old["operator_cost"]) == (0.5, 0.0)
+        store.record(make_record(2, operator_cost=0.25))
+        new = await store.get_generation("gen-2", "alice")
+        assert new is not None and new["operator_cost"] == 0.25
+    finally:
+        await store.close()
+    assert [r["version"] for r in await query(dsn, "SELECT version FROM schema_version")] == [SCHEMA_VERSION]
+
+
 async def test_newer_schema_refuses_naming_both_versions(dsn: str) -> None:
     await query(dsn, "CREATE TABLE schema_version (version INTEGER NOT NULL)")
     await query(dsn, "INSERT INTO schema_version VALUES ($1)", SCHEMA_VERSION + 1)
@@ -171,7 +200,8 @@ def test_placeholders_become_numbered() -> None:
         "tokens_reasoning = EXCLUDED.tokens_reasoning, tokens_cache_write = "
         "EXCLUDED.tokens_cache_write, usage_source = EXCLUDED.usage_source, cost = "
         "EXCLUDED.cost, latency_ms = EXCLUDED.latency_ms, ttft_ms = EXCLUDED.ttft_ms, "
-        "generation_time_ms = EXCLUDED.generation_time_ms, attempts = EXCLUDED.attempts")
+        "generation_time_ms = EXCLUDED.generation_time_ms, attempts = EXCLUDED.attempts, "
+        "operator_cost = EXCLUDED.operator_cost")
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -193,6 +223,7 @@ async def test_row_matches_every_field(store: PostgresUsageStore) -> None:
         "attempts": json.dumps([{"provider": "openai", "status": 503, "latency_ms": 12.3},
                                 {"provider": "anthropic", "status": "timeout",
                                  "latency_ms": 30000.0}], separators=(",", ":")),
+        "operator_cost": 0.0456,
     }
 
 
@@ -382,6 +413,22 @@ async def test_spend_by_key_survives_prune(store: PostgresUsageStore) -> None:
     assert await store.spend_by_key() == {"alice": 2.75, "bob": 2.0, "carol": 0.5}
 
 
+async def test_spend_since_counts_rows_from_the_instant_on(store: PostgresUsageStore) -> None:
+    since = time.time() - 3600
+    store.record(make_record(1, key_name="alice", cost=1.5, created_at=since - 0.001))
+    store.record(make_record(2, key_name="alice", cost=0.25, created_at=since))
+    store.record(make_record(3, key_name="alice", cost=0.5, created_at=since + 10))
+    store.record(make_record(4, key_name="bob", cost=2.0, created_at=since + 20))
+    store.record(make_record(5, key_name="carol", cost=3.0, created_at=since - 86400))
+    await store.flush()
+    assert await store.spend_since(since) == {"alice": 0.75, "bob": 2.0}
+    assert await store.spend_since(since + 15) == {"bob": 2.0}
+    assert await store.spend_since(time.time() + 1) == {}
+    await query(store.dsn, "DROP TABLE generations CASCADE")
+    with pytest.raises(StoreError, match="cannot read spend from usage database"):
+        await store.spend_since(since)
+
+
 async def test_unreadable_spend_refuses_with_a_store_error(store: PostgresUsageStore) -> None:
     await query(store.dsn, "DROP TABLE spend_carryover")  # start-up must say, not crash
     with pytest.raises(StoreError, match="cannot read spend from usage database"):
@@ -409,6 +456,22 @@ async def test_prune_deletes_old_audit_rows(store: PostgresUsageStore) -> None:
     await query(store.dsn, "UPDATE audit SET created_at = created_at - 2 * 86400")
     assert await store.prune(1) == 1
     assert await count(store.dsn, "audit") == 0
+
+
+async def test_prune_deletes_old_finished_batches_whole(store: PostgresUsageStore) -> None:
+    seed_batches(store)
+    await store.flush()
+    assert await store.prune(RETENTION_DAYS) == len(GONE) * (1 + ITEMS_PER_BATCH)
+    assert {r["id"] for r in await query(store.dsn, "SELECT id FROM batches")} == set(KEPT)
+    items = await query(store.dsn, "SELECT batch_id, item, result FROM batch_items")
+    assert {r["batch_id"] for r in items} == set(KEPT)  # no prompt or answer left behind
+    assert len(items) == len(KEPT) * ITEMS_PER_BATCH
+    batches = BatchStore(store)
+    assert await batches.load(GONE[0]) is None
+    kept = await batches.load("old-in-progress")
+    assert kept is not None and kept[0].results[0] == RESULT  # still resumable
+    assert await batches.unfinished() == ["old-in-progress", "old-cancelling"]
+    assert await store.prune(RETENTION_DAYS) == 0
 
 
 async def test_retention_task_prunes_in_background(store: PostgresUsageStore) -> None:

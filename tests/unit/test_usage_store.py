@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from anyrouter_proxy import usage_store
+from anyrouter_proxy.batch_store import BatchStore
 from anyrouter_proxy.types import Attempt, GenerationRecord, Usage
 from anyrouter_proxy.usage_store import SCHEMA_VERSION, StoreError, UsageStore
+from tests.retention import GONE, ITEMS_PER_BATCH, KEPT, RESULT, RETENTION_DAYS, seed_batches
 
 
 def make_record(n: int = 1, **overrides: Any) -> GenerationRecord:
@@ -41,6 +43,7 @@ def full_record() -> GenerationRecord:
                     reasoning_tokens=4, cache_write_tokens=5, source="estimated"),
         cost=0.0123, latency_ms=1234.4, ttft_ms=56.6, generation_time_ms=1100.2,
         attempts=[Attempt("openai", 503, 12.34), Attempt("anthropic", "timeout", 30000.0)],
+        operator_cost=0.0456,
     )
 
 
@@ -88,6 +91,32 @@ async def test_reopen_keeps_rows_and_does_not_migrate_again(tmp_path: Path) -> N
     await second.open()  # CREATE TABLE again would raise "table already exists"
     assert await second.get_generation("gen-1", "alice") is not None
     await second.close()
+
+
+async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(
+        tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for step in usage_store.MIGRATIONS[:2]:
+        db.executescript(step)
+    db.execute("PRAGMA user_version = 2")
+    old_columns = usage_store.GENERATION_COLUMNS[:-1]
+    assert usage_store.GENERATION_COLUMNS[-1] == "operator_cost"
+    db.execute(f"INSERT INTO generations ({', '.join(old_columns)}) VALUES "
+               f"({', '.join('?' * len(old_columns))})",
+               usage_store._generation_params(make_record(cost=0.5))[:-1])
+    db.close()
+    store = UsageStore(path)
+    await store.open()
+    try:
+        old = await store.get_generation("gen-1", "alice")
+        assert old is not None and (old["total_cost"], old["operator_cost"]) == (0.5, 0.0)
+        store.record(make_record(2, operator_cost=0.25))
+        new = await store.get_generation("gen-2", "alice")
+        assert new is not None and new["operator_cost"] == 0.25
+    finally:
+        await store.close()
+    assert rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION
 
 
 async def test_newer_schema_refuses_naming_both_versions(tmp_path: Path) -> None:
@@ -139,6 +168,7 @@ async def test_row_matches_every_field(store: UsageStore) -> None:
         "attempts": json.dumps([{"provider": "openai", "status": 503, "latency_ms": 12.3},
                                 {"provider": "anthropic", "status": "timeout",
                                  "latency_ms": 30000.0}], separators=(",", ":")),
+        "operator_cost": 0.0456,
     }
 
 
@@ -333,7 +363,8 @@ async def test_get_generation_openrouter_shape(store: UsageStore) -> None:
     assert data == {
         "id": "gen-full", "model": "anthropic/claude-sonnet-4", "provider_name": "anthropic",
         "upstream_model": "claude-sonnet-4-20250514", "upstream_id": "msg_123",
-        "total_cost": 0.0123, "usage": 0.0123, "tokens_prompt": 11, "tokens_completion": 22,
+        "total_cost": 0.0123, "usage": 0.0123, "operator_cost": 0.0456, "tokens_prompt": 11,
+        "tokens_completion": 22,
         "native_tokens_prompt": 11, "native_tokens_completion": 22, "native_tokens_cached": 3,
         "native_tokens_reasoning": 4, "latency": 1234, "generation_time": 1100,
         "time_to_first_token": 57, "streamed": True, "cancelled": True,
@@ -396,6 +427,30 @@ async def test_spend_by_key_survives_prune(store: UsageStore) -> None:
     assert await store.spend_by_key() == {"alice": 1.75, "bob": 2.0}
 
 
+async def test_spend_since_counts_rows_from_the_instant_on(store: UsageStore) -> None:
+    since = time.time() - 3600
+    store.record(make_record(1, key_name="alice", cost=1.5, created_at=since - 0.001))
+    store.record(make_record(2, key_name="alice", cost=0.25, created_at=since))
+    store.record(make_record(3, key_name="alice", cost=0.5, created_at=since + 10))
+    store.record(make_record(4, key_name="bob", cost=2.0, created_at=since + 20))
+    store.record(make_record(5, key_name="carol", cost=3.0, created_at=since - 86400))
+    await store.flush()
+    assert await store.spend_since(since) == {"alice": 0.75, "bob": 2.0}
+    assert await store.spend_since(since + 15) == {"bob": 2.0}
+    assert await store.spend_since(time.time() + 1) == {}
+
+
+def test_spend_since_searches_the_created_at_index(tmp_path: Path) -> None:
+    """A range of created_at, not a walk of every row, whatever the table holds."""
+    with sqlite3.connect(tmp_path / "plan.db") as db:
+        for step in usage_store.MIGRATIONS:
+            db.executescript(step)
+        plan = " ".join(str(row[-1]) for row in
+                        db.execute("EXPLAIN QUERY PLAN " + usage_store._SPEND_SINCE, (0.0,)))
+    db.close()
+    assert "SEARCH generations USING INDEX generations_created (created_at>?)" in plan
+
+
 async def test_prune_deletes_old_audit_rows(store: UsageStore) -> None:
     store.audit("auth_failed")
     await store.flush()
@@ -405,6 +460,22 @@ async def test_prune_deletes_old_audit_rows(store: UsageStore) -> None:
     db.close()
     assert await store.prune(1) == 1
     assert count(store.path, "audit") == 0
+
+
+async def test_prune_deletes_old_finished_batches_whole(store: UsageStore) -> None:
+    seed_batches(store)
+    await store.flush()
+    assert await store.prune(RETENTION_DAYS) == len(GONE) * (1 + ITEMS_PER_BATCH)
+    assert {r["id"] for r in rows(store.path, "SELECT id FROM batches")} == set(KEPT)
+    items = rows(store.path, "SELECT batch_id, item, result FROM batch_items")
+    assert {r["batch_id"] for r in items} == set(KEPT)  # no prompt or answer left behind
+    assert len(items) == len(KEPT) * ITEMS_PER_BATCH
+    batches = BatchStore(store)
+    assert await batches.load(GONE[0]) is None
+    kept = await batches.load("old-in-progress")
+    assert kept is not None and kept[0].results[0] == RESULT  # still resumable
+    assert await batches.unfinished() == ["old-in-progress", "old-cancelling"]
+    assert await store.prune(RETENTION_DAYS) == 0
 
 
 async def test_retention_task_prunes_in_background(store: UsageStore) -> None:
