@@ -150,7 +150,8 @@ async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(dsn: s
         assert new is not None and new["operator_cost"] == 0.25
     finally:
         await store.close()
-    assert [r["version"] for r in await query(dsn, "SELECT version FROM schema_version")] == [SCHEMA_VERSION]
+    versions = await query(dsn, "SELECT version FROM schema_version")
+    assert [r["version"] for r in versions] == [SCHEMA_VERSION]
 
 
 async def test_newer_schema_refuses_naming_both_versions(dsn: str) -> None:
