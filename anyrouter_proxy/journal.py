@@ -1,5 +1,5 @@
 """The reservation journal: one row per proxied request in flight, so that a request the
-process dies in the middle of is still charged (see docs/operations.md).
+process dies in the middle of is still charged.
 
 A request's journal row is queued when its books open (its credit reserved) and removed in
 the same transaction that writes its usage row; the usage store's single writer does both,

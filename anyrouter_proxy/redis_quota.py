@@ -49,7 +49,7 @@ every replica that uses the same Redis and `state.key_prefix`:
   (their rows are in the sum), and its reservations still open are put back. Every other
   replica, seeing a new marker, puts its own open reservations back. Exact for one
   replica; with several, usage rows another replica had not yet written at the instant of
-  the rebuild may be missed (see docs/operations.md).
+  the rebuild may be missed.
 
 When Redis is unreachable (connection refused, timeout `state.timeout_s`, loading):
 `state.on_error.limits: open` (default) admits against this process's own buckets (the
