@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import glob
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .types import GenerationRecord, Interrupted
 
@@ -38,7 +42,7 @@ INSERT_JOURNAL = (
     f"INSERT INTO reservation_journal ({', '.join(JOURNAL_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(JOURNAL_COLUMNS))})"
 )
-DELETE_JOURNAL = "DELETE FROM reservation_journal WHERE id = ?"
+DELETE_MAX = 256  # ids per DELETE statement (a power of two: few distinct statements)
 
 # The migration that adds the table, per backend (REAL is DOUBLE PRECISION on PostgreSQL).
 JOURNAL_TABLE = """
@@ -62,6 +66,24 @@ _RECOVERED = {
 }
 RECOVERED_COLUMNS = ", ".join(_RECOVERED)
 RECOVERED_VALUES = ", ".join(_RECOVERED.values())
+
+
+def delete_statements(ids: Sequence[str]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """DELETEs of the journal rows of `ids`, each statement with one row of parameters:
+    many ids a statement (one step, not one per id), in power-of-two sizes."""
+    out: list[tuple[str, list[tuple[Any, ...]]]] = []
+    start, size = 0, DELETE_MAX
+    while start < len(ids):
+        while size > len(ids) - start:
+            size //= 2
+        out.append((_delete_sql(size), [tuple(ids[start:start + size])]))
+        start += size
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _delete_sql(count: int) -> str:
+    return f"DELETE FROM reservation_journal WHERE id IN ({', '.join('?' * count)})"
 
 
 def new_owner() -> int:
@@ -130,8 +152,12 @@ def owner_alive(db_path: Path, owner: int) -> bool:
 def recover_sqlite(db: sqlite3.Connection, db_path: Path, owner: int) -> list[Interrupted]:
     """Turn the journal rows of gone owners into usage rows (one transaction); `db` is a
     plain autocommit connection to the database at `db_path`."""
-    owners = [int(o) for (o,) in db.execute(
-        "SELECT DISTINCT owner FROM reservation_journal WHERE owner != ?", (owner,))]
+    owners = {int(o) for (o,) in db.execute(
+        "SELECT DISTINCT owner FROM reservation_journal WHERE owner != ?", (owner,))}
+    for path in db_path.parent.glob(f"{glob.escape(db_path.name)}.live-*"):  # killed ones
+        other = path.name.rpartition("-")[2]
+        if other.isdigit() and int(other) != owner:
+            owners.add(int(other))
     gone = [o for o in owners if not owner_alive(db_path, o)]
     if not gone:
         return []

@@ -27,11 +27,11 @@ import aiosqlite
 import orjson
 
 from .journal import (
-    DELETE_JOURNAL,
     INSERT_JOURNAL,
     INTERRUPTED,
     JOURNAL_TABLE,
     LiveLock,
+    delete_statements,
     journal_params,
     new_owner,
     recover_sqlite,
@@ -533,16 +533,13 @@ class UsageStore:
         of the journal rows of the usage rows written (one transaction: a crash leaves a
         request's journal row or its usage row, never both or neither)."""
         groups: dict[str, list[tuple[Any, ...]]] = {}
-        ended: list[tuple[Any, ...]] = []
+        ended: list[str] = []
         journalled = self._journalled
         for item in items:
             groups.setdefault(item.sql, []).append(item.params)
             if journalled and item.sql == _INSERT_GENERATION and item.params[0] in journalled:
-                ended.append((item.params[0],))
-        plan = list(groups.items())
-        if ended:
-            plan.append((DELETE_JOURNAL, ended))
-        return plan
+                ended.append(item.params[0])
+        return [*groups.items(), *delete_statements(ended)]
 
     async def _write_batch(self, items: Sequence[_Item]) -> None:
         assert self._wdb is not None

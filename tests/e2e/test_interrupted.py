@@ -145,6 +145,7 @@ async def test_sigkill_mid_stream_charges_the_reservation_on_sqlite(
     db = tmp_path / "usage.db"
     config = write_config(tmp_path, fake_openai, {"sqlite_path": str(db)})
     await kill_and_restart(config, sqlite_rows(db), fake_openai)
+    assert list(tmp_path.glob("usage.db.live-*")) == []  # the killed one's lock file too
 
 
 async def test_sigkill_mid_stream_charges_the_reservation_on_postgres(

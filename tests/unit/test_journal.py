@@ -92,6 +92,20 @@ async def test_journal_row_lives_until_the_usage_row_is_written(backend: Backend
     assert await backend.query("SELECT id, cost FROM generations") == [("gen-1", 0.01)]
 
 
+async def test_many_journal_rows_go_with_their_usage_rows_in_one_batch(
+        backend: Backend) -> None:
+    s = await backend.store()
+    for n in range(300):
+        s.journal(record(n), 0.25, 42)
+    await s.flush()
+    for n in range(300):
+        if n != 7:  # still running
+            s.record(record(n, cost=0.01))
+    await s.flush()
+    assert await backend.query("SELECT id FROM reservation_journal") == [("gen-7",)]
+    assert len(await backend.query("SELECT id FROM generations")) == 299
+
+
 async def test_request_ending_before_its_journal_row_is_written_writes_none(
         backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     s = await backend.store(flush_interval_s=5)
@@ -112,6 +126,10 @@ async def test_request_ending_before_its_journal_row_is_written_writes_none(
     await s.flush()
     assert await backend.query("SELECT id FROM reservation_journal") == [("gen-2",)]
     assert not any("DELETE" in sql for sql in statements)
+    s.record(record(2, cost=0.02))
+    await s.flush()
+    assert [sql for sql in statements if "DELETE" in sql] == [
+        "DELETE FROM reservation_journal WHERE id IN (?)"]
     assert s.queue_depth == 0
 
 
