@@ -926,8 +926,8 @@ class RedisQuota:
                     marker = await self._claim()
                 if marker is not None and marker != self._epoch:
                     await self._join(marker)
-        except UNAVAILABLE as exc:
-            self._failed(exc, "spend check")
+        except UNAVAILABLE:  # looked at again in SPEND_CHECK_S; requests keep trying
+            self.errors += 1  # Redis themselves (not skipped for retry_s on its account)
         except Exception as exc:  # the usage log unreadable, a script bug: later
             self._check_at = time.monotonic() + SPEND_RETRY_S
             log.warning("could not rebuild the spend in Redis (trying again in %g s): %s: %s",
