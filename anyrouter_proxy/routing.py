@@ -72,6 +72,14 @@ def parse_prefs(raw: Any) -> ProviderPrefs | None:
                          allow_fallbacks=allow, sort=sort)
 
 
+def routing_fields_go_upstream(model: ModelConfig,
+                               providers: Mapping[str, ProviderConfig]) -> bool:
+    """Whether the request's `provider` and `models` fields belong to the upstream: every
+    route of the model goes to a provider with `forward_routing_fields` (OpenRouter), so
+    they name its providers and models, not ours."""
+    return all(providers[r.provider].forward_routing_fields for r in model.routes)
+
+
 def fallback_models(body: Mapping[str, Any]) -> list[str]:
     """Model ids to try, in order: `model`, then the `models` list (OpenRouter)."""
     primary = body.get("model")

@@ -10,6 +10,7 @@ from pathlib import Path
 DEFAULT_REQUESTS_PER_MINUTE = 1000
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_MAX_CONNECTIONS = 256  # per provider and process
+WILDCARD_SUFFIX = "/*"  # a model id ending so serves every id under its prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,7 @@ class Pricing:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     id: str
-    kind: str  # openai | anthropic | mock
+    kind: str  # openai | anthropic | azure | mock
     base_url: str = ""
     # None: the upstream needs no key (a local server); "": credentials missing, so the
     # provider stays configured but unavailable (SPEC §3 `no_credentials`).
@@ -55,10 +56,17 @@ class ProviderConfig:
     circuit_cooldown_s: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
     per_key_connections: int | None = None  # None: half of max_connections, rounded up
+    api_version: str | None = None  # azure: classic deployments; None: the v1 API
+    stream_options: bool = True  # False: never send stream_options upstream
+    forward_routing_fields: bool = False  # pass provider/models/route/transforms upstream
 
     @property
     def has_credentials(self) -> bool:
-        return self.kind == "mock" or self.api_key != ""
+        """A key that is set (or none needed), and no header left empty by `${VAR:-}`:
+        an empty header is never sent, so the provider waits for its value."""
+        if self.kind == "mock":
+            return True
+        return self.api_key != "" and all(self.headers.values())
 
     @property
     def connections_per_key(self) -> int:
@@ -95,6 +103,13 @@ class ModelConfig:
     pricing: Pricing = Pricing()
     deprecated: Deprecation | None = None
     created: int = 0
+    # A concrete model served by a wildcard entry (`groq/*`): that entry's id.
+    wildcard: str | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        """The wildcard entry itself, as written in the config (`groq/*`)."""
+        return self.id.endswith(WILDCARD_SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,3 +213,5 @@ class Config:
     state: StateConfig = StateConfig()
     deprecations: Mapping[str, Deprecation] = field(default_factory=dict)  # by endpoint path
     version: int = 1
+    # The wildcard entries of `models` (`groq/*`), longest prefix first: see wildcards.py.
+    wildcards: tuple[ModelConfig, ...] = ()
