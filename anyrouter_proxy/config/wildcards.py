@@ -60,10 +60,14 @@ def glob_may_match(pattern: str, model_ids: Iterable[str]) -> bool:
         if fnmatch.fnmatchcase(model_id, pattern):
             return True
         prefix = wildcard_prefix(model_id)
-        if prefix is not None:
-            literal = _GLOB_CHARS.split(pattern, 1)[0]
-            if literal.startswith(prefix) or prefix.startswith(literal):
+        if prefix is None:
+            continue
+        literal = _GLOB_CHARS.split(pattern, 1)[0]
+        if literal == pattern:  # no glob: one id, which must be under the prefix
+            if len(pattern) > len(prefix) and pattern.startswith(prefix):
                 return True
+        elif literal.startswith(prefix) or prefix.startswith(literal):
+            return True
     return False
 
 
