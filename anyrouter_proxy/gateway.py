@@ -186,13 +186,12 @@ class Gateway:
 
     def _models_for(self, req: ProxyRequest, config: Config) -> list[ModelConfig]:
         primary = req.body.get("model")
-        if isinstance(primary, str):
-            model = self.model_for(req.key, primary, config)
-            if routing_fields_go_upstream(model, config.providers):
-                return [model]  # `models` is the upstream's fallback list, not ours
+        first = self.model_for(req.key, primary, config) if isinstance(primary, str) else None
+        if first is not None and routing_fields_go_upstream(first, config.providers):
+            return [first]  # `models` is the upstream's fallback list, not ours
         ids: list[Any] = fallback_models(req.body) or [primary]  # model_for: why
-        return [model if model_id == primary else self.model_for(req.key, model_id, config)
-                for model_id in ids]
+        return [first if first is not None and model_id == primary
+                else self.model_for(req.key, model_id, config) for model_id in ids]
 
     def _targets(self, req: ProxyRequest, models: list[ModelConfig],
                  config: Config) -> list[Target]:

@@ -184,3 +184,18 @@ async def test_routing_fields_are_the_proxys_without_the_option(
     assert info.value.code == "provider_not_available"
     assert len(fake_openai.requests) == 1
     assert not set(OPENROUTER_FIELDS) & set(fake_openai.requests[0].body)
+
+
+@pytest.mark.parametrize("forward", [False, True])
+async def test_a_model_that_is_not_a_string_is_a_400(config_factory: ConfigFactory,
+                                                     start_proxy: StartProxy,
+                                                     fake_openai: FakeOpenAI,
+                                                     forward: bool) -> None:
+    proxy = await openrouter_proxy(config_factory, start_proxy, fake_openai, forward=forward)
+    async with aiohttp.ClientSession() as session, session.post(
+            proxy.url("/api/v1/chat/completions"), headers=auth(),
+            json={"model": {}, "models": [], "messages": HI}) as response:
+        body = await response.json()
+    assert response.status == 400
+    assert (body["error"]["code"], body["error"]["param"]) == ("invalid_request", "model")
+    assert fake_openai.requests == []
