@@ -3,7 +3,9 @@
 Authority, highest first: the X-AnyRouter-Provider header (one provider among the model's
 routes); the request's OpenRouter-style `provider` preferences (`order`, `only`, `ignore`,
 `allow_fallbacks`, `sort`); the config's priorities, with `weight` spreading load among
-routes of equal priority. The `models` field adds fallback models, tried in turn.
+routes of equal priority. The `models` field adds fallback models, tried in turn. Both
+fields are the upstream's instead when every route of the model goes to a provider with
+`forward_routing_fields` (OpenRouter): they name its providers and models, not ours.
 """
 
 from __future__ import annotations

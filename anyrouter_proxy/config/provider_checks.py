@@ -30,6 +30,8 @@ def provider_problems(providers: Mapping[str, dict[str, Any]]) -> Found:
             yield from _base_url_problems(pid, provider, base_url)
         if provider.get("kind") == "azure":
             yield from _azure_credentials(pid, provider)
+        elif "api_version" in provider:
+            yield ("providers", pid, "api_version"), "is for kind azure only"
 
 
 def _base_url_problems(pid: str, provider: dict[str, Any], base_url: str) -> Found:

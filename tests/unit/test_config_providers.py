@@ -116,6 +116,14 @@ def test_azure_needs_credentials_somewhere(fields: str, message: str | None) -> 
     assert problem.path == "providers.az" and message in problem.message
 
 
+def test_api_version_is_for_azure_only() -> None:
+    [problem] = problems(config_text("""\
+        oa: {kind: openai, base_url: "https://api.openai.com/v1", api_version: "2024-10-21"}
+        """))
+    assert (problem.path, problem.message) == ("providers.oa.api_version",
+                                               "is for kind azure only")
+
+
 def test_azure_needs_a_base_url() -> None:
     [problem] = problems(config_text("az: {kind: azure, api_key: k}\n"))
     assert problem.path == "providers.az" and "'base_url' is a required property" in \
