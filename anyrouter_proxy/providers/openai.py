@@ -70,7 +70,7 @@ OPENAI_ADDRESS = OpenAIAddress()
 
 
 def ask_for_usage(out: dict[str, Any], ctx: CallContext) -> None:
-    """Every stream is accounted, asked for or not (SPEC §4): usage is requested with
+    """Every stream is accounted, asked for or not: usage is requested with
     stream_options, unless the provider rejects the field (`stream_options: false`), when
     none goes up at all and the usage is what the stream reports, else an estimate."""
     if not ctx.provider.stream_options:
