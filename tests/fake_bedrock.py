@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import re
 import struct
 import zlib
@@ -251,3 +252,15 @@ def bedrock_provider(fake: FakeBedrock, **extra: Any) -> dict[str, Any]:
     provider = {"kind": "bedrock", "region": fake.region, "base_url": fake.base_url,
                 "aws_access_key_id": ACCESS_KEY, "aws_secret_access_key": SECRET_KEY, **extra}
     return {name: value for name, value in provider.items() if value is not None}
+
+
+def isolate_aws_environment(monkeypatch: Any, home: Path) -> None:
+    """No AWS credentials anywhere the chain looks (environment, shared files, instance
+    metadata) unless the test puts some there."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("BOTO_CONFIG", str(home / "boto-config"))

@@ -47,6 +47,8 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 BEDROCK_RUNTIME_URL = "https://bedrock-runtime.{region}.amazonaws.com"
+AWS_FIELDS = ("region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+              "aws_profile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +269,10 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
     providers = _dicts(data.get("providers"))
     models = _dicts(data.get("models"))
     for pid, provider in providers.items():
+        if provider.get("kind") != "bedrock":
+            for aws_field in AWS_FIELDS:
+                if aws_field in provider:
+                    yield problem(("providers", pid, aws_field), "only kind bedrock reads it")
         per_key = provider.get("per_key_connections")
         pool = provider.get("max_connections", DEFAULT_MAX_CONNECTIONS)
         if isinstance(per_key, int) and isinstance(pool, int) and per_key > pool:

@@ -15,9 +15,9 @@ Nothing here blocks the event loop: the chain is resolved in a thread at start (
 and, after a reload, in the background for providers whose credentials changed (a request
 that reaches one before it is resolved waits for it). Temporary credentials are refreshed
 in a thread when botocore says they need it, one refresh shared by every request waiting.
-A provider whose chain found nothing is unavailable (`no_credentials`) until the next
-reload. `sign` runs after the gateway's last change to the body: SigV4 signs exactly the
-bytes that are sent (service `bedrock`, the provider's region).
+A provider whose chain found nothing is unavailable (`no_credentials`) until a reload
+looks again. `sign` runs after the gateway's last change to the body: SigV4 signs exactly
+the bytes that are sent (service `bedrock`, the provider's region).
 """
 
 from __future__ import annotations
@@ -171,13 +171,15 @@ class AwsAuth:
         self._adopt(providers)
 
     def _adopt(self, providers: Iterable[ProviderConfig]) -> list[AwsIdentity]:
-        """Keep the identities whose source is unchanged; returns the new ones."""
+        """Keep the identities whose source is unchanged and that have credentials (a
+        chain that found none looks again); returns the new ones."""
         kept, fresh = {}, []
         for provider in providers:
             if provider.kind != "bedrock":
                 continue
             identity = self._identities.get(provider.id)
-            if identity is None or identity.source != _source(provider):
+            if identity is None or identity.source != _source(provider) \
+                    or not identity.available:
                 identity = AwsIdentity(provider)
                 fresh.append(identity)
             kept[provider.id] = identity
