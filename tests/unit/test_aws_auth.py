@@ -14,7 +14,7 @@ from botocore.credentials import Credentials, RefreshableCredentials
 
 from anyrouter_proxy.config.model import ProviderConfig
 from anyrouter_proxy.errors import UpstreamError
-from anyrouter_proxy.providers import aws_auth
+from anyrouter_proxy.providers import aws_identity
 from anyrouter_proxy.providers.aws_auth import AwsAuth
 
 URL = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m%3A0/converse"
@@ -38,7 +38,7 @@ async def test_refresh_runs_off_the_loop_once_for_all_waiting(
 
     credentials = RefreshableCredentials.create_from_metadata(
         expiring(60, "ASIASTALE"), refresh_using=refresh, method="test")  # inside the window
-    monkeypatch.setattr(aws_auth, "_resolve_chain", lambda profile: (None, credentials))
+    monkeypatch.setattr(aws_identity, "_resolve_chain", lambda profile: (None, credentials))
     auth = AwsAuth([CHAIN])
     await auth.open()
     signed = await asyncio.gather(*(auth.sign(CHAIN, URL, b"{}", {"Content-Type": "x"})
@@ -52,11 +52,11 @@ async def test_refresh_runs_off_the_loop_once_for_all_waiting(
 
 async def test_a_failed_refresh_is_an_upstream_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def refresh() -> dict[str, str]:
-        raise aws_auth.BotoCoreError()
+        raise aws_identity.BotoCoreError()
 
     credentials = RefreshableCredentials.create_from_metadata(
         expiring(60, "ASIASTALE"), refresh_using=refresh, method="test")
-    monkeypatch.setattr(aws_auth, "_resolve_chain", lambda profile: (None, credentials))
+    monkeypatch.setattr(aws_identity, "_resolve_chain", lambda profile: (None, credentials))
     auth = AwsAuth([CHAIN])
     await auth.open()
     with pytest.raises(UpstreamError) as caught:
@@ -71,7 +71,7 @@ async def test_the_chain_resolves_in_a_thread_and_once(monkeypatch: pytest.Monke
         calls.append((profile, threading.get_ident()))
         return None, Credentials("AKIACHAIN", "secret")
 
-    monkeypatch.setattr(aws_auth, "_resolve_chain", resolve)
+    monkeypatch.setattr(aws_identity, "_resolve_chain", resolve)
     auth = AwsAuth()
     auth.reconfigure([CHAIN])  # a reload: resolution starts in the background
     assert auth.available(CHAIN)
@@ -85,7 +85,7 @@ async def test_the_chain_resolves_in_a_thread_and_once(monkeypatch: pytest.Monke
 async def test_nothing_found_is_unavailable_until_a_reload_finds_some(
         monkeypatch: pytest.MonkeyPatch) -> None:
     found: list[Credentials | None] = [None]
-    monkeypatch.setattr(aws_auth, "_resolve_chain", lambda profile: (None, found[0]))
+    monkeypatch.setattr(aws_identity, "_resolve_chain", lambda profile: (None, found[0]))
     auth = AwsAuth([CHAIN])
     await auth.open()
     assert not auth.available(CHAIN)
