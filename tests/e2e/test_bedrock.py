@@ -28,7 +28,7 @@ from tests.fake_bedrock import (
 from tests.fakes import ANSWER, FakeOpenAI
 
 MODEL = "bedrock/claude-sonnet"
-PRICING = {"prompt": 3, "completion": 15, "cached_prompt": 0.3}
+PRICING = {"prompt": 3, "completion": 15, "cached_prompt": 0.3, "cache_write": 3.75}
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -86,9 +86,9 @@ def cache_writes(proxy: Proxy, gen_id: str) -> int:
 
 
 # The golden answer's usage: 12 fresh input tokens, 2000 read from the cache, 50 written to
-# it, 6 output tokens. Cost: (12 + 50) x $3 + 2000 x $0.30 + 6 x $15, per million.
+# it, 6 output tokens. Cost: 12 x $3 + 2000 x $0.30 + 50 x $3.75 + 6 x $15, per million.
 GOLDEN_PROMPT, GOLDEN_CACHED, GOLDEN_WRITTEN, GOLDEN_OUTPUT = 2062, 2000, 50, 6
-GOLDEN_COST = (62 * 3 + 2000 * 0.3 + 6 * 15) / 1e6
+GOLDEN_COST = (12 * 3 + 2000 * 0.3 + 50 * 3.75 + 6 * 15) / 1e6
 
 
 async def test_chat_answer_is_signed_translated_and_costed(
