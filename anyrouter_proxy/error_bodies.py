@@ -8,7 +8,7 @@ providers use (pure, no I/O).
 | `{"error": "text"}` | some compatible servers |
 | `{"detail": [{"loc", "msg", "type"}, ...]}` or `{"detail": "text"}` | FastAPI / pydantic |
 | `{"object": "error", "message": TEXT or {"detail": [...]} or [...], ...}` | Mistral |
-| `{"message": "text"}` | others |
+| `{"message": "text"}`, `{"Message": "text"}` | AWS (Bedrock), others |
 | not JSON | an HTML page by its title, plain text as it is (cut) |
 
 A pydantic `extra_forbidden` (a field the upstream does not take) is code
@@ -71,8 +71,9 @@ def _error_object(error: dict[str, Any]) -> ErrorBody:
 
 
 def _mistral(data: dict[str, Any]) -> ErrorBody:
-    """`message` as text, as JSON text, as an object with `detail`, or as the list."""
-    message = data.get("message")
+    """`message` as text, as JSON text, as an object with `detail`, or as the list (and
+    AWS's `{"message": ...}` or `{"Message": ...}`)."""
+    message = data.get("message", data.get("Message"))
     if isinstance(message, str) and message.lstrip().startswith("{"):
         with contextlib.suppress(orjson.JSONDecodeError):
             message = orjson.loads(message)

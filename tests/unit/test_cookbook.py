@@ -18,7 +18,7 @@ from anyrouter_proxy.config.loader import load_config
 REPO = Path(__file__).resolve().parents[2]
 COOKBOOK = REPO / "config" / "cookbook"
 SNIPPETS = [
-    "anthropic.yaml", "azure-classic.yaml", "azure-v1.yaml", "deepseek.yaml",
+    "anthropic.yaml", "azure-classic.yaml", "azure-v1.yaml", "bedrock.yaml", "deepseek.yaml",
     "fireworks.yaml", "groq.yaml", "lmstudio.yaml", "mistral.yaml", "ollama.yaml",
     "openai.yaml", "openrouter.yaml", "together.yaml", "vllm.yaml", "xai.yaml",
 ]

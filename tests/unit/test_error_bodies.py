@@ -83,6 +83,7 @@ def test_mistral_plain_message_and_top_level_message() -> None:
                  "param": None, "code": "1500"}) == ErrorBody("Invalid model: x")
     assert read({"message": "Bad things", "code": "bad_things"}) == \
         ErrorBody("Bad things", "bad_things")
+    assert read({"Message": "User is not authorized"}) == ErrorBody("User is not authorized")
 
 
 def test_never_the_rejected_input() -> None:
