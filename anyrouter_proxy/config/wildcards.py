@@ -15,8 +15,9 @@ from collections.abc import Iterable, Mapping
 
 from .model import WILDCARD_SUFFIX, Config, ModelConfig
 
-# What may follow a wildcard's prefix: the characters of a model id in the config.
-MODEL_ID_REST = re.compile(r"[A-Za-z0-9_.:/@+-]{1,200}")
+# What may follow a wildcard's prefix: a model id as the config writes them (so never a
+# dot segment such as `..`, which would climb a URL path).
+MODEL_ID_REST = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,199}")
 REST_MARK = "*"  # in a wildcard's route model: the rest of the id asked for
 _GLOB_CHARS = re.compile(r"[*?\[]")
 

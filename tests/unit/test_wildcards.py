@@ -57,7 +57,7 @@ def test_exact_then_longest_prefix(config: Config) -> None:
 
 
 @pytest.mark.parametrize("model_id", ["groq/", "groq/a b", "groq/é", "mistral/x", "groq",
-                                      "groq/" + "x" * 201])
+                                      "groq/" + "x" * 201, "groq/..", "groq/../x", "groq/-x"])
 def test_what_no_wildcard_covers(config: Config, model_id: str) -> None:
     assert resolve_model(config, model_id) is None
 
