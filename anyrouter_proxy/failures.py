@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,10 @@ CREDENTIAL_STATUSES = frozenset({401, 403})  # the gateway's own misconfiguratio
 _TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
 PASSTHROUGH_CODES = {400: "invalid_request", 404: "not_found", 413: "request_too_large",
                      422: "invalid_request"}  # when the upstream gave no code of its own
+# Google APIs' error details (google.rpc): why, and when to come back.
+GOOGLE_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+GOOGLE_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+GOOGLE_KEY_REASON_PREFIX = "API_KEY_"  # a 400 about the gateway's own key (API_KEY_INVALID)
 
 
 def should_fail_over(exc: ProxyError) -> bool:
@@ -68,6 +73,9 @@ def upstream_failure(config: ProviderConfig, status: int, raw: bytes,
     message, code, param = _error_fields(raw)
     message = redact(message, config) if message else message
     meta = {"provider_name": provider, "provider_status": status}
+    reason, retry_delay = _google_details(raw) if status in (400, 429) else (None, None)
+    if status == 400 and reason is not None and reason.startswith(GOOGLE_KEY_REASON_PREFIX):
+        status = meta["provider_status"] = 401  # Google's answer to a bad key: ours to fix
     if status in PASSTHROUGH_STATUSES:
         return error_for_status(status, message or f"Provider {provider} rejected the request",
                                 code=code or PASSTHROUGH_CODES[status], param=param,
@@ -76,7 +84,8 @@ def upstream_failure(config: ProviderConfig, status: int, raw: bytes,
         return UpstreamError(f"Provider {provider} rejected the gateway's credentials "
                              f"({status}); check its api_key", metadata=meta)
     if status == 429:
-        retry_after = headers.get("Retry-After") if headers is not None else None
+        retry_after = (headers.get("Retry-After") if headers is not None else None) \
+            or retry_delay
         # SPEC §4: a 429 always says when to come back; 1 s when the upstream did not.
         extra = {"Retry-After": retry_after if retry_after and retry_after.isdigit() else "1"}
         return RateLimited(f"Provider {provider} is rate limiting the gateway",
@@ -100,6 +109,35 @@ def _error_fields(raw: bytes) -> tuple[str | None, str | None, str | None]:
     if isinstance(error, str):
         return error, None, None
     return None, None, None
+
+
+def _google_details(raw: bytes) -> tuple[str | None, str | None]:
+    """(ErrorInfo reason, RetryInfo delay in whole seconds) of a Google API error body:
+    `{"error": {"code", "message", "status", "details": [{"@type", ...}]}}`."""
+    try:
+        error = orjson.loads(raw).get("error")
+        details = error.get("details") if isinstance(error, dict) else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return None, None
+    reason = delay = None
+    for detail in details if isinstance(details, list) else ():
+        if not isinstance(detail, dict):
+            continue
+        kind = detail.get("@type")
+        if kind == GOOGLE_ERROR_INFO and isinstance(detail.get("reason"), str):
+            reason = detail["reason"]
+        elif kind == GOOGLE_RETRY_INFO and isinstance(detail.get("retryDelay"), str):
+            delay = _whole_seconds(detail["retryDelay"])
+    return reason, delay
+
+
+def _whole_seconds(duration: str) -> str | None:
+    """A protobuf Duration in JSON ("37s", "1.5s") as whole seconds, rounded up."""
+    try:
+        seconds = float(duration.removesuffix("s"))
+    except ValueError:
+        return None
+    return str(max(1, math.ceil(seconds))) if math.isfinite(seconds) else None
 
 
 def final_error(model: ModelConfig, failures: list[ProxyError],

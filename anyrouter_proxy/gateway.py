@@ -50,9 +50,8 @@ from .failures import (
 from .health import BreakerPolicy, HealthBoard
 from .ids import new_generation_id
 from .output_cap import OutputCap, cap_upstream_body, output_cap
-from .providers.anthropic import anthropic_headers
 from .providers.base import CallContext, Exchange
-from .providers.registry import exchange_for
+from .providers.registry import exchange_for, token_counter_for
 from .quota import NOTHING_HELD, Held, Quota
 from .routing import Target, fallback_models, parse_prefs, resolve_targets
 from .sse import SSEDecoder
@@ -498,8 +497,9 @@ class Gateway:
     # -- token counting ------------------------------------------------------------
 
     async def count_tokens(self, req: ProxyRequest) -> Answer:
-        """POST /messages/count_tokens: passed to the first Anthropic route (free upstream,
-        so it is not a generation); models without one get the local estimate. It takes
+        """POST /messages/count_tokens: passed to the first route whose kind counts tokens
+        (Anthropic, Gemini, Vertex AI: free upstream, so it is not a generation); models
+        without one get the local estimate. It takes
         one request from the key's limits (and a concurrency slot while it runs)."""
         config = self.config
         model = self.model_for(req.key, req.body.get("model"), config)
@@ -519,14 +519,15 @@ class Gateway:
     async def _count_tokens(self, req: ProxyRequest, model: ModelConfig,
                             config: Config) -> Answer:
         for target in self._targets(req, [model], config):
-            if target.provider.kind != "anthropic":
+            counter = token_counter_for(target.provider.kind)
+            if counter is None:
                 continue
             ctx = CallContext(req.gen_id, model.id, int(time.time()), target.provider,
                               target.route, False, False, config.server.default_max_tokens,
                               req.client_headers)
-            payload = _encode_body({**req.body, "model": target.route.model})
-            response = await self.http.send(target.provider, "/messages/count_tokens",
-                                            payload, anthropic_headers(ctx))
+            call = counter.build(req.body, ctx)
+            response = await self.http.send(target.provider, call.path,
+                                            _encode_body(call.body), call.headers)
             try:
                 raw = await response.read()
             finally:
@@ -534,7 +535,8 @@ class Gateway:
             if response.status >= 400:
                 raise upstream_failure(target.provider, response.status, raw,
                                        response.headers)
-            return Answer(200, raw, {"X-AnyRouter-Provider": target.provider.id})
+            return Answer(200, counter.answer(raw, ctx),
+                          {"X-AnyRouter-Provider": target.provider.id})
         estimate = {"input_tokens": estimate_prompt_tokens(req.body), "estimated": True}
         return Answer(200, orjson.dumps(estimate), {})
 

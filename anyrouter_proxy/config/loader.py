@@ -22,8 +22,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .google_credentials import vertex_credentials
 from .model import (
     DEFAULT_MAX_CONNECTIONS,
+    GEMINI_BASE_URL,
+    VERTEX_BASE_URL,
+    VERTEX_GLOBAL_BASE_URL,
     BatchConfig,
     Budget,
     Config,
@@ -207,7 +211,8 @@ def parse_config(
         problems.extend(_cross_check(data, builder.lines))
     if problems:
         raise ConfigError(source, _first_per_path(problems))
-    config = _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None)
+    config = _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None,
+                     builder.environ)
     problems = list(_unpriced(config, builder.lines))  # needs the keys as frozen
     if problems:
         raise ConfigError(source, problems)
@@ -276,6 +281,8 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
         if isinstance(per_key, int) and isinstance(pool, int) and per_key > pool:
             yield problem(("providers", pid, "per_key_connections"),
                           f"{per_key} is more than the pool's max_connections ({pool})")
+        for field, message in _misplaced_fields(provider):
+            yield problem(("providers", pid, field), message)
     for model_id, model in models.items():
         routes = model.get("routes")
         for i, route in enumerate(routes if isinstance(routes, list) else []):
@@ -350,6 +357,21 @@ def _unpriced(config: Config, lines: Mapping[PathItems, int]) -> Iterator[Config
             "completion: 0} to make it free on purpose")
 
 
+VERTEX_FIELDS = ("project", "location", "credentials_file")
+
+
+def _misplaced_fields(provider: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Fields of one kind written on a provider of another."""
+    kind = provider.get("kind")
+    if kind == "vertex" and "api_key" in provider:
+        yield "api_key", ("kind vertex authenticates with Google OAuth: use credentials_file "
+                          "or application default credentials, not api_key")
+    elif kind != "vertex":
+        for name in VERTEX_FIELDS:
+            if name in provider:
+                yield name, f"only kind vertex takes {name}"
+
+
 def _parse_datetime(text: str) -> dt.datetime | None:
     try:
         value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -368,7 +390,8 @@ def _limits(raw: Mapping[str, Any] | None, fallback: Limits | None = None) -> Li
     )
 
 
-def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
+def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None,
+            environ: Mapping[str, str]) -> Config:
     raw_server = dict(data.get("server") or {})
     default_limits = _limits(raw_server.pop("default_limits", None),
                              ServerConfig().default_limits)
@@ -386,7 +409,8 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
     if not sqlite_path.is_absolute():
         sqlite_path = (base_dir / sqlite_path).resolve()
     storage = StorageConfig(sqlite_path=sqlite_path, **raw_storage)
-    providers = {pid: _provider(pid, raw) for pid, raw in data["providers"].items()}
+    providers = {pid: _provider(pid, raw, base_dir, environ)
+                 for pid, raw in data["providers"].items()}
     models = {mid: _model(mid, raw) for mid, raw in data["models"].items()}
     keys = {name: _key(name, raw, default_limits) for name, raw in (data.get("keys") or {}).items()}
     return Config(
@@ -406,11 +430,17 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
     )
 
 
-def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
+def _provider(pid: str, raw: Mapping[str, Any], base_dir: Path,
+              environ: Mapping[str, str]) -> ProviderConfig:
+    google: dict[str, Any] = {}
+    if raw["kind"] == "vertex":
+        google = {"project": raw["project"], "location": raw["location"],
+                  "credentials_file": vertex_credentials(raw.get("credentials_file"), base_dir,
+                                                         environ)}
     return ProviderConfig(
         id=pid,
         kind=raw["kind"],
-        base_url=raw.get("base_url", "").rstrip("/"),
+        base_url=(raw.get("base_url") or _default_base_url(raw)).rstrip("/"),
         api_key=raw.get("api_key"),
         timeouts=Timeouts(**raw.get("timeouts", {})),
         headers=MappingProxyType(dict(raw.get("headers", {}))),
@@ -419,7 +449,19 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
                  per_key_connections="per_key_connections"),
         **_given(raw.get("circuit", {}), circuit_failures="failures",
                  circuit_cooldown_s="cooldown_s"),
+        **google,
     )
+
+
+def _default_base_url(raw: Mapping[str, Any]) -> str:
+    """The documented endpoint of kinds that have one (others require base_url)."""
+    if raw["kind"] == "gemini":
+        return GEMINI_BASE_URL
+    if raw["kind"] == "vertex":
+        location = raw["location"]
+        return VERTEX_GLOBAL_BASE_URL if location == "global" \
+            else VERTEX_BASE_URL.format(location=location)
+    return ""
 
 
 def _given(raw: Mapping[str, Any], **fields: str) -> dict[str, Any]:

@@ -10,6 +10,9 @@ from pathlib import Path
 DEFAULT_REQUESTS_PER_MINUTE = 1000
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_MAX_CONNECTIONS = 256  # per provider and process
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+VERTEX_BASE_URL = "https://{location}-aiplatform.googleapis.com/v1"  # location "global":
+VERTEX_GLOBAL_BASE_URL = "https://aiplatform.googleapis.com/v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,7 @@ class Pricing:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     id: str
-    kind: str  # openai | anthropic | mock
+    kind: str  # openai | anthropic | mock | gemini | vertex
     base_url: str = ""
     # None: the upstream needs no key (a local server); "": credentials missing, so the
     # provider stays configured but unavailable (SPEC §3 `no_credentials`).
@@ -59,10 +62,15 @@ class ProviderConfig:
     circuit_cooldown_s: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
     per_key_connections: int | None = None  # None: half of max_connections, rounded up
+    project: str | None = None  # vertex: the Google Cloud project
+    location: str | None = None  # vertex: the region (or "global")
+    # vertex: an absolute path, None for application default credentials, "" when the
+    # configured file (or the default credentials) could not be found: no_credentials.
+    credentials_file: str | None = None
 
     @property
     def has_credentials(self) -> bool:
-        return self.kind == "mock" or self.api_key != ""
+        return self.kind == "mock" or (self.api_key != "" and self.credentials_file != "")
 
     @property
     def connections_per_key(self) -> int:

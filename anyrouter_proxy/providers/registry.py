@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
-from .anthropic import AnthropicPassthrough, OpenAIViaAnthropic
-from .base import Exchange
+from .anthropic import AnthropicPassthrough, AnthropicTokenCounter, OpenAIViaAnthropic
+from .base import Exchange, TokenCounter
+from .gemini import GeminiChat, GeminiMessages, GeminiTokenCounter
+from .gemini_embeddings import GeminiEmbeddings
 from .openai import AnthropicViaOpenAI, OpenAIPassthrough
 
 _OPENAI_WIRE: dict[str, Exchange] = {
@@ -17,9 +19,25 @@ _ANTHROPIC_WIRE: dict[str, Exchange] = {
     CHAT: OpenAIViaAnthropic(),
     MESSAGES: AnthropicPassthrough(),
 }
-_BY_KIND = {"openai": _OPENAI_WIRE, "mock": _OPENAI_WIRE, "anthropic": _ANTHROPIC_WIRE}
+_GEMINI_WIRE: dict[str, Exchange] = {  # Google AI Studio and Vertex AI alike
+    CHAT: GeminiChat(),
+    EMBEDDINGS: GeminiEmbeddings(),
+    MESSAGES: GeminiMessages(),
+}
+_BY_KIND = {"openai": _OPENAI_WIRE, "mock": _OPENAI_WIRE, "anthropic": _ANTHROPIC_WIRE,
+            "gemini": _GEMINI_WIRE, "vertex": _GEMINI_WIRE}
 
 
 def exchange_for(endpoint: str, kind: str) -> Exchange | None:
     """None when this kind of provider cannot serve the endpoint (routing skips it)."""
     return _BY_KIND.get(kind, {}).get(endpoint)
+
+
+_COUNTERS: dict[str, TokenCounter] = {"anthropic": AnthropicTokenCounter(),
+                                      "gemini": GeminiTokenCounter(),
+                                      "vertex": GeminiTokenCounter()}
+
+
+def token_counter_for(kind: str) -> TokenCounter | None:
+    """None when this kind of provider cannot count tokens (the estimate is given)."""
+    return _COUNTERS.get(kind)

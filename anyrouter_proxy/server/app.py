@@ -14,6 +14,7 @@ from ..budget import PERIODS, window
 from ..config.model import Config
 from ..credits import CreditLedger
 from ..gateway import Gateway
+from ..google_auth import GoogleAuthUpstream
 from ..logs import AccessLog
 from ..metrics import Metrics
 from ..providers.mock import MockUpstream
@@ -59,7 +60,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
                            flush_interval_s=config.storage.flush_interval_s)
     metrics = Metrics()
     limiter = Limiter(config)
-    upstream = http or HttpUpstream()
+    upstream = GoogleAuthUpstream(http or HttpUpstream())  # OAuth for vertex providers
     local_quota = MemoryQuota(limiter, CreditLedger())
     quota: Quota = local_quota
     if config.state.backend == "redis":  # shared by replicas; this process's as fallback
