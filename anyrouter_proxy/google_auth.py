@@ -19,6 +19,7 @@ next route and is not retried on this one.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,15 +43,33 @@ CredentialsKey = tuple[str, str | None]  # (provider id, credentials file)
 
 
 def load_credentials(path: str | None) -> Credentials:
-    """The provider's credentials (blocking: reads files, may probe the metadata server)."""
+    """The provider's credentials (blocking: reads files, may probe the metadata server).
+    A file is loaded by its type's own class (the two kinds of key file Google hands
+    out): other types (workload identity federation, impersonation) are taken through
+    application default credentials."""
     import google.auth
 
-    if path:
-        credentials, _ = google.auth.load_credentials_from_file(  # type: ignore[no-untyped-call]
-            path, scopes=[CLOUD_PLATFORM_SCOPE])
-    else:
+    if not path:
         credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
-    return cast("Credentials", credentials)
+        return credentials
+    with open(path, encoding="utf-8") as file:
+        info = json.load(file)
+    kind = info.get("type") if isinstance(info, dict) else None
+    if kind == "service_account":
+        from google.oauth2 import service_account
+
+        loaded: Any = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=[CLOUD_PLATFORM_SCOPE])
+        return cast("Credentials", loaded)
+    if kind == "authorized_user":
+        from google.oauth2 import credentials as user
+
+        loaded = user.Credentials.from_authorized_user_info(  # type: ignore[no-untyped-call]
+            info, scopes=[CLOUD_PLATFORM_SCOPE])
+        return cast("Credentials", loaded)
+    raise ValueError(f"credentials_file of type {kind!r}: only service_account and "
+                     "authorized_user files are read; point GOOGLE_APPLICATION_CREDENTIALS "
+                     "at other kinds and leave credentials_file out")
 
 
 def refresh_credentials(credentials: Credentials) -> None:

@@ -32,6 +32,9 @@ MODELS = {"gemini-2.5-flash", "gemini-2.5-pro", "gemini-3-pro-preview", "gemini-
           "text-embedding-005"}
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+# The audience Google's token endpoint takes in a JWT-bearer assertion (google-auth sends
+# it whatever the key file's token_uri is).
+TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 
 
 def golden(name: str) -> Any:
@@ -144,7 +147,7 @@ class FakeGoogle:
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
         try:
             claims = jwt.decode(form["assertion"][0], certs=self.public_key_pem,
-                                audience=self.token_uri)
+                                audience=TOKEN_AUDIENCE)
         except ValueError as exc:
             return web.json_response({"error": "invalid_grant",
                                       "error_description": f"Invalid JWT: {exc}"}, status=400)
