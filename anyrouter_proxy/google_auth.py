@@ -81,7 +81,11 @@ def refresh_credentials(credentials: Credentials) -> None:
             kwargs["timeout"] = TOKEN_TIMEOUT_S
             return super().__call__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
-    credentials.refresh(_Bounded())  # type: ignore[no-untyped-call]
+    request = _Bounded()
+    try:
+        credentials.refresh(request)  # type: ignore[no-untyped-call]
+    finally:
+        request.session.close()
 
 
 def token_is_fresh(credentials: Credentials) -> bool:

@@ -106,21 +106,7 @@ class GeminiToOpenAIStream:
             delta = {"role": "assistant", "content": ""}
         elif state.finished:
             return []
-        texts: list[str] = []
-        thoughts: list[str] = []
-        calls: list[dict[str, Any]] = []
-        for part in candidate_parts(candidate):
-            if "functionCall" in part:
-                calls.append({"index": state.calls, **tool_call(part)})
-                state.calls += 1
-            elif isinstance(part.get("text"), str) and part["text"]:
-                (thoughts if part.get("thought") is True else texts).append(part["text"])
-        if thoughts:
-            delta["reasoning_content"] = "".join(thoughts)
-        if texts:
-            delta["content"] = "".join(texts)
-        if calls:
-            delta["tool_calls"] = calls
+        _add_parts(delta, candidate_parts(candidate), state)
         chunks = [self._chunk(index, delta)] if delta else []
         self.output_tokens += openai_delta_tokens(delta)
         reason = finish_reason(candidate.get("finishReason"), state.calls > 0)
@@ -138,3 +124,22 @@ class GeminiToOpenAIStream:
         if self._include_usage:
             chunk["usage"] = None
         return chunk
+
+
+def _add_parts(delta: dict[str, Any], parts: list[dict[str, Any]], state: _Candidate) -> None:
+    """One event's parts of a candidate into its delta: text, thoughts, whole calls."""
+    texts: list[str] = []
+    thoughts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for part in parts:
+        if "functionCall" in part:
+            calls.append({"index": state.calls, **tool_call(part)})
+            state.calls += 1
+        elif isinstance(part.get("text"), str) and part["text"]:
+            (thoughts if part.get("thought") is True else texts).append(part["text"])
+    if thoughts:
+        delta["reasoning_content"] = "".join(thoughts)
+    if texts:
+        delta["content"] = "".join(texts)
+    if calls:
+        delta["tool_calls"] = calls

@@ -506,6 +506,22 @@ async def test_messages_tools_round_trip(claude_sdk: anthropic.AsyncAnthropic,
     assert [r["functionResponse"]["id"] for r in responses] == [u.id for u in uses]
 
 
+async def test_messages_stream_with_parallel_tools(
+        claude_sdk: anthropic.AsyncAnthropic) -> None:
+    tool = {"name": "get_weather", "description": "Weather for a city",
+            "input_schema": WEATHER["function"]["parameters"]}
+    async with claude_sdk.messages.stream(
+            model=FLASH, max_tokens=300, tools=[tool],  # type: ignore[list-item]
+            messages=[{"role": "user", "content": "Weather in Paris and Tokyo?"}]) as stream:
+        message = await stream.get_final_message()
+    assert message.stop_reason == "tool_use"
+    uses = [block for block in message.content if block.type == "tool_use"]
+    assert [(u.name, u.input) for u in uses] == [("get_weather", {"city": "Paris"}),
+                                                 ("get_weather", {"city": "Tokyo"})]
+    assert [b.type for b in message.content] == ["thinking", "tool_use", "tool_use"]
+    assert message.usage.output_tokens == 52
+
+
 async def test_messages_count_tokens(claude_sdk: anthropic.AsyncAnthropic,
                                      google: FakeGoogle) -> None:
     counted = await claude_sdk.messages.count_tokens(
