@@ -383,6 +383,35 @@ async def test_429_says_when_to_come_back(sdk: openai.AsyncOpenAI, google: FakeG
     assert caught.value.body["code"] == "upstream_rate_limited"  # type: ignore[index]
 
 
+async def test_google_5xx_is_retried_elsewhere_and_named(
+        sdk: openai.AsyncOpenAI, google: FakeGoogle, fake_openai: FakeOpenAI) -> None:
+    overloaded = {"error": {"code": 503, "status": "UNAVAILABLE",
+                            "message": "The model is overloaded. Please try again later."}}
+    google.then(GoogleReply(503, overloaded), GoogleReply(503, overloaded))
+    answer = await sdk.chat.completions.create(model=FALLBACK,
+                                               messages=[{"role": "user", "content": "Hi"}])
+    assert answer.choices[0].message.content == ANSWER  # the openai route answered
+    with pytest.raises(openai.APIStatusError) as caught:
+        await sdk.chat.completions.create(model=FLASH,
+                                          messages=[{"role": "user", "content": "Hi"}])
+    assert caught.value.status_code == 502
+    assert "gemini failed with status 503: The model is overloaded" in caught.value.message
+
+
+async def test_an_unknown_model_is_googles_404(
+        config_factory: ConfigFactory, google: FakeGoogle,
+        start_proxy: Callable[[Config], Awaitable[Proxy]]) -> None:
+    proxy = await start_proxy(config_factory(
+        providers={"gemini": gemini_provider(google)},
+        models={FLASH: {"pricing": PRICING,
+                        "routes": [{"provider": "gemini", "model": "gemini-0.1-nope"}]}}))
+    async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=ALICE_KEY,
+                                  max_retries=0) as sdk:
+        with pytest.raises(openai.NotFoundError, match="is not found for API version"):
+            await sdk.chat.completions.create(model=FLASH,
+                                              messages=[{"role": "user", "content": "Hi"}])
+
+
 @pytest.mark.parametrize("reply", [
     GoogleReply(403, golden("error_permission_denied.json")),
     GoogleReply(400, golden("error_api_key_invalid.json")),  # Google's answer to a bad key
