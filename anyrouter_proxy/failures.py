@@ -81,8 +81,9 @@ def upstream_failure(config: ProviderConfig, status: int, raw: bytes,
                                 code=code or PASSTHROUGH_CODES[status], param=param,
                                 metadata=meta)
     if status in CREDENTIAL_STATUSES:
+        what = "Google credentials" if config.kind == "vertex" else "api_key"
         return UpstreamError(f"Provider {provider} rejected the gateway's credentials "
-                             f"({status}); check its api_key", metadata=meta)
+                             f"({status}); check its {what}", metadata=meta)
     if status == 429:
         retry_after = (headers.get("Retry-After") if headers is not None else None) \
             or retry_delay

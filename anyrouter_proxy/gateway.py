@@ -499,8 +499,8 @@ class Gateway:
     async def count_tokens(self, req: ProxyRequest) -> Answer:
         """POST /messages/count_tokens: passed to the first route whose kind counts tokens
         (Anthropic, Gemini, Vertex AI: free upstream, so it is not a generation); models
-        without one get the local estimate. It takes
-        one request from the key's limits (and a concurrency slot while it runs)."""
+        without one get the local estimate. It takes one request from the key's limits
+        (and a concurrency slot while it runs)."""
         config = self.config
         model = self.model_for(req.key, req.body.get("model"), config)
         try:

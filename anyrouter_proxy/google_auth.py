@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -44,9 +44,9 @@ CredentialsKey = tuple[str, str | None]  # (provider id, credentials file)
 
 def load_credentials(path: str | None) -> Credentials:
     """The provider's credentials (blocking: reads files, may probe the metadata server).
-    A file is loaded by its type's own class (the two kinds of key file Google hands
-    out): other types (workload identity federation, impersonation) are taken through
-    application default credentials."""
+    A file is read by its type's own class, for the two kinds Google hands out (a service
+    account key, gcloud's user credentials); other kinds (workload identity federation,
+    impersonation) are refused here and work through application default credentials."""
     import google.auth
 
     if not path:
@@ -89,9 +89,8 @@ def refresh_credentials(credentials: Credentials) -> None:
 
 
 def token_is_fresh(credentials: Credentials) -> bool:
-    from google.auth.credentials import TokenState
-
-    return bool(credentials.token) and credentials.token_state == TokenState.FRESH
+    """A token that is not expiring soon (google-auth's TokenState.FRESH)."""
+    return bool(credentials.token) and credentials.token_state.name == "FRESH"
 
 
 @dataclass(slots=True)
@@ -153,10 +152,14 @@ class GoogleAuthUpstream:
         self.inner = inner
         self.tokens = tokens or GoogleTokens()
 
-    async def send(self, provider: ProviderConfig, path: str, body: bytes,
-                   headers: Mapping[str, str]) -> UpstreamResponse:
-        if provider.kind != VERTEX:
-            return await self.inner.send(provider, path, body, headers)
+    def send(self, provider: ProviderConfig, path: str, body: bytes,
+             headers: Mapping[str, str]) -> Coroutine[Any, Any, UpstreamResponse]:
+        if provider.kind != VERTEX:  # the inner send itself: no extra await on the hot path
+            return self.inner.send(provider, path, body, headers)
+        return self._send_vertex(provider, path, body, headers)
+
+    async def _send_vertex(self, provider: ProviderConfig, path: str, body: bytes,
+                           headers: Mapping[str, str]) -> UpstreamResponse:
         token = await self.tokens.bearer(provider)
         response = await self.inner.send(provider, path, body,
                                          {**headers, "Authorization": f"Bearer {token}"})
