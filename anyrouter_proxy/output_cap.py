@@ -4,8 +4,8 @@
 may carry, the number of choices, reasoning effort or a thinking budget, and the model's
 own output limit when the client sets no cap. The credit reservation and the token-per-
 minute estimate are made from it; `cap_openai_body` / `cap_anthropic_body` /
-`cap_gemini_body` then make sure the body sent upstream carries an explicit cap no larger
-than the one reserved.
+`cap_converse_body` (Bedrock) / `cap_gemini_body` then make sure the body sent upstream
+carries an explicit cap no larger than the one reserved.
 
 | client body | output tokens per choice |
 |---|---|
@@ -43,6 +43,8 @@ OPENAI_OUTPUT_PATHS: dict[str, str | None] = {
 ANTHROPIC_OUTPUT_PATHS = frozenset({"/messages"})
 # Gemini wire (gemini and vertex kinds): the methods at the end of the path, before a query.
 GEMINI_OUTPUT_METHODS = (":generateContent", ":streamGenerateContent")
+# Bedrock's Converse operations (/model/{modelId}/converse, /converse-stream).
+CONVERSE_PATH_ENDS = ("/converse", "/converse-stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,8 @@ def cap_upstream_body(path: str, body: dict[str, Any], cap: OutputCap) -> None:
         cap_anthropic_body(body, cap.tokens)
     elif path in OPENAI_OUTPUT_PATHS:
         cap_openai_body(body, cap, field=OPENAI_OUTPUT_PATHS[path])
+    elif path.endswith(CONVERSE_PATH_ENDS):
+        cap_converse_body(body, cap.tokens)
     elif path.partition("?")[0].endswith(GEMINI_OUTPUT_METHODS):
         cap_gemini_body(body, cap)
 
@@ -194,3 +198,20 @@ def cap_gemini_body(body: dict[str, Any], cap: OutputCap) -> None:
     count = config.get("candidateCount")
     if count is not None and (count.__class__ is not int or not 0 < count <= cap.choices):
         config["candidateCount"] = cap.choices
+
+
+def cap_converse_body(body: dict[str, Any], tokens: int) -> None:
+    """Bedrock Converse: inferenceConfig.maxTokens no larger than `tokens` (added when
+    absent); a Claude thinking budget in additionalModelRequestFields that no longer fits
+    below it shrinks with it."""
+    config = body.get("inferenceConfig")
+    if not isinstance(config, dict):
+        config = body["inferenceConfig"] = {}
+    value = config.get("maxTokens")
+    if value.__class__ is not int or not 0 < value <= tokens:
+        config["maxTokens"] = value = tokens
+    extra = body.get("additionalModelRequestFields")
+    if isinstance(extra, dict) and isinstance(extra.get("thinking"), dict):
+        budget = extra["thinking"].get("budget_tokens")
+        if budget.__class__ is int and budget >= value:
+            extra["thinking"] = {**extra["thinking"], "budget_tokens": max(value - 1, 0)}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from ..sse import EventDecoder, SSEDecoder
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 from .anthropic import AnthropicPassthrough, AnthropicTokenCounter, OpenAIViaAnthropic
+from .aws_eventstream import EventStreamDecoder
 from .base import Exchange, TokenCounter
+from .bedrock import ChatViaBedrock, MessagesViaBedrock
 from .gemini import GeminiChat, GeminiMessages, GeminiTokenCounter
 from .gemini_embeddings import GeminiEmbeddings
 from .openai import AnthropicViaOpenAI, OpenAIPassthrough
@@ -19,13 +22,22 @@ _ANTHROPIC_WIRE: dict[str, Exchange] = {
     CHAT: OpenAIViaAnthropic(),
     MESSAGES: AnthropicPassthrough(),
 }
+_BEDROCK_WIRE: dict[str, Exchange] = {
+    CHAT: ChatViaBedrock(),
+    MESSAGES: MessagesViaBedrock(),
+}
 _GEMINI_WIRE: dict[str, Exchange] = {  # Google AI Studio and Vertex AI alike
     CHAT: GeminiChat(),
     EMBEDDINGS: GeminiEmbeddings(),
     MESSAGES: GeminiMessages(),
 }
 _BY_KIND = {"openai": _OPENAI_WIRE, "mock": _OPENAI_WIRE, "anthropic": _ANTHROPIC_WIRE,
-            "gemini": _GEMINI_WIRE, "vertex": _GEMINI_WIRE}
+            "bedrock": _BEDROCK_WIRE, "gemini": _GEMINI_WIRE, "vertex": _GEMINI_WIRE}
+# Kinds whose streams are not SSE.
+_STREAM_DECODERS: dict[str, type[EventDecoder]] = {"bedrock": EventStreamDecoder}
+_COUNTERS: dict[str, TokenCounter] = {"anthropic": AnthropicTokenCounter(),
+                                      "gemini": GeminiTokenCounter(),
+                                      "vertex": GeminiTokenCounter()}
 
 
 def exchange_for(endpoint: str, kind: str) -> Exchange | None:
@@ -33,9 +45,9 @@ def exchange_for(endpoint: str, kind: str) -> Exchange | None:
     return _BY_KIND.get(kind, {}).get(endpoint)
 
 
-_COUNTERS: dict[str, TokenCounter] = {"anthropic": AnthropicTokenCounter(),
-                                      "gemini": GeminiTokenCounter(),
-                                      "vertex": GeminiTokenCounter()}
+def stream_decoder(kind: str) -> EventDecoder:
+    """A fresh decoder for the framing of this kind's streams (SSE unless it says)."""
+    return _STREAM_DECODERS.get(kind, SSEDecoder)()
 
 
 def token_counter_for(kind: str) -> TokenCounter | None:

@@ -68,9 +68,9 @@ def test_required_fields_per_kind() -> None:
     ({"kind": "vertex", "project": "p", "location": "us-central1", "api_key": "k"},
      "providers.google.api_key", "authenticates with Google OAuth"),
     ({"kind": "openai", "base_url": "https://x", "project": "p"}, "providers.google.project",
-     "only kind vertex takes project"),
+     "only kind vertex reads it"),
     ({"kind": "gemini", "api_key": "k", "credentials_file": "a.json"},
-     "providers.google.credentials_file", "only kind vertex takes credentials_file"),
+     "providers.google.credentials_file", "only kind vertex reads it"),
     ({"kind": "vertex", "project": "p", "location": "US Central"},
      "providers.google.location", "not in the expected form"),
 ])
