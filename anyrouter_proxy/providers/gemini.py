@@ -112,9 +112,12 @@ class GeminiMessages:
 
 
 def _as_openai(body: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
-    """An Anthropic body in OpenAI's shape; an enabled thinking budget is kept exact."""
+    """An Anthropic body in OpenAI's shape; an enabled thinking budget is kept exact, and
+    top_k (which Gemini has too) kept."""
     out = anthropic_to_openai_request(body, upstream_model=ctx.route.model,
                                       max_output=_max_output(ctx))
+    if body.get("top_k") is not None:
+        out["top_k"] = body["top_k"]  # checked by anthropic_to_openai_request
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         out.pop("reasoning_effort", None)

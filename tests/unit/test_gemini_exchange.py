@@ -101,11 +101,11 @@ def test_an_anthropic_client_keeps_its_thinking_budget() -> None:
     assert exchange is not None
     call = exchange.build({"max_tokens": 2000, "messages": USER, "system": "Brief.",
                            "thinking": {"type": "enabled", "budget_tokens": 1234},
-                           "stop_sequences": ["END"]}, ctx(cap=2000))
+                           "stop_sequences": ["END"], "top_k": 20}, ctx(cap=2000))
     assert call.body == {
         "contents": [{"role": "user", "parts": [{"text": "Hi"}]}],
         "systemInstruction": {"parts": [{"text": "Brief."}]},
-        "generationConfig": {"maxOutputTokens": 2000, "stopSequences": ["END"],
+        "generationConfig": {"maxOutputTokens": 2000, "stopSequences": ["END"], "topK": 20,
                              "thinkingConfig": {"thinkingBudget": 1234,
                                                 "includeThoughts": True}}}
 
