@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from .config.model import ModelConfig, ProviderConfig
+from .error_bodies import GOOGLE_KEY_REASON_PREFIX, google_details, read_error_body
 from .errors import (
     ProxyError,
     RateLimited,
@@ -22,13 +19,8 @@ from .redaction import redact
 
 PASSTHROUGH_STATUSES = frozenset({400, 404, 413, 422})  # the request's fault: returned as is
 CREDENTIAL_STATUSES = frozenset({401, 403})  # the gateway's own misconfiguration
-_TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
 PASSTHROUGH_CODES = {400: "invalid_request", 404: "not_found", 413: "request_too_large",
                      422: "invalid_request"}  # when the upstream gave no code of its own
-# Google APIs' error details (google.rpc): why, and when to come back.
-GOOGLE_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
-GOOGLE_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
-GOOGLE_KEY_REASON_PREFIX = "API_KEY_"  # a 400 about the gateway's own key (API_KEY_INVALID)
 
 
 def should_fail_over(exc: ProxyError) -> bool:
@@ -70,10 +62,11 @@ def upstream_failure(config: ProviderConfig, status: int, raw: bytes,
                      headers: Mapping[str, str] | None) -> ProxyError:
     """An upstream error answer, as the error the client (or failover) sees."""
     provider = config.id
-    message, code, param = _error_fields(raw)
+    said = read_error_body(raw)
+    message, code, param = said.message, said.code, said.param
     message = redact(message, config) if message else message
-    meta = {"provider_name": provider, "provider_status": status}
-    reason, retry_delay = _google_details(raw) if status in (400, 429) else (None, None)
+    meta = {"provider_name": provider, "provider_status": status, **said.metadata}
+    reason, retry_delay = google_details(raw) if status in (400, 429) else (None, None)
     if status == 400 and reason is not None and reason.startswith(GOOGLE_KEY_REASON_PREFIX):
         status = meta["provider_status"] = 401  # Google's answer to a bad key: ours to fix
     if status in PASSTHROUGH_STATUSES:
@@ -94,54 +87,6 @@ def upstream_failure(config: ProviderConfig, status: int, raw: bytes,
     detail = f": {message}" if message else ""
     return UpstreamError(f"Provider {provider} failed with status {status}{detail}",
                          metadata=meta)
-
-
-def _error_fields(raw: bytes) -> tuple[str | None, str | None, str | None]:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _text_of(raw), None, None
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        message, code, param = error.get("message"), error.get("code"), error.get("param")
-        return (str(message) if message else None,
-                code if isinstance(code, str) else None,
-                param if isinstance(param, str) else None)
-    if isinstance(error, str):
-        return error, None, None
-    message = data.get("message", data.get("Message")) if isinstance(data, dict) else None
-    if isinstance(message, str) and message:  # AWS's shape (Bedrock): {"message": ...}
-        return message, None, None
-    return None, None, None
-
-
-def _google_details(raw: bytes) -> tuple[str | None, str | None]:
-    """(ErrorInfo reason, RetryInfo delay in whole seconds) of a Google API error body:
-    `{"error": {"code", "message", "status", "details": [{"@type", ...}]}}`."""
-    try:
-        error = orjson.loads(raw).get("error")
-        details = error.get("details") if isinstance(error, dict) else None
-    except (orjson.JSONDecodeError, AttributeError):
-        return None, None
-    reason = delay = None
-    for detail in details if isinstance(details, list) else ():
-        if not isinstance(detail, dict):
-            continue
-        kind = detail.get("@type")
-        if kind == GOOGLE_ERROR_INFO and isinstance(detail.get("reason"), str):
-            reason = detail["reason"]
-        elif kind == GOOGLE_RETRY_INFO and isinstance(detail.get("retryDelay"), str):
-            delay = _whole_seconds(detail["retryDelay"])
-    return reason, delay
-
-
-def _whole_seconds(duration: str) -> str | None:
-    """A protobuf Duration in JSON ("37s", "1.5s") as whole seconds, rounded up."""
-    try:
-        seconds = float(duration.removesuffix("s"))
-    except ValueError:
-        return None
-    return str(max(1, math.ceil(seconds))) if math.isfinite(seconds) else None
 
 
 def final_error(model: ModelConfig, failures: list[ProxyError],
@@ -167,13 +112,3 @@ def final_error(model: ModelConfig, failures: list[ProxyError],
     if all(isinstance(f, UpstreamTimeout) for f in failures):
         return UpstreamTimeout(f"Every provider of {model.id} timed out: {tried}", metadata=meta)
     return UpstreamError(f"Every provider of {model.id} failed: {tried}", metadata=meta)
-
-
-def _text_of(raw: bytes) -> str | None:
-    """A non-JSON error body as a short message: an HTML page by its <title>, never its
-    markup; plain text as it is (cut)."""
-    text = raw[:4096].decode("utf-8", "replace").strip()
-    if text[:1] == "<":
-        title = _TITLE.search(text)
-        return f"an HTML page ({title.group(1).strip()[:120]})" if title else "an HTML page"
-    return text[:300] or None

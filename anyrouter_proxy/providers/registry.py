@@ -6,6 +6,7 @@ from ..sse import EventDecoder, SSEDecoder
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 from .anthropic import AnthropicPassthrough, AnthropicTokenCounter, OpenAIViaAnthropic
 from .aws_eventstream import EventStreamDecoder
+from .azure import AZURE_ADDRESS
 from .base import Exchange, TokenCounter
 from .bedrock import ChatViaBedrock, MessagesViaBedrock
 from .gemini import GeminiChat, GeminiMessages, GeminiTokenCounter
@@ -26,13 +27,20 @@ _BEDROCK_WIRE: dict[str, Exchange] = {
     CHAT: ChatViaBedrock(),
     MESSAGES: MessagesViaBedrock(),
 }
+_AZURE_WIRE: dict[str, Exchange] = {
+    CHAT: OpenAIPassthrough(CHAT, AZURE_ADDRESS),
+    COMPLETIONS: OpenAIPassthrough(COMPLETIONS, AZURE_ADDRESS),
+    EMBEDDINGS: OpenAIPassthrough(EMBEDDINGS, AZURE_ADDRESS),
+    MESSAGES: AnthropicViaOpenAI(AZURE_ADDRESS),
+}
 _GEMINI_WIRE: dict[str, Exchange] = {  # Google AI Studio and Vertex AI alike
     CHAT: GeminiChat(),
     EMBEDDINGS: GeminiEmbeddings(),
     MESSAGES: GeminiMessages(),
 }
 _BY_KIND = {"openai": _OPENAI_WIRE, "mock": _OPENAI_WIRE, "anthropic": _ANTHROPIC_WIRE,
-            "bedrock": _BEDROCK_WIRE, "gemini": _GEMINI_WIRE, "vertex": _GEMINI_WIRE}
+            "bedrock": _BEDROCK_WIRE, "azure": _AZURE_WIRE, "gemini": _GEMINI_WIRE,
+            "vertex": _GEMINI_WIRE}
 # Kinds whose streams are not SSE.
 _STREAM_DECODERS: dict[str, type[EventDecoder]] = {"bedrock": EventStreamDecoder}
 _COUNTERS: dict[str, TokenCounter] = {"anthropic": AnthropicTokenCounter(),
