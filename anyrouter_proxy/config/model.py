@@ -140,7 +140,7 @@ class ServerConfig:
     sse_keepalive: bool = True
     sse_keepalive_interval_s: float = 5.0
     log_level: str = "info"
-    log_format: str = "json"
+    log_format: str | None = None  # json | text; None: text on a terminal, else json
     trusted_proxies: tuple[str, ...] = ()
     cors: CorsConfig = CorsConfig()
     retries: int = 1
