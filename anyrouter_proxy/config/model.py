@@ -45,7 +45,7 @@ class ProviderConfig:
     kind: str  # openai | anthropic | mock
     base_url: str = ""
     # None: the upstream needs no key (a local server); "": credentials missing, so the
-    # provider stays configured but unavailable (SPEC §3 `no_credentials`).
+    # provider stays configured but unavailable (`no_credentials`, docs/configuration.md).
     api_key: str | None = None
     timeouts: Timeouts = Timeouts()
     headers: Mapping[str, str] = field(default_factory=dict)

@@ -74,7 +74,7 @@ class OpenAIPassthrough:
             cap_openai_body(out, ctx.output,
                             field="max_completion_tokens" if openai_chat else None)
         if ctx.stream:
-            # Always ask for usage: every stream is accounted, asked for or not (SPEC §4).
+            # Always ask for usage: every stream is accounted, asked for or not (docs/api.md).
             options = out.get("stream_options")
             out["stream_options"] = {**(options if isinstance(options, dict) else {}),
                                      "include_usage": True}
