@@ -34,8 +34,10 @@ server:
   # trusted_proxies: ["127.0.0.1", "::1"]   # behind nginx: log the real client address
 
 storage:
-  sqlite_path: data/anyrouter.db  # relative to this file; under systemd use an absolute
-                                  # path such as /var/lib/anyrouter/anyrouter.db
+  # The usage log. Relative paths are relative to this file; a service sets an absolute
+  # one through the environment (systemd: /var/lib/anyrouter/anyrouter.db, the container
+  # image: /app/data/anyrouter.db), so this file works unchanged in both.
+  sqlite_path: ${{ANYROUTER_SQLITE_PATH:-data/anyrouter.db}}
 
 providers:
   demo:                           # in process, deterministic, no network: try it first

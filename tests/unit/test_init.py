@@ -132,3 +132,14 @@ def chat(port: int, key: str) -> dict[str, object]:
     with urllib.request.urlopen(request, timeout=10) as response:
         answer: dict[str, object] = json.loads(response.read())
         return answer
+
+
+def test_the_usage_log_path_comes_from_the_environment_or_beside_the_file(
+        tmp_path: Path) -> None:
+    init(tmp_path / "conf")
+    config_file = tmp_path / "conf" / "routes.yaml"
+    beside = load_config(config_file, environ={})
+    assert beside.storage.sqlite_path == (tmp_path / "conf" / "data" / "anyrouter.db")
+    service = load_config(config_file,
+                          environ={"ANYROUTER_SQLITE_PATH": "/var/lib/anyrouter/anyrouter.db"})
+    assert service.storage.sqlite_path == Path("/var/lib/anyrouter/anyrouter.db")
