@@ -160,3 +160,26 @@ def test_nothing_in_the_repository_points_outside_it() -> None:
             if OUTSIDE.search(line):
                 offenders.append(f"{name}:{number}: {line.strip()[:80]}")
     assert not offenders, offenders
+
+
+TEST_REF = re.compile(r"`(?:tests/(?:e2e|unit)/)?(test_\w+\.py)?(?:::(test_[\w*]+))?`")
+
+
+def test_the_tests_named_in_the_guarantees_table_exist() -> None:
+    doc = read(DOCS / "architecture.md")
+    table = doc[doc.index("## Guarantees"):]
+    files = {p.name: read(p) for p in (REPO / "tests").rglob("test_*.py")}
+    checked, missing = 0, []
+    for row in table.splitlines():
+        current = None
+        for file, test in TEST_REF.findall(row):
+            current = file or current
+            if current is None or current not in files:
+                missing.append(f"{current}::{test}")
+                continue
+            name = test.replace("*", r"\w*")
+            if test and not re.search(rf"^(async )?def {name}\(", files[current], re.MULTILINE):
+                missing.append(f"{current}::{test}")
+            checked += 1
+    assert checked > 30
+    assert not missing, f"tests named in docs/architecture.md that do not exist: {missing}"
