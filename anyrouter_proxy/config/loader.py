@@ -389,7 +389,8 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
         headers=MappingProxyType(dict(raw.get("headers", {}))),
         limits=_limits(raw["limits"]) if "limits" in raw else None,
         **_given(raw, anthropic_version="anthropic_version", max_connections="max_connections",
-                 per_key_connections="per_key_connections"),
+                 per_key_connections="per_key_connections",
+                 structured_output="structured_output"),
         **_given(raw.get("circuit", {}), circuit_failures="failures",
                  circuit_cooldown_s="cooldown_s"),
     )
@@ -405,7 +406,8 @@ def _model(mid: str, raw: Mapping[str, Any]) -> ModelConfig:
     routes = tuple(
         Route(provider=r["provider"], model=r["model"], priority=r.get("priority", i),
               weight=float(r.get("weight", 1)),
-              pricing=Pricing(**r["pricing"]) if "pricing" in r else None)
+              pricing=Pricing(**r["pricing"]) if "pricing" in r else None,
+              structured_output=r.get("structured_output"))
         for i, r in enumerate(raw["routes"])
     )
     deprecated = raw.get("deprecated")
