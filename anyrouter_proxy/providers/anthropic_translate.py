@@ -73,6 +73,7 @@ Anthropic request -> OpenAI request (`anthropic_to_openai_request`)
 | max_tokens (required) | max_tokens (max_completion_tokens when thinking) |
 | thinking enabled, budget < 4096, < 16384, more | reasoning_effort low, medium, high |
 | stream | stream + stream_options {include_usage: true} |
+| output_config.format (or output_format) | response_format json_schema (json_format.py) |
 
 Dropped or refused (Anthropic -> OpenAI)
 
