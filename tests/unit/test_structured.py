@@ -147,7 +147,8 @@ def test_thinking_uses_auto_and_an_instruction_instead_of_forcing() -> None:
     ("json", "response_format"),
     ({"type": "xml"}, "response_format.type"),
     ({"type": "json_schema"}, "response_format.json_schema"),
-    ({"type": "json_schema", "json_schema": {"schema": SCHEMA}}, "response_format.json_schema.name"),
+    ({"type": "json_schema", "json_schema": {"schema": SCHEMA}},
+     "response_format.json_schema.name"),
     ({"type": "json_schema", "json_schema": {"name": "x", "schema": []}},
      "response_format.json_schema.schema"),
 ])
