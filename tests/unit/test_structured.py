@@ -73,7 +73,8 @@ def test_native_mode_sends_output_config_format_and_no_tool() -> None:
 
 
 def test_text_format_and_no_format_add_nothing() -> None:
-    for body in ({}, {"response_format": {"type": "text"}}):
+    bodies: list[dict[str, Any]] = [{}, {"response_format": {"type": "text"}}]
+    for body in bodies:
         out, tool = translate(**body)
         assert tool is None and set(out) == {"model", "messages", "max_tokens"}
 
