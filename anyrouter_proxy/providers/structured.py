@@ -48,7 +48,6 @@ from anyrouter_proxy.providers.shapes import (
     unsupported,
 )
 
-STRUCTURED_MODES = ("tool", "native")
 DEFAULT_STRUCTURED_MODE = "tool"
 JSON_OBJECT_TOOL = "json_response"
 MAX_TOOL_NAME = 64
