@@ -5,18 +5,20 @@
 | response_format | structured_output: tool (default) | structured_output: native |
 |---|---|---|
 | text, absent | nothing | nothing |
-| json_schema {name, schema} | the response tool, input_schema: schema | output_config.format |
+| json_schema {name, schema, strict: true} | the response tool (input_schema) | output_config |
+| json_schema, strict false or absent | the response tool (input_schema) | the same |
 | json_schema without schema | the response tool, an open object schema | the same |
 | json_object | the response tool `json_response`, an open object schema | the same |
 
-output_config.format is {type: json_schema, schema}. The response tool is an ordinary
-Anthropic tool whose input is the answer: the answer's `content` is that input as a JSON
-string, with finish_reason "stop" and no tool_calls. Its name is json_schema.name
+output_config is {format: {type: json_schema, schema}}; Anthropic takes only closed
+schemas there (additionalProperties false), as a strict schema is, so a loose one goes to
+the tool on native routes too. The response tool is an ordinary Anthropic tool whose input
+is the answer: the answer's `content` is that input as a JSON string, with finish_reason
+"stop" and no tool_calls. Its name is json_schema.name
 (characters other than letters, digits, _ and - made _, at most 64), given a suffix when
 one of the client's tools has that name. Native output sends the schema as it is
-(Anthropic rejects what it does not support with a 400, passed on); `strict` has no
-counterpart on the tool (Anthropic's strict tools exist only on the models that have native
-output) and is ignored.
+(Anthropic rejects what it does not support with a 400, passed on); on the tool `strict`
+is not sent (Anthropic's strict tools exist only on the models that have native output).
 
 How the response tool is called, by the client's tool_choice:
 
@@ -26,7 +28,7 @@ How the response tool is called, by the client's tool_choice:
 | auto or absent, tools | {type: any}: a client's tool or the response tool | theirs + it |
 | none | {type: tool, name}, no parallel use | theirs (history) + it |
 | required, {function} | the client's: the answer is a tool call | theirs |
-| any but the last, thinking on | {type: auto}, a system instruction | theirs + it |
+| auto, absent or none, thinking on | {type: auto}, a system instruction | theirs + it |
 
 Anthropic refuses a forced tool choice while thinking, hence the instruction to answer
 with the tool; the text a model may write before calling it is then dropped from the
@@ -92,7 +94,7 @@ def anthropic_structured_output(response_format: Any, request: Mapping[str, Any]
     name = need_str(spec.get("name"), f"{p}.name")
     description = opt_str(spec.get("description"), f"{p}.description")
     schema = None if spec.get("schema") is None else need_dict(spec["schema"], f"{p}.schema")
-    if schema is not None and mode == "native":
+    if schema is not None and mode == "native" and spec.get("strict") is True:
         return StructuredOutput({"output_config": {
             **_output_config(request), "format": {"type": "json_schema", "schema": schema}}})
     full = f"{description}\n\n{TOOL_DESCRIPTION}" if description else TOOL_DESCRIPTION

@@ -72,6 +72,15 @@ def test_native_mode_sends_output_config_format_and_no_tool() -> None:
     assert "tools" not in out and "tool_choice" not in out
 
 
+def test_native_mode_uses_the_tool_for_a_schema_that_is_not_strict() -> None:
+    for strict in (False, None):
+        fmt = {"type": "json_schema", "json_schema": {"name": "Weather", "schema": SCHEMA,
+                                                      "strict": strict}}
+        out, tool = translate("native", response_format=fmt)
+        assert tool == "Weather" and "output_config" not in out
+        assert out["tools"][0]["input_schema"] == SCHEMA
+
+
 def test_text_format_and_no_format_add_nothing() -> None:
     bodies: list[dict[str, Any]] = [{}, {"response_format": {"type": "text"}}]
     for body in bodies:
@@ -89,7 +98,8 @@ def test_a_schema_without_type_is_an_object_and_a_non_object_schema_is_refused()
         translate(response_format=array)
     assert (err.value.code, err.value.param) == (
         "unsupported_parameter", "response_format.json_schema.schema.type")
-    out, _ = translate("native", response_format=array)  # native: Anthropic decides
+    strict = {**array, "json_schema": {**array["json_schema"], "strict": True}}
+    out, _ = translate("native", response_format=strict)  # native: Anthropic decides
     assert out["output_config"]["format"]["schema"] == {"type": "array"}
 
 
