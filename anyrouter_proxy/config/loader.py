@@ -43,6 +43,7 @@ from .model import (
     is_metered,
 )
 from .provider_checks import model_problems, provider_problems
+from .structured_checks import structured_output_problems
 from .wildcards import glob_may_match, resolves, wildcard_entries
 
 PathItems = tuple[str | int, ...]
@@ -293,7 +294,8 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
 
     providers = _dicts(data.get("providers"))
     models = _dicts(data.get("models"))
-    for items, message in (*provider_problems(providers), *model_problems(models, providers)):
+    for items, message in (*provider_problems(providers), *model_problems(models, providers),
+                           *structured_output_problems(providers, models)):
         yield problem(items, message)
     for pid, provider in providers.items():
         if provider.get("kind") != "bedrock":

@@ -56,3 +56,25 @@ def test_other_values_are_config_errors(tmp_path: Path, provider: str, route: st
     with pytest.raises(ConfigError) as info:
         config(tmp_path, provider, route)
     assert [p.path for p in info.value.problems] == [path]
+
+
+def test_other_kinds_do_not_take_it(tmp_path: Path) -> None:
+    text = """\
+version: 1
+providers:
+  gpt: {kind: openai, base_url: "https://api.openai.com/v1", api_key: k,
+        structured_output: native}
+  claude: {kind: anthropic, base_url: "https://api.anthropic.com/v1", api_key: k}
+models:
+  openai/gpt:
+    pricing: {prompt: 1, completion: 1}
+    routes:
+      - {provider: gpt, model: gpt-x, structured_output: tool}
+      - {provider: claude, model: claude-x, structured_output: native}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="routes.yaml", base_dir=tmp_path, environ={})
+    found = {p.path: p.message for p in info.value.problems}
+    assert set(found) == {"providers.gpt.structured_output",
+                          "models.openai/gpt.routes[0].structured_output"}
+    assert "kind openai" in found["models.openai/gpt.routes[0].structured_output"]
