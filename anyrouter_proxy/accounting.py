@@ -9,15 +9,15 @@ import time
 from typing import TYPE_CHECKING
 
 from .config.model import Pricing
-from .credits import request_cost
 from .errors import ProxyError
+from .limits.credits import request_cost
+from .limits.quota import Held, Reserved
 from .output_cap import OutputCap
-from .quota import Held, Reserved
 from .types import ESTIMATED, NONE, PARTIAL, GenerationRecord, Usage
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .usage_store import UsageStore
+    from .storage.sqlite import UsageStore
 
 OVERSPEND_TOLERANCE_USD = 1e-9  # float and rounding slack (costs are rounded to 1e-10)
 

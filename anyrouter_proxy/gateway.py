@@ -24,8 +24,6 @@ import orjson
 from .accounting import Books, Ledger
 from .billed_extras import NO_EXTRAS, Extras, check_extras
 from .config.model import Config, KeyConfig, ModelConfig, Pricing, ProviderConfig, is_metered
-from .connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
-from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
 from .errors import (
     AuthenticationFailed,
@@ -49,12 +47,14 @@ from .failures import (
 )
 from .health import BreakerPolicy, HealthBoard
 from .ids import new_generation_id
+from .limits.connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
+from .limits.credits import estimate_prompt_tokens, worst_case_cost
+from .limits.quota import NOTHING_HELD, Held, Quota
 from .output_cap import OutputCap, cap_upstream_body, output_cap
 from .providers.anthropic import anthropic_headers
 from .providers.aws_auth import AwsAuth
 from .providers.base import CallContext, Exchange
 from .providers.registry import exchange_for, stream_decoder
-from .quota import NOTHING_HELD, Held, Quota
 from .routing import Target, fallback_models, parse_prefs, resolve_targets
 from .stream_session import StreamSession, discard, first_output
 from .types import (

@@ -42,10 +42,10 @@ from anyrouter_proxy.config.model import (
     StateConfig,
     StorageConfig,
 )
-from anyrouter_proxy.credits import CreditLedger
-from anyrouter_proxy.quota import MemoryQuota, Quota
-from anyrouter_proxy.ratelimit import Limiter
-from anyrouter_proxy.redis_quota import RedisQuota
+from anyrouter_proxy.limits.credits import CreditLedger
+from anyrouter_proxy.limits.quota import MemoryQuota, Quota
+from anyrouter_proxy.limits.ratelimit import Limiter
+from anyrouter_proxy.limits.redis_quota import RedisQuota
 
 MODEL = "openai/gpt-4o-mini"
 BIG = 10**9

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 import orjson
 
 from ..config.model import Pricing, ProviderConfig, Route
-from ..credits import request_cost
 from ..errors import UpstreamError
+from ..limits.credits import request_cost
 from ..output_cap import OutputCap
 from ..redaction import redact
 from ..sse import SSEEvent

@@ -9,19 +9,19 @@ from aiohttp import web
 
 from ..accounting import Ledger
 from ..batch import BatchRunner
-from ..batch_store import BatchStore
-from ..budget import PERIODS, window
 from ..config.model import Config
-from ..credits import CreditLedger
 from ..gateway import Gateway
+from ..limits.budget import PERIODS, window
+from ..limits.credits import CreditLedger
+from ..limits.quota import MemoryQuota, Quota
+from ..limits.ratelimit import Limiter
 from ..logs import AccessLog
 from ..metrics import Metrics
 from ..providers.mock import MockUpstream
-from ..quota import MemoryQuota, Quota
-from ..ratelimit import Limiter
+from ..storage.batches import BatchStore
+from ..storage.sqlite import UsageStore
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 from ..upstream import HttpUpstream, Upstream
-from ..usage_store import UsageStore
 from . import batch_handlers as batch
 from . import info_handlers as info
 from .middlewares import gateway_middleware
@@ -49,7 +49,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     app = web.Application(middlewares=[gateway_middleware],
                           client_max_size=config.server.max_body_bytes)
     if config.storage.backend == "postgres":  # imported only when used: start-up time
-        from ..storage_postgres import PostgresUsageStore
+        from ..storage.postgres import PostgresUsageStore
 
         store: UsageStore = PostgresUsageStore(
             config.storage.dsn or "", queue_max=config.storage.queue_max,
@@ -63,7 +63,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     local_quota = MemoryQuota(limiter, CreditLedger())
     quota: Quota = local_quota
     if config.state.backend == "redis":  # shared by replicas; this process's as fallback
-        from ..redis_quota import RedisQuota
+        from ..limits.redis_quota import RedisQuota
         quota = RedisQuota(config, local_quota)
     gateway = Gateway(config, http=upstream, mock=MockUpstream(), quota=quota,
                       ledger=Ledger(store, metrics))

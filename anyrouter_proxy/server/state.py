@@ -12,10 +12,10 @@ from ..config.model import KeyConfig
 if TYPE_CHECKING:
     from ..batch import BatchRunner
     from ..gateway import Gateway, ProxyRequest
+    from ..limits.ratelimit import Limiter
     from ..logs import AccessLog
     from ..metrics import Metrics
-    from ..ratelimit import Limiter
-    from ..usage_store import UsageStore
+    from ..storage.sqlite import UsageStore
 
 @dataclass(slots=True)
 class Lifecycle:

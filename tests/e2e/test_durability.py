@@ -492,7 +492,7 @@ def _newer_schema(db: Path) -> None:
 
 def _truncated(db: Path, keep: float = 0.5) -> None:
     """A real usage database with its second half cut off (a torn copy)."""
-    from anyrouter_proxy.usage_store import GENERATION_COLUMNS, MIGRATIONS
+    from anyrouter_proxy.storage.sqlite import GENERATION_COLUMNS, MIGRATIONS
 
     conn = sqlite3.connect(db)
     for step, migration in enumerate(MIGRATIONS):

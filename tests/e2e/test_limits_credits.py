@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from anyrouter_proxy.config.model import Config
-from anyrouter_proxy.credits import estimate_prompt_tokens
+from anyrouter_proxy.limits.credits import estimate_prompt_tokens
 from anyrouter_proxy.server.reload import reload_config
 from tests.conftest import (
     ALICE_KEY,

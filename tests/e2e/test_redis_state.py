@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from anyrouter_proxy.config.model import Config
-from anyrouter_proxy.redis_quota import RedisQuota
+from anyrouter_proxy.limits.redis_quota import RedisQuota
 from anyrouter_proxy.server.state import LIMITER
 from tests.conftest import ALICE_KEY, BOB_KEY, ConfigFactory, Proxy, openai_provider, sha256
 from tests.e2e.test_limits_credits import (  # the issue-5 suite, run again on Redis

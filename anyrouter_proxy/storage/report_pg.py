@@ -12,8 +12,8 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from .storage_postgres import redact_dsn, scrub
-from .usage_report import _SUMS, GROUPS, _report_row
+from .postgres import redact_dsn, scrub
+from .report import _SUMS, GROUPS, _report_row
 
 _GROUP_SQL = {
     "key": "key_name",

@@ -17,28 +17,28 @@ import aiohttp
 import asyncpg
 import pytest
 
-from anyrouter_proxy import usage_store
-from anyrouter_proxy.batch_store import BatchRecord, BatchStore
 from anyrouter_proxy.cli import main
 from anyrouter_proxy.config.loader import ConfigError
 from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.server.state import STORE
-from anyrouter_proxy.storage_postgres import (
+from anyrouter_proxy.storage import sqlite as usage_store
+from anyrouter_proxy.storage.batches import BatchRecord, BatchStore
+from anyrouter_proxy.storage.postgres import (
     SCHEMA_VERSION,
     PostgresUsageStore,
     redact_dsn,
     to_postgres,
 )
+from anyrouter_proxy.storage.report import build_report, format_report
+from anyrouter_proxy.storage.report_pg import build_report_pg
+from anyrouter_proxy.storage.sqlite import StoreError, UsageStore
 from anyrouter_proxy.types import Usage
-from anyrouter_proxy.usage_report import build_report, format_report
-from anyrouter_proxy.usage_report_pg import build_report_pg
-from anyrouter_proxy.usage_store import StoreError, UsageStore
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider, sha256
 from tests.fakes import USAGE, FakeOpenAI
 from tests.pg_server import PgServer, free_port, running_pg_server
 from tests.retention import GONE, ITEMS_PER_BATCH, KEPT, RESULT, RETENTION_DAYS, seed_batches
-from tests.unit.test_usage_report import RECORDS
-from tests.unit.test_usage_store import full_record, make_record
+from tests.unit.storage.test_report import RECORDS
+from tests.unit.storage.test_sqlite import full_record, make_record
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 
@@ -126,7 +126,7 @@ async def test_replicas_starting_together_migrate_once(dsn: str) -> None:
 
 
 async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(dsn: str) -> None:
-    from anyrouter_proxy.storage_postgres import MIGRATIONS
+    from anyrouter_proxy.storage.postgres import MIGRATIONS
 
     conn = await asyncpg.connect(dsn)
     try:  # the database as the previous release left it
@@ -264,7 +264,7 @@ async def test_queue_full_drops_without_blocking(
 ) -> None:
     s = PostgresUsageStore(dsn, queue_max=3)
     await s.open()
-    with caplog.at_level(logging.WARNING, logger="anyrouter_proxy.usage_store"):
+    with caplog.at_level(logging.WARNING, logger="anyrouter_proxy.storage.sqlite"):
         started = time.monotonic()
         results = [s.record(make_record(i)) for i in range(5)]
         assert s.audit("auth_failed") is False

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from anyrouter_proxy.storage.report import GROUPS, build_report, format_report, parse_time
+from anyrouter_proxy.storage.sqlite import UsageStore
 from anyrouter_proxy.types import GenerationRecord, Usage
-from anyrouter_proxy.usage_report import GROUPS, build_report, format_report, parse_time
-from anyrouter_proxy.usage_store import UsageStore
 
 DAY1 = 1_714_521_600.0  # 2024-05-01T00:00:00Z
 DAY = 86_400.0

@@ -77,10 +77,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from ..config.model import Budget, Config, KeyConfig, Limits, ProviderConfig
+from ..errors import RateLimited, ServiceUnavailable
 from .budget import BudgetStatus, Window, window
-from .config.model import Budget, Config, KeyConfig, Limits, ProviderConfig
 from .credits import CreditReservation, budget_exceeded, insufficient_credits
-from .errors import RateLimited, ServiceUnavailable
 from .quota import Held, MemoryQuota, Reserved
 from .ratelimit import LIMIT_NAMES, model_matcher, rate_headers, rate_limited
 
@@ -108,7 +108,7 @@ class _Script:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.text = (resources.files("anyrouter_proxy") / "lua" / f"{name}.lua").read_text(
+        self.text = (resources.files(__package__) / "lua" / f"{name}.lua").read_text(
             encoding="utf-8")
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from anyrouter_proxy import usage_store
-from anyrouter_proxy.batch_store import BatchStore
+from anyrouter_proxy.storage import sqlite as usage_store
+from anyrouter_proxy.storage.batches import BatchStore
+from anyrouter_proxy.storage.sqlite import SCHEMA_VERSION, StoreError, UsageStore
 from anyrouter_proxy.types import Attempt, GenerationRecord, Usage
-from anyrouter_proxy.usage_store import SCHEMA_VERSION, StoreError, UsageStore
 from tests.retention import GONE, ITEMS_PER_BATCH, KEPT, RESULT, RETENTION_DAYS, seed_batches
 
 
@@ -232,7 +232,7 @@ async def test_queue_full_drops_without_blocking(
 ) -> None:
     s = UsageStore(tmp_path / "u.db", queue_max=3)
     await s.open()
-    with caplog.at_level(logging.WARNING, logger="anyrouter_proxy.usage_store"):
+    with caplog.at_level(logging.WARNING, logger="anyrouter_proxy.storage.sqlite"):
         results = [s.record(make_record(i)) for i in range(5)]
         assert s.audit("auth_failed") is False
     assert results == [True, True, True, False, False]

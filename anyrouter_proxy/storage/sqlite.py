@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import aiosqlite
 import orjson
 
-from .types import PROVIDER, GenerationRecord
+from ..types import PROVIDER, GenerationRecord
 
 log = logging.getLogger(__name__)
 

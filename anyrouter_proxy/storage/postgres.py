@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from .usage_store import (
+from .sqlite import (
     _INSERT_GENERATION,
     GENERATION_COLUMNS,
     PRUNE_STATEMENTS,

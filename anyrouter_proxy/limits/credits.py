@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from anyrouter_proxy.budget import ADJECTIVES, BudgetStatus, PeriodSpend, iso
 from anyrouter_proxy.config.model import Budget, KeyConfig, Pricing
 from anyrouter_proxy.errors import InsufficientCredits
+from anyrouter_proxy.limits.budget import ADJECTIVES, BudgetStatus, PeriodSpend, iso
 from anyrouter_proxy.types import Usage
 
 PER_TOKENS = 1_000_000  # routes.yaml prices are USD per 1M tokens

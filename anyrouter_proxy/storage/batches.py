@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from .usage_store import UsageStore
+from .sqlite import UsageStore
 
 PENDING, RUNNING, DONE = "pending", "running", "done"
 
