@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from anyrouter_proxy.storage.batches import BatchRecord, BatchStore
-from anyrouter_proxy.storage.sqlite import UsageStore
+from anyrouter_proxy.storage.sqlite import SqliteStore
 
 DAY_S = 86400
 RETENTION_DAYS = 30
@@ -23,7 +23,7 @@ GONE = ("old-completed", "old-cancelled")
 KEPT = ("old-but-recently-completed", "old-in-progress", "old-cancelling")
 
 
-def seed_batches(store: UsageStore) -> None:
+def seed_batches(store: SqliteStore) -> None:
     """Every batch created well before the cutoff, each with one item done."""
     now = time.time()
     old = now - (RETENTION_DAYS + 10) * DAY_S

@@ -18,8 +18,9 @@ from ..limits.ratelimit import Limiter
 from ..logs import AccessLog
 from ..metrics import Metrics
 from ..providers.mock import MockUpstream
+from ..storage.backends import build_store
 from ..storage.batches import BatchStore
-from ..storage.sqlite import UsageStore
+from ..storage.store import Store
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 from ..upstream import HttpUpstream, Upstream
 from . import batch_handlers as batch
@@ -48,15 +49,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     access log (the CLI's server does both)."""
     app = web.Application(middlewares=[gateway_middleware],
                           client_max_size=config.server.max_body_bytes)
-    if config.storage.backend == "postgres":  # imported only when used: start-up time
-        from ..storage.postgres import PostgresUsageStore
-
-        store: UsageStore = PostgresUsageStore(
-            config.storage.dsn or "", queue_max=config.storage.queue_max,
-            flush_interval_s=config.storage.flush_interval_s)
-    else:
-        store = UsageStore(config.storage.sqlite_path, queue_max=config.storage.queue_max,
-                           flush_interval_s=config.storage.flush_interval_s)
+    store = build_store(config.storage)
     metrics = Metrics()
     limiter = Limiter(config)
     upstream = http or HttpUpstream()
@@ -112,7 +105,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     return app
 
 
-async def _load_period_spend(quota: Quota, store: UsageStore) -> None:
+async def _load_period_spend(quota: Quota, store: Store) -> None:
     """Each key's spend in the current day, week and month, from the usage log."""
     now = time.time()
     for period in PERIODS:

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..config.model import Config
 from ..logs import setup_logging
-from ..storage.sqlite import StoreError
+from ..storage.store import StoreError
 from .app import create_app
 from .protocol import guard_connections
 from .state import GATEWAY, LIFECYCLE

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..limits.ratelimit import Limiter
     from ..logs import AccessLog
     from ..metrics import Metrics
-    from ..storage.sqlite import UsageStore
+    from ..storage.store import Store
 
 @dataclass(slots=True)
 class Lifecycle:
@@ -26,7 +26,7 @@ class Lifecycle:
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
-STORE: web.AppKey[UsageStore] = web.AppKey("store")
+STORE: web.AppKey[Store] = web.AppKey("store")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 BATCHES: web.AppKey[BatchRunner] = web.AppKey("batches")
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")

@@ -1,9 +1,10 @@
-"""The usage log: one SQLite row per generation plus an audit trail (SPEC §1, issue 6).
+"""The usage log in SQLite (`storage.backend: sqlite`, the default): one row per
+generation plus an audit trail.
 
-The request path only ever calls `record()` / `audit()`, which append a tuple to a bounded
-in-memory queue and return at once. One background task drains the queue in batches, each
-batch in one transaction. Reads use a second connection so that a writer stuck on a locked
-or full disk never holds up `GET /generation`.
+Writes go through the shared `QueuedWriter` (writer.py), whose single background task
+hands each batch to `write_batch` here on a connection of its own; reads use a second
+connection so that a writer stuck on a locked or full disk never holds up
+`GET /generation`.
 """
 
 from __future__ import annotations
@@ -11,21 +12,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import re
 import sqlite3
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiosqlite
-import orjson
 
-from ..types import PROVIDER, GenerationRecord
+from ..types import GenerationRecord
+from .store import (
+    INSERT_AUDIT,
+    INSERT_GENERATION,
+    PRUNE_STATEMENTS,
+    Retention,
+    StoreError,
+    audit_params,
+    find_generation,
+    generation_params,
+)
+from .writer import Item, QueuedWriter
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +81,6 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER TABLE generations ADD COLUMN operator_cost REAL NOT NULL DEFAULT 0",
 )
 
-GENERATION_COLUMNS = (
-    "id", "created_at", "key_name", "trace_id", "endpoint", "model", "provider",
-    "upstream_model", "upstream_id", "streamed", "cancelled", "finish_reason", "status_code",
-    "error_code", "tokens_prompt", "tokens_completion", "tokens_cached", "tokens_reasoning",
-    "tokens_cache_write", "usage_source", "cost", "latency_ms", "ttft_ms",
-    "generation_time_ms", "attempts", "operator_cost",
-)
-# OR REPLACE: a generation recorded twice (say, marked cancelled at shutdown and then
-# finished) must not become a poison row that fails every retry of its batch.
-_INSERT_GENERATION = (
-    f"INSERT OR REPLACE INTO generations ({', '.join(GENERATION_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(GENERATION_COLUMNS))})"
-)
-_INSERT_AUDIT = (
-    "INSERT INTO audit (created_at, event, key_name, trace_id, detail) VALUES (?, ?, ?, ?, ?)"
-)
 _CARRY_SPEND = """
     INSERT INTO spend_carryover (key_name, cost)
     SELECT key_name, SUM(cost) FROM generations WHERE created_at < ? GROUP BY key_name
@@ -99,18 +91,7 @@ _SPEND = """
         SELECT key_name, cost FROM generations UNION ALL SELECT key_name, cost FROM spend_carryover
     ) GROUP BY key_name
 """
-# Retention: what `prune` deletes besides generations (whose spend is carried over first),
-# each statement with the cutoff as its one parameter. A batch goes whole (its row, its
-# items' inputs and results) once it finished before the cutoff; an unfinished batch
-# stays, whatever its age. The statuses are batch.py's FINISHED.
 _PRUNE_GENERATIONS = "DELETE FROM generations WHERE created_at < ?"
-_FINISHED_BATCHES = (
-    "FROM batches WHERE status IN ('completed', 'cancelled') AND completed_at < ?")
-PRUNE_STATEMENTS: tuple[str, ...] = (
-    "DELETE FROM audit WHERE created_at < ?",
-    f"DELETE FROM batch_items WHERE batch_id IN (SELECT id {_FINISHED_BATCHES})",
-    f"DELETE {_FINISHED_BATCHES}",
-)
 
 # A range of created_at: without statistics SQLite would rather walk all of
 # generations_key_created (for the GROUP BY) than search generations_created.
@@ -119,13 +100,9 @@ _SPEND_SINCE = """
     WHERE created_at >= ? GROUP BY key_name
 """
 
-LEGACY_PROVIDER_SOURCE = "upstream"  # the provider's usage, as rows stored it before
-RETRY_MIN_S = 0.5
-RETRY_MAX_S = 5.0
-LOG_INTERVAL_S = 10.0  # at most one "queue full" / "write failed" warning per interval
 # Errors that no retry can cure: the rows themselves are bad. Anything else (locked, disk
 # full, read-only, I/O) is the disk's fault and is retried until it recovers.
-_BAD_ROW_ERRORS = (
+BAD_ROW_ERRORS: tuple[type[Exception], ...] = (
     sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
     sqlite3.DataError, OverflowError, TypeError, ValueError,
 )
@@ -168,49 +145,42 @@ def _rows_sql(head: str, group: str, count: int) -> str:
     return head + ", ".join([group] * count)
 
 
-class StoreError(Exception):
-    """The usage database cannot be used; the message is meant for the operator."""
+class SqliteStore:
+    """`Store` on one SQLite file (WAL): a writer connection, a reader connection."""
 
+    bad_row_errors = BAD_ROW_ERRORS
 
-class _Item(NamedTuple):
-    seq: int
-    sql: str
-    params: tuple[Any, ...]
-
-
-class UsageStore:
     def __init__(
         self, path: Path, *, queue_max: int = 10000, flush_interval_s: float = 0.2,
         batch_max: int = 2000, busy_timeout_s: float = 5.0, close_timeout_s: float = 10.0,
     ) -> None:
         self.path = Path(path)
-        self.queue_max = queue_max
-        self.flush_interval_s = flush_interval_s
-        self.batch_max = batch_max
         self.busy_timeout_s = busy_timeout_s
-        self.close_timeout_s = close_timeout_s
-        self.dropped = 0
-        self.write_errors = 0
-        self.last_error: str | None = None
-        self.transactions = 0
-        self._pending: deque[_Item] = deque()
-        self._inflight: list[_Item] = []  # the batch being written, kept until it commits
-        self._seq = 0  # last sequence number handed out
-        self._done_seq = 0  # every item up to this one has been committed (or rejected)
-        self._wake = asyncio.Event()  # rows arrived
-        self._urgent = asyncio.Event()  # someone waits (flush, close): do not linger
-        self._committed = asyncio.Event()  # replaced after each commit; waiters re-check
-        self._closing = False
-        self._closed = False
-        self._last_warning = {"drop": -LOG_INTERVAL_S, "write": -LOG_INTERVAL_S}
+        self.writer = QueuedWriter(self, queue_max=queue_max, flush_interval_s=flush_interval_s,
+                                   batch_max=batch_max, close_timeout_s=close_timeout_s)
+        self.retention = Retention(self.prune, (sqlite3.Error,), str)
         self._wdb: aiosqlite.Connection | None = None
         self._rdb: aiosqlite.Connection | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._retention: asyncio.Task[None] | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self.writer.dropped
+
+    @property
+    def write_errors(self) -> int:
+        return self.writer.write_errors
+
+    @property
+    def last_error(self) -> str | None:
+        return self.writer.last_error
+
+    @property
+    def transactions(self) -> int:
+        return self.writer.transactions
 
     @property
     def queue_depth(self) -> int:
-        return len(self._pending) + len(self._inflight)
+        return self.writer.queue_depth
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -225,25 +195,11 @@ class UsageStore:
             await self._close_connections()
             raise
         self._rdb.row_factory = sqlite3.Row
-        self._writer = asyncio.create_task(self._run(), name="usage-writer")
+        self.writer.start()
 
     async def close(self) -> None:
-        if self._retention is not None:
-            self._retention.cancel()
-            await asyncio.gather(self._retention, return_exceptions=True)
-        if self._writer is not None:
-            self._closing = True
-            self._wake.set()
-            self._urgent.set()
-            # The writer exits once the queue is empty; a dead disk must not hang shutdown.
-            await asyncio.wait({self._writer}, timeout=self.close_timeout_s)
-            if not self._writer.done():
-                self._writer.cancel()
-                await asyncio.gather(self._writer, return_exceptions=True)
-            if self.queue_depth:
-                log.error("usage log closed with %d rows unwritten (last error: %s)",
-                          self.queue_depth, self.last_error)
-        self._closed = True
+        await self.retention.close()
+        await self.writer.close()
         await self._close_connections()
 
     def _prepare(self) -> None:
@@ -298,114 +254,29 @@ class UsageStore:
 
     def record(self, rec: GenerationRecord) -> bool:
         try:
-            params = _generation_params(rec)
+            params = generation_params(rec)
         except (TypeError, ValueError):  # a bug upstream of us must not fail the request
             log.exception("usage record %s cannot be stored", rec.id)
-            self.dropped += 1
+            self.writer.dropped += 1
             return False
-        return self.enqueue(_INSERT_GENERATION, params)
+        return self.writer.enqueue(INSERT_GENERATION, params)
 
     def audit(
         self, event: str, *, key_name: str | None = None, trace_id: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
-        text = json.dumps(dict(detail or {}), default=str, separators=(",", ":"))
-        return self.enqueue(_INSERT_AUDIT, (time.time(), event, key_name, trace_id, text))
-
-
-    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """Read through the reader connection (after `flush()` when freshness matters)."""
-        return list(await self._reader().execute_fetchall(sql, params))
+        return self.writer.enqueue(INSERT_AUDIT, audit_params(event, key_name, trace_id, detail))
 
     def enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
-        """Queue any write for the writer; `bounded=False` for the few rows that must not
-        be dropped when the queue is full (batch bookkeeping)."""
-        full = bounded and self.queue_depth >= self.queue_max
-        if self._closed or self._closing or full:
-            self.dropped += 1
-            if self._may_warn("drop"):
-                log.warning("usage log queue full or closed (%d rows waiting, last write "
-                            "error: %s); %d rows dropped so far",
-                            self.queue_depth, self.last_error, self.dropped)
-            return False
-        self._seq += 1
-        self._pending.append(_Item(self._seq, sql, params))
-        self._wake.set()
-        if len(self._pending) >= self.batch_max:
-            self._urgent.set()
-        return True
-
-    def _may_warn(self, kind: str) -> bool:
-        now = time.monotonic()
-        if now - self._last_warning[kind] < LOG_INTERVAL_S:
-            return False
-        self._last_warning[kind] = now
-        return True
-
-    # -- the writer ------------------------------------------------------------------------
+        return self.writer.enqueue(sql, params, bounded=bounded)
 
     async def flush(self) -> None:
-        target = self._seq
-        while self._done_seq < target and self._writer is not None and not self._writer.done():
-            self._urgent.set()
-            await self._committed.wait()
+        await self.writer.flush()
 
-    async def _run(self) -> None:
-        delay = 0.0
-        try:
-            while True:
-                if not self._inflight:
-                    if not self._pending:
-                        if self._closing:
-                            return
-                        self._wake.clear()
-                        await self._wake.wait()
-                        continue
-                    await self._linger()
-                    count = min(len(self._pending), self.batch_max)
-                    self._inflight = [self._pending.popleft() for _ in range(count)]
-                try:
-                    await self._write_inflight()
-                    delay = 0.0
-                except Exception as exc:  # the disk's fault: keep the rows, back off, retry
-                    self._note_error(exc)
-                    delay = min(max(delay * 2, RETRY_MIN_S), RETRY_MAX_S)
-                    await asyncio.sleep(delay)
-        finally:
-            self._committed.set()  # wake flush() waiters, who see the writer is gone
+    # -- the writer's database half --------------------------------------------------------
 
-    async def _linger(self) -> None:
-        # Waiting up to flush_interval_s lets a busy gateway fill whole batches; flush(),
-        # close() and a full batch cut the wait short.
-        if len(self._pending) < self.batch_max and not self._urgent.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._urgent.wait(), self.flush_interval_s)
-        self._urgent.clear()
-
-    async def _write_inflight(self) -> None:
-        try:
-            await self._write_batch(self._inflight)
-        except _BAD_ROW_ERRORS as exc:
-            # One bad row must not block the log forever: write the rows one by one and
-            # drop only those that fail. A disk error here propagates and is retried.
-            self._note_error(exc)
-            while self._inflight:
-                item = self._inflight[0]
-                try:
-                    await self._write_batch([item])
-                except _BAD_ROW_ERRORS as row_exc:
-                    self.dropped += 1
-                    log.error("usage row dropped, it cannot be stored: %s", row_exc)
-                self._inflight.pop(0)
-                self._mark_done(item.seq)
-            return
-        if self.write_errors and self.last_error is not None:
-            log.info("usage log writes recovered (%d failures so far)", self.write_errors)
-            self.last_error = None
-        self._mark_done(self._inflight[-1].seq)
-        self._inflight = []
-
-    async def _write_batch(self, items: Sequence[_Item]) -> None:
+    async def write_batch(self, items: Sequence[Item]) -> None:
+        """One transaction of `items`, rows of one statement sent as few statements."""
         assert self._wdb is not None
         db = self._wdb
         groups: dict[str, list[tuple[Any, ...]]] = {}
@@ -425,40 +296,20 @@ class UsageStore:
             with contextlib.suppress(sqlite3.Error):  # keep the original error, not this one
                 await db.rollback()
             raise
-        self.transactions += 1
 
-    def _mark_done(self, seq: int) -> None:
-        self._done_seq = seq
-        committed, self._committed = self._committed, asyncio.Event()
-        committed.set()
-
-    def _note_error(self, exc: Exception) -> None:
-        self.write_errors += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        if self._may_warn("write"):
-            log.warning("usage log write failed, %d rows kept for retry: %s",
-                        self.queue_depth, self.last_error)
+    def describe_error(self, exc: BaseException) -> str:
+        return f"{type(exc).__name__}: {exc}"
 
     # -- reads and maintenance -----------------------------------------------------------
+
+    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Read through the reader connection (after `flush()` when freshness matters)."""
+        return list(await self._reader().execute_fetchall(sql, params))
 
     async def get_generation(
         self, gen_id: str, key_name: str, *, wait_s: float = 2.0
     ) -> dict[str, Any] | None:
-        row = await self._fetch_generation(gen_id)
-        if row is None:
-            # A just-finished generation may still sit in the queue: let the writer catch
-            # up (bounded), then look once more. An empty queue returns at once.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.flush(), wait_s)
-            row = await self._fetch_generation(gen_id)
-        if row is None or row["key_name"] != key_name:
-            return None
-        return _present(row)
-
-    async def _fetch_generation(self, gen_id: str) -> sqlite3.Row | None:
-        rows = await self._reader().execute_fetchall(
-            "SELECT * FROM generations WHERE id = ?", (gen_id,))
-        return next(iter(rows), None)
+        return await find_generation(self, gen_id, key_name, wait_s)
 
     async def spend_by_key(self) -> dict[str, float]:
         try:
@@ -497,23 +348,7 @@ class UsageStore:
         return deleted
 
     def start_retention(self, retention_days: int | None, interval_s: float = 3600) -> None:
-        if self._retention is not None:  # a reload with a new value replaces the old task
-            self._retention.cancel()
-            self._retention = None
-        if retention_days is not None and retention_days > 0:
-            self._retention = asyncio.create_task(
-                self._retain(retention_days, interval_s), name="usage-retention")
-
-    async def _retain(self, retention_days: int, interval_s: float) -> None:
-        while True:
-            try:
-                deleted = await self.prune(retention_days)
-                if deleted:
-                    log.info("usage log: pruned %d rows older than %d days",
-                             deleted, retention_days)
-            except sqlite3.Error as exc:  # try again next round; serving goes on
-                log.warning("usage log prune failed: %s", exc)
-            await asyncio.sleep(interval_s)
+        self.retention.start(retention_days, interval_s)
 
     def _reader(self) -> aiosqlite.Connection:
         if self._rdb is None:
@@ -526,48 +361,3 @@ def _open_error(path: Path, exc: sqlite3.Error) -> StoreError:
         return StoreError(f"cannot open usage database {path}: {exc}")
     return StoreError(f"usage database {path} is corrupt or not a SQLite database ({exc}); "
                       "move it aside to start a new one")
-
-
-def _generation_params(rec: GenerationRecord) -> tuple[Any, ...]:
-    usage = rec.usage
-    attempts = orjson.dumps([a.as_dict() for a in rec.attempts]).decode()
-    return (
-        str(rec.id), float(rec.created_at), str(rec.key_name), rec.trace_id, str(rec.endpoint),
-        str(rec.model), rec.provider, rec.upstream_model, rec.upstream_id, int(rec.streamed),
-        int(rec.cancelled), rec.finish_reason, int(rec.status_code), rec.error_code,
-        int(usage.prompt_tokens), int(usage.completion_tokens), int(usage.cached_tokens),
-        int(usage.reasoning_tokens), int(usage.cache_write_tokens), str(usage.source),
-        float(rec.cost), float(rec.latency_ms), rec.ttft_ms, rec.generation_time_ms, attempts,
-        float(rec.operator_cost),
-    )
-
-
-def _ms(value: float | None) -> int | None:
-    return None if value is None else round(value)
-
-
-_SAME_NAME = (
-    "id", "model", "upstream_model", "upstream_id", "tokens_prompt", "tokens_completion",
-    "finish_reason", "status_code", "error_code", "endpoint", "trace_id", "usage_source",
-)
-
-
-def _present(row: sqlite3.Row) -> dict[str, Any]:
-    """A row in OpenRouter's GET /generation shape (plus trace_id, usage_source, attempts)."""
-    created = datetime.fromtimestamp(row["created_at"], UTC)
-    out: dict[str, Any] = {name: row[name] for name in _SAME_NAME}
-    if out["usage_source"] == LEGACY_PROVIDER_SOURCE:  # a row stored before the rename
-        out["usage_source"] = PROVIDER
-    out.update(
-        provider_name=row["provider"], total_cost=row["cost"], usage=row["cost"],
-        operator_cost=row["operator_cost"],
-        # One tokenizer count: OpenRouter's normalized and native counts are the same here.
-        native_tokens_prompt=row["tokens_prompt"],
-        native_tokens_completion=row["tokens_completion"],
-        native_tokens_cached=row["tokens_cached"], native_tokens_reasoning=row["tokens_reasoning"],
-        latency=_ms(row["latency_ms"]), generation_time=_ms(row["generation_time_ms"]),
-        time_to_first_token=_ms(row["ttft_ms"]), streamed=bool(row["streamed"]),
-        cancelled=bool(row["cancelled"]), attempts=json.loads(row["attempts"]),
-        created_at=created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-    )
-    return out

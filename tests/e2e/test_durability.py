@@ -50,7 +50,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals, 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 MODEL = "openai/gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "hi"}]
-BUSY_TIMEOUT_S = 5.0  # UsageStore's default busy timeout: a locked write fails after it
+BUSY_TIMEOUT_S = 5.0  # SqliteStore's default busy timeout: a locked write fails after it
 SIGKILL_FLUSH_INTERVAL_S = 0.2
 SIGKILL_BOUND_S = SIGKILL_FLUSH_INTERVAL_S + 0.8
 
@@ -492,7 +492,8 @@ def _newer_schema(db: Path) -> None:
 
 def _truncated(db: Path, keep: float = 0.5) -> None:
     """A real usage database with its second half cut off (a torn copy)."""
-    from anyrouter_proxy.storage.sqlite import GENERATION_COLUMNS, MIGRATIONS
+    from anyrouter_proxy.storage.sqlite import MIGRATIONS
+    from anyrouter_proxy.storage.store import GENERATION_COLUMNS
 
     conn = sqlite3.connect(db)
     for step, migration in enumerate(MIGRATIONS):

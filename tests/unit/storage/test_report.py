@@ -1,4 +1,4 @@
-"""`anyrouter-proxy usage` report over a usage log written by the real UsageStore."""
+"""`anyrouter-proxy usage` report over a usage log written by the real SqliteStore."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from anyrouter_proxy.storage.report import GROUPS, build_report, format_report, parse_time
-from anyrouter_proxy.storage.sqlite import UsageStore
+from anyrouter_proxy.storage.sqlite import SqliteStore
 from anyrouter_proxy.types import GenerationRecord, Usage
 
 DAY1 = 1_714_521_600.0  # 2024-05-01T00:00:00Z
@@ -48,7 +48,7 @@ def db_path(tmp_path: Path) -> Path:
     path = tmp_path / "usage.db"
 
     async def write() -> None:
-        store = UsageStore(path)
+        store = SqliteStore(path)
         await store.open()
         for record in RECORDS:
             assert store.record(record)
@@ -73,7 +73,7 @@ def test_errors_are_status_400_and_up(tmp_path: Path) -> None:
     path = tmp_path / "e.db"
 
     async def write() -> None:
-        store = UsageStore(path)
+        store = SqliteStore(path)
         await store.open()
         for n, status in enumerate((200, 399, 400, 404)):
             store.record(rec(n, status_code=status))
@@ -138,7 +138,7 @@ def test_not_a_usage_database(tmp_path: Path) -> None:
 
 
 async def test_report_reads_while_the_server_writes(tmp_path: Path) -> None:
-    store = UsageStore(tmp_path / "live.db")
+    store = SqliteStore(tmp_path / "live.db")
     await store.open()
     try:
         store.record(RECORDS[0])
