@@ -41,10 +41,10 @@ from anyrouter_proxy.limits.ratelimit import Limiter
 from anyrouter_proxy.limits.redis_quota import (
     LEASE_MIN_S,
     NO_LIMITS,
-    UNITS_PER_USD,
     RedisQuota,
     default_lease_s,
 )
+from anyrouter_proxy.limits.redis_scripts import UNITS_PER_USD
 from tests.redis_server import RedisServer, running_redis_server
 
 
