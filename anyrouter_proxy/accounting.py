@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from .config.model import Pricing
 from .errors import ProxyError
-from .limits.credits import request_cost
 from .limits.quota import Held, Reserved
 from .output_cap import OutputCap
+from .pricing import request_cost
 from .types import ESTIMATED, NONE, PARTIAL, GenerationRecord, Usage
 
 if TYPE_CHECKING:

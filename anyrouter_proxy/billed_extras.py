@@ -26,7 +26,7 @@ from typing import Any
 
 from .config.model import Pricing
 from .errors import InvalidRequest
-from .limits.credits import COST_DECIMALS, PER_TOKENS
+from .pricing import COST_DECIMALS, PER_TOKENS
 
 CLIENT_TOOL_TYPES = frozenset({"function", "custom"})
 CLIENT_TOOL_PREFIXES = ("bash_", "text_editor_", "computer_", "memory_")

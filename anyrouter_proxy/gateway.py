@@ -48,9 +48,9 @@ from .failures import (
 from .health import BreakerPolicy, HealthBoard
 from .ids import new_generation_id
 from .limits.connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
-from .limits.credits import estimate_prompt_tokens, worst_case_cost
 from .limits.quota import NOTHING_HELD, Held, Quota
 from .output_cap import OutputCap, cap_upstream_body, output_cap
+from .pricing import estimate_prompt_tokens, worst_case_cost
 from .providers.anthropic import anthropic_headers
 from .providers.aws_auth import AwsAuth
 from .providers.base import CallContext, Exchange

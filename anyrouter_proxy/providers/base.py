@@ -15,8 +15,8 @@ import orjson
 
 from ..config.model import Pricing, ProviderConfig, Route
 from ..errors import UpstreamError
-from ..limits.credits import request_cost
 from ..output_cap import OutputCap
+from ..pricing import request_cost
 from ..redaction import redact
 from ..sse import SSEEvent
 from ..types import Usage

@@ -39,8 +39,7 @@ from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provide
 from tests.fakes import USAGE, FakeOpenAI
 from tests.pg_server import PgServer, free_port, running_pg_server
 from tests.retention import GONE, ITEMS_PER_BATCH, KEPT, RESULT, RETENTION_DAYS, seed_batches
-from tests.unit.storage.test_report import RECORDS
-from tests.unit.storage.test_sqlite import full_record, make_record
+from tests.usage_records import RECORDS, full_record, make_record
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 

@@ -8,39 +8,12 @@ import io
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from anyrouter_proxy.storage.report import GROUPS, build_report, format_report, parse_time
 from anyrouter_proxy.storage.sqlite import SqliteStore
-from anyrouter_proxy.types import GenerationRecord, Usage
-
-DAY1 = 1_714_521_600.0  # 2024-05-01T00:00:00Z
-DAY = 86_400.0
-
-
-def rec(n: int, **fields: Any) -> GenerationRecord:
-    base: dict[str, Any] = {
-        "id": f"gen-{n}", "created_at": DAY1, "key_name": "alice",
-        "endpoint": "chat/completions", "model": "openai/gpt-4o-mini", "provider": "openai",
-    }
-    base.update(fields)
-    return GenerationRecord(**base)
-
-
-RECORDS = [
-    rec(1, created_at=DAY1 + 3600, cost=0.5, latency_ms=100.0,
-        usage=Usage(prompt_tokens=100, completion_tokens=50)),
-    rec(2, created_at=DAY1 + DAY + 60, cost=0.25, latency_ms=300.0, status_code=502,
-        error_code="upstream_error", usage=Usage(prompt_tokens=10, completion_tokens=5)),
-    rec(3, created_at=DAY1 + DAY + 7200, key_name="bob", model="anthropic/claude-sonnet-4",
-        provider="anthropic", cost=2.0, latency_ms=1000.0, cancelled=True,
-        usage=Usage(prompt_tokens=1000, completion_tokens=200, cached_tokens=10,
-                    reasoning_tokens=5)),
-    rec(4, created_at=DAY1 + 2 * DAY + 1, key_name="bob", provider=None, status_code=429,
-        error_code="rate_limited", latency_ms=2.0),
-]
+from tests.usage_records import DAY, DAY1, RECORDS, rec
 
 
 @pytest.fixture

@@ -18,35 +18,9 @@ from anyrouter_proxy.storage import writer
 from anyrouter_proxy.storage.batches import BatchStore
 from anyrouter_proxy.storage.sqlite import SCHEMA_VERSION, SqliteStore, StoreError
 from anyrouter_proxy.storage.store import GENERATION_COLUMNS, INSERT_GENERATION, generation_params
-from anyrouter_proxy.types import Attempt, GenerationRecord, Usage
+from anyrouter_proxy.types import Usage
 from tests.retention import GONE, ITEMS_PER_BATCH, KEPT, RESULT, RETENTION_DAYS, seed_batches
-
-
-def make_record(n: int = 1, **overrides: Any) -> GenerationRecord:
-    fields: dict[str, Any] = {
-        "id": f"gen-{n}",
-        "created_at": 1_714_564_800.25 + n,  # 2024-05-01T12:00:00.250Z + n s
-        "key_name": "alice",
-        "endpoint": "chat/completions",
-        "model": "openai/gpt-4o-mini",
-    }
-    fields.update(overrides)
-    return GenerationRecord(**fields)
-
-
-def full_record() -> GenerationRecord:
-    """Every field set to something other than its default."""
-    return GenerationRecord(
-        id="gen-full", created_at=1_714_564_800.25, key_name="bob", endpoint="messages",
-        model="anthropic/claude-sonnet-4", trace_id="trace-1", provider="anthropic",
-        upstream_model="claude-sonnet-4-20250514", upstream_id="msg_123", streamed=True,
-        cancelled=True, finish_reason="length", status_code=499, error_code="client_gone",
-        usage=Usage(prompt_tokens=11, completion_tokens=22, cached_tokens=3,
-                    reasoning_tokens=4, cache_write_tokens=5, source="estimated"),
-        cost=0.0123, latency_ms=1234.4, ttft_ms=56.6, generation_time_ms=1100.2,
-        attempts=[Attempt("openai", 503, 12.34), Attempt("anthropic", "timeout", 30000.0)],
-        operator_cost=0.0456,
-    )
+from tests.usage_records import full_record, make_record
 
 
 @pytest.fixture
