@@ -10,6 +10,7 @@ from pathlib import Path
 DEFAULT_REQUESTS_PER_MINUTE = 1000
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_MAX_CONNECTIONS = 256  # per provider and process
+WILDCARD_SUFFIX = "/*"  # a model id ending so serves every id under its prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class Pricing:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     id: str
-    kind: str  # openai | anthropic | mock | bedrock
+    kind: str  # openai | anthropic | azure | mock | bedrock
     base_url: str = ""
     # None: the upstream needs no key (a local server); "": credentials missing, so the
     # provider stays configured but unavailable (SPEC §3 `no_credentials`).
@@ -66,12 +67,21 @@ class ProviderConfig:
     aws_secret_access_key: str | None = field(default=None, repr=False)
     aws_session_token: str | None = field(default=None, repr=False)
     aws_profile: str | None = None
+    api_version: str | None = None  # azure: classic deployments; None: the v1 API
+    stream_options: bool = True  # False: never send stream_options upstream
+    forward_routing_fields: bool = False  # pass provider/models/route/transforms upstream
 
     @property
     def has_credentials(self) -> bool:
+        """Its credentials are set (or none needed), and no header is left empty by
+        `${VAR:-}`: an empty header is never sent, so the provider waits for its value."""
+        if self.kind == "mock":
+            return True
+        if not all(self.headers.values()):
+            return False
         if self.kind == "bedrock":
             return self.aws_credentials != "none"
-        return self.kind == "mock" or self.api_key != ""
+        return self.api_key != ""
 
     @property
     def aws_credentials(self) -> str:
@@ -121,6 +131,13 @@ class ModelConfig:
     deprecated: Deprecation | None = None
     created: int = 0
     priced: bool = True  # False: routes.yaml wrote no `pricing` for the model itself
+    # A concrete model served by a wildcard entry (`groq/*`): that entry's id.
+    wildcard: str | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        """The wildcard entry itself, as written in the config (`groq/*`)."""
+        return self.id.endswith(WILDCARD_SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,3 +247,5 @@ class Config:
     state: StateConfig = StateConfig()
     deprecations: Mapping[str, Deprecation] = field(default_factory=dict)  # by endpoint path
     version: int = 1
+    # The wildcard entries of `models` (`groq/*`), longest prefix first: see wildcards.py.
+    wildcards: tuple[ModelConfig, ...] = ()
