@@ -99,7 +99,7 @@ async def get(proxy: Proxy, path: str, key: str = ALICE_KEY) -> tuple[int, dict[
 
 
 def worst_case(max_tokens: int = MAX_TOKENS, messages: list[Any] = MESSAGES) -> float:
-    """SPEC §7: prompt estimate x prompt price + max_tokens x completion price."""
+    """The reservation: prompt estimate x prompt price + max_tokens x completion price."""
     prompt = estimate_prompt_tokens({"model": MODEL, "messages": messages,
                                      "max_tokens": max_tokens})
     return (prompt * PROMPT_PRICE + max_tokens * COMPLETION_PRICE) / 1_000_000

@@ -19,7 +19,7 @@ def nginx_binary() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if found is None:
         pytest.fail("nginx is not installed: these tests need a real nginx "
-                    "(.ci/run installs it: apt-get install -y nginx)", pytrace=False)
+                    "(scripts/install-test-deps.sh installs it)", pytrace=False)
     return found
 
 

@@ -1,4 +1,4 @@
-"""routes.yaml -> JSON Schema -> cross-checks -> frozen `Config` (SPEC §3).
+"""routes.yaml -> JSON Schema -> cross-checks -> frozen `Config` (docs/configuration.md).
 
 Every problem is collected and reported at once, each with its YAML path and line.
 """

@@ -50,7 +50,7 @@ class ProviderConfig:
     kind: str  # openai | anthropic | azure | mock | bedrock
     base_url: str = ""
     # None: the upstream needs no key (a local server); "": credentials missing, so the
-    # provider stays configured but unavailable (SPEC §3 `no_credentials`).
+    # provider stays configured but unavailable (`no_credentials`, docs/configuration.md).
     api_key: str | None = None
     timeouts: Timeouts = Timeouts()
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -189,7 +189,7 @@ class ServerConfig:
     sse_keepalive: bool = True
     sse_keepalive_interval_s: float = 5.0
     log_level: str = "info"
-    log_format: str = "json"
+    log_format: str | None = None  # json | text; None: text on a terminal, else json
     trusted_proxies: tuple[str, ...] = ()
     cors: CorsConfig = CorsConfig()
     retries: int = 1

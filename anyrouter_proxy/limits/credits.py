@@ -1,4 +1,5 @@
-"""Credit ledger; the cost arithmetic is in pricing.py. Pure logic, no I/O.
+"""Credit ledger (docs/api.md, "Money rules"); the cost arithmetic is in pricing.py.
+Pure logic, no I/O.
 
 Before dispatch the gateway reserves a request's worst-case cost against the key's
 remaining credit and what its periodic budget has left (budget.py); afterwards the

@@ -1,4 +1,4 @@
-"""The fixed shape every provider adapter has (HOUSE-STYLE: providers as typed data).
+"""The fixed shape every provider adapter has (providers as typed data, docs/architecture.md).
 
 An `Exchange` is one (client dialect, provider wire) pair: it builds the upstream
 request, reads the upstream answer back into the client's dialect, and makes a stream

@@ -1,4 +1,4 @@
-"""The usage log on PostgreSQL (`storage.backend: postgres`).
+"""The usage log on PostgreSQL (`storage.backend: postgres`, docs/operations.md).
 
 Same tables and the same `Store` protocol as the SQLite sibling (sqlite.py), and the same
 shared `QueuedWriter` (writer.py) for the bounded queue and the single background writer

@@ -1,4 +1,5 @@
-"""`anyrouter-proxy usage`: totals from the usage log, grouped and formatted.
+"""`anyrouter-proxy usage`: totals from the usage log, grouped and formatted
+(docs/operations.md).
 
 The report's SQL is written once (`report_sql`) for both backends; a `Dialect` holds
 what differs (the day of a timestamp, the order of text and NULLs, placeholders).

@@ -1,5 +1,5 @@
 """The usage log in SQLite (`storage.backend: sqlite`, the default): one row per
-generation plus an audit trail.
+generation plus an audit trail (docs/operations.md).
 
 Writes go through the shared `QueuedWriter` (writer.py), whose single background task
 hands each batch to `write_batch` here on a connection of its own; reads use a second

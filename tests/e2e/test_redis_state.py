@@ -1,4 +1,4 @@
-"""The proxy on `state: {backend: redis}` (SPEC §8; issue 11), end to end over real HTTP
+"""The proxy on `state: {backend: redis}` (docs/operations.md), end to end over real HTTP
 against a real redis-server (tests/redis_server.py) with the official openai SDK.
 
 The suite of limits and credits (tests/limits_suite.py) runs again

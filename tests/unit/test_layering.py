@@ -26,7 +26,7 @@ LAYERS = {
     "gateway": REQUEST_PATH, "accounting": REQUEST_PATH, "stream_session": REQUEST_PATH,
     "batch": REQUEST_PATH,
     "server": SERVER,
-    "cli": CLI, "__main__": CLI,
+    "cli": CLI, "__main__": CLI, "starter": CLI, "banner": CLI,
 }
 # Modules a new top-level module may be laid out like, by name (a module not listed
 # here fails test_every_module_has_a_layer: give it its layer above).
