@@ -60,6 +60,9 @@ class ProviderConfig:
     circuit_cooldown_s: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
     per_key_connections: int | None = None  # None: half of max_connections, rounded up
+    # How an OpenAI response_format is served on an anthropic-kind provider: "tool" (a
+    # forced tool, any model) or "native" (output_config.format, newer models).
+    structured_output: str = "tool"
     # kind bedrock: the AWS region, and credentials other than a bearer api_key (absent:
     # the standard AWS chain, for the named profile when aws_profile is set).
     region: str | None = None
@@ -110,6 +113,7 @@ class Route:
     priority: int
     weight: float = 1.0
     pricing: Pricing | None = None  # overrides the model's pricing for this route
+    structured_output: str | None = None  # overrides the provider's for this route
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,14 @@ class CallContext:
     # What the gateway reserved for: the upstream body carries a cap no larger (None: no
     # output to cap, e.g. embeddings).
     output: OutputCap | None = None
+    # Set by `build`: the tool whose call carries a structured answer (response_format on
+    # a wire without it), folded back into the answer's content.
+    response_tool: str | None = None
+
+    @property
+    def structured_output(self) -> str:
+        """How a response_format is served on this route: "tool" or "native"."""
+        return self.route.structured_output or self.provider.structured_output
 
     def cost_of(self, usage: Usage) -> float:
         return request_cost(self.pricing, usage)
