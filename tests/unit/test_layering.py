@@ -5,6 +5,7 @@ with ast, so a new module that imports against the direction fails here."""
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,13 @@ LAYERS = {
     "server": SERVER,
     "cli": CLI, "__main__": CLI, "starter": CLI, "banner": CLI,
 }
-# Modules a new top-level module may be laid out like, by name (a module not listed
-# here fails test_every_module_has_a_layer: give it its layer above).
 PROVIDER_DISPATCH = {"registry"}  # the one providers module that names every adapter
-PROVIDER_HELPERS = {"base", "shapes"}  # and any *_translate, *_stream, aws_* ... module
+
+
+def provider_kinds() -> set[str]:
+    """The `kind`s of routes.yaml: each is one wire format, one providers module."""
+    schema = json.loads((PACKAGE / "config" / "schema.json").read_text())
+    return set(schema["$defs"]["provider"]["properties"]["kind"]["enum"])
 
 
 def modules() -> list[Path]:
@@ -67,10 +71,9 @@ def layer(name: tuple[str, ...]) -> int | None:
 
 
 def is_adapter(name: tuple[str, ...]) -> bool:
-    """A providers module of one wire format (openai, anthropic, bedrock, mock, ...)."""
-    leaf = name[2] if len(name) > 2 else ""
-    return (name[1:2] == ("providers",) and leaf != "" and "_" not in leaf
-            and leaf not in PROVIDER_HELPERS | PROVIDER_DISPATCH)
+    """The providers module of one kind (openai, anthropic, azure, bedrock, mock, ...);
+    everything else in providers/ is a shared helper (translation, streams, shapes)."""
+    return name[1:2] == ("providers",) and name[2:3] != () and name[2] in provider_kinds()
 
 
 def test_every_module_has_a_layer() -> None:
@@ -165,3 +168,10 @@ def test_the_checker_sees_a_wrong_import() -> None:
     ]
     assert against_the_direction(PACKAGE / "storage" / "store.py", source)[-1].endswith(
         "server.app")
+
+
+def test_adapters_are_the_kinds() -> None:
+    assert is_adapter(("anyrouter_proxy", "providers", "openai"))
+    assert is_adapter(("anyrouter_proxy", "providers", "bedrock", "ChatViaBedrock"))
+    assert not is_adapter(("anyrouter_proxy", "providers", "anthropic_translate"))
+    assert not is_adapter(("anyrouter_proxy", "providers", "base"))
