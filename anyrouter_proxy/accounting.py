@@ -9,15 +9,15 @@ import time
 from typing import TYPE_CHECKING
 
 from .config.model import Pricing
-from .credits import request_cost
 from .errors import ProxyError
+from .limits.quota import Held, Reserved
 from .output_cap import OutputCap
-from .quota import Held, Reserved
+from .pricing import request_cost
 from .types import ESTIMATED, NONE, PARTIAL, GenerationRecord, Usage
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .usage_store import UsageStore
+    from .storage.store import Store
 
 OVERSPEND_TOLERANCE_USD = 1e-9  # float and rounding slack (costs are rounded to 1e-10)
 
@@ -25,7 +25,7 @@ OVERSPEND_TOLERANCE_USD = 1e-9  # float and rounding slack (costs are rounded to
 class Ledger:
     """Where closed books go: the usage log and the metrics."""
 
-    def __init__(self, store: UsageStore, metrics: Metrics) -> None:
+    def __init__(self, store: Store, metrics: Metrics) -> None:
         self.store = store
         self.metrics = metrics
 

@@ -57,7 +57,7 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from .usage_report import build_report, format_report, parse_time
+    from .storage.report import build_report, format_report, parse_time
 
     dsn: str | None = None
     if args.db:  # --db is always a SQLite file
@@ -73,7 +73,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         since = parse_time(args.since) if args.since else None
         until = parse_time(args.until, end=True) if args.until else None
         if dsn is not None:
-            from .usage_report_pg import build_report_pg
+            from .storage.report_pg import build_report_pg
 
             rows = build_report_pg(dsn, by=args.by, since=since, until=until)
         else:

@@ -25,8 +25,6 @@ from .accounting import Books, Ledger
 from .billed_extras import NO_EXTRAS, Extras, check_extras
 from .config.model import Config, KeyConfig, ModelConfig, Pricing, ProviderConfig, is_metered
 from .config.wildcards import resolve_model
-from .connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
-from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
 from .errors import (
     AuthenticationFailed,
@@ -50,12 +48,14 @@ from .failures import (
 )
 from .health import BreakerPolicy, HealthBoard
 from .ids import new_generation_id
+from .limits.connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
+from .limits.quota import NOTHING_HELD, Held, Quota
 from .output_cap import OutputCap, cap_upstream_body, output_cap
+from .pricing import estimate_prompt_tokens, worst_case_cost
 from .providers.anthropic import anthropic_headers
 from .providers.aws_auth import AwsAuth
 from .providers.base import CallContext, Exchange
 from .providers.registry import exchange_for, stream_decoder
-from .quota import NOTHING_HELD, Held, Quota
 from .routing import (
     Target,
     fallback_models,

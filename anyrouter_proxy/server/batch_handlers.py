@@ -7,9 +7,9 @@ from typing import Any
 from aiohttp import web
 
 from ..batch import check_items, output_lines, parse_json_lines, render
-from ..batch_store import BatchRecord
 from ..config.model import KeyConfig
 from ..errors import InvalidRequest, NotFound
+from ..storage.batches import BatchRecord
 from .inbound import authenticate, parse_json_object, read_body
 from .info_handlers import json_response
 from .state import BATCHES, GATEWAY, context

@@ -12,10 +12,10 @@ from ..config.model import KeyConfig
 if TYPE_CHECKING:
     from ..batch import BatchRunner
     from ..gateway import Gateway, ProxyRequest
+    from ..limits.ratelimit import Limiter
     from ..logs import AccessLog
     from ..metrics import Metrics
-    from ..ratelimit import Limiter
-    from ..usage_store import UsageStore
+    from ..storage.store import Store
 
 @dataclass(slots=True)
 class Lifecycle:
@@ -26,7 +26,7 @@ class Lifecycle:
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
-STORE: web.AppKey[UsageStore] = web.AppKey("store")
+STORE: web.AppKey[Store] = web.AppKey("store")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 BATCHES: web.AppKey[BatchRunner] = web.AppKey("batches")
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")

@@ -1,4 +1,4 @@
-"""`anyrouter-proxy usage` report over a usage log written by the real UsageStore."""
+"""`anyrouter-proxy usage` report over a usage log written by the real SqliteStore."""
 
 from __future__ import annotations
 
@@ -8,39 +8,12 @@ import io
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from anyrouter_proxy.types import GenerationRecord, Usage
-from anyrouter_proxy.usage_report import GROUPS, build_report, format_report, parse_time
-from anyrouter_proxy.usage_store import UsageStore
-
-DAY1 = 1_714_521_600.0  # 2024-05-01T00:00:00Z
-DAY = 86_400.0
-
-
-def rec(n: int, **fields: Any) -> GenerationRecord:
-    base: dict[str, Any] = {
-        "id": f"gen-{n}", "created_at": DAY1, "key_name": "alice",
-        "endpoint": "chat/completions", "model": "openai/gpt-4o-mini", "provider": "openai",
-    }
-    base.update(fields)
-    return GenerationRecord(**base)
-
-
-RECORDS = [
-    rec(1, created_at=DAY1 + 3600, cost=0.5, latency_ms=100.0,
-        usage=Usage(prompt_tokens=100, completion_tokens=50)),
-    rec(2, created_at=DAY1 + DAY + 60, cost=0.25, latency_ms=300.0, status_code=502,
-        error_code="upstream_error", usage=Usage(prompt_tokens=10, completion_tokens=5)),
-    rec(3, created_at=DAY1 + DAY + 7200, key_name="bob", model="anthropic/claude-sonnet-4",
-        provider="anthropic", cost=2.0, latency_ms=1000.0, cancelled=True,
-        usage=Usage(prompt_tokens=1000, completion_tokens=200, cached_tokens=10,
-                    reasoning_tokens=5)),
-    rec(4, created_at=DAY1 + 2 * DAY + 1, key_name="bob", provider=None, status_code=429,
-        error_code="rate_limited", latency_ms=2.0),
-]
+from anyrouter_proxy.storage.report import GROUPS, build_report, format_report, parse_time
+from anyrouter_proxy.storage.sqlite import SqliteStore
+from tests.usage_records import DAY, DAY1, RECORDS, rec
 
 
 @pytest.fixture
@@ -48,7 +21,7 @@ def db_path(tmp_path: Path) -> Path:
     path = tmp_path / "usage.db"
 
     async def write() -> None:
-        store = UsageStore(path)
+        store = SqliteStore(path)
         await store.open()
         for record in RECORDS:
             assert store.record(record)
@@ -73,7 +46,7 @@ def test_errors_are_status_400_and_up(tmp_path: Path) -> None:
     path = tmp_path / "e.db"
 
     async def write() -> None:
-        store = UsageStore(path)
+        store = SqliteStore(path)
         await store.open()
         for n, status in enumerate((200, 399, 400, 404)):
             store.record(rec(n, status_code=status))
@@ -138,7 +111,7 @@ def test_not_a_usage_database(tmp_path: Path) -> None:
 
 
 async def test_report_reads_while_the_server_writes(tmp_path: Path) -> None:
-    store = UsageStore(tmp_path / "live.db")
+    store = SqliteStore(tmp_path / "live.db")
     await store.open()
     try:
         store.record(RECORDS[0])

@@ -1,7 +1,7 @@
-"""PostgresUsageStore, the PostgreSQL `usage` report and the proxy on `storage.backend:
+"""PostgresStore, the PostgreSQL `usage` report and the proxy on `storage.backend:
 postgres`, all against a real PostgreSQL started by tests/pg_server.py (each test gets a
-fresh schema on the module's one cluster). Mirrors test_usage_store.py and
-test_usage_report.py; where the SQLite store answers, the answers must be the same."""
+fresh schema on the module's one cluster). Mirrors test_sqlite.py and
+test_report.py; where the SQLite store answers, the answers must be the same."""
 
 from __future__ import annotations
 
@@ -17,28 +17,29 @@ import aiohttp
 import asyncpg
 import pytest
 
-from anyrouter_proxy import usage_store
-from anyrouter_proxy.batch_store import BatchRecord, BatchStore
 from anyrouter_proxy.cli import main
 from anyrouter_proxy.config.loader import ConfigError
 from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.server.state import STORE
-from anyrouter_proxy.storage_postgres import (
+from anyrouter_proxy.storage import sqlite as usage_store
+from anyrouter_proxy.storage import writer
+from anyrouter_proxy.storage.batches import BatchRecord, BatchStore
+from anyrouter_proxy.storage.postgres import (
     SCHEMA_VERSION,
-    PostgresUsageStore,
+    PostgresStore,
     redact_dsn,
     to_postgres,
 )
+from anyrouter_proxy.storage.report import build_report, format_report
+from anyrouter_proxy.storage.report_pg import build_report_pg
+from anyrouter_proxy.storage.sqlite import SqliteStore, StoreError
+from anyrouter_proxy.storage.store import GENERATION_COLUMNS, INSERT_GENERATION, generation_params
 from anyrouter_proxy.types import Usage
-from anyrouter_proxy.usage_report import build_report, format_report
-from anyrouter_proxy.usage_report_pg import build_report_pg
-from anyrouter_proxy.usage_store import StoreError, UsageStore
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider, sha256
 from tests.fakes import USAGE, FakeOpenAI
 from tests.pg_server import PgServer, free_port, running_pg_server
 from tests.retention import GONE, ITEMS_PER_BATCH, KEPT, RESULT, RETENTION_DAYS, seed_batches
-from tests.unit.test_usage_report import RECORDS
-from tests.unit.test_usage_store import full_record, make_record
+from tests.usage_records import RECORDS, full_record, make_record
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 
@@ -55,8 +56,8 @@ def dsn(pg: PgServer) -> str:
 
 
 @pytest.fixture
-async def store(dsn: str) -> AsyncIterator[PostgresUsageStore]:
-    s = PostgresUsageStore(dsn, flush_interval_s=0.01)
+async def store(dsn: str) -> AsyncIterator[PostgresStore]:
+    s = PostgresStore(dsn, flush_interval_s=0.01)
     await s.open()
     yield s
     await s.close()
@@ -81,7 +82,7 @@ async def ids(dsn: str) -> list[str]:
 # -- opening and migrating ---------------------------------------------------------------
 
 
-async def test_open_creates_schema_and_sets_version(store: PostgresUsageStore) -> None:
+async def test_open_creates_schema_and_sets_version(store: PostgresStore) -> None:
     dsn = store.dsn
     tables = {r["tablename"] for r in await query(
         dsn, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
@@ -99,22 +100,22 @@ async def test_open_creates_schema_and_sets_version(store: PostgresUsageStore) -
         dsn, "SELECT column_name FROM information_schema.columns "
              "WHERE table_name = 'generations' AND table_schema = current_schema() "
              "ORDER BY ordinal_position")]
-    assert tuple(columns) == usage_store.GENERATION_COLUMNS
+    assert tuple(columns) == GENERATION_COLUMNS
 
 
 async def test_reopen_keeps_rows_and_does_not_migrate_again(dsn: str) -> None:
-    first = PostgresUsageStore(dsn)
+    first = PostgresStore(dsn)
     await first.open()
     first.record(make_record())
     await first.close()
-    second = PostgresUsageStore(dsn)
+    second = PostgresStore(dsn)
     await second.open()  # CREATE TABLE again would raise "already exists"
     assert await second.get_generation("gen-1", "alice") is not None
     await second.close()
 
 
 async def test_replicas_starting_together_migrate_once(dsn: str) -> None:
-    stores = [PostgresUsageStore(dsn) for _ in range(4)]
+    stores = [PostgresStore(dsn) for _ in range(4)]
     await asyncio.gather(*(s.open() for s in stores))
     assert [r["version"] for r in await query(dsn, "SELECT version FROM schema_version")] == [
         SCHEMA_VERSION]
@@ -126,7 +127,7 @@ async def test_replicas_starting_together_migrate_once(dsn: str) -> None:
 
 
 async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(dsn: str) -> None:
-    from anyrouter_proxy.storage_postgres import MIGRATIONS
+    from anyrouter_proxy.storage.postgres import MIGRATIONS
 
     conn = await asyncpg.connect(dsn)
     try:  # the database as the previous release left it
@@ -136,11 +137,11 @@ async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(dsn: s
         await conn.execute("INSERT INTO schema_version VALUES (2)")
     finally:
         await conn.close()
-    old_columns = usage_store.GENERATION_COLUMNS[:-1]
+    old_columns = GENERATION_COLUMNS[:-1]
     await query(dsn, f"INSERT INTO generations ({', '.join(old_columns)}) VALUES "
                 f"({', '.join(f'${i + 1}' for i in range(len(old_columns)))})",
-                *usage_store._generation_params(make_record(cost=0.5))[:-1])
-    store = PostgresUsageStore(dsn)
+                *generation_params(make_record(cost=0.5))[:-1])
+    store = PostgresStore(dsn)
     await store.open()
     try:
         old = await store.get_generation("gen-1", "alice")
@@ -158,7 +159,7 @@ async def test_newer_schema_refuses_naming_both_versions(dsn: str) -> None:
     await query(dsn, "INSERT INTO schema_version VALUES ($1)", SCHEMA_VERSION + 1)
     with pytest.raises(StoreError, match=rf"version {SCHEMA_VERSION + 1}.*version "
                                          rf"{SCHEMA_VERSION}"):
-        await PostgresUsageStore(dsn).open()
+        await PostgresStore(dsn).open()
     assert await query(dsn, "SELECT tablename FROM pg_tables WHERE tablename = 'generations' "
                        "AND schemaname = current_schema()") \
         == []  # nothing touched
@@ -168,13 +169,13 @@ async def test_unreachable_dsn_refuses_without_the_password(pg: PgServer) -> Non
     secret = "s3cret-Pa55word"
     closed = f"postgresql://anyrouter:{secret}@127.0.0.1:{free_port()}/anyrouter"
     with pytest.raises(StoreError, match="cannot connect to usage database") as info:
-        await PostgresUsageStore(closed, connect_timeout_s=2).open()
+        await PostgresStore(closed, connect_timeout_s=2).open()
     message = str(info.value)
     assert secret not in message
     assert "postgresql://anyrouter:***@127.0.0.1" in message and "storage.dsn" in message
     missing_db = pg.dsn("no_such_database").replace("postgres@", f"postgres:{secret}@")
     with pytest.raises(StoreError, match="does not exist") as info:
-        await PostgresUsageStore(missing_db).open()
+        await PostgresStore(missing_db).open()
     assert secret not in str(info.value)
 
 
@@ -188,7 +189,7 @@ def test_redact_dsn() -> None:
 def test_placeholders_become_numbered() -> None:
     assert to_postgres("UPDATE t SET a = ?, b = '?' WHERE c = ? AND \"d?\" = ?") == \
         "UPDATE t SET a = $1, b = '?' WHERE c = $2 AND \"d?\" = $3"
-    assert to_postgres(usage_store._INSERT_GENERATION).endswith(
+    assert to_postgres(INSERT_GENERATION).endswith(
         "ON CONFLICT (id) DO UPDATE SET created_at = EXCLUDED.created_at, key_name = "
         "EXCLUDED.key_name, trace_id = EXCLUDED.trace_id, endpoint = EXCLUDED.endpoint, "
         "model = EXCLUDED.model, provider = EXCLUDED.provider, upstream_model = "
@@ -207,7 +208,7 @@ def test_placeholders_become_numbered() -> None:
 # -- writing -----------------------------------------------------------------------------
 
 
-async def test_row_matches_every_field(store: PostgresUsageStore) -> None:
+async def test_row_matches_every_field(store: PostgresStore) -> None:
     assert store.record(full_record()) is True
     await store.flush()
     (row,) = await query(store.dsn, "SELECT * FROM generations")
@@ -227,7 +228,7 @@ async def test_row_matches_every_field(store: PostgresUsageStore) -> None:
     }
 
 
-async def test_defaults_store_nulls(store: PostgresUsageStore) -> None:
+async def test_defaults_store_nulls(store: PostgresStore) -> None:
     store.record(make_record())
     await store.flush()
     (row,) = await query(store.dsn, "SELECT * FROM generations")
@@ -235,7 +236,7 @@ async def test_defaults_store_nulls(store: PostgresUsageStore) -> None:
         None, None, None, "[]")
 
 
-async def test_recording_a_generation_twice_replaces_it(store: PostgresUsageStore) -> None:
+async def test_recording_a_generation_twice_replaces_it(store: PostgresStore) -> None:
     store.record(make_record(1, cancelled=True, cost=0.0))
     store.record(make_record(1, cancelled=False, cost=0.5))  # same batch, same id
     await store.flush()
@@ -247,7 +248,7 @@ async def test_recording_a_generation_twice_replaces_it(store: PostgresUsageStor
 
 
 async def test_many_records_few_transactions(dsn: str) -> None:
-    s = PostgresUsageStore(dsn, flush_interval_s=0.05, batch_max=500)
+    s = PostgresStore(dsn, flush_interval_s=0.05, batch_max=500)
     await s.open()
     for i in range(2000):
         assert s.record(make_record(i))
@@ -262,9 +263,9 @@ async def test_many_records_few_transactions(dsn: str) -> None:
 async def test_queue_full_drops_without_blocking(
     dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    s = PostgresUsageStore(dsn, queue_max=3)
+    s = PostgresStore(dsn, queue_max=3)
     await s.open()
-    with caplog.at_level(logging.WARNING, logger="anyrouter_proxy.usage_store"):
+    with caplog.at_level(logging.WARNING, logger="anyrouter_proxy.storage.writer"):
         started = time.monotonic()
         results = [s.record(make_record(i)) for i in range(5)]
         assert s.audit("auth_failed") is False
@@ -278,7 +279,7 @@ async def test_queue_full_drops_without_blocking(
     await s.close()
 
 
-async def test_bad_rows_are_dropped_alone(store: PostgresUsageStore) -> None:
+async def test_bad_rows_are_dropped_alone(store: PostgresStore) -> None:
     store.record(make_record(1))
     store.record(make_record(2, usage=Usage(prompt_tokens=2**70)))  # no BIGINT: client side
     # A NOT NULL violation: rejected by the server, in the middle of the same batch.
@@ -292,7 +293,7 @@ async def test_bad_rows_are_dropped_alone(store: PostgresUsageStore) -> None:
 
 
 async def test_close_flushes_and_later_records_are_refused(dsn: str) -> None:
-    s = PostgresUsageStore(dsn, flush_interval_s=10)  # only close() writes them
+    s = PostgresStore(dsn, flush_interval_s=10)  # only close() writes them
     await s.open()
     for i in range(3):
         s.record(make_record(i))
@@ -301,7 +302,7 @@ async def test_close_flushes_and_later_records_are_refused(dsn: str) -> None:
     assert s.record(make_record(9)) is False and s.dropped == 1
 
 
-async def test_audit_rows(store: PostgresUsageStore) -> None:
+async def test_audit_rows(store: PostgresStore) -> None:
     before = time.time()
     assert store.audit("auth_failed", trace_id="t-1", detail={"key_prefix": "sk-ab"})
     assert store.audit("config_reload", detail={"accepted": False, "reason": "bad yaml"})
@@ -316,11 +317,11 @@ async def test_audit_rows(store: PostgresUsageStore) -> None:
 async def test_writes_resume_after_the_server_restarts(
     pg: PgServer, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(usage_store, "RETRY_MIN_S", 0.02)
-    monkeypatch.setattr(usage_store, "RETRY_MAX_S", 0.2)
+    monkeypatch.setattr(writer, "RETRY_MIN_S", 0.02)
+    monkeypatch.setattr(writer, "RETRY_MAX_S", 0.2)
     # Trust auth ignores the password; it is there to check that no message shows it.
     dsn = dsn.replace("postgres@", "postgres:s3cret@")
-    s = PostgresUsageStore(dsn, flush_interval_s=0.01, queue_max=8, connect_timeout_s=2)
+    s = PostgresStore(dsn, flush_interval_s=0.01, queue_max=8, connect_timeout_s=2)
     await s.open()
     s.record(make_record(0))
     await s.flush()
@@ -349,9 +350,9 @@ async def test_writes_resume_after_the_server_restarts(
 
 
 async def test_get_generation_same_shape_as_sqlite(
-    store: PostgresUsageStore, tmp_path: Path
+    store: PostgresStore, tmp_path: Path
 ) -> None:
-    lite = UsageStore(tmp_path / "u.db")
+    lite = SqliteStore(tmp_path / "u.db")
     await lite.open()
     records = [full_record(), make_record(1), make_record(2, cost=1.0, streamed=True)]
     for rec in records:
@@ -371,7 +372,7 @@ async def test_get_generation_same_shape_as_sqlite(
     assert (full["latency"], full["time_to_first_token"], full["streamed"]) == (1234, 57, True)
 
 
-async def test_get_generation_only_for_its_key(store: PostgresUsageStore) -> None:
+async def test_get_generation_only_for_its_key(store: PostgresStore) -> None:
     store.record(make_record(1, key_name="alice"))
     await store.flush()
     assert await store.get_generation("gen-1", "mallory") is None
@@ -379,7 +380,7 @@ async def test_get_generation_only_for_its_key(store: PostgresUsageStore) -> Non
 
 
 async def test_get_generation_waits_for_a_just_queued_row(dsn: str) -> None:
-    s = PostgresUsageStore(dsn, flush_interval_s=30)  # the writer would linger 30 s
+    s = PostgresStore(dsn, flush_interval_s=30)  # the writer would linger 30 s
     await s.open()
     s.record(make_record(1))
     started = time.monotonic()
@@ -389,13 +390,13 @@ async def test_get_generation_waits_for_a_just_queued_row(dsn: str) -> None:
     await s.close()
 
 
-async def test_unknown_generation_answers_at_once(store: PostgresUsageStore) -> None:
+async def test_unknown_generation_answers_at_once(store: PostgresStore) -> None:
     started = time.monotonic()
     assert await store.get_generation("gen-nope", "alice", wait_s=5) is None
     assert time.monotonic() - started < 1
 
 
-async def test_spend_by_key_survives_prune(store: PostgresUsageStore) -> None:
+async def test_spend_by_key_survives_prune(store: PostgresStore) -> None:
     now = time.time()
     store.record(make_record(1, key_name="alice", cost=1.5, created_at=now - 40 * 86400))
     store.record(make_record(2, key_name="alice", cost=0.25, created_at=now))
@@ -413,7 +414,7 @@ async def test_spend_by_key_survives_prune(store: PostgresUsageStore) -> None:
     assert await store.spend_by_key() == {"alice": 2.75, "bob": 2.0, "carol": 0.5}
 
 
-async def test_spend_since_counts_rows_from_the_instant_on(store: PostgresUsageStore) -> None:
+async def test_spend_since_counts_rows_from_the_instant_on(store: PostgresStore) -> None:
     since = time.time() - 3600
     store.record(make_record(1, key_name="alice", cost=1.5, created_at=since - 0.001))
     store.record(make_record(2, key_name="alice", cost=0.25, created_at=since))
@@ -429,18 +430,18 @@ async def test_spend_since_counts_rows_from_the_instant_on(store: PostgresUsageS
         await store.spend_since(since)
 
 
-async def test_unreadable_spend_refuses_with_a_store_error(store: PostgresUsageStore) -> None:
+async def test_unreadable_spend_refuses_with_a_store_error(store: PostgresStore) -> None:
     await query(store.dsn, "DROP TABLE spend_carryover")  # start-up must say, not crash
     with pytest.raises(StoreError, match="cannot read spend from usage database"):
         await store.spend_by_key()
 
 
-async def test_replicas_pruning_together_carry_spend_once(store: PostgresUsageStore) -> None:
+async def test_replicas_pruning_together_carry_spend_once(store: PostgresStore) -> None:
     old = time.time() - 40 * 86400
     for i in range(200):
         store.record(make_record(i, cost=0.5, created_at=old))
     await store.flush()
-    others = [PostgresUsageStore(store.dsn) for _ in range(3)]
+    others = [PostgresStore(store.dsn) for _ in range(3)]
     await asyncio.gather(*(o.open() for o in others))
     deleted = await asyncio.gather(store.prune(30), *(o.prune(30) for o in others))
     assert sum(deleted) == 200
@@ -449,7 +450,7 @@ async def test_replicas_pruning_together_carry_spend_once(store: PostgresUsageSt
         await o.close()
 
 
-async def test_prune_deletes_old_audit_rows(store: PostgresUsageStore) -> None:
+async def test_prune_deletes_old_audit_rows(store: PostgresStore) -> None:
     store.audit("auth_failed")
     await store.flush()
     assert await store.prune(1) == 0
@@ -458,7 +459,7 @@ async def test_prune_deletes_old_audit_rows(store: PostgresUsageStore) -> None:
     assert await count(store.dsn, "audit") == 0
 
 
-async def test_prune_deletes_old_finished_batches_whole(store: PostgresUsageStore) -> None:
+async def test_prune_deletes_old_finished_batches_whole(store: PostgresStore) -> None:
     seed_batches(store)
     await store.flush()
     assert await store.prune(RETENTION_DAYS) == len(GONE) * (1 + ITEMS_PER_BATCH)
@@ -474,7 +475,7 @@ async def test_prune_deletes_old_finished_batches_whole(store: PostgresUsageStor
     assert await store.prune(RETENTION_DAYS) == 0
 
 
-async def test_retention_task_prunes_in_background(store: PostgresUsageStore) -> None:
+async def test_retention_task_prunes_in_background(store: PostgresStore) -> None:
     store.record(make_record(1, created_at=time.time() - 10 * 86400))
     store.record(make_record(2, created_at=time.time()))
     await store.flush()
@@ -485,10 +486,10 @@ async def test_retention_task_prunes_in_background(store: PostgresUsageStore) ->
         await asyncio.sleep(0.01)
     assert await ids(store.dsn) == ["gen-2"]
     store.start_retention(None)  # turning retention off stops the task
-    assert store._retention is None
+    assert store.retention.task is None
 
 
-async def test_batch_tables_through_enqueue_and_fetch(store: PostgresUsageStore) -> None:
+async def test_batch_tables_through_enqueue_and_fetch(store: PostgresStore) -> None:
     batches = BatchStore(store)
     batch = BatchRecord(id="batch-1", key_name="alice", mode="async", total=3,
                         trace_id="t-b")
@@ -528,7 +529,7 @@ async def test_batch_tables_through_enqueue_and_fetch(store: PostgresUsageStore)
 @pytest.fixture
 def report_dsn(dsn: str) -> str:
     async def write() -> None:
-        store = PostgresUsageStore(dsn)
+        store = PostgresStore(dsn)
         await store.open()
         for record in RECORDS:
             assert store.record(record)
@@ -543,7 +544,7 @@ def report_sqlite(tmp_path: Path) -> Path:
     path = tmp_path / "usage.db"
 
     async def write() -> None:
-        store = UsageStore(path)
+        store = SqliteStore(path)
         await store.open()
         for record in RECORDS:
             assert store.record(record)
@@ -649,7 +650,7 @@ async def test_proxy_serves_and_restarts_on_postgres(
             "routes": [{"provider": "openai", "model": "gpt-4o-mini"}]}},
         keys={"alice": {"key_sha256": sha256(ALICE_KEY), "credits": 10}})
     proxy = await start_proxy(config)
-    assert isinstance(proxy.app[STORE], PostgresUsageStore)
+    assert isinstance(proxy.app[STORE], PostgresStore)
     async with aiohttp.ClientSession() as session:
         async with session.post(proxy.url("/api/v1/chat/completions"), headers=auth(),
                                 json={"model": "openai/gpt-4o-mini",

@@ -20,7 +20,7 @@ from anyrouter_proxy.providers.anthropic_stream import (
 from anyrouter_proxy.providers.anthropic_translate import openai_to_anthropic_request
 from anyrouter_proxy.types import Usage
 
-DATA = Path(__file__).parent.parent / "data" / "anthropic"
+DATA = Path(__file__).parents[2] / "data" / "anthropic"
 Event = tuple[str, dict[str, Any]]
 
 

@@ -16,7 +16,7 @@ from anyrouter_proxy.config.model import (
     StorageConfig,
 )
 from anyrouter_proxy.errors import RateLimited
-from anyrouter_proxy.ratelimit import Limiter, TokenBucket
+from anyrouter_proxy.limits.ratelimit import Limiter, TokenBucket
 
 WALL_EPOCH = 1_700_000_000.0
 

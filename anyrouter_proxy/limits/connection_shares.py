@@ -9,8 +9,8 @@ its share (`per_key_connections`) is refused that provider for the attempt.
 
 from __future__ import annotations
 
-from .config.model import ProviderConfig
-from .errors import RateLimited
+from ..config.model import ProviderConfig
+from ..errors import RateLimited
 from .quota import Held
 
 RETRY_AFTER_S = "1"  # a key at its share may retry as soon as one of its requests ends

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from ..config.model import Config, KeyConfig, ProviderConfig
 from .budget import BudgetStatus
-from .config.model import Config, KeyConfig, ProviderConfig
 from .credits import CreditLedger
 from .ratelimit import Limiter
 

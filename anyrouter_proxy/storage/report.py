@@ -1,7 +1,11 @@
-"""`anyrouter-proxy usage`: totals from the usage log, grouped and formatted (docs/operations.md).
+"""`anyrouter-proxy usage`: totals from the usage log, grouped and formatted
+(docs/operations.md).
 
-Synchronous and stdlib-only on purpose: it runs from the command line, possibly while the
-server writes the same file, so it opens the database read-only and never migrates it.
+The report's SQL is written once (`report_sql`) for both backends; a `Dialect` holds
+what differs (the day of a timestamp, the order of text and NULLs, placeholders).
+The SQLite report is synchronous and stdlib-only on purpose: it runs from the command
+line, possibly while the server writes the same file, so it opens the database read-only
+and never migrates it (report_pg.py runs the same SQL on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import io
 import json
 import sqlite3
 from contextlib import closing
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,12 +23,20 @@ from typing import Any
 GROUPS = ("key", "model", "provider", "day")
 FORMATS = ("table", "csv", "json")
 
-_GROUP_SQL = {
-    "key": "key_name",
-    "model": "model",
-    "provider": "provider",
-    "day": "strftime('%Y-%m-%d', created_at, 'unixepoch')",
-}
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    day: str  # SQL of the UTC day (YYYY-MM-DD) of created_at
+    placeholders: tuple[str, str]  # the two bounds
+    group_order: str = "{}"  # how to order by a group expression ({} stands for it)
+
+
+# SQLite orders text byte-wise with NULL (no provider) first already.
+SQLITE = Dialect(day="strftime('%Y-%m-%d', created_at, 'unixepoch')", placeholders=("?", "?"))
+# PostgreSQL is told to order as SQLite does: byte-wise text order and NULL first.
+POSTGRES = Dialect(day="to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+                   placeholders=("$1", "$2"), group_order='({}) COLLATE "C" ASC NULLS FIRST')
 _SUMS = (
     "tokens_prompt", "tokens_completion", "tokens_cached", "tokens_reasoning",
 )
@@ -59,32 +72,44 @@ def parse_time(text: str, *, end: bool = False) -> float:
     return moment.timestamp()
 
 
+def report_sql(by: str, dialect: Dialect) -> str:
+    """Totals per group over `since <= created_at < until` (the two parameters), the
+    costliest first (days in order)."""
+    if by not in GROUPS:
+        raise ValueError(f"cannot group by {by!r}: choose one of {', '.join(GROUPS)}")
+    group = {"key": "key_name", "model": "model", "provider": "provider", "day": dialect.day}[by]
+    sums = ", ".join(f"COALESCE(SUM({col}), 0) AS {col}" for col in _SUMS)
+    group_order = dialect.group_order.format(group)
+    order = group_order if by == "day" else f"cost DESC, {group_order}"
+    since, until = dialect.placeholders
+    return (
+        f"SELECT {group} AS grp, COUNT(*) AS requests,"
+        " COUNT(CASE WHEN status_code >= 400 THEN 1 END) AS errors,"
+        f" COALESCE(SUM(cancelled), 0) AS cancelled, {sums},"
+        " COALESCE(SUM(cost), 0.0) AS cost, AVG(latency_ms) AS avg_latency_ms"
+        f" FROM generations WHERE created_at >= {since} AND created_at < {until}"
+        f" GROUP BY grp ORDER BY {order}"
+    )
+
+
+def report_bounds(since: float | None, until: float | None) -> tuple[float, float]:
+    return (-1e300 if since is None else since, 1e300 if until is None else until)
+
+
 def build_report(
     db_path: Path, *, by: str = "model", since: float | None = None, until: float | None = None
 ) -> list[dict[str, Any]]:
     """Totals per group over `since <= created_at < until`, the costliest first (days in order)."""
-    if by not in GROUPS:
-        raise ValueError(f"cannot group by {by!r}: choose one of {', '.join(GROUPS)}")
-    sums = ", ".join(f"COALESCE(SUM({col}), 0) AS {col}" for col in _SUMS)
-    order = "grp" if by == "day" else "cost DESC, grp"
-    sql = (
-        f"SELECT {_GROUP_SQL[by]} AS grp, COUNT(*) AS requests,"
-        " COALESCE(SUM(status_code >= 400), 0) AS errors,"
-        f" COALESCE(SUM(cancelled), 0) AS cancelled, {sums},"
-        " COALESCE(SUM(cost), 0.0) AS cost, AVG(latency_ms) AS avg_latency_ms"
-        " FROM generations WHERE created_at >= ? AND created_at < ?"
-        f" GROUP BY grp ORDER BY {order}"
-    )
-    bounds = (-1e300 if since is None else since, 1e300 if until is None else until)
+    sql = report_sql(by, SQLITE)
     with closing(_open_read_only(Path(db_path))) as db:
         try:
-            rows = db.execute(sql, bounds).fetchall()
+            rows = db.execute(sql, report_bounds(since, until)).fetchall()
         except sqlite3.DatabaseError as exc:  # not a database, or no generations table
             raise ValueError(f"cannot read usage database {db_path}: {exc}") from exc
-    return [_report_row(by, row) for row in rows]
+    return [report_row(by, row) for row in rows]
 
 
-def _report_row(by: str, row: sqlite3.Row) -> dict[str, Any]:
+def report_row(by: str, row: Any) -> dict[str, Any]:
     out: dict[str, Any] = {by: row["grp"]}
     for name in ("requests", "errors", "cancelled", *_SUMS):
         out[name] = int(row[name])

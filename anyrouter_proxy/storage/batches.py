@@ -1,5 +1,6 @@
-"""Batches in SQLite (tables `batches` and `batch_items`, migration 2 of the usage store),
-written through the usage store's single writer so async batches survive a restart."""
+"""Batches in the usage database (tables `batches` and `batch_items`, migration 2 of
+either backend), written through the store's single writer so async batches survive a
+restart."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from .usage_store import UsageStore
+from .store import Store
 
 PENDING, RUNNING, DONE = "pending", "running", "done"
 
@@ -34,7 +35,7 @@ def custom_id(item: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 class BatchStore:
-    def __init__(self, store: UsageStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def create(self, batch: BatchRecord, items: list[Any]) -> None:

@@ -52,6 +52,9 @@ Reads (/credits, /auth/key, headers, /metrics) never fail: they show this replic
 After a failure Redis is skipped for `retry_s` (1 s), then tried again; a warning is
 logged at most every `warn_every_s`, and `fallbacks` / `refusals` count the requests
 served locally / refused, by "limits" and "credits".
+
+Beside it: redis_scripts.py (the Lua scripts and money units) and redis_handles.py (the
+`Held` / `Reserved` handles it returns and the records it queues).
 """
 
 from __future__ import annotations
@@ -60,15 +63,12 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import logging
 import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from importlib import resources
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -77,16 +77,36 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from ..config.model import Budget, Config, KeyConfig, Limits, ProviderConfig
+from ..errors import RateLimited, ServiceUnavailable
 from .budget import BudgetStatus, Window, window
-from .config.model import Budget, Config, KeyConfig, Limits, ProviderConfig
-from .credits import CreditReservation, budget_exceeded, insufficient_credits
-from .errors import RateLimited, ServiceUnavailable
+from .credits import budget_exceeded, insufficient_credits
 from .quota import Held, MemoryQuota, Reserved
 from .ratelimit import LIMIT_NAMES, model_matcher, rate_headers, rate_limited
+from .redis_handles import (
+    NO_LIMITS,
+    LocalReserved,
+    Op,
+    Period,
+    RateCache,
+    RedisHeld,
+    RedisReserved,
+    Scope,
+)
+from .redis_scripts import (
+    ADMIT,
+    CREDIT_STATE,
+    PEEK,
+    RESERVE,
+    SCRIPTS,
+    SETTLE,
+    Script,
+    from_units,
+    to_units,
+)
 
 log = logging.getLogger(__name__)
 
-UNITS_PER_USD = 10_000_000_000  # money in Redis: integers of 1e-10 USD
 LEASE_MIN_S = 900.0  # concurrency slots and credit reservations of a dead replica expire
 LEASE_MARGIN_S = 60.0
 HEADER_CACHE_S = 1.0  # X-RateLimit-* from the last admission of the key, for this long
@@ -103,32 +123,6 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutErro
 FAILED_OR_CANCELLED = (RedisError, OSError, TimeoutError, asyncio.CancelledError)
 
 
-class _Script:
-    __slots__ = ("name", "sha", "text")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.text = (resources.files("anyrouter_proxy") / "lua" / f"{name}.lua").read_text(
-            encoding="utf-8")
-        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
-
-
-ADMIT = _Script("admit")
-PEEK = _Script("peek")
-RESERVE = _Script("reserve")
-SETTLE = _Script("settle")
-CREDIT_STATE = _Script("credit_state")
-SCRIPTS = (ADMIT, PEEK, RESERVE, SETTLE, CREDIT_STATE)
-
-
-def to_units(usd: float) -> int:
-    return round(usd * UNITS_PER_USD)
-
-
-def from_units(units: float) -> float:
-    return round(units / UNITS_PER_USD, 10)
-
-
 def _cap(value: int | None) -> int:
     return -1 if value is None else value
 
@@ -137,152 +131,6 @@ def default_lease_s(config: Config) -> float:
     """Longer than any request can last: every attempt may run its provider's total_s."""
     longest = max((p.timeouts.total_s for p in config.providers.values()), default=0.0)
     return max(LEASE_MIN_S, longest * (config.server.retries + 1) + LEASE_MARGIN_S)
-
-
-@dataclass(frozen=True, slots=True)
-class _Scope:
-    owner: str  # the hash tag: "key:NAME" or "provider:ID"
-    bucket: str  # hash: rpm and tpm buckets
-    inflight: str  # sorted set: concurrency slots
-    limits: Limits
-    pattern: str | None = None  # the model_limits entry, for a model scope
-
-
-@dataclass(slots=True)
-class _Op:
-    """One queued operation of lua/settle.lua, retried as is until it is sent."""
-
-    kind: str  # t (tokens), r (release), s (settle credit)
-    owner: str  # ops of one owner go in one script call
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
-    created: float
-    seq: int
-    window: Window | None = None  # the budget period a settlement counts in
-
-
-@dataclass(frozen=True, slots=True)
-class _Period:
-    """The budget period a reservation counts in: its spend's Redis key and expiry."""
-
-    key: str
-    window: Window
-    expire_at_ms: int
-
-
-@dataclass(slots=True)
-class _RateCache:
-    capacity: int
-    level: float
-    until_full: float
-    at: float  # monotonic
-
-
-class _NoLimits:
-    """A provider without limits: nothing to hold, no round trip."""
-
-    def settle_tokens(self, actual_tokens: int) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
-
-
-NO_LIMITS = _NoLimits()
-
-
-class RedisHeld:
-    """An admission in Redis; settling and releasing are queued, never awaited."""
-
-    __slots__ = ("_estimate", "_inflight", "_member", "_owner", "_quota", "_released",
-                 "_settled", "_tpm")
-
-    def __init__(self, quota: RedisQuota, member: str, scopes: Sequence[_Scope],
-                 estimate: int) -> None:
-        self._quota = quota
-        self._owner = scopes[0].owner
-        self._member = member
-        self._inflight = tuple(s.inflight for s in scopes)
-        self._tpm = tuple((s.bucket, s.limits.tokens_per_minute) for s in scopes
-                          if s.limits.tokens_per_minute is not None)
-        self._estimate = estimate
-        self._settled = False
-        self._released = False
-
-    def settle_tokens(self, actual_tokens: int) -> None:
-        if self._settled:
-            return
-        self._settled = True
-        diff = max(0, actual_tokens) - self._estimate
-        if diff == 0 or not self._tpm:
-            return
-        self._quota._enqueue("t", self._owner, tuple(b for b, _ in self._tpm),
-                             (diff, *(cap for _, cap in self._tpm)))
-
-    def release(self) -> None:
-        self._settled = True
-        if self._released:
-            return
-        self._released = True
-        self._quota._enqueue("r", self._owner, self._inflight, (self._member,))
-
-
-class RedisReserved:
-    """A credit reservation in Redis; settling is queued, never awaited."""
-
-    __slots__ = ("_at", "_done", "_period", "_quota", "amount", "key_name", "rid")
-
-    def __init__(self, quota: RedisQuota, key_name: str, rid: str, amount: float,
-                 at: float, period: _Period | None = None) -> None:
-        self._quota = quota
-        self._done = False
-        self._at = at
-        self._period = period
-        self.key_name = key_name
-        self.rid = rid
-        self.amount = amount
-
-    def settle(self, actual_cost: float) -> None:
-        """The real cost becomes spend (in full, even above the reservation); first call wins."""
-        if self._done:
-            return
-        self._done = True
-        if not math.isfinite(actual_cost):
-            actual_cost = self.amount
-        actual_cost = max(0.0, actual_cost)
-        self._quota._settle(self.key_name, self.rid, actual_cost, orphan=False,
-                            period=self._period)
-        self._quota.local.ledger.note_period_spend(self.key_name, self._at, actual_cost)
-
-    def cancel(self) -> None:
-        self.settle(0.0)
-
-
-class LocalReserved:
-    """A reservation on this process's ledger (Redis unreachable, credits fail open); its
-    spend is also queued for Redis, so the shared spend catches up when Redis returns."""
-
-    __slots__ = ("_inner", "_period", "_quota", "key_name")
-
-    def __init__(self, quota: RedisQuota, key_name: str, inner: CreditReservation,
-                 period: _Period | None = None) -> None:
-        self._quota = quota
-        self._inner = inner
-        self._period = period
-        self.key_name = key_name
-
-    def settle(self, actual_cost: float) -> None:
-        if self._inner.settled:
-            return
-        self._inner.settle(actual_cost)
-        if not math.isfinite(actual_cost):
-            actual_cost = self._inner.amount
-        actual_cost = max(0.0, actual_cost)
-        self._quota._settle(self.key_name, self._quota._new_id(), actual_cost, orphan=True,
-                            period=self._period)
-
-    def cancel(self) -> None:
-        self.settle(0.0)
 
 
 class RedisQuota:
@@ -322,15 +170,15 @@ class RedisQuota:
         self._ids = itertools.count()
         self._lease_s = lease_s  # None: default_lease_s(config)
         self._lease_ms = 0
-        self._providers: dict[str, _Scope] = {}
-        self._scopes: dict[tuple[str, str], tuple[KeyConfig, tuple[_Scope, ...]]] = {}
-        self._rates: dict[str, _RateCache] = {}
+        self._providers: dict[str, Scope] = {}
+        self._scopes: dict[tuple[str, str], tuple[KeyConfig, tuple[Scope, ...]]] = {}
+        self._rates: dict[str, RateCache] = {}
         self._seen: dict[str, float] = {}  # the highest spend seen per key: a lower bound
         # ... and per key and budget period: {name: {period: (start, spent)}}
         self._seen_periods: dict[str, dict[str, tuple[float, float]]] = {}
         self._windows: dict[str, Window] = {}
         self._budgets: dict[str, Budget] = {}
-        self._outbox: collections.deque[_Op] = collections.deque()
+        self._outbox: collections.deque[Op] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._progress: asyncio.Condition | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -380,9 +228,9 @@ class RedisQuota:
         # The {hash tag} keeps all keys of one key (or provider) in one cluster slot.
         return f"{self.prefix}{{{owner}}}:{suffix}"
 
-    def _provider_scope(self, pid: str, limits: Limits) -> _Scope:
+    def _provider_scope(self, pid: str, limits: Limits) -> Scope:
         owner = f"provider:{pid}"
-        return _Scope(owner, self._key(owner, "b"), self._key(owner, "cc"), limits)
+        return Scope(owner, self._key(owner, "b"), self._key(owner, "cc"), limits)
 
     def _window(self, period: str, at: float | None = None) -> Window:
         """The `period` holding `at` (default: now, on the local ledger's clock)."""
@@ -395,9 +243,9 @@ class RedisQuota:
             self._windows[period] = found
         return found
 
-    def _period(self, name: str, budget: Budget, at: float | None = None) -> _Period:
+    def _period(self, name: str, budget: Budget, at: float | None = None) -> Period:
         span = self._window(budget.period, at)
-        return _Period(self._key(f"key:{name}", f"budget:{span.period}:{int(span.start)}"),
+        return Period(self._key(f"key:{name}", f"budget:{span.period}:{int(span.start)}"),
                        span, math.ceil((span.end + BUDGET_KEY_MARGIN_S) * 1000))
 
     def _key_scope(self, name: str) -> tuple[str, str]:
@@ -408,23 +256,23 @@ class RedisQuota:
         return (self._key(owner, "credit"), self._key(owner, "res"),
                 self._key(owner, "resx"), self._key(owner, "done"))
 
-    def _scopes_for(self, key: KeyConfig, model_id: str) -> tuple[_Scope, ...]:
+    def _scopes_for(self, key: KeyConfig, model_id: str) -> tuple[Scope, ...]:
         cached = self._scopes.get((key.name, model_id))
         if cached is not None and cached[0] is key:
             return cached[1]
         owner = f"key:{key.name}"
         bucket, inflight = self._key_scope(key.name)
-        scopes = [_Scope(owner, bucket, inflight, key.limits)]
+        scopes = [Scope(owner, bucket, inflight, key.limits)]
         for pattern, limits in key.model_limits.items():
             if model_matcher(pattern)(model_id):
-                scopes.append(_Scope(owner, self._key(owner, f"m:{pattern}:b"),
+                scopes.append(Scope(owner, self._key(owner, f"m:{pattern}:b"),
                                      self._key(owner, f"m:{pattern}:cc"), limits, pattern))
         if len(self._scopes) >= SCOPE_CACHE_MAX:
             self._scopes.clear()
         self._scopes[(key.name, model_id)] = (key, result := tuple(scopes))
         return result
 
-    def _new_id(self) -> str:
+    def new_id(self) -> str:
         return f"{self._replica}-{next(self._ids)}"
 
     # -- Redis calls and the failure policy -----------------------------------------
@@ -445,7 +293,7 @@ class RedisQuota:
         self._succeeded()
         return True
 
-    async def _eval(self, script: _Script, keys: Sequence[str],
+    async def _eval(self, script: Script, keys: Sequence[str],
                     args: Sequence[str | int | float]) -> Any:
         try:
             return await self.client.evalsha(script.sha, len(keys), *keys, *args)
@@ -504,7 +352,7 @@ class RedisQuota:
         if not self.available:
             self._limits_unavailable()
             return await self.local.admit(key, model_id, estimated_tokens)
-        member = self._new_id()
+        member = self.new_id()
         try:
             result = await self._run_admit(scopes, estimate, member)
         except FAILED_OR_CANCELLED as exc:
@@ -522,14 +370,14 @@ class RedisQuota:
             (float(result[4]), float(result[5]))
         rpm = key.limits.requests_per_minute
         if rpm is not None:
-            self._rates[key.name] = _RateCache(rpm, level, until_full, time.monotonic())
+            self._rates[key.name] = RateCache(rpm, level, until_full, time.monotonic())
         if ok:
             return RedisHeld(self, member, scopes, estimate)
         scope = scopes[int(result[1]) - 1]
         raise self._rejection(key, model_id, scope, LIMIT_NAMES[int(result[2]) - 1],
                               float(result[3]))
 
-    async def _run_admit(self, scopes: Sequence[_Scope], estimate: int, member: str) -> Any:
+    async def _run_admit(self, scopes: Sequence[Scope], estimate: int, member: str) -> Any:
         keys: list[str] = []
         args: list[str | int | float] = [estimate, member, self._lease_ms]
         for scope in scopes:
@@ -539,7 +387,7 @@ class RedisQuota:
                      _cap(limits.concurrent_requests))
         return await self._eval(ADMIT, keys, args)
 
-    def _rejection(self, key: KeyConfig, model_id: str, scope: _Scope, name: str,
+    def _rejection(self, key: KeyConfig, model_id: str, scope: Scope, name: str,
                    wait: float) -> RateLimited:
         return rate_limited(key, model_id, scope.limits, scope.pattern, name, wait,
                             self._cached_headers(key))
@@ -567,7 +415,7 @@ class RedisQuota:
             lambda: self.local.admit_model(key, model_id, admitted_model_id,
                                            estimated_tokens))
 
-    async def _admit_or_skip(self, scopes: tuple[_Scope, ...], estimated_tokens: int,
+    async def _admit_or_skip(self, scopes: tuple[Scope, ...], estimated_tokens: int,
                              what: str, locally: Callable[[], Awaitable[Held | None]]
                              ) -> Held | None:
         """Admit against `scopes` (all or nothing), or None when one is exhausted: for
@@ -576,7 +424,7 @@ class RedisQuota:
             self._limits_unavailable()
             return await locally()
         estimate = max(0, estimated_tokens)
-        member = self._new_id()
+        member = self.new_id()
         try:
             result = await self._run_admit(scopes, estimate, member)
         except FAILED_OR_CANCELLED as exc:
@@ -622,7 +470,7 @@ class RedisQuota:
             self._failed(exc, "rate_headers")
             return await self.local.rate_headers(key)
         self._succeeded()
-        self._rates[key.name] = _RateCache(rpm, float(level), float(until_full),
+        self._rates[key.name] = RateCache(rpm, float(level), float(until_full),
                                            time.monotonic())
         return self._cached_headers(key)
 
@@ -675,7 +523,7 @@ class RedisQuota:
         name, amount = key.name, max(0.0, amount)
         if not self.available:
             return self._reserve_locally(key, amount)
-        rid, at = self._new_id(), self.local.ledger.clock()
+        rid, at = self.new_id(), self.local.ledger.clock()
         credits = -1 if key.credits is None else to_units(key.credits)
         keys: tuple[str, ...] = self._credit_keys(name)[:3]
         args: tuple[str | int, ...] = (to_units(amount), credits, rid, self._lease_ms,
@@ -716,8 +564,8 @@ class RedisQuota:
         period = None if key.budget is None else self._period(key.name, key.budget, inner.at)
         return LocalReserved(self, key.name, inner, period)
 
-    def _settle(self, name: str, rid: str, actual: float, *, orphan: bool,
-                period: _Period | None = None) -> None:
+    def settle_spend(self, name: str, rid: str, actual: float, *, orphan: bool,
+                period: Period | None = None) -> None:
         if orphan and actual <= 0:
             return
         keys: tuple[str, ...] = self._credit_keys(name)
@@ -726,7 +574,7 @@ class RedisQuota:
         if period is not None:  # the cost counts in the period it was reserved in
             keys += (period.key,)
             args += (self._period_floor(name, period.window), period.expire_at_ms)
-        self._enqueue("s", f"key:{name}", keys, args,
+        self.enqueue_op("s", f"key:{name}", keys, args,
                       window=None if period is None else period.window)
 
     async def spent(self, key_name: str) -> float:
@@ -849,13 +697,13 @@ class RedisQuota:
 
     # -- the background outbox ----------------------------------------------------
 
-    def _enqueue(self, kind: str, owner: str, keys: tuple[str, ...],
+    def enqueue_op(self, kind: str, owner: str, keys: tuple[str, ...],
                  args: tuple[str | int, ...], *, window: Window | None = None) -> None:
         if self._closed:  # a request that outlived the shutdown: nothing left to send with
             self._drop(1, "the quota is closed")
             return
         self._queued += 1
-        self._outbox.append(_Op(kind, owner, keys, args, time.monotonic(), self._queued,
+        self._outbox.append(Op(kind, owner, keys, args, time.monotonic(), self._queued,
                                 window))
         if len(self._outbox) > OUTBOX_MAX:
             self._outbox.popleft()
@@ -878,7 +726,7 @@ class RedisQuota:
         cannot overtake it."""
         def later() -> None:
             self._delayed.pop(handle, None)
-            self._enqueue(kind, owner, keys, args)
+            self.enqueue_op(kind, owner, keys, args)
 
         handle = asyncio.get_running_loop().call_later(self._state.timeout_s, later)
         self._delayed[handle] = (kind, owner, keys, args)
@@ -938,9 +786,9 @@ class RedisQuota:
             async with asyncio.timeout(self._state.timeout_s), progress:
                 await progress.wait_for(lambda: self._done >= target or not self.available)
 
-    async def _send(self, batch: Sequence[_Op]) -> None:
+    async def _send(self, batch: Sequence[Op]) -> None:
         """One settle.lua call per owner (all its keys share a hash tag), pipelined."""
-        groups: dict[str, list[_Op]] = {}
+        groups: dict[str, list[Op]] = {}
         for op in batch:
             groups.setdefault(op.owner, []).append(op)
         calls = list(groups.values())
@@ -960,7 +808,7 @@ class RedisQuota:
                 if op.kind == "s":
                     self._settled(op, result)
 
-    def _settled(self, op: _Op, result: Any) -> None:
+    def _settled(self, op: Op, result: Any) -> None:
         applied, spent, *period = (result.decode() if isinstance(result, bytes)
                                    else result).split()
         name = op.owner.removeprefix("key:")
@@ -973,7 +821,7 @@ class RedisQuota:
         if period and op.window is not None:
             self._saw_period(name, op.window, from_units(float(period[0])))
 
-    async def _pipeline(self, calls: Sequence[Sequence[_Op]]) -> list[Any]:
+    async def _pipeline(self, calls: Sequence[Sequence[Op]]) -> list[Any]:
         """settle.lua once per call; an error answer comes back in place of its result."""
         async with self.client.pipeline(transaction=False) as pipe:
             for ops in calls:
@@ -996,7 +844,7 @@ class RedisQuota:
         self._closing = True
         for handle, op in list(self._delayed.items()):  # undos: now, not later
             handle.cancel()
-            self._enqueue(*op)
+            self.enqueue_op(*op)
         self._delayed.clear()
         worker = self._worker
         if worker is not None and not worker.done():

@@ -1,13 +1,13 @@
 """The usage log on PostgreSQL (`storage.backend: postgres`, docs/operations.md).
 
-Same tables, same public API and the same writer as the SQLite `UsageStore`, which this
-class extends: the bounded in-memory queue, the single background writer with its
-batching, retries and bad-row isolation are inherited unchanged; only the database calls
-are replaced (an asyncpg pool instead of two aiosqlite connections). Several replicas may
-share one database: migrations take an advisory lock, generations are upserted, and
-pruning moves exactly the deleted spend into `spend_carryover` in one statement.
+Same tables and the same `Store` protocol as the SQLite sibling (sqlite.py), and the same
+shared `QueuedWriter` (writer.py) for the bounded queue and the single background writer
+with its batching, retries and bad-row isolation; only the database calls differ (an
+asyncpg pool instead of two aiosqlite connections). Several replicas may share one
+database: migrations take an advisory lock, generations are upserted, and pruning moves
+exactly the deleted spend into `spend_carryover` in one statement.
 
-SQL handed to `enqueue()` / `fetch()` keeps SQLite's `?` placeholders (batch_store.py is
+SQL handed to `enqueue()` / `fetch()` keeps SQLite's `?` placeholders (batches.py is
 shared by both backends); they are rewritten to `$1..$n` here.
 """
 
@@ -17,26 +17,30 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from .usage_store import (
-    _INSERT_GENERATION,
+from ..types import GenerationRecord
+from .store import (
     GENERATION_COLUMNS,
+    INSERT_AUDIT,
+    INSERT_GENERATION,
     PRUNE_STATEMENTS,
+    Retention,
     StoreError,
-    UsageStore,
-    _Item,
+    audit_params,
+    find_generation,
+    generation_params,
 )
+from .writer import Item, QueuedWriter
 
 log = logging.getLogger(__name__)
 
 # MIGRATIONS[n] takes a database from schema_version n to n + 1, step for step the same
-# tables as usage_store.MIGRATIONS (a test keeps the two lists the same length).
+# tables as sqlite.MIGRATIONS (a test keeps the two lists the same length).
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE generations (
@@ -125,23 +129,51 @@ _PG_BAD_ROW_ERRORS: tuple[type[Exception], ...] = (
 
 
 class BadRowError(ValueError):
-    """A server-side rejection of the rows themselves; a ValueError so that the inherited
-    writer isolates and drops the bad row instead of retrying the batch forever."""
+    """A server-side rejection of the rows themselves, which the writer isolates and drops
+    instead of retrying the batch forever."""
 
 
-class PostgresUsageStore(UsageStore):
+class PostgresStore:
+    """`Store` on a PostgreSQL database, shared by any number of replicas."""
+
+    # asyncpg's client-side encoding errors are ValueErrors, OverflowErrors or TypeErrors.
+    bad_row_errors: tuple[type[Exception], ...] = (BadRowError, OverflowError, TypeError,
+                                                   ValueError)
+
     def __init__(
         self, dsn: str, *, queue_max: int = 10000, flush_interval_s: float = 0.2,
         batch_max: int = 500, close_timeout_s: float = 10.0, connect_timeout_s: float = 10.0,
         command_timeout_s: float = 30.0, pool_max: int = 4,
     ) -> None:
-        super().__init__(Path(), queue_max=queue_max, flush_interval_s=flush_interval_s,
-                         batch_max=batch_max, close_timeout_s=close_timeout_s)
         self.dsn = dsn
+        self.close_timeout_s = close_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.command_timeout_s = command_timeout_s
         self.pool_max = pool_max
+        self.writer = QueuedWriter(self, queue_max=queue_max, flush_interval_s=flush_interval_s,
+                                   batch_max=batch_max, close_timeout_s=close_timeout_s)
+        self.retention = Retention(self.prune, (Exception,), self._scrub)
         self._pool: Any = None  # asyncpg.Pool
+
+    @property
+    def dropped(self) -> int:
+        return self.writer.dropped
+
+    @property
+    def write_errors(self) -> int:
+        return self.writer.write_errors
+
+    @property
+    def last_error(self) -> str | None:
+        return self.writer.last_error
+
+    @property
+    def transactions(self) -> int:
+        return self.writer.transactions
+
+    @property
+    def queue_depth(self) -> int:
+        return self.writer.queue_depth
 
     @property
     def where(self) -> str:
@@ -165,7 +197,12 @@ class PostgresUsageStore(UsageStore):
         except BaseException:
             await self._close_connections()
             raise
-        self._writer = asyncio.create_task(self._run(), name="usage-writer")
+        self.writer.start()
+
+    async def close(self) -> None:
+        await self.retention.close()
+        await self.writer.close()
+        await self._close_connections()
 
     async def _migrate(self) -> None:
         try:
@@ -205,9 +242,32 @@ class PostgresUsageStore(UsageStore):
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             pool.terminate()
 
+    # -- request path: never awaits ------------------------------------------------------
+
+    def record(self, rec: GenerationRecord) -> bool:
+        try:
+            params = generation_params(rec)
+        except (TypeError, ValueError):  # a bug upstream of us must not fail the request
+            log.exception("usage record %s cannot be stored", rec.id)
+            self.writer.dropped += 1
+            return False
+        return self.writer.enqueue(INSERT_GENERATION, params)
+
+    def audit(
+        self, event: str, *, key_name: str | None = None, trace_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> bool:
+        return self.writer.enqueue(INSERT_AUDIT, audit_params(event, key_name, trace_id, detail))
+
+    def enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
+        return self.writer.enqueue(sql, params, bounded=bounded)
+
+    async def flush(self) -> None:
+        await self.writer.flush()
+
     # -- the writer's database half ------------------------------------------------------
 
-    async def _write_batch(self, items: Sequence[_Item]) -> None:
+    async def write_batch(self, items: Sequence[Item]) -> None:
         pool = self._require_pool()
         groups: dict[str, list[tuple[Any, ...]]] = {}
         for item in items:
@@ -219,15 +279,10 @@ class PostgresUsageStore(UsageStore):
                         await conn.executemany(sql, rows)
             except _PG_BAD_ROW_ERRORS as exc:
                 raise BadRowError(f"{type(exc).__name__}: {exc}") from exc
-        self.transactions += 1
 
-    def _note_error(self, exc: Exception) -> None:
-        # As UsageStore's, with the DSN's password masked: last_error is shown on /health.
-        self.write_errors += 1
-        self.last_error = scrub(f"{type(exc).__name__}: {exc}", self.dsn)
-        if self._may_warn("write"):
-            log.warning("usage log write failed, %d rows kept for retry: %s",
-                        self.queue_depth, self.last_error)
+    def describe_error(self, exc: BaseException) -> str:
+        # With the DSN's password masked: last_error is shown on /health.
+        return scrub(f"{type(exc).__name__}: {exc}", self.dsn)
 
     # -- reads and maintenance -----------------------------------------------------------
 
@@ -238,9 +293,10 @@ class PostgresUsageStore(UsageStore):
                                            timeout=self.command_timeout_s)
         return rows
 
-    async def _fetch_generation(self, gen_id: str) -> Any:
-        rows = await self.fetch("SELECT * FROM generations WHERE id = ?", (gen_id,))
-        return rows[0] if rows else None
+    async def get_generation(
+        self, gen_id: str, key_name: str, *, wait_s: float = 2.0
+    ) -> dict[str, Any] | None:
+        return await find_generation(self, gen_id, key_name, wait_s)
 
     async def spend_by_key(self) -> dict[str, float]:
         try:
@@ -269,16 +325,8 @@ class PostgresUsageStore(UsageStore):
                 deleted += int(str(status).rsplit(" ", 1)[-1])  # "DELETE <count>"
         return deleted
 
-    async def _retain(self, retention_days: int, interval_s: float) -> None:
-        while True:
-            try:
-                deleted = await self.prune(retention_days)
-                if deleted:
-                    log.info("usage log: pruned %d rows older than %d days",
-                             deleted, retention_days)
-            except Exception as exc:  # database down: try again next round; serving goes on
-                log.warning("usage log prune failed: %s", self._scrub(exc))
-            await asyncio.sleep(interval_s)
+    def start_retention(self, retention_days: int | None, interval_s: float = 3600) -> None:
+        self.retention.start(retention_days, interval_s)
 
     def _require_pool(self) -> Any:
         if self._pool is None:
@@ -317,7 +365,7 @@ def scrub(text: str, dsn: str) -> str:
 def to_postgres(sql: str) -> str:
     """SQLite-flavoured SQL of this project -> PostgreSQL: `?` -> `$1..$n` (outside quoted
     literals and identifiers) and the generations `INSERT OR REPLACE` -> an upsert."""
-    if sql == _INSERT_GENERATION:
+    if sql == INSERT_GENERATION:
         return _UPSERT_GENERATION
     out: list[str] = []
     n = 0

@@ -26,7 +26,7 @@ from anyrouter_proxy.providers.anthropic_translate import (
 )
 from anyrouter_proxy.types import Usage
 
-DATA = Path(__file__).parent.parent / "data" / "anthropic"
+DATA = Path(__file__).parents[2] / "data" / "anthropic"
 USER = {"role": "user", "content": "Hi"}
 WEATHER_TOOL: dict[str, Any] = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather",

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from anyrouter_proxy.budget import window
 from anyrouter_proxy.config.model import (
     Budget,
     Config,
@@ -34,17 +33,18 @@ from anyrouter_proxy.config.model import (
     StorageConfig,
     Timeouts,
 )
-from anyrouter_proxy.credits import CreditLedger
 from anyrouter_proxy.errors import InsufficientCredits, RateLimited, ServiceUnavailable
-from anyrouter_proxy.quota import Held, MemoryQuota
-from anyrouter_proxy.ratelimit import Limiter
-from anyrouter_proxy.redis_quota import (
+from anyrouter_proxy.limits.budget import window
+from anyrouter_proxy.limits.credits import CreditLedger
+from anyrouter_proxy.limits.quota import Held, MemoryQuota
+from anyrouter_proxy.limits.ratelimit import Limiter
+from anyrouter_proxy.limits.redis_quota import (
     LEASE_MIN_S,
     NO_LIMITS,
-    UNITS_PER_USD,
     RedisQuota,
     default_lease_s,
 )
+from anyrouter_proxy.limits.redis_scripts import UNITS_PER_USD
 from tests.redis_server import RedisServer, running_redis_server
 
 

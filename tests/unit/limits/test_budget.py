@@ -7,8 +7,8 @@ import datetime as dt
 
 import pytest
 
-from anyrouter_proxy.budget import BudgetStatus, PeriodSpend, Window, iso, window
 from anyrouter_proxy.config.model import Budget
+from anyrouter_proxy.limits.budget import BudgetStatus, PeriodSpend, Window, iso, window
 
 
 def ts(text: str) -> float:

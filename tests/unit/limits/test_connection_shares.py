@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from anyrouter_proxy.config.model import ProviderConfig
-from anyrouter_proxy.connection_shares import SHARE_SKIP, ConnectionShares, share_exhausted
+from anyrouter_proxy.limits.connection_shares import SHARE_SKIP, ConnectionShares, share_exhausted
 
 POOL = ProviderConfig(id="p", kind="openai", max_connections=4)  # default share: 2 a key
 

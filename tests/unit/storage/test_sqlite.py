@@ -1,4 +1,4 @@
-"""UsageStore against real SQLite files in tmp_path."""
+"""SqliteStore against real SQLite files in tmp_path."""
 
 from __future__ import annotations
 
@@ -13,43 +13,19 @@ from typing import Any
 
 import pytest
 
-from anyrouter_proxy import usage_store
-from anyrouter_proxy.batch_store import BatchStore
-from anyrouter_proxy.types import Attempt, GenerationRecord, Usage
-from anyrouter_proxy.usage_store import SCHEMA_VERSION, StoreError, UsageStore
+from anyrouter_proxy.storage import sqlite as usage_store
+from anyrouter_proxy.storage import writer
+from anyrouter_proxy.storage.batches import BatchStore
+from anyrouter_proxy.storage.sqlite import SCHEMA_VERSION, SqliteStore, StoreError
+from anyrouter_proxy.storage.store import GENERATION_COLUMNS, INSERT_GENERATION, generation_params
+from anyrouter_proxy.types import Usage
 from tests.retention import GONE, ITEMS_PER_BATCH, KEPT, RESULT, RETENTION_DAYS, seed_batches
-
-
-def make_record(n: int = 1, **overrides: Any) -> GenerationRecord:
-    fields: dict[str, Any] = {
-        "id": f"gen-{n}",
-        "created_at": 1_714_564_800.25 + n,  # 2024-05-01T12:00:00.250Z + n s
-        "key_name": "alice",
-        "endpoint": "chat/completions",
-        "model": "openai/gpt-4o-mini",
-    }
-    fields.update(overrides)
-    return GenerationRecord(**fields)
-
-
-def full_record() -> GenerationRecord:
-    """Every field set to something other than its default."""
-    return GenerationRecord(
-        id="gen-full", created_at=1_714_564_800.25, key_name="bob", endpoint="messages",
-        model="anthropic/claude-sonnet-4", trace_id="trace-1", provider="anthropic",
-        upstream_model="claude-sonnet-4-20250514", upstream_id="msg_123", streamed=True,
-        cancelled=True, finish_reason="length", status_code=499, error_code="client_gone",
-        usage=Usage(prompt_tokens=11, completion_tokens=22, cached_tokens=3,
-                    reasoning_tokens=4, cache_write_tokens=5, source="estimated"),
-        cost=0.0123, latency_ms=1234.4, ttft_ms=56.6, generation_time_ms=1100.2,
-        attempts=[Attempt("openai", 503, 12.34), Attempt("anthropic", "timeout", 30000.0)],
-        operator_cost=0.0456,
-    )
+from tests.usage_records import full_record, make_record
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[UsageStore]:
-    s = UsageStore(tmp_path / "data" / "usage.db", flush_interval_s=0.01)
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "data" / "usage.db", flush_interval_s=0.01)
     await s.open()
     yield s
     await s.close()
@@ -70,7 +46,7 @@ def count(path: Path, table: str = "generations") -> int:
 # -- opening and migrating ---------------------------------------------------------------
 
 
-async def test_open_creates_schema_and_sets_user_version(store: UsageStore) -> None:
+async def test_open_creates_schema_and_sets_user_version(store: SqliteStore) -> None:
     assert store.path.is_file()  # parent directory created too
     tables = {r["name"] for r in rows(store.path, "SELECT name FROM sqlite_master")}
     assert {"generations", "audit", "spend_carryover",
@@ -78,16 +54,16 @@ async def test_open_creates_schema_and_sets_user_version(store: UsageStore) -> N
     assert rows(store.path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION
     assert rows(store.path, "PRAGMA journal_mode")[0][0] == "wal"
     columns = {r["name"] for r in rows(store.path, "PRAGMA table_info(generations)")}
-    assert set(usage_store.GENERATION_COLUMNS) == columns
+    assert set(GENERATION_COLUMNS) == columns
 
 
 async def test_reopen_keeps_rows_and_does_not_migrate_again(tmp_path: Path) -> None:
     path = tmp_path / "u.db"
-    first = UsageStore(path)
+    first = SqliteStore(path)
     await first.open()
     first.record(make_record())
     await first.close()
-    second = UsageStore(path)
+    second = SqliteStore(path)
     await second.open()  # CREATE TABLE again would raise "table already exists"
     assert await second.get_generation("gen-1", "alice") is not None
     await second.close()
@@ -100,13 +76,13 @@ async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(
     for step in usage_store.MIGRATIONS[:2]:
         db.executescript(step)
     db.execute("PRAGMA user_version = 2")
-    old_columns = usage_store.GENERATION_COLUMNS[:-1]
-    assert usage_store.GENERATION_COLUMNS[-1] == "operator_cost"
+    old_columns = GENERATION_COLUMNS[:-1]
+    assert GENERATION_COLUMNS[-1] == "operator_cost"
     db.execute(f"INSERT INTO generations ({', '.join(old_columns)}) VALUES "
                f"({', '.join('?' * len(old_columns))})",
-               usage_store._generation_params(make_record(cost=0.5))[:-1])
+               generation_params(make_record(cost=0.5))[:-1])
     db.close()
-    store = UsageStore(path)
+    store = SqliteStore(path)
     await store.open()
     try:
         old = await store.get_generation("gen-1", "alice")
@@ -126,33 +102,33 @@ async def test_newer_schema_refuses_naming_both_versions(tmp_path: Path) -> None
     db.close()
     with pytest.raises(StoreError, match=rf"version {SCHEMA_VERSION + 1}.*version "
                                          rf"{SCHEMA_VERSION}"):
-        await UsageStore(path).open()
+        await SqliteStore(path).open()
 
 
 async def test_corrupt_file_refuses(tmp_path: Path) -> None:
     path = tmp_path / "u.db"
     path.write_bytes(b"this is not sqlite " * 300)
     with pytest.raises(StoreError, match="corrupt"):
-        await UsageStore(path).open()
+        await SqliteStore(path).open()
     assert path.read_bytes().startswith(b"this is not sqlite")  # left for the operator
 
 
 async def test_unopenable_path_refuses(tmp_path: Path) -> None:
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(StoreError, match="cannot open"):
-        await UsageStore(tmp_path / "dir.db").open()
+        await SqliteStore(tmp_path / "dir.db").open()
 
 
 async def test_uncreatable_directory_refuses(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(StoreError, match="cannot create the directory"):
-        await UsageStore(tmp_path / "file" / "u.db").open()
+        await SqliteStore(tmp_path / "file" / "u.db").open()
 
 
 # -- writing -----------------------------------------------------------------------------
 
 
-async def test_row_matches_every_field(store: UsageStore) -> None:
+async def test_row_matches_every_field(store: SqliteStore) -> None:
     assert store.record(full_record()) is True
     await store.flush()
     (row,) = rows(store.path)
@@ -172,7 +148,7 @@ async def test_row_matches_every_field(store: UsageStore) -> None:
     }
 
 
-async def test_defaults_store_nulls(store: UsageStore) -> None:
+async def test_defaults_store_nulls(store: SqliteStore) -> None:
     store.record(make_record())
     await store.flush()
     (row,) = rows(store.path)
@@ -181,7 +157,7 @@ async def test_defaults_store_nulls(store: UsageStore) -> None:
 
 
 async def test_many_records_few_transactions(tmp_path: Path) -> None:
-    s = UsageStore(tmp_path / "u.db", flush_interval_s=0.05, batch_max=500)
+    s = SqliteStore(tmp_path / "u.db", flush_interval_s=0.05, batch_max=500)
     await s.open()
     for i in range(2000):
         assert s.record(make_record(i))
@@ -196,9 +172,9 @@ async def test_many_records_few_transactions(tmp_path: Path) -> None:
 def test_inserts_are_grouped_into_statements_of_many_rows() -> None:
     """sqlite3's executemany gives up the GIL for every row (and at saturation waited for
     it each time): INSERTs go out as a few statements of many rows instead."""
-    width = len(usage_store.GENERATION_COLUMNS)
+    width = len(GENERATION_COLUMNS)
     rows = [tuple(f"{n}.{c}" for c in range(width)) for n in range(300)]
-    statements = usage_store.multi_row(usage_store._INSERT_GENERATION, rows)
+    statements = usage_store.multi_row(INSERT_GENERATION, rows)
     assert statements is not None
     assert [len(params) // width for _, params in statements] == [128, 128, 32, 8, 4]
     assert [p for _, params in statements for p in params] == [v for r in rows for v in r]
@@ -211,7 +187,7 @@ def test_inserts_are_grouped_into_statements_of_many_rows() -> None:
 
 
 async def test_a_large_batch_lands_row_for_row(tmp_path: Path) -> None:
-    s = UsageStore(tmp_path / "u.db", flush_interval_s=0.05, batch_max=2000)
+    s = SqliteStore(tmp_path / "u.db", flush_interval_s=0.05, batch_max=2000)
     await s.open()
     for i in range(1000):
         assert s.record(make_record(i, model=f"m-{i}", usage=Usage(prompt_tokens=i,
@@ -230,9 +206,9 @@ async def test_a_large_batch_lands_row_for_row(tmp_path: Path) -> None:
 async def test_queue_full_drops_without_blocking(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    s = UsageStore(tmp_path / "u.db", queue_max=3)
+    s = SqliteStore(tmp_path / "u.db", queue_max=3)
     await s.open()
-    with caplog.at_level(logging.WARNING, logger="anyrouter_proxy.usage_store"):
+    with caplog.at_level(logging.WARNING, logger="anyrouter_proxy.storage.writer"):
         results = [s.record(make_record(i)) for i in range(5)]
         assert s.audit("auth_failed") is False
     assert results == [True, True, True, False, False]
@@ -245,10 +221,10 @@ async def test_queue_full_drops_without_blocking(
 
 
 async def test_stalled_writer_does_not_stall_record(
-    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = asyncio.Event()
-    real_write = store._write_batch
+    real_write = store.write_batch
     calls = 0
 
     async def stalled(items: Sequence[Any]) -> None:
@@ -257,8 +233,8 @@ async def test_stalled_writer_does_not_stall_record(
         await release.wait()
         await real_write(items)
 
-    monkeypatch.setattr(store, "_write_batch", stalled)
-    store.queue_max = 50
+    monkeypatch.setattr(store, "write_batch", stalled)
+    store.writer.queue_max = 50
     store.record(make_record(0))
     while calls == 0:  # the writer now holds gen-0 and hangs on the disk
         await asyncio.sleep(0.005)
@@ -280,9 +256,9 @@ async def loop_lag() -> float:
 async def test_locked_database_is_retried_and_rows_land(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(usage_store, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(writer, "RETRY_MIN_S", 0.01)
     # SQLite waits out a lock for busy_timeout inside the call; the loop must not wait too.
-    s = UsageStore(tmp_path / "u.db", flush_interval_s=0.01, busy_timeout_s=0.5)
+    s = SqliteStore(tmp_path / "u.db", flush_interval_s=0.01, busy_timeout_s=0.5)
     await s.open()
     other = sqlite3.connect(s.path, isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
@@ -306,9 +282,9 @@ async def test_locked_database_is_retried_and_rows_land(
 
 
 async def test_read_only_database_is_retried_and_rows_land(
-    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(usage_store, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(writer, "RETRY_MIN_S", 0.01)
     assert store._wdb is not None
     await store._wdb.execute("PRAGMA query_only = ON")  # writes fail like a read-only mount
     store.record(make_record(1))
@@ -322,7 +298,7 @@ async def test_read_only_database_is_retried_and_rows_land(
     assert (count(store.path), count(store.path, "audit")) == (1, 1)
 
 
-async def test_bad_row_is_dropped_alone(store: UsageStore) -> None:
+async def test_bad_row_is_dropped_alone(store: SqliteStore) -> None:
     store.record(make_record(1))
     store.record(make_record(2, usage=Usage(prompt_tokens=2**70)))  # no SQLite integer
     store.record(make_record(3))
@@ -332,7 +308,7 @@ async def test_bad_row_is_dropped_alone(store: UsageStore) -> None:
 
 
 async def test_close_flushes_and_later_records_are_refused(tmp_path: Path) -> None:
-    s = UsageStore(tmp_path / "u.db", flush_interval_s=10)  # only close() writes them
+    s = SqliteStore(tmp_path / "u.db", flush_interval_s=10)  # only close() writes them
     await s.open()
     for i in range(3):
         s.record(make_record(i))
@@ -341,7 +317,7 @@ async def test_close_flushes_and_later_records_are_refused(tmp_path: Path) -> No
     assert s.record(make_record(9)) is False and s.dropped == 1
 
 
-async def test_audit_rows(store: UsageStore) -> None:
+async def test_audit_rows(store: SqliteStore) -> None:
     before = time.time()
     assert store.audit("auth_failed", trace_id="t-1", detail={"key_prefix": "sk-ab"})
     assert store.audit("config_reload", detail={"accepted": False, "reason": "bad yaml"})
@@ -356,7 +332,7 @@ async def test_audit_rows(store: UsageStore) -> None:
 # -- reading -----------------------------------------------------------------------------
 
 
-async def test_get_generation_openrouter_shape(store: UsageStore) -> None:
+async def test_get_generation_openrouter_shape(store: SqliteStore) -> None:
     store.record(full_record())
     data = await store.get_generation("gen-full", "bob")
     assert data == {
@@ -375,7 +351,7 @@ async def test_get_generation_openrouter_shape(store: UsageStore) -> None:
     }
 
 
-async def test_get_generation_only_for_its_key(store: UsageStore) -> None:
+async def test_get_generation_only_for_its_key(store: SqliteStore) -> None:
     store.record(make_record(1, key_name="alice"))
     await store.flush()
     assert await store.get_generation("gen-1", "mallory") is None
@@ -383,7 +359,7 @@ async def test_get_generation_only_for_its_key(store: UsageStore) -> None:
 
 
 async def test_get_generation_waits_for_a_just_queued_row(tmp_path: Path) -> None:
-    s = UsageStore(tmp_path / "u.db", flush_interval_s=30)  # the writer would linger 30 s
+    s = SqliteStore(tmp_path / "u.db", flush_interval_s=30)  # the writer would linger 30 s
     await s.open()
     s.record(make_record(1))
     started = time.monotonic()
@@ -393,27 +369,27 @@ async def test_get_generation_waits_for_a_just_queued_row(tmp_path: Path) -> Non
     await s.close()
 
 
-async def test_unknown_generation_answers_at_once(store: UsageStore) -> None:
+async def test_unknown_generation_answers_at_once(store: SqliteStore) -> None:
     started = time.monotonic()
     assert await store.get_generation("gen-nope", "alice", wait_s=5) is None
     assert time.monotonic() - started < 1
 
 
 async def test_get_generation_gives_up_after_wait_s(
-    store: UsageStore, monkeypatch: pytest.MonkeyPatch
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def never(items: Sequence[Any]) -> None:
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(store, "_write_batch", never)
+    monkeypatch.setattr(store, "write_batch", never)
     store.record(make_record(1))
     started = time.monotonic()
     assert await store.get_generation("gen-1", "alice", wait_s=0.2) is None
     assert 0.15 < time.monotonic() - started < 1.5
-    store.close_timeout_s = 0.1  # the stuck row must not hang the fixture's close()
+    store.writer.close_timeout_s = 0.1  # the stuck row must not hang the fixture's close()
 
 
-async def test_spend_by_key_survives_prune(store: UsageStore) -> None:
+async def test_spend_by_key_survives_prune(store: SqliteStore) -> None:
     now = time.time()
     store.record(make_record(1, key_name="alice", cost=1.5, created_at=now - 40 * 86400))
     store.record(make_record(2, key_name="alice", cost=0.25, created_at=now))
@@ -426,7 +402,7 @@ async def test_spend_by_key_survives_prune(store: UsageStore) -> None:
     assert await store.spend_by_key() == {"alice": 1.75, "bob": 2.0}
 
 
-async def test_spend_since_counts_rows_from_the_instant_on(store: UsageStore) -> None:
+async def test_spend_since_counts_rows_from_the_instant_on(store: SqliteStore) -> None:
     since = time.time() - 3600
     store.record(make_record(1, key_name="alice", cost=1.5, created_at=since - 0.001))
     store.record(make_record(2, key_name="alice", cost=0.25, created_at=since))
@@ -450,7 +426,7 @@ def test_spend_since_searches_the_created_at_index(tmp_path: Path) -> None:
     assert "SEARCH generations USING INDEX generations_created (created_at>?)" in plan
 
 
-async def test_prune_deletes_old_audit_rows(store: UsageStore) -> None:
+async def test_prune_deletes_old_audit_rows(store: SqliteStore) -> None:
     store.audit("auth_failed")
     await store.flush()
     assert await store.prune(1) == 0
@@ -461,7 +437,7 @@ async def test_prune_deletes_old_audit_rows(store: UsageStore) -> None:
     assert count(store.path, "audit") == 0
 
 
-async def test_prune_deletes_old_finished_batches_whole(store: UsageStore) -> None:
+async def test_prune_deletes_old_finished_batches_whole(store: SqliteStore) -> None:
     seed_batches(store)
     await store.flush()
     assert await store.prune(RETENTION_DAYS) == len(GONE) * (1 + ITEMS_PER_BATCH)
@@ -477,7 +453,7 @@ async def test_prune_deletes_old_finished_batches_whole(store: UsageStore) -> No
     assert await store.prune(RETENTION_DAYS) == 0
 
 
-async def test_retention_task_prunes_in_background(store: UsageStore) -> None:
+async def test_retention_task_prunes_in_background(store: SqliteStore) -> None:
     store.record(make_record(1, created_at=time.time() - 10 * 86400))
     store.record(make_record(2, created_at=time.time()))
     await store.flush()
@@ -488,4 +464,4 @@ async def test_retention_task_prunes_in_background(store: UsageStore) -> None:
         await asyncio.sleep(0.01)
     assert [r["id"] for r in rows(store.path)] == ["gen-2"]
     store.start_retention(None)  # turning retention off stops the task
-    assert store._retention is None
+    assert store.retention.task is None

@@ -8,14 +8,14 @@ import datetime as dt
 import pytest
 
 from anyrouter_proxy.config.model import Budget, KeyConfig, Limits, Pricing
-from anyrouter_proxy.credits import (
+from anyrouter_proxy.errors import InsufficientCredits
+from anyrouter_proxy.limits.credits import CreditLedger
+from anyrouter_proxy.pricing import (
     IMAGE_TOKENS,
-    CreditLedger,
     estimate_prompt_tokens,
     request_cost,
     worst_case_cost,
 )
-from anyrouter_proxy.errors import InsufficientCredits
 from anyrouter_proxy.types import Usage
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config.model import Budget
+from ..config.model import Budget
 
 PERIODS = ("day", "week", "month")
 ADJECTIVES = {"day": "daily", "week": "weekly", "month": "monthly"}
