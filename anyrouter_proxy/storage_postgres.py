@@ -24,10 +24,12 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from .activity import POSTGRES_MIGRATION
 from .usage_store import (
     _INSERT_GENERATION,
     GENERATION_COLUMNS,
     PRUNE_STATEMENTS,
+    SETTINGS_TABLE,
     StoreError,
     UsageStore,
     _Item,
@@ -79,6 +81,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2 -> 3: the estimated upstream cost of abandoned attempts, which the key does not pay.
     "ALTER TABLE generations ADD COLUMN operator_cost DOUBLE PRECISION NOT NULL DEFAULT 0",
+    # 3 -> 4: the daily roll-up (activity.py) and small settings.
+    POSTGRES_MIGRATION + SETTINGS_TABLE,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serialises migrations of replicas starting together (any 64-bit constant: "anyrout" in hex).
@@ -122,6 +126,15 @@ _PG_BAD_ROW_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.UndefinedTableError, asyncpg.exceptions.UndefinedColumnError,
     asyncpg.exceptions.PostgresSyntaxError,
 )
+
+
+_DAY, _KEY, _MODEL, _PROVIDER = (GENERATION_COLUMNS.index(c) for c in (
+    "created_at", "key_name", "model", "provider"))
+
+
+def _rollup_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The activity_daily row a generation row updates, as a sort key."""
+    return (int(row[_DAY] // 86400), str(row[_KEY]), str(row[_MODEL]), row[_PROVIDER] or "")
 
 
 class BadRowError(ValueError):
@@ -212,6 +225,9 @@ class PostgresUsageStore(UsageStore):
         groups: dict[str, list[tuple[Any, ...]]] = {}
         for item in items:
             groups.setdefault(to_postgres(item.sql), []).append(item.params)
+        if _UPSERT_GENERATION in groups:
+            # The roll-up's rows are locked in one order by every replica: no deadlocks.
+            groups[_UPSERT_GENERATION].sort(key=_rollup_order)
         async with pool.acquire(timeout=self.connect_timeout_s) as conn:
             try:
                 async with conn.transaction():
@@ -237,6 +253,9 @@ class PostgresUsageStore(UsageStore):
         rows: list[Any] = await pool.fetch(to_postgres(sql), *params,
                                            timeout=self.command_timeout_s)
         return rows
+
+    async def report(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        return await self.fetch(sql, params)
 
     async def _fetch_generation(self, gen_id: str) -> Any:
         rows = await self.fetch("SELECT * FROM generations WHERE id = ?", (gen_id,))

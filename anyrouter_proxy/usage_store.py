@@ -25,11 +25,13 @@ from typing import Any, NamedTuple
 import aiosqlite
 import orjson
 
+from .activity import SQLITE_MIGRATION
 from .types import PROVIDER, GenerationRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+SETTINGS_TABLE = "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
 # MIGRATIONS[n] takes a database from user_version n to n + 1; later versions append.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -71,6 +73,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2 -> 3: the estimated upstream cost of abandoned attempts, which the key does not pay.
     "ALTER TABLE generations ADD COLUMN operator_cost REAL NOT NULL DEFAULT 0",
+    # 3 -> 4: the daily roll-up behind GET /activity and the dashboard (activity.py), and
+    # small settings such as the dashboard's signing secret.
+    SQLITE_MIGRATION + SETTINGS_TABLE,
 )
 
 GENERATION_COLUMNS = (
@@ -205,6 +210,7 @@ class UsageStore:
         self._last_warning = {"drop": -LOG_INTERVAL_S, "write": -LOG_INTERVAL_S}
         self._wdb: aiosqlite.Connection | None = None
         self._rdb: aiosqlite.Connection | None = None
+        self._adb: aiosqlite.Connection | None = None  # reports: never ahead of _rdb's reads
         self._writer: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
 
@@ -221,10 +227,11 @@ class UsageStore:
         self._wdb = await self._connect()
         try:
             self._rdb = await self._connect()
+            self._adb = await self._connect()
         except BaseException:
             await self._close_connections()
             raise
-        self._rdb.row_factory = sqlite3.Row
+        self._rdb.row_factory = self._adb.row_factory = sqlite3.Row
         self._writer = asyncio.create_task(self._run(), name="usage-writer")
 
     async def close(self) -> None:
@@ -289,10 +296,10 @@ class UsageStore:
         return db
 
     async def _close_connections(self) -> None:
-        for db in (self._rdb, self._wdb):
+        for db in (self._adb, self._rdb, self._wdb):
             if db is not None:
                 await db.close()
-        self._rdb = self._wdb = None
+        self._adb = self._rdb = self._wdb = None
 
     # -- request path: never awaits ------------------------------------------------------
 
@@ -316,6 +323,24 @@ class UsageStore:
     async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """Read through the reader connection (after `flush()` when freshness matters)."""
         return list(await self._reader().execute_fetchall(sql, params))
+
+    async def report(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """An aggregate query (activity, dashboard) on a connection of its own, so that a
+        slow one never holds up `GET /generation` or the budget reads."""
+        if self._adb is None:
+            raise StoreError("the usage store is not open")
+        return list(await self._adb.execute_fetchall(sql, params))
+
+    async def setting(self, name: str, default: str) -> str:
+        """The stored value of setting `name`; `default` is stored first if it has none
+        (the first of several replicas to store one wins)."""
+        self.enqueue("INSERT INTO settings (name, value) VALUES (?, ?) "
+                     "ON CONFLICT (name) DO NOTHING", (name, default), bounded=False)
+        await self.flush()
+        rows = await self.fetch("SELECT value FROM settings WHERE name = ?", (name,))
+        if not rows:
+            raise StoreError(f"the usage database did not keep setting {name}")
+        return str(rows[0]["value"])
 
     def enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
         """Queue any write for the writer; `bounded=False` for the few rows that must not
@@ -442,8 +467,10 @@ class UsageStore:
     # -- reads and maintenance -----------------------------------------------------------
 
     async def get_generation(
-        self, gen_id: str, key_name: str, *, wait_s: float = 2.0
+        self, gen_id: str, key_name: str | None, *, wait_s: float = 2.0
     ) -> dict[str, Any] | None:
+        """The generation in the /generation shape, if `key_name` made it (None: any key,
+        for an admin key)."""
         row = await self._fetch_generation(gen_id)
         if row is None:
             # A just-finished generation may still sit in the queue: let the writer catch
@@ -451,7 +478,7 @@ class UsageStore:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.flush(), wait_s)
             row = await self._fetch_generation(gen_id)
-        if row is None or row["key_name"] != key_name:
+        if row is None or (key_name is not None and row["key_name"] != key_name):
             return None
         return _present(row)
 
