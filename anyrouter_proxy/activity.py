@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import InvalidRequest, PermissionDenied
+
 DAY_S = 86400
 HOUR_S = 3600
 EPOCH = dt.date(1970, 1, 1)
@@ -171,7 +173,7 @@ def daily_sql(first_day: int, end_day: int, filters: Filters = Filters()
     return sql, (first_day, end_day, *params)
 
 
-def activity_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def activity_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
     """Roll-up rows in the /activity shape (OpenRouter's field names plus ours), by day,
     then key, model and provider."""
     out = [{
@@ -227,7 +229,7 @@ def daily_series_sql(first_day: int, end_day: int, group: str, filters: Filters 
 SERIES_MEASURES = ("requests", "tokens", "cost", "errors")
 
 
-def series(rows: Iterable[Mapping[str, Any]], starts: Sequence[int]) -> dict[str, Any]:
+def series(rows: Iterable[Any], starts: Sequence[int]) -> dict[str, Any]:
     """Chart data: for each measure, one list per group aligned with `starts` (bucket
     numbers), and the totals."""
     index = {start: i for i, start in enumerate(starts)}
@@ -246,3 +248,44 @@ def series(rows: Iterable[Mapping[str, Any]], starts: Sequence[int]) -> dict[str
     for values in data["cost"].values():
         values[:] = [round(v, 10) for v in values]
     return {"series": data, "totals": totals}
+
+
+# -- the request's days and key ----------------------------------------------------------
+
+DEFAULT_DAYS = 30
+
+
+def parse_day(text: str, param: str) -> dt.date:
+    try:
+        if len(text) != 10:
+            raise ValueError(text)
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"'{param}' must be a date such as 2025-01-31 (UTC)",
+                             param=param) from None
+
+
+def day_range(query: Mapping[str, str], now: dt.date | None = None) -> tuple[int, int]:
+    """`[first, end)` day numbers of the query's `since` and `until` (dates, both
+    included; `date` for one day), by default the last 30 days including today."""
+    current = now or today()
+    if "date" in query:
+        since = until = parse_day(query["date"], "date")
+    else:
+        until = parse_day(query["until"], "until") if "until" in query else current
+        since = parse_day(query["since"], "since") if "since" in query \
+            else until - dt.timedelta(days=DEFAULT_DAYS - 1)
+    if since > until:
+        raise InvalidRequest("'since' is after 'until'", param="since")
+    return day_number(since), day_number(until) + 1
+
+
+def key_scope(caller: str, admin: bool, wanted: str | None) -> str | None:
+    """Whose rows a caller may read: an admin key any key's (None: every key's), another
+    key only its own; asking for another key's is 403 admin_required."""
+    if admin:
+        return wanted or None
+    if wanted and wanted != caller:
+        raise PermissionDenied(f"Only an admin key may read another key's activity "
+                               f"(this is key {caller})", code="admin_required", param="key")
+    return caller

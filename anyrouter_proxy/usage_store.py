@@ -324,7 +324,7 @@ class UsageStore:
         """Read through the reader connection (after `flush()` when freshness matters)."""
         return list(await self._reader().execute_fetchall(sql, params))
 
-    async def report(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    async def report(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """An aggregate query (activity, dashboard) on a connection of its own, so that a
         slow one never holds up `GET /generation` or the budget reads."""
         if self._adb is None:

@@ -24,6 +24,7 @@ from ..upstream import HttpUpstream, Upstream
 from ..usage_store import UsageStore
 from . import batch_handlers as batch
 from . import info_handlers as info
+from .activity_handlers import activity
 from .middlewares import gateway_middleware
 from .proxy_handlers import count_tokens, proxy_handler
 from .reload import reload_context
@@ -134,6 +135,7 @@ def _add_routes(app: web.Application) -> None:
         router.add_get(prefix + "/credits", info.credits)
         router.add_get(prefix + "/auth/key", info.key_info)
         router.add_get(prefix + "/key", info.key_info)
+        router.add_get(prefix + "/activity", activity)
         router.add_get(prefix + "/generation", info.generation)
         router.add_get(prefix + "/generation/{gen_id}", info.generation)
         router.add_post(prefix + "/batch", batch.create_batch)
