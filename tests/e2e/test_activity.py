@@ -138,6 +138,7 @@ async def test_a_replaced_generation_is_counted_once(proxy: Proxy) -> None:
     store.record(again)
     await proxy.flush()
     status, body = await get(proxy, ALICE_KEY, date="2024-03-01")
+    assert status == 200
     assert [(r["requests"], r["usage"], r["errors"]) for r in body["data"]] == [(1, 0.75, 1)]
 
 
