@@ -25,6 +25,7 @@ from ..usage_store import UsageStore
 from . import batch_handlers as batch
 from . import info_handlers as info
 from .activity_handlers import activity
+from .dashboard.routes import setup_dashboard
 from .middlewares import gateway_middleware
 from .proxy_handlers import count_tokens, proxy_handler
 from .reload import reload_context
@@ -35,8 +36,10 @@ from .state import (
     LIFECYCLE,
     LIMITER,
     METRICS,
+    RELOADS,
     STORE,
     Lifecycle,
+    ReloadStatus,
 )
 
 API_PREFIXES = ("/api/v1", "/v1")
@@ -93,6 +96,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     app.cleanup_ctx.append(resources)
 
     lifecycle = app[LIFECYCLE] = Lifecycle()
+    app[RELOADS] = ReloadStatus()
 
     async def drain_begins(app: web.Application) -> None:
         lifecycle.draining = True
@@ -144,3 +148,4 @@ def _add_routes(app: web.Application) -> None:
         router.add_post(prefix + "/batch/{batch_id}/cancel", batch.cancel_batch)
     router.add_get("/health", info.health)
     router.add_get("/metrics", info.metrics)
+    setup_dashboard(app)

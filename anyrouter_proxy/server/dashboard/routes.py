@@ -1,0 +1,50 @@
+"""Mounting the dashboard on the app: GET / -> /dashboard, the pages, their JSON and the
+static files (the page script, the style sheet and Chart.js, shipped in the package)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from . import data, pages, signin
+from .web import DASHBOARD, DashboardState
+
+STATIC_MAX_AGE_S = 3600
+
+
+def setup_dashboard(app: web.Application) -> None:
+    aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader(__name__.rsplit(".", 1)[0]),
+                         autoescape=jinja2.select_autoescape(default=True),
+                         undefined=jinja2.StrictUndefined)
+    app[DASHBOARD] = DashboardState()
+    router = app.router
+    router.add_get("/", signin.root)
+    router.add_get("/dashboard", pages.overview)
+    router.add_get("/dashboard/", pages.overview)
+    router.add_get("/dashboard/login", signin.login_form)
+    router.add_post("/dashboard/login", signin.login)
+    router.add_post("/dashboard/logout", signin.logout)
+    router.add_get("/dashboard/generations", pages.generations)
+    router.add_get("/dashboard/generations/{gen_id}", pages.generation)
+    router.add_get("/dashboard/providers", pages.providers)
+    router.add_get("/dashboard/keys", pages.keys)
+    router.add_get("/dashboard/config", pages.config)
+    router.add_get("/dashboard/api/chart", data.chart)
+    router.add_get("/dashboard/api/providers", data.providers)
+    router.add_get("/dashboard/api/keys", data.key_trends)
+    router.add_static("/dashboard/static/", _static_dir(), append_version=False)
+    app.on_response_prepare.append(_static_headers)
+
+
+def _static_dir() -> Path:
+    return Path(str(resources.files(__name__.rsplit(".", 1)[0]).joinpath("static")))
+
+
+async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/dashboard/static/") and response.status == 200:
+        response.headers["Cache-Control"] = f"public, max-age={STATIC_MAX_AGE_S}"
+        response.headers["X-Content-Type-Options"] = "nosniff"
