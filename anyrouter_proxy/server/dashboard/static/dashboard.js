@@ -50,6 +50,14 @@
 
   function number(value) { return Math.round(value).toLocaleString("en-US"); }
 
+  /* USD in plain decimals (Chart.js would print 7.0E-5). */
+  function usd(value) {
+    const v = Number(value);
+    if (!v) { return "0"; }
+    const digits = Math.min(10, Math.max(2, 2 - Math.floor(Math.log10(Math.abs(v)))));
+    return v.toFixed(digits);
+  }
+
   /* -- Overview ------------------------------------------------------------------ */
 
   function overview() {
@@ -65,7 +73,9 @@
         const labels = data.labels;
         draw("chart-requests", stacked(labels, data.series.requests));
         draw("chart-tokens", stacked(labels, data.series.tokens));
-        draw("chart-cost", stacked(labels, data.series.cost));
+        const cost = stacked(labels, data.series.cost);
+        cost.options.scales.y.ticks = {callback: usd};
+        draw("chart-cost", cost);
         const requests = sumBuckets(data.series.requests, labels.length);
         const errors = sumBuckets(data.series.errors, labels.length);
         draw("chart-errors", {type: "line", data: {labels: labels, datasets: [{
@@ -82,8 +92,16 @@
       }).catch(function (error) { status.textContent = "Could not load: " + error.message; });
     }
     form.addEventListener("submit", load);
-    form.elements.range.addEventListener("change", function () {
+    function showDates() {
       const custom = form.elements.range.value === "custom";
+      [form.elements.since, form.elements.until].forEach(function (input) {
+        input.parentElement.hidden = !custom;
+      });
+      return custom;
+    }
+    showDates();
+    form.elements.range.addEventListener("change", function () {
+      const custom = showDates();
       if (custom && !form.elements.since.value) {
         const today = new Date().toISOString().slice(0, 10);
         form.elements.until.value = today;
@@ -129,7 +147,7 @@
           label: "USD", data: spend, borderColor: COLORS[0], backgroundColor: COLORS[0],
           pointRadius: 0, fill: false}]},
           options: {plugins: {legend: {display: false}}, scales: {x: {display: false},
-            y: {beginAtZero: true}}}});
+            y: {beginAtZero: true, ticks: {callback: usd, maxTicksLimit: 3}}}}});
       });
     });
   }
