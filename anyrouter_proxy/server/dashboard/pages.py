@@ -123,7 +123,7 @@ async def _key_card(request: web.Request, key: KeyConfig) -> Context:
     last = rows[0]["last"] if rows else None
     return {"name": key.name, "admin": key.admin, "disabled": key.disabled,
             "expires_at": key.expires_at.isoformat() if key.expires_at else None,
-            "credits": key.credits, "spent": round(await quota.spent(key.name), 6),
+            "credits": key.credits, "spent": await quota.spent(key.name),
             "remaining": await quota.remaining(key),
             "budget": budget.as_json() if budget else None, "limits": key.limits,
             "models": ", ".join(key.models) if key.models is not None else "all",

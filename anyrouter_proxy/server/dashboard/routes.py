@@ -16,10 +16,18 @@ from .web import DASHBOARD, DashboardState
 STATIC_MAX_AGE_S = 3600
 
 
+def plain_usd(value: float | None, places: int = 8) -> str:
+    """USD in plain decimal notation, trailing zeros dropped (never 8.7e-05)."""
+    if value is None:
+        return "–"
+    text = f"{float(value):.{places}f}".rstrip("0")
+    return text + "00" if text.endswith(".") else text
+
+
 def setup_dashboard(app: web.Application) -> None:
     aiohttp_jinja2.setup(app, loader=jinja2.PackageLoader(__name__.rsplit(".", 1)[0]),
                          autoescape=jinja2.select_autoescape(default=True),
-                         undefined=jinja2.StrictUndefined)
+                         undefined=jinja2.StrictUndefined, filters={"usd": plain_usd})
     app[DASHBOARD] = DashboardState()
     router = app.router
     router.add_get("/", signin.root)
