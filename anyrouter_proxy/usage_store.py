@@ -574,8 +574,9 @@ def _ms(value: float | None) -> int | None:
 
 
 _SAME_NAME = (
-    "id", "key_name", "model", "upstream_model", "upstream_id", "tokens_prompt", "tokens_completion",
-    "finish_reason", "status_code", "error_code", "endpoint", "trace_id", "usage_source",
+    "id", "key_name", "model", "upstream_model", "upstream_id", "tokens_prompt",
+    "tokens_completion", "finish_reason", "status_code", "error_code", "endpoint", "trace_id",
+    "usage_source",
 )
 
 

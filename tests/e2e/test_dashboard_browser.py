@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,7 +14,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page
 
 from anyrouter_proxy.config.model import Config
-from tests.browser import ARTIFACTS, Watch, ink, launched, screenshot, series_ink, watched
+from tests.browser import Watch, ink, launched, screenshot, series_ink, watched
 from tests.conftest import (
     ALICE_KEY,
     BOB_KEY,
@@ -25,6 +26,7 @@ from tests.conftest import (
     sha256,
 )
 from tests.fakes import FakeOpenAI
+from tests.nginx_server import running_nginx, wait_listening
 from tests.usage_backends import pg_cluster, storage  # noqa: F401  (fixtures)
 
 ROOT_KEY = "sk-ar-test-root-0123456789abcdef0123456789ab"
@@ -196,3 +198,37 @@ async def test_a_key_sees_only_its_own_rows_even_by_url(
     assert watch.errors == [refused + "404 (Not Found)", refused + "403 (Forbidden)"]
     assert watch.external == []
     await context.close()
+
+
+async def test_behind_nginx_under_a_path_prefix(
+        browser: Browser, config_factory: ConfigFactory, fake_openai: FakeOpenAI,
+        start_proxy: StartProxy, tmp_path: Path) -> None:
+    proxy = await start_proxy(dashboard_config(
+        config_factory, fake_openai, server={"trusted_proxies": ["127.0.0.1"]}))
+    with running_nginx(tmp_path / "nginx", f"{proxy.server.host}:{proxy.server.port}",
+                       prefix=True) as nginx:
+        await wait_listening(nginx)
+        origin = nginx.url("")
+        gen_ids = await chats(origin + "/anyrouter", ALICE_KEY, 2)
+        await proxy.flush()
+        context, watch = await new_context(browser, origin)
+        page = await context.new_page()
+        await page.goto(origin + "/anyrouter/")
+        assert page.url == origin + "/anyrouter/dashboard/login"
+        await sign_in(page, page.url, ALICE_KEY)
+        assert page.url == origin + "/anyrouter/dashboard"
+        session = {c["name"]: c for c in await context.cookies()}["anyrouter_session"]
+        assert session["path"] == "/anyrouter/dashboard"
+        await wait_drawn(page, "chart-requests")
+        assert await page.text_content("#total-requests") == "2"
+        assert await series_ink(page, "chart-requests") > 50
+        await page.get_by_role("link", name="Generations").click()
+        assert page.url == origin + "/anyrouter/dashboard/generations"
+        await page.get_by_role("link", name=gen_ids[0]).click()
+        assert page.url == origin + f"/anyrouter/dashboard/generations/{gen_ids[0]}"
+        assert await page.text_content("#gen-key") == "alice"
+        await screenshot(page, "dashboard-generation-prefixed")
+        await page.get_by_role("button", name="Sign out").click()
+        assert page.url == origin + "/anyrouter/dashboard/login"
+        assert_clean(watch)
+        await context.close()

@@ -19,7 +19,7 @@ STATIC_MAX_AGE_S = 3600
 def plain_usd(value: float | None, places: int = 8) -> str:
     """USD in plain decimal notation, trailing zeros dropped (never 8.7e-05)."""
     if value is None:
-        return "–"
+        return "-"
     text = f"{float(value):.{places}f}".rstrip("0")
     return text + "00" if text.endswith(".") else text
 
