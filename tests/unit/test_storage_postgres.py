@@ -30,6 +30,7 @@ from anyrouter_proxy.storage_postgres import (
     to_postgres,
 )
 from anyrouter_proxy.types import Usage
+from anyrouter_proxy.activity import Filters
 from anyrouter_proxy.usage_report import build_report, format_report
 from anyrouter_proxy.usage_report_pg import build_report_pg
 from anyrouter_proxy.usage_store import StoreError, UsageStore
@@ -565,7 +566,8 @@ def test_report_by_model(report_dsn: str) -> None:
     ]
 
 
-@pytest.mark.parametrize("by", ["key", "model", "provider", "day"])
+@pytest.mark.parametrize("by", ["key", "model", "provider", "day", "month", "key,model",
+                                "day,provider"])
 @pytest.mark.parametrize(("since", "until"), [
     (None, None), (1_714_521_600.0 + 86_400, 1_714_521_600.0 + 2 * 86_400 + 1),
     (1_714_521_600.0 + 10 * 86_400, None)])
@@ -578,6 +580,12 @@ def test_report_same_as_sqlite(report_dsn: str, report_sqlite: Path, by: str,
             build_report(report_sqlite, by=by, since=since, until=until), by=by, fmt=fmt)
 
 
+def test_report_filters_like_sqlite(report_dsn: str, report_sqlite: Path) -> None:
+    for filters in (Filters(key="bob"), Filters(model="openai/gpt-4o-mini", provider="openai")):
+        ours = build_report_pg(report_dsn, by="key,model", filters=filters)
+        assert ours and ours == build_report(report_sqlite, by="key,model", filters=filters)
+
+
 def test_report_orders_like_sqlite(report_dsn: str) -> None:
     # Ties on cost fall back to byte order with the missing provider first, as in SQLite.
     report = build_report_pg(report_dsn, by="provider")
@@ -588,7 +596,7 @@ def test_report_orders_like_sqlite(report_dsn: str) -> None:
 
 
 def test_report_refuses_unknown_group_and_bad_databases(pg: PgServer, dsn: str) -> None:
-    with pytest.raises(ValueError, match="key, model, provider, day"):
+    with pytest.raises(ValueError, match="key, model, provider, day, month"):
         build_report_pg(dsn, by="color")
     with pytest.raises(ValueError, match='relation "generations" does not exist'):
         build_report_pg(dsn)  # a database that is not a usage log

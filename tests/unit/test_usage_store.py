@@ -360,7 +360,8 @@ async def test_get_generation_openrouter_shape(store: UsageStore) -> None:
     store.record(full_record())
     data = await store.get_generation("gen-full", "bob")
     assert data == {
-        "id": "gen-full", "model": "anthropic/claude-sonnet-4", "provider_name": "anthropic",
+        "id": "gen-full", "key_name": "bob", "model": "anthropic/claude-sonnet-4",
+        "provider_name": "anthropic",
         "upstream_model": "claude-sonnet-4-20250514", "upstream_id": "msg_123",
         "total_cost": 0.0123, "usage": 0.0123, "operator_cost": 0.0456, "tokens_prompt": 11,
         "tokens_completion": 22,
