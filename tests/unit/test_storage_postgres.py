@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from anyrouter_proxy import usage_store
+from anyrouter_proxy.activity import Filters
 from anyrouter_proxy.batch_store import BatchRecord, BatchStore
 from anyrouter_proxy.cli import main
 from anyrouter_proxy.config.loader import ConfigError
@@ -30,7 +31,6 @@ from anyrouter_proxy.storage_postgres import (
     to_postgres,
 )
 from anyrouter_proxy.types import Usage
-from anyrouter_proxy.activity import Filters
 from anyrouter_proxy.usage_report import build_report, format_report
 from anyrouter_proxy.usage_report_pg import build_report_pg
 from anyrouter_proxy.usage_store import StoreError, UsageStore
