@@ -232,3 +232,32 @@ async def test_behind_nginx_under_a_path_prefix(
         assert page.url == origin + "/anyrouter/dashboard/login"
         assert_clean(watch)
         await context.close()
+
+
+async def test_on_a_phone_with_the_keyboard_alone(
+        browser: Browser, config_factory: ConfigFactory, fake_openai: FakeOpenAI,
+        start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(dashboard_config(config_factory, fake_openai))
+    origin = proxy.url("/").rstrip("/")
+    await chats(origin, BOB_KEY, 1)
+    await proxy.flush()
+    context = await browser.new_context(viewport={"width": 390, "height": 844},
+                                        is_mobile=True, has_touch=True)
+    watch = await watched(context, origin)
+    page = await context.new_page()
+    await page.goto(origin + "/dashboard/login")
+    await page.keyboard.type(BOB_KEY)  # the field has the focus
+    await page.keyboard.press("Enter")
+    await page.wait_for_selector("#signed-in-key")
+    await page.keyboard.press("Tab")  # the first stop is the skip link
+    assert await page.evaluate("() => document.activeElement.textContent") == "Skip to content"
+    for path in ("", "/generations", "/providers", "/keys", "/config"):
+        await page.goto(origin + "/dashboard" + path)
+        overflow = await page.evaluate(
+            "() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, path  # wide tables scroll inside their own box
+    await page.goto(origin + "/dashboard")
+    await wait_drawn(page, "chart-requests")
+    await screenshot(page, "dashboard-overview-phone")
+    assert_clean(watch)
+    await context.close()
