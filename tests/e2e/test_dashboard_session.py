@@ -163,3 +163,16 @@ async def test_a_configured_secret_signs_the_sessions(
             one.url("/dashboard"), allow_redirects=False,
             headers={"Cookie": f"anyrouter_session={cookie}"}) as response:
         assert response.status == 303  # another secret: signed out
+
+
+async def test_static_files_are_the_shipped_ones_only(proxy: Proxy) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(proxy.url("/dashboard/static/chart.umd.min.js")) as response:
+            assert response.status == 200
+            assert response.content_type == "text/javascript"
+            assert (await response.text()).startswith("/*!\n * Chart.js v4")
+        async with session.get(proxy.url("/dashboard/static/chart.js.LICENSE.md")) as response:
+            assert response.status == 200 and "MIT" in await response.text()
+        for name in ("..%2Fsession.py", "routes.py", "nope.js"):
+            async with session.get(proxy.url(f"/dashboard/static/{name}")) as response:
+                assert response.status == 404, name

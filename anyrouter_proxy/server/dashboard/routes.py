@@ -44,15 +44,24 @@ def setup_dashboard(app: web.Application) -> None:
     router.add_get("/dashboard/api/chart", data.chart)
     router.add_get("/dashboard/api/providers", data.providers)
     router.add_get("/dashboard/api/keys", data.key_trends)
-    router.add_static("/dashboard/static/", _static_dir(), append_version=False)
-    app.on_response_prepare.append(_static_headers)
+    router.add_get("/dashboard/static/{name}", static_file)
 
 
 def _static_dir() -> Path:
     return Path(str(resources.files(__name__.rsplit(".", 1)[0]).joinpath("static")))
 
 
-async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
-    if request.path.startswith("/dashboard/static/") and response.status == 200:
-        response.headers["Cache-Control"] = f"public, max-age={STATIC_MAX_AGE_S}"
-        response.headers["X-Content-Type-Options"] = "nosniff"
+STATIC_FILES = {path.name: path for path in _static_dir().iterdir() if path.is_file()}
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".md": "text/plain"}
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """The shipped files only, by name (nothing else on disk is reachable)."""
+    path = STATIC_FILES.get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={
+        "Content-Type": f"{STATIC_TYPES.get(path.suffix, 'application/octet-stream')}; "
+                        "charset=utf-8",
+        "Cache-Control": f"public, max-age={STATIC_MAX_AGE_S}",
+        "X-Content-Type-Options": "nosniff"})
