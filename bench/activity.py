@@ -4,11 +4,12 @@
     .venv/bin/python bench/activity.py --dsn postgresql://user@127.0.0.1/db
     .venv/bin/python bench/activity.py --rows 200000 --days 90
 
-Generates `--rows` usage rows, in time order, spread evenly over the last `--days` days (20 keys, 12
-models, 4 providers, 3% errors) through the store's own schema, so the triggers fill the
-daily roll-up as they do in production, then times the 30-day /activity query (all
-keys, and one key), the dashboard's 30-day and 24-hour charts, on the store's report
-connection. Prints a Markdown table (median of `--repeat` runs).
+Generates `--rows` usage rows, in time order, spread evenly over the last `--days` days
+(20 keys, 12 models, 4 providers, 3% errors) through the store's own schema, so the
+triggers fill the daily roll-up as they do in production, then times the 30-day
+/activity query (all keys, and one key), the dashboard's 30-day and 24-hour charts and
+its Generations and Keys queries, on the store's report connection. Prints a Markdown
+table (median of `--repeat` runs).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anyrouter_proxy.activity import (  # noqa: E402
+from anyrouter_proxy.activity import (
     DAY_S,
     HOUR_S,
     Filters,
@@ -34,7 +35,8 @@ from anyrouter_proxy.activity import (  # noqa: E402
     daily_sql,
     hourly_sql,
 )
-from anyrouter_proxy.usage_store import _INSERT_GENERATION, GENERATION_COLUMNS, UsageStore  # noqa: E402
+from anyrouter_proxy.usage_browse import LAST_USE_SQL, Page, page_sql
+from anyrouter_proxy.usage_store import _INSERT_GENERATION, GENERATION_COLUMNS, UsageStore
 
 KEYS = [f"key-{i:02d}" for i in range(20)]
 MODELS = [f"vendor{i % 4}/model-{i}" for i in range(12)]
@@ -92,6 +94,9 @@ async def measure(store: UsageStore, repeat: int) -> list[tuple[str, float, int]
         "/activity, 30 days, one key": daily_sql(today - 29, today + 1, Filters(key=KEYS[0])),
         "dashboard chart, 30 days by model": daily_series_sql(today - 29, today + 1, "model"),
         "dashboard chart, 24 h by hour": hourly_sql(now - DAY_S, now + HOUR_S, "model"),
+        "dashboard generations, newest 50": page_sql(Page()),
+        "dashboard generations, one key's newest 50": page_sql(Page(Filters(key=KEYS[0]))),
+        "dashboard keys, one key's last use": (LAST_USE_SQL, (KEYS[0],)),
     }
     out = []
     for name, (sql, params) in queries.items():
