@@ -99,6 +99,9 @@ def _error_fields(raw: bytes) -> tuple[str | None, str | None, str | None]:
                 param if isinstance(param, str) else None)
     if isinstance(error, str):
         return error, None, None
+    message = data.get("message", data.get("Message")) if isinstance(data, dict) else None
+    if isinstance(message, str) and message:  # AWS's shape (Bedrock): {"message": ...}
+        return message, None, None
     return None, None, None
 
 

@@ -51,11 +51,11 @@ from .health import BreakerPolicy, HealthBoard
 from .ids import new_generation_id
 from .output_cap import OutputCap, cap_upstream_body, output_cap
 from .providers.anthropic import anthropic_headers
+from .providers.aws_auth import AwsAuth
 from .providers.base import CallContext, Exchange
-from .providers.registry import exchange_for
+from .providers.registry import exchange_for, stream_decoder
 from .quota import NOTHING_HELD, Held, Quota
 from .routing import Target, fallback_models, parse_prefs, resolve_targets
-from .sse import SSEDecoder
 from .stream_session import StreamSession, discard, first_output
 from .types import (
     CHAT,
@@ -112,13 +112,27 @@ class Gateway:
         self.ledger = ledger
         self.board = HealthBoard(breaker_policies(config))
         self.shares = ConnectionShares()
+        self.aws = AwsAuth(config.providers.values())  # kind bedrock's credentials
         self._draw = draw
         self._sleep = sleep
 
     def reconfigure(self, config: Config) -> None:
         self.quota.reconfigure(config)
         self.board.reconfigure(breaker_policies(config))
+        self.aws.reconfigure(config.providers.values())
         self.config = config  # one assignment: requests in flight keep the config they had
+
+    async def open(self) -> None:
+        """Resolve provider credentials that need I/O (off the event loop) before serving."""
+        await self.aws.open()
+
+    async def close(self) -> None:
+        await self.aws.close()
+
+    def has_credentials(self, provider: ProviderConfig) -> bool:
+        """Configured with credentials and, where they are looked up (the AWS chain),
+        found: otherwise the provider is `no_credentials` and routing skips it."""
+        return provider.has_credentials and self.aws.available(provider)
 
     # -- authentication -------------------------------------------------------------
 
@@ -197,6 +211,7 @@ class Gateway:
         return resolve_targets(
             models, config.providers, forced=req.forced_provider,
             prefs=parse_prefs(req.body.get("provider")), draw=self._draw,
+            usable=self.has_credentials,
             latency=lambda pid: board.get(pid).median_latency(),
             throughput=lambda pid: board.get(pid).median_throughput())
 
@@ -430,9 +445,13 @@ class Gateway:
         upstream = self.mock if ctx.provider.kind == "mock" else self.http
         record = books.record
         record.provider, record.upstream_model = ctx.provider.id, ctx.route.model
+        headers = call.headers
         started = time.perf_counter()
         try:
-            response = await upstream.send(ctx.provider, call.path, payload, call.headers)
+            if call.signed:  # over exactly the bytes and the URL that are sent
+                headers = await self.aws.sign(ctx.provider, ctx.provider.base_url + call.path,
+                                              payload, headers)
+            response = await upstream.send(ctx.provider, call.path, payload, headers)
         except ProxyError as exc:
             status = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
             record.attempts.append(Attempt(ctx.provider.id, status, _ms_since(started)))
@@ -480,7 +499,7 @@ class Gateway:
             response = await self._send(ctx, exchange, req.body, books)
             chunks = aiter(response.chunks())
             translator = exchange.translator(ctx)
-            decoder = SSEDecoder()
+            decoder = stream_decoder(ctx.provider.kind)
             try:
                 async with asyncio.timeout_at(deadline):
                     first, failure = await first_output(chunks, decoder, translator)

@@ -96,8 +96,10 @@ def resolve_targets(
     draw: Callable[[], float] = random.random,
     latency: Callable[[str], float | None] = lambda _: None,
     throughput: Callable[[str], float | None] = lambda _: None,
+    usable: Callable[[ProviderConfig], bool] = lambda provider: provider.has_credentials,
 ) -> list[Target]:
-    """Every (model, route) to try, best first; raises when none is left."""
+    """Every (model, route) to try, best first; raises when none is left. `usable`: the
+    provider has credentials (the gateway also knows those looked up at run time)."""
     if forced is not None and not any(r.provider == forced for m in models for r in m.routes):
         raise _not_available(models, f"Provider {forced!r} is not available for model "
                                      f"{models[0].id}", "X-AnyRouter-Provider")
@@ -110,10 +112,10 @@ def resolve_targets(
                     and r.provider not in prefs.ignore]
             filtered_out |= len(kept) < len(routes)
             routes = kept
-        usable = [r for r in routes if providers[r.provider].has_credentials]
-        ordered = _order(model, usable, prefs if forced is None else None, draw, latency,
-                         throughput)
-        filtered_out |= bool(usable) and not ordered  # `order` + no fallbacks named none
+        with_credentials = [r for r in routes if usable(providers[r.provider])]
+        ordered = _order(model, with_credentials, prefs if forced is None else None, draw,
+                         latency, throughput)
+        filtered_out |= bool(with_credentials) and not ordered  # `order` + no fallbacks named none
         targets.extend(Target(model, r, providers[r.provider]) for r in ordered)
     if targets:
         return targets

@@ -47,6 +47,9 @@ PathItems = tuple[str | int, ...]
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+BEDROCK_RUNTIME_URL = "https://bedrock-runtime.{region}.amazonaws.com"
+AWS_FIELDS = ("region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+              "aws_profile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +274,10 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
     providers = _dicts(data.get("providers"))
     models = _dicts(data.get("models"))
     for pid, provider in providers.items():
+        if provider.get("kind") != "bedrock":
+            for aws_field in AWS_FIELDS:
+                if aws_field in provider:
+                    yield problem(("providers", pid, aws_field), "only kind bedrock reads it")
         per_key = provider.get("per_key_connections")
         pool = provider.get("max_connections", DEFAULT_MAX_CONNECTIONS)
         if isinstance(per_key, int) and isinstance(pool, int) and per_key > pool:
@@ -410,16 +417,26 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
     return ProviderConfig(
         id=pid,
         kind=raw["kind"],
-        base_url=raw.get("base_url", "").rstrip("/"),
+        base_url=raw.get("base_url", _default_base_url(raw)).rstrip("/"),
         api_key=raw.get("api_key"),
         timeouts=Timeouts(**raw.get("timeouts", {})),
         headers=MappingProxyType(dict(raw.get("headers", {}))),
         limits=_limits(raw["limits"]) if "limits" in raw else None,
         **_given(raw, anthropic_version="anthropic_version", max_connections="max_connections",
                  per_key_connections="per_key_connections"),
+        **_given(raw, region="region", aws_access_key_id="aws_access_key_id",
+                 aws_secret_access_key="aws_secret_access_key",
+                 aws_session_token="aws_session_token", aws_profile="aws_profile"),
         **_given(raw.get("circuit", {}), circuit_failures="failures",
                  circuit_cooldown_s="cooldown_s"),
     )
+
+
+def _default_base_url(raw: Mapping[str, Any]) -> str:
+    """The endpoint of a kind that has a well-known one (the others require base_url)."""
+    if raw["kind"] == "bedrock":
+        return BEDROCK_RUNTIME_URL.format(region=raw["region"])
+    return ""
 
 
 def _given(raw: Mapping[str, Any], **fields: str) -> dict[str, Any]:

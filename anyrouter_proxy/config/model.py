@@ -46,7 +46,7 @@ class Pricing:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     id: str
-    kind: str  # openai | anthropic | mock
+    kind: str  # openai | anthropic | mock | bedrock
     base_url: str = ""
     # None: the upstream needs no key (a local server); "": credentials missing, so the
     # provider stays configured but unavailable (SPEC §3 `no_credentials`).
@@ -59,10 +59,31 @@ class ProviderConfig:
     circuit_cooldown_s: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
     per_key_connections: int | None = None  # None: half of max_connections, rounded up
+    # kind bedrock: the AWS region, and credentials other than a bearer api_key (absent:
+    # the standard AWS chain, for the named profile when aws_profile is set).
+    region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_session_token: str | None = field(default=None, repr=False)
+    aws_profile: str | None = None
 
     @property
     def has_credentials(self) -> bool:
+        if self.kind == "bedrock":
+            return self.aws_credentials != "none"
         return self.kind == "mock" or self.api_key != ""
+
+    @property
+    def aws_credentials(self) -> str:
+        """Kind bedrock: where its credentials come from. `bearer`: api_key (a Bedrock API
+        key); `keys`: the aws_* fields; `chain`: none of them written (environment, shared
+        files, instance role); `none`: written but empty, like an empty api_key."""
+        if self.api_key:
+            return "bearer"
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            return "keys"
+        written = (self.api_key, self.aws_access_key_id, self.aws_secret_access_key)
+        return "chain" if all(value is None for value in written) else "none"
 
     @property
     def connections_per_key(self) -> int:

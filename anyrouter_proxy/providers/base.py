@@ -48,9 +48,11 @@ class CallContext:
 
 @dataclass(slots=True)
 class UpstreamCall:
-    path: str
+    path: str  # sent as written when already percent-encoded (upstream.py)
     body: dict[str, Any]
     headers: dict[str, str]
+    # The gateway adds the provider's AWS auth headers over the final bytes (aws_auth.py).
+    signed: bool = False
 
 
 @dataclass(slots=True)

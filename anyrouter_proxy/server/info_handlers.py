@@ -113,7 +113,7 @@ def provider_statuses(request: web.Request) -> dict[str, dict[str, Any]]:
     result = {}
     for pid, provider in config.providers.items():
         health = board.get(pid)
-        if not provider.has_credentials:
+        if not gateway.has_credentials(provider):
             status = "no_credentials"
         elif not health.would_be_available(now):
             status = "circuit_open"
