@@ -165,31 +165,31 @@ def where_clauses(filters: Filters, *, rollup: bool) -> tuple[list[str], list[An
 
 def daily_sql(first_day: int, end_day: int, filters: Filters = Filters()
               ) -> tuple[str, tuple[Any, ...]]:
-    """The roll-up's rows of days `first_day <= day < end_day`."""
+    """The roll-up's rows of days `first_day <= day < end_day`, in its key's order (day,
+    key, model, provider: the index's, so nothing is sorted)."""
     clauses, params = where_clauses(filters, rollup=True)
     where = "".join(f" AND {clause}" for clause in clauses)
     sql = (f"SELECT day, key_name, model, provider, {', '.join(MEASURES)} FROM activity_daily"
-           f" WHERE day >= ? AND day < ? AND requests > 0{where}")
+           f" WHERE day >= ? AND day < ? AND requests > 0{where}"
+           " ORDER BY day, key_name, model, provider")
     return sql, (first_day, end_day, *params)
 
 
 def activity_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
-    """Roll-up rows in the /activity shape (OpenRouter's field names plus ours), by day,
-    then key, model and provider."""
-    out = [{
-        "date": day_date(row["day"]).isoformat(),
-        "model": row["model"],
-        "provider_name": row["provider"] or None,
-        "key_name": row["key_name"],
-        "requests": int(row["requests"]),
-        "prompt_tokens": int(row["tokens_prompt"]),
-        "completion_tokens": int(row["tokens_completion"]),
-        "reasoning_tokens": int(row["tokens_reasoning"]),
-        "cached_tokens": int(row["tokens_cached"]),
-        "usage": round(float(row["cost"]), 10),
-        "errors": int(row["errors"]),
-    } for row in rows]
-    out.sort(key=lambda r: (r["date"], r["key_name"], r["model"], r["provider_name"] or ""))
+    """Roll-up rows (as `daily_sql` selects and orders them) in the /activity shape
+    (OpenRouter's field names plus ours)."""
+    dates: dict[int, str] = {}
+    out = []
+    for (day, key, model, provider, requests, errors, _cancelled, prompt, completion,
+         reasoning, cached, cost, _latency) in rows:
+        date = dates.get(day)
+        if date is None:
+            date = dates[day] = day_date(day).isoformat()
+        out.append({"date": date, "model": model, "provider_name": provider or None,
+                    "key_name": key, "requests": int(requests),
+                    "prompt_tokens": int(prompt), "completion_tokens": int(completion),
+                    "reasoning_tokens": int(reasoning), "cached_tokens": int(cached),
+                    "usage": round(cost, 10), "errors": int(errors)})
     return out
 
 
