@@ -163,14 +163,18 @@ def where_clauses(filters: Filters, *, rollup: bool) -> tuple[list[str], list[An
     return clauses, params
 
 
+ACTIVITY_MEASURES = ("requests", "errors", "tokens_prompt", "tokens_completion",
+                     "tokens_reasoning", "tokens_cached", "cost")
+
+
 def daily_sql(first_day: int, end_day: int, filters: Filters = Filters()
               ) -> tuple[str, tuple[Any, ...]]:
     """The roll-up's rows of days `first_day <= day < end_day`, in its key's order (day,
     key, model, provider: the index's, so nothing is sorted)."""
     clauses, params = where_clauses(filters, rollup=True)
     where = "".join(f" AND {clause}" for clause in clauses)
-    sql = (f"SELECT day, key_name, model, provider, {', '.join(MEASURES)} FROM activity_daily"
-           f" WHERE day >= ? AND day < ? AND requests > 0{where}"
+    sql = (f"SELECT day, key_name, model, provider, {', '.join(ACTIVITY_MEASURES)}"
+           f" FROM activity_daily WHERE day >= ? AND day < ? AND requests > 0{where}"
            " ORDER BY day, key_name, model, provider")
     return sql, (first_day, end_day, *params)
 
@@ -180,8 +184,8 @@ def activity_rows(rows: Iterable[Any]) -> list[dict[str, Any]]:
     (OpenRouter's field names plus ours)."""
     dates: dict[int, str] = {}
     out = []
-    for (day, key, model, provider, requests, errors, _cancelled, prompt, completion,
-         reasoning, cached, cost, _latency) in rows:
+    for (day, key, model, provider, requests, errors, prompt, completion, reasoning, cached,
+         cost) in rows:
         date = dates.get(day)
         if date is None:
             date = dates[day] = day_date(day).isoformat()

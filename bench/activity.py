@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -152,8 +153,10 @@ async def main() -> None:
         finally:
             await store.close()
     backend = "PostgreSQL" if args.dsn else "SQLite"
+    load = ", ".join(f"{n:.1f}" for n in os.getloadavg())
     print(f"{backend}: {args.rows:,} rows over {args.days} days, written in {filled:.1f} s "
-          f"({filled / args.rows * 1e6:.1f} us/row, roll-up triggers included)\n")
+          f"({filled / args.rows * 1e6:.1f} us/row, roll-up triggers included); "
+          f"load average {load} on {os.cpu_count()} cores\n")
     print("| query | median ms | rows |\n|---|---:|---:|")
     for name, ms, count in results:
         print(f"| {name} | {ms:.1f} | {count} |")
