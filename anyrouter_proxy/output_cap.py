@@ -41,6 +41,7 @@ CHOICE_FIELDS = ("n", "best_of")
 OPENAI_OUTPUT_PATHS: dict[str, str | None] = {
     "/chat/completions": None, "/completions": "max_tokens", "/responses": "max_output_tokens"}
 ANTHROPIC_OUTPUT_PATHS = frozenset({"/messages"})
+_KNOWN_PATHS = sorted((*OPENAI_OUTPUT_PATHS, *ANTHROPIC_OUTPUT_PATHS), key=len, reverse=True)
 # Bedrock's Converse operations (/model/{modelId}/converse, /converse-stream).
 CONVERSE_PATH_ENDS = ("/converse", "/converse-stream")
 
@@ -139,13 +140,24 @@ def _within(tokens: int, model_limit: int | None) -> int:
 
 def cap_upstream_body(path: str, body: dict[str, Any], cap: OutputCap) -> None:
     """Make the body sent to upstream `path` carry a cap no larger than `cap` (in place);
-    bodies that write no output (embeddings) are left alone."""
+    bodies that write no output (embeddings) are left alone. The path may sit below a
+    prefix and carry a query (Azure: /openai/deployments/NAME/chat/completions?api-...)."""
+    path = _wire_path(path)
     if path in ANTHROPIC_OUTPUT_PATHS:
         cap_anthropic_body(body, cap.tokens)
     elif path in OPENAI_OUTPUT_PATHS:
         cap_openai_body(body, cap, field=OPENAI_OUTPUT_PATHS[path])
     elif path.endswith(CONVERSE_PATH_ENDS):
         cap_converse_body(body, cap.tokens)
+
+
+def _wire_path(path: str) -> str:
+    """The endpoint path an upstream path ends in (the longest known), else the path."""
+    path = path.split("?", 1)[0]
+    for known in _KNOWN_PATHS:
+        if path.endswith(known):
+            return known
+    return path
 
 
 def cap_openai_body(body: dict[str, Any], cap: OutputCap, *, field: str | None = None) -> None:

@@ -3,7 +3,9 @@
 Authority, highest first: the X-AnyRouter-Provider header (one provider among the model's
 routes); the request's OpenRouter-style `provider` preferences (`order`, `only`, `ignore`,
 `allow_fallbacks`, `sort`); the config's priorities, with `weight` spreading load among
-routes of equal priority. The `models` field adds fallback models, tried in turn.
+routes of equal priority. The `models` field adds fallback models, tried in turn. Both
+fields are the upstream's instead when every route of the model goes to a provider with
+`forward_routing_fields` (OpenRouter): they name its providers and models, not ours.
 """
 
 from __future__ import annotations
@@ -70,6 +72,14 @@ def parse_prefs(raw: Any) -> ProviderPrefs | None:
                          only=frozenset(only) if only is not None else None,
                          ignore=frozenset(names("ignore") or ()),
                          allow_fallbacks=allow, sort=sort)
+
+
+def routing_fields_go_upstream(model: ModelConfig,
+                               providers: Mapping[str, ProviderConfig]) -> bool:
+    """Whether the request's `provider` and `models` fields belong to the upstream: every
+    route of the model goes to a provider with `forward_routing_fields` (OpenRouter), so
+    they name its providers and models, not ours."""
+    return all(providers[r.provider].forward_routing_fields for r in model.routes)
 
 
 def fallback_models(body: Mapping[str, Any]) -> list[str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class Attempt:
-    """One try of one route: SPEC §7 `{"provider", "status", "latency_ms"}`."""
+    """One try of one route: `{"provider", "status", "latency_ms"}`."""
 
     provider: str
     status: int | str  # HTTP status, or an error class such as "timeout"
@@ -61,6 +61,9 @@ class GenerationRecord:
     ttft_ms: float | None = None
     generation_time_ms: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    # The wildcard entry (`groq/*`) that served `model`, if one did: the metrics label,
+    # so that ids a client makes up under a wildcard do not multiply the series.
+    wildcard: str | None = None
 
 
 # The proxied endpoints, by the client's dialect.

@@ -15,7 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-ANSWER = "Hello from the fake upstream!"
+from tests.anthropic_wire import ANSWER, answer_content, anthropic_problem
+from tests.schema_sample import fragments, sample_instance, strict_problem
+
 USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16,
          "prompt_tokens_details": {"cached_tokens": 3},
          "completion_tokens_details": {"reasoning_tokens": 0}}
@@ -87,6 +89,11 @@ class FakeOpenAI:
 
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         body, behaviour = await self._record(request)
+        problem = openai_format_problem(body)
+        if problem:
+            return web.json_response({"error": {"message": problem, "type":
+                                                "invalid_request_error", "param":
+                                                "response_format", "code": None}}, status=400)
         if behaviour.status != 200 or behaviour.body is not None:
             return _raw_or_json(behaviour)
         upstream_id = f"chatcmpl-{self.name}-{len(self.requests)}"
@@ -102,7 +109,8 @@ class FakeOpenAI:
                     "name": body["tools"][0]["function"]["name"],
                     "arguments": '{"city": "Paris"}'}}]}
         elif chat:
-            choice["message"] = {"role": "assistant", "content": ANSWER, "refusal": None}
+            choice["message"] = {"role": "assistant", "content": openai_answer(body),
+                                 "refusal": None}
         else:
             choice["text"] = ANSWER
         self.completed += 1
@@ -123,8 +131,11 @@ class FakeOpenAI:
                 data["usage"] = usage
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
-        for i in range(behaviour.chunks):
-            text = behaviour.content if behaviour.content is not None else f"tok{i} "
+        pieces = fragments(openai_answer(body), behaviour.chunks) \
+            if chat and body.get("response_format") else None
+        for i in range(len(pieces) if pieces else behaviour.chunks):
+            text = pieces[i] if pieces else behaviour.content if behaviour.content is not None \
+                else f"tok{i} "
             delta: dict[str, Any] = {"content": text}
             if i == 0:
                 delta["role"] = "assistant"
@@ -189,6 +200,27 @@ class FakeOpenAI:
                                   "usage": EMBEDDING_USAGE})
 
 
+def openai_format_problem(body: dict[str, Any]) -> str | None:
+    """OpenAI's 400 for a response_format it refuses: a strict schema breaking its rules."""
+    fmt = body.get("response_format") or {}
+    spec = fmt.get("json_schema") or {}
+    if fmt.get("type") == "json_schema" and spec.get("strict"):
+        problem = strict_problem(spec.get("schema"))
+        if problem:
+            return f"Invalid schema for response_format '{spec.get('name')}': {problem}"
+    return None
+
+
+def openai_answer(body: dict[str, Any]) -> str:
+    """The model's text: JSON for a response_format json_schema / json_object."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return json.dumps(sample_instance(fmt["json_schema"].get("schema") or {}))
+    if fmt.get("type") == "json_object":
+        return json.dumps({"answer": ANSWER})
+    return ANSWER
+
+
 def _raw_or_json(behaviour: Behaviour) -> web.Response:
     body = behaviour.body
     if isinstance(body, bytes | str):
@@ -203,7 +235,8 @@ def _raw_or_json(behaviour: Behaviour) -> web.Response:
 
 class FakeAnthropic:
     """A fake Anthropic Messages API: the exact event sequence, and the validation the real
-    API does on what a gateway might get wrong (max_tokens, system inside messages)."""
+    API does on what a gateway might get wrong (max_tokens, system inside messages, tools
+    and tool_choice, structured output); what it answers is in tests/anthropic_wire.py."""
 
     def __init__(self, name: str = "anthropic") -> None:
         self.name = name
@@ -231,7 +264,7 @@ class FakeAnthropic:
         body = await request.json()
         self.requests.append(Recorded(request.path, dict(request.headers), body))
         behaviour = self.script.popleft() if self.script else Behaviour()
-        problem = _anthropic_problem(request, body)
+        problem = anthropic_problem(request.headers, body)
         if problem:
             return web.json_response({"type": "error", "error": {
                 "type": "invalid_request_error", "message": problem}}, status=400)
@@ -239,11 +272,8 @@ class FakeAnthropic:
             await asyncio.sleep(behaviour.delay_s)
         if behaviour.status != 200 or behaviour.body is not None:
             return _raw_or_json(behaviour)
-        tool = body["tools"][0]["name"] if body.get("tools") else None
-        content: list[dict[str, Any]] = [{"type": "text", "text": ANSWER}]
-        if tool:
-            content.append({"type": "tool_use", "id": "toolu_01", "name": tool,
-                            "input": {"city": "Paris"}})
+        content = answer_content(body)
+        tool = any(block["type"] == "tool_use" for block in content)
         usage = {"input_tokens": 20, "output_tokens": 7, "cache_read_input_tokens": 5,
                  "cache_creation_input_tokens": 0, **behaviour.usage}
         message = {"id": f"msg_{self.name}_{len(self.requests)}", "type": "message",
@@ -270,7 +300,7 @@ class FakeAnthropic:
                     "type": "content_block_start", "index": index,
                     "content_block": {"type": "text", "text": ""}}))
                 events.append(event("ping", {"type": "ping"}))
-                for piece in ("Hello from ", "the fake ", "upstream!"):
+                for piece in fragments(block["text"]):
                     events.append(event("content_block_delta", {
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "text_delta", "text": piece}}))
@@ -279,7 +309,7 @@ class FakeAnthropic:
                     "type": "content_block_start", "index": index,
                     "content_block": {"type": "tool_use", "id": block["id"],
                                       "name": block["name"], "input": {}}}))
-                for piece in ('{"ci', 'ty": "Pa', 'ris"}'):
+                for piece in fragments(json.dumps(block["input"]), 4):
                     events.append(event("content_block_delta", {
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "input_json_delta", "partial_json": piece}}))
@@ -309,17 +339,3 @@ class FakeAnthropic:
         self.completed += 1
         await response.write_eof()
         return response
-
-
-def _anthropic_problem(request: web.Request, body: dict[str, Any]) -> str | None:
-    """What the real API rejects that a translating gateway could get wrong."""
-    if not request.headers.get("x-api-key"):
-        return "x-api-key header is required"
-    if not request.headers.get("anthropic-version"):
-        return "anthropic-version header is required"
-    if not isinstance(body.get("max_tokens"), int):
-        return "max_tokens: Field required"
-    for i, message in enumerate(body.get("messages", [])):
-        if message.get("role") not in ("user", "assistant"):
-            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
-    return None

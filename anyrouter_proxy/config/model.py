@@ -10,6 +10,7 @@ from pathlib import Path
 DEFAULT_REQUESTS_PER_MINUTE = 1000
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_MAX_CONNECTIONS = 256  # per provider and process
+WILDCARD_SUFFIX = "/*"  # a model id ending so serves every id under its prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +47,10 @@ class Pricing:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     id: str
-    kind: str  # openai | anthropic | mock | bedrock
+    kind: str  # openai | anthropic | azure | mock | bedrock
     base_url: str = ""
     # None: the upstream needs no key (a local server); "": credentials missing, so the
-    # provider stays configured but unavailable (SPEC §3 `no_credentials`).
+    # provider stays configured but unavailable (`no_credentials`, docs/configuration.md).
     api_key: str | None = None
     timeouts: Timeouts = Timeouts()
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -59,6 +60,9 @@ class ProviderConfig:
     circuit_cooldown_s: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
     per_key_connections: int | None = None  # None: half of max_connections, rounded up
+    # How an OpenAI response_format is served on an anthropic-kind provider: "tool" (a
+    # forced tool, any model) or "native" (output_config.format, newer models).
+    structured_output: str = "tool"
     # kind bedrock: the AWS region, and credentials other than a bearer api_key (absent:
     # the standard AWS chain, for the named profile when aws_profile is set).
     region: str | None = None
@@ -66,12 +70,21 @@ class ProviderConfig:
     aws_secret_access_key: str | None = field(default=None, repr=False)
     aws_session_token: str | None = field(default=None, repr=False)
     aws_profile: str | None = None
+    api_version: str | None = None  # azure: classic deployments; None: the v1 API
+    stream_options: bool = True  # False: never send stream_options upstream
+    forward_routing_fields: bool = False  # pass provider/models/route/transforms upstream
 
     @property
     def has_credentials(self) -> bool:
+        """Its credentials are set (or none needed), and no header is left empty by
+        `${VAR:-}`: an empty header is never sent, so the provider waits for its value."""
+        if self.kind == "mock":
+            return True
+        if not all(self.headers.values()):
+            return False
         if self.kind == "bedrock":
             return self.aws_credentials != "none"
-        return self.kind == "mock" or self.api_key != ""
+        return self.api_key != ""
 
     @property
     def aws_credentials(self) -> str:
@@ -100,6 +113,7 @@ class Route:
     priority: int
     weight: float = 1.0
     pricing: Pricing | None = None  # overrides the model's pricing for this route
+    structured_output: str | None = None  # overrides the provider's for this route
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +135,13 @@ class ModelConfig:
     deprecated: Deprecation | None = None
     created: int = 0
     priced: bool = True  # False: routes.yaml wrote no `pricing` for the model itself
+    # A concrete model served by a wildcard entry (`groq/*`): that entry's id.
+    wildcard: str | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        """The wildcard entry itself, as written in the config (`groq/*`)."""
+        return self.id.endswith(WILDCARD_SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +194,7 @@ class ServerConfig:
     sse_keepalive: bool = True
     sse_keepalive_interval_s: float = 5.0
     log_level: str = "info"
-    log_format: str = "json"
+    log_format: str | None = None  # json | text; None: text on a terminal, else json
     trusted_proxies: tuple[str, ...] = ()
     cors: CorsConfig = CorsConfig()
     retries: int = 1
@@ -234,3 +255,5 @@ class Config:
     state: StateConfig = StateConfig()
     deprecations: Mapping[str, Deprecation] = field(default_factory=dict)  # by endpoint path
     version: int = 1
+    # The wildcard entries of `models` (`groq/*`), longest prefix first: see wildcards.py.
+    wildcards: tuple[ModelConfig, ...] = ()

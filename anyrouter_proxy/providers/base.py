@@ -1,4 +1,4 @@
-"""The fixed shape every provider adapter has (HOUSE-STYLE: providers as typed data).
+"""The fixed shape every provider adapter has (providers as typed data, docs/architecture.md).
 
 An `Exchange` is one (client dialect, provider wire) pair: it builds the upstream
 request, reads the upstream answer back into the client's dialect, and makes a stream
@@ -41,6 +41,14 @@ class CallContext:
     # What the gateway reserved for: the upstream body carries a cap no larger (None: no
     # output to cap, e.g. embeddings).
     output: OutputCap | None = None
+    # Set by `build`: the tool whose call carries a structured answer (response_format on
+    # a wire without it), folded back into the answer's content.
+    response_tool: str | None = None
+
+    @property
+    def structured_output(self) -> str:
+        """How a response_format is served on this route: "tool" or "native"."""
+        return self.route.structured_output or self.provider.structured_output
 
     def cost_of(self, usage: Usage) -> float:
         return request_cost(self.pricing, usage)
@@ -103,8 +111,33 @@ class Exchange(Protocol):
     def translator(self, ctx: CallContext) -> StreamTranslator: ...
 
 
-# Request fields that steer the gateway and mean nothing (or something else) upstream.
+# Request fields that steer the gateway and mean nothing (or something else) upstream;
+# OpenRouter's own, passed on to a provider with `forward_routing_fields`.
 GATEWAY_FIELDS = ("provider", "models", "route", "transforms")
+
+
+def upstream_fields(body: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+    """A copy of a client body to send upstream: without the gateway's routing fields,
+    unless the provider takes them itself."""
+    if ctx.provider.forward_routing_fields:
+        return dict(body)
+    return {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+
+
+class Address(Protocol):
+    """Where and how an OpenAI-compatible upstream is called: the path of each endpoint
+    below base_url and the headers (authentication) it wants."""
+
+    def path(self, endpoint_path: str, ctx: CallContext) -> str:
+        """The upstream path for one of ENDPOINT_PATHS (query string included)."""
+        ...
+
+    def headers(self, ctx: CallContext) -> dict[str, str]: ...
+
+    def chat_cap_field(self, ctx: CallContext) -> str | None:
+        """The output cap field a chat body gets when it has none (None: the request's
+        own preference)."""
+        ...
 
 
 def invalid_response(ctx: CallContext, what: str) -> UpstreamError:

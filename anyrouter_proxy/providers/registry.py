@@ -6,6 +6,7 @@ from ..sse import EventDecoder, SSEDecoder
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 from .anthropic import AnthropicPassthrough, OpenAIViaAnthropic
 from .aws_eventstream import EventStreamDecoder
+from .azure import AZURE_ADDRESS
 from .base import Exchange
 from .bedrock import ChatViaBedrock, MessagesViaBedrock
 from .openai import AnthropicViaOpenAI, OpenAIPassthrough
@@ -24,8 +25,14 @@ _BEDROCK_WIRE: dict[str, Exchange] = {
     CHAT: ChatViaBedrock(),
     MESSAGES: MessagesViaBedrock(),
 }
+_AZURE_WIRE: dict[str, Exchange] = {
+    CHAT: OpenAIPassthrough(CHAT, AZURE_ADDRESS),
+    COMPLETIONS: OpenAIPassthrough(COMPLETIONS, AZURE_ADDRESS),
+    EMBEDDINGS: OpenAIPassthrough(EMBEDDINGS, AZURE_ADDRESS),
+    MESSAGES: AnthropicViaOpenAI(AZURE_ADDRESS),
+}
 _BY_KIND = {"openai": _OPENAI_WIRE, "mock": _OPENAI_WIRE, "anthropic": _ANTHROPIC_WIRE,
-            "bedrock": _BEDROCK_WIRE}
+            "bedrock": _BEDROCK_WIRE, "azure": _AZURE_WIRE}
 # Kinds whose streams are not SSE.
 _STREAM_DECODERS: dict[str, type[EventDecoder]] = {"bedrock": EventStreamDecoder}
 

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from ..config.model import Config, ModelConfig
+from ..config.wildcards import resolve_model
 from ..deprecation import deprecation_headers, is_sunset
 from ..errors import AuthenticationFailed, InvalidRequest, NotFound, ServiceUnavailable
 from ..health import STATE_CODES
@@ -28,7 +29,7 @@ def json_response(data: Any, status: int = 200,
 
 
 def price_per_token(per_million: float | None) -> str:
-    """Plain decimal notation, never exponent form (SPEC §7)."""
+    """Plain decimal notation, never exponent form (as OpenRouter writes prices)."""
     if not per_million:
         return "0"
     return _plain(Decimal(str(per_million)) / PER_TOKENS)
@@ -67,6 +68,8 @@ def model_object(model: ModelConfig, config: Config) -> dict[str, Any]:
                          "is_moderated": False},
         "providers": list(dict.fromkeys(r.provider for r in model.routes)),
     }
+    if model.is_wildcard or model.wildcard is not None:
+        data["wildcard"] = model.wildcard or model.id  # the entry serving ids under its prefix
     if model.deprecated is not None:
         d = model.deprecated
         data["deprecated"] = {"since": d.since.isoformat(),
@@ -95,7 +98,7 @@ async def get_model(request: web.Request) -> web.Response:
     authenticate(request)
     config = request.app[GATEWAY].config
     model_id = request.match_info["model_id"]
-    model = config.models.get(model_id)
+    model = resolve_model(config, model_id)
     if model is None:
         raise NotFound(f"Model {model_id} does not exist", code="model_not_found")
     return json_response(model_object(model, config), headers=deprecation_headers(model))
