@@ -478,6 +478,7 @@ class Gateway:
             status = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
             record.attempts.append(Attempt(ctx.provider.id, status, _ms_since(started)))
             raise
+        books.answered_ms = books.elapsed_ms()
         if response.status >= 400:
             try:
                 raw = await response.read()

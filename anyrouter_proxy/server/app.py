@@ -25,6 +25,8 @@ from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 from ..upstream import HttpUpstream, Upstream
 from . import batch_handlers as batch
 from . import info_handlers as info
+from .activity_handlers import activity
+from .dashboard.routes import setup_dashboard
 from .middlewares import gateway_middleware
 from .proxy_handlers import count_tokens, proxy_handler
 from .reload import reload_context
@@ -35,8 +37,10 @@ from .state import (
     LIFECYCLE,
     LIMITER,
     METRICS,
+    RELOADS,
     STORE,
     Lifecycle,
+    ReloadStatus,
 )
 
 API_PREFIXES = ("/api/v1", "/v1")
@@ -87,6 +91,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     app.cleanup_ctx.append(resources)
 
     lifecycle = app[LIFECYCLE] = Lifecycle()
+    app[RELOADS] = ReloadStatus()
 
     async def drain_begins(app: web.Application) -> None:
         lifecycle.draining = True
@@ -129,6 +134,7 @@ def _add_routes(app: web.Application) -> None:
         router.add_get(prefix + "/credits", info.credits)
         router.add_get(prefix + "/auth/key", info.key_info)
         router.add_get(prefix + "/key", info.key_info)
+        router.add_get(prefix + "/activity", activity)
         router.add_get(prefix + "/generation", info.generation)
         router.add_get(prefix + "/generation/{gen_id}", info.generation)
         router.add_post(prefix + "/batch", batch.create_batch)
@@ -137,3 +143,4 @@ def _add_routes(app: web.Application) -> None:
         router.add_post(prefix + "/batch/{batch_id}/cancel", batch.cancel_batch)
     router.add_get("/health", info.health)
     router.add_get("/metrics", info.metrics)
+    setup_dashboard(app)

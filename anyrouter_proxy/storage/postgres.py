@@ -24,16 +24,19 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from ..types import GenerationRecord
+from .activity import POSTGRES_MIGRATION
 from .store import (
     GENERATION_COLUMNS,
     INSERT_AUDIT,
     INSERT_GENERATION,
     PRUNE_STATEMENTS,
+    SETTINGS_TABLE,
     Retention,
     StoreError,
     audit_params,
     find_generation,
     generation_params,
+    read_setting,
 )
 from .writer import Item, QueuedWriter
 
@@ -83,6 +86,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2 -> 3: the estimated upstream cost of abandoned attempts, which the key does not pay.
     "ALTER TABLE generations ADD COLUMN operator_cost DOUBLE PRECISION NOT NULL DEFAULT 0",
+    # 3 -> 4: the daily roll-up (activity.py) and small settings.
+    POSTGRES_MIGRATION + SETTINGS_TABLE,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serialises migrations of replicas starting together (any 64-bit constant: "anyrout" in hex).
@@ -126,6 +131,15 @@ _PG_BAD_ROW_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.UndefinedTableError, asyncpg.exceptions.UndefinedColumnError,
     asyncpg.exceptions.PostgresSyntaxError,
 )
+
+
+_DAY, _KEY, _MODEL, _PROVIDER = (GENERATION_COLUMNS.index(c) for c in (
+    "created_at", "key_name", "model", "provider"))
+
+
+def _rollup_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The activity_daily row a generation row updates, as a sort key."""
+    return (int(row[_DAY] // 86400), str(row[_KEY]), str(row[_MODEL]), row[_PROVIDER] or "")
 
 
 class BadRowError(ValueError):
@@ -272,6 +286,9 @@ class PostgresStore:
         groups: dict[str, list[tuple[Any, ...]]] = {}
         for item in items:
             groups.setdefault(to_postgres(item.sql), []).append(item.params)
+        if _UPSERT_GENERATION in groups:
+            # The roll-up's rows are locked in one order by every replica: no deadlocks.
+            groups[_UPSERT_GENERATION].sort(key=_rollup_order)
         async with pool.acquire(timeout=self.connect_timeout_s) as conn:
             try:
                 async with conn.transaction():
@@ -294,9 +311,17 @@ class PostgresStore:
         return rows
 
     async def get_generation(
-        self, gen_id: str, key_name: str, *, wait_s: float = 2.0
+        self, gen_id: str, key_name: str | None, *, wait_s: float = 2.0
     ) -> dict[str, Any] | None:
         return await find_generation(self, gen_id, key_name, wait_s)
+
+    async def report(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """An aggregate query (activity, dashboard): the pool keeps it off the writer's
+        connection."""
+        return await self.fetch(sql, params)
+
+    async def setting(self, name: str, default: str) -> str:
+        return await read_setting(self, name, default)
 
     async def spend_by_key(self) -> dict[str, float]:
         try:

@@ -1,8 +1,8 @@
 """`anyrouter-proxy usage` over the PostgreSQL usage log (`storage.backend: postgres`).
 
-The same SQL as report.build_report (report_sql in the PostgreSQL dialect), so the same
-groups, ordering, time range and row shape; the session is read-only, so the report can
-never write to or migrate the database the running replicas use.
+The same SQL text, groups, ordering, time range and row shape as
+usage_report.build_report (whose formatter prints both); the session is read-only, so the
+report can never write to or migrate the database the running replicas use.
 """
 
 from __future__ import annotations
@@ -12,21 +12,23 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from .postgres import redact_dsn, scrub
-from .report import POSTGRES, report_bounds, report_row, report_sql
+from .activity import Filters
+from .postgres import redact_dsn, scrub, to_postgres
+from .report import fold_rows, parse_groups, report_sql
 
 
 def build_report_pg(
     dsn: str, *, by: str = "model", since: float | None = None, until: float | None = None,
-    timeout_s: float = 10.0,
+    filters: Filters | None = None, timeout_s: float = 10.0,
 ) -> list[dict[str, Any]]:
-    """Totals per group over `since <= created_at < until`, the costliest first (days in order)."""
-    sql = report_sql(by, POSTGRES)
-    rows = asyncio.run(_fetch(dsn, sql, report_bounds(since, until), timeout_s))
-    return [report_row(by, row) for row in rows]
+    """The same report as usage_report.build_report, from the same SQL text."""
+    groups = parse_groups(by)
+    sql, params = report_sql(groups, since, until, filters or Filters())
+    rows = asyncio.run(_fetch(dsn, to_postgres(sql), params, timeout_s))
+    return fold_rows(groups, rows)
 
 
-async def _fetch(dsn: str, sql: str, params: tuple[float, float], timeout_s: float) -> list[Any]:
+async def _fetch(dsn: str, sql: str, params: tuple[Any, ...], timeout_s: float) -> list[Any]:
     try:
         conn = await asyncpg.connect(
             dsn, timeout=timeout_s, command_timeout=timeout_s,

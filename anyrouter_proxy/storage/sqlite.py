@@ -23,21 +23,24 @@ from typing import Any
 import aiosqlite
 
 from ..types import GenerationRecord
+from .activity import SQLITE_MIGRATION
 from .store import (
     INSERT_AUDIT,
     INSERT_GENERATION,
     PRUNE_STATEMENTS,
+    SETTINGS_TABLE,
     Retention,
     StoreError,
     audit_params,
     find_generation,
     generation_params,
+    read_setting,
 )
 from .writer import Item, QueuedWriter
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # MIGRATIONS[n] takes a database from user_version n to n + 1; later versions append.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -79,6 +82,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2 -> 3: the estimated upstream cost of abandoned attempts, which the key does not pay.
     "ALTER TABLE generations ADD COLUMN operator_cost REAL NOT NULL DEFAULT 0",
+    # 3 -> 4: the daily roll-up behind GET /activity and the dashboard (activity.py), and
+    # small settings such as the dashboard's signing secret.
+    SQLITE_MIGRATION + SETTINGS_TABLE,
 )
 
 _CARRY_SPEND = """
@@ -161,6 +167,7 @@ class SqliteStore:
         self.retention = Retention(self.prune, (sqlite3.Error,), str)
         self._wdb: aiosqlite.Connection | None = None
         self._rdb: aiosqlite.Connection | None = None
+        self._adb: aiosqlite.Connection | None = None  # reports: never ahead of _rdb's reads
 
     @property
     def dropped(self) -> int:
@@ -191,10 +198,11 @@ class SqliteStore:
         self._wdb = await self._connect()
         try:
             self._rdb = await self._connect()
+            self._adb = await self._connect()
         except BaseException:
             await self._close_connections()
             raise
-        self._rdb.row_factory = sqlite3.Row
+        self._rdb.row_factory = self._adb.row_factory = sqlite3.Row
         self.writer.start()
 
     async def close(self) -> None:
@@ -245,10 +253,10 @@ class SqliteStore:
         return db
 
     async def _close_connections(self) -> None:
-        for db in (self._rdb, self._wdb):
+        for db in (self._adb, self._rdb, self._wdb):
             if db is not None:
                 await db.close()
-        self._rdb = self._wdb = None
+        self._adb = self._rdb = self._wdb = None
 
     # -- request path: never awaits ------------------------------------------------------
 
@@ -266,6 +274,16 @@ class SqliteStore:
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
         return self.writer.enqueue(INSERT_AUDIT, audit_params(event, key_name, trace_id, detail))
+
+    async def report(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """An aggregate query (activity, dashboard) on a connection of its own, so that a
+        slow one never holds up `GET /generation` or the budget reads."""
+        if self._adb is None:
+            raise StoreError("the usage store is not open")
+        return list(await self._adb.execute_fetchall(sql, params))
+
+    async def setting(self, name: str, default: str) -> str:
+        return await read_setting(self, name, default)
 
     def enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
         return self.writer.enqueue(sql, params, bounded=bounded)
@@ -307,7 +325,7 @@ class SqliteStore:
         return list(await self._reader().execute_fetchall(sql, params))
 
     async def get_generation(
-        self, gen_id: str, key_name: str, *, wait_s: float = 2.0
+        self, gen_id: str, key_name: str | None, *, wait_s: float = 2.0
     ) -> dict[str, Any] | None:
         return await find_generation(self, gen_id, key_name, wait_s)
 

@@ -83,8 +83,14 @@ class Store(Protocol):
     async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """Rows (`row["column"]`) of a `?`-placeholder query."""
         ...
-    async def get_generation(self, gen_id: str, key_name: str, *,
+    async def get_generation(self, gen_id: str, key_name: str | None, *,
                              wait_s: float = 2.0) -> dict[str, Any] | None: ...
+    async def report(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """An aggregate query, on a connection the request path does not use."""
+        ...
+
+    async def setting(self, name: str, default: str) -> str: ...
+
     async def spend_by_key(self) -> dict[str, float]: ...
     async def spend_since(self, since: float) -> dict[str, float]:
         """USD per key of the usage rows created at or after `since` (Unix seconds)."""
@@ -113,9 +119,10 @@ def generation_params(rec: GenerationRecord) -> tuple[Any, ...]:
     )
 
 
-async def find_generation(store: Store, gen_id: str, key_name: str,
+async def find_generation(store: Store, gen_id: str, key_name: str | None,
                           wait_s: float) -> dict[str, Any] | None:
-    """GET /generation: the row of `gen_id` if `key_name` owns it, in the shape shown."""
+    """GET /generation: the row of `gen_id` if `key_name` owns it (None: any key, for an
+    admin key), in the shape shown."""
     rows = await store.fetch(SELECT_GENERATION, (gen_id,))
     if not rows:
         # A just-finished generation may still sit in the queue: let the writer catch
@@ -123,7 +130,7 @@ async def find_generation(store: Store, gen_id: str, key_name: str,
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(store.flush(), wait_s)
         rows = await store.fetch(SELECT_GENERATION, (gen_id,))
-    if not rows or rows[0]["key_name"] != key_name:
+    if not rows or (key_name is not None and rows[0]["key_name"] != key_name):
         return None
     return present(rows[0])
 
@@ -133,8 +140,9 @@ def _ms(value: float | None) -> int | None:
 
 
 _SAME_NAME = (
-    "id", "model", "upstream_model", "upstream_id", "tokens_prompt", "tokens_completion",
-    "finish_reason", "status_code", "error_code", "endpoint", "trace_id", "usage_source",
+    "id", "key_name", "model", "upstream_model", "upstream_id", "tokens_prompt",
+    "tokens_completion", "finish_reason", "status_code", "error_code", "endpoint", "trace_id",
+    "usage_source",
 )
 
 
@@ -197,3 +205,18 @@ class Retention:
             except self._errors as exc:  # try again next round; serving goes on
                 log.warning("usage log prune failed: %s", self._describe(exc))
             await asyncio.sleep(interval_s)
+
+
+SETTINGS_TABLE = "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+
+
+async def read_setting(store: Store, name: str, default: str) -> str:
+    """The stored value of setting `name`; `default` is stored first if it has none (the
+    first of several replicas to store one wins)."""
+    store.enqueue("INSERT INTO settings (name, value) VALUES (?, ?) "
+                  "ON CONFLICT (name) DO NOTHING", (name, default), bounded=False)
+    await store.flush()
+    rows = await store.fetch("SELECT value FROM settings WHERE name = ?", (name,))
+    if not rows:
+        raise StoreError(f"the usage database did not keep setting {name}")
+    return str(rows[0]["value"])

@@ -23,6 +23,7 @@ from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.server.state import STORE
 from anyrouter_proxy.storage import sqlite as usage_store
 from anyrouter_proxy.storage import writer
+from anyrouter_proxy.storage.activity import Filters
 from anyrouter_proxy.storage.batches import BatchRecord, BatchStore
 from anyrouter_proxy.storage.postgres import (
     SCHEMA_VERSION,
@@ -87,7 +88,7 @@ async def test_open_creates_schema_and_sets_version(store: PostgresStore) -> Non
     tables = {r["tablename"] for r in await query(
         dsn, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
     assert tables == {"schema_version", "generations", "audit", "spend_carryover", "batches",
-                      "batch_items"}
+                      "batch_items", "activity_daily", "settings"}
     indexes = {r["indexname"] for r in await query(
         dsn, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
     assert {"generations_key_created", "generations_created", "audit_created",
@@ -151,7 +152,8 @@ async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(dsn: s
         assert new is not None and new["operator_cost"] == 0.25
     finally:
         await store.close()
-    assert [r["version"] for r in await query(dsn, "SELECT version FROM schema_version")] == [3]
+    assert [r["version"] for r in await query(dsn, "SELECT version FROM schema_version")] == [
+        SCHEMA_VERSION]
 
 
 async def test_newer_schema_refuses_naming_both_versions(dsn: str) -> None:
@@ -565,7 +567,8 @@ def test_report_by_model(report_dsn: str) -> None:
     ]
 
 
-@pytest.mark.parametrize("by", ["key", "model", "provider", "day"])
+@pytest.mark.parametrize("by", ["key", "model", "provider", "day", "month", "key,model",
+                                "day,provider"])
 @pytest.mark.parametrize(("since", "until"), [
     (None, None), (1_714_521_600.0 + 86_400, 1_714_521_600.0 + 2 * 86_400 + 1),
     (1_714_521_600.0 + 10 * 86_400, None)])
@@ -578,6 +581,12 @@ def test_report_same_as_sqlite(report_dsn: str, report_sqlite: Path, by: str,
             build_report(report_sqlite, by=by, since=since, until=until), by=by, fmt=fmt)
 
 
+def test_report_filters_like_sqlite(report_dsn: str, report_sqlite: Path) -> None:
+    for filters in (Filters(key="bob"), Filters(model="openai/gpt-4o-mini", provider="openai")):
+        ours = build_report_pg(report_dsn, by="key,model", filters=filters)
+        assert ours and ours == build_report(report_sqlite, by="key,model", filters=filters)
+
+
 def test_report_orders_like_sqlite(report_dsn: str) -> None:
     # Ties on cost fall back to byte order with the missing provider first, as in SQLite.
     report = build_report_pg(report_dsn, by="provider")
@@ -588,7 +597,7 @@ def test_report_orders_like_sqlite(report_dsn: str) -> None:
 
 
 def test_report_refuses_unknown_group_and_bad_databases(pg: PgServer, dsn: str) -> None:
-    with pytest.raises(ValueError, match="key, model, provider, day"):
+    with pytest.raises(ValueError, match="key, model, provider, day, month"):
         build_report_pg(dsn, by="color")
     with pytest.raises(ValueError, match='relation "generations" does not exist'):
         build_report_pg(dsn)  # a database that is not a usage log

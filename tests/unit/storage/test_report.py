@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from anyrouter_proxy.storage.report import GROUPS, build_report, format_report, parse_time
+from anyrouter_proxy.storage.activity import Filters
+from anyrouter_proxy.storage.report import (
+    GROUPS,
+    build_report,
+    format_report,
+    parse_time,
+    plain_decimal,
+)
 from anyrouter_proxy.storage.sqlite import SqliteStore
+from anyrouter_proxy.types import GenerationRecord
 from tests.usage_records import DAY, DAY1, RECORDS, rec
 
 
@@ -89,7 +97,10 @@ def test_since_until_from_dates_cover_whole_days(db_path: Path) -> None:
 def test_unknown_group_is_refused(db_path: Path) -> None:
     with pytest.raises(ValueError, match="key, model, provider, day"):
         build_report(db_path, by="color")
-    assert GROUPS == ("key", "model", "provider", "day")
+    assert GROUPS == ("key", "model", "provider", "day", "month")
+    for by in ("key,key", "day,month", "key,model,provider", "key,"):
+        with pytest.raises(ValueError, match="cannot group by"):
+            build_report(db_path, by=by)
 
 
 def test_missing_database(tmp_path: Path) -> None:
@@ -194,3 +205,74 @@ def test_format_json_round_trips(db_path: Path) -> None:
 def test_format_unknown_is_refused() -> None:
     with pytest.raises(ValueError, match="table, csv, json"):
         format_report([], by="key", fmt="xml")
+
+
+# -- filters, months, two-way breakdowns, plain decimals ----------------------------------
+
+
+def test_filters_by_key_model_and_provider(db_path: Path) -> None:
+    by_key = build_report(db_path, by="model", filters=Filters(key="bob"))
+    assert [(r["model"], r["requests"]) for r in by_key] == [
+        ("anthropic/claude-sonnet-4", 1), ("openai/gpt-4o-mini", 1)]
+    by_model = build_report(db_path, by="key", filters=Filters(model="openai/gpt-4o-mini"))
+    assert [(r["key"], r["requests"]) for r in by_model] == [("alice", 2), ("bob", 1)]
+    by_provider = build_report(db_path, by="day", filters=Filters(provider="openai"))
+    assert [(r["day"], r["requests"]) for r in by_provider] == [
+        ("2024-05-01", 1), ("2024-05-02", 1)]
+    both = build_report(db_path, filters=Filters(key="alice", provider="anthropic"))
+    assert both == []
+
+
+def test_by_month(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    june = DAY1 + 31 * DAY  # 2024-06-01
+    write(path, [rec(1, cost=1.0), rec(2, created_at=DAY1 + 30 * DAY + 86399, cost=2.0),
+                 rec(3, created_at=june, cost=4.0, latency_ms=10.0)])
+    report = build_report(path, by="month")
+    assert [(r["month"], r["requests"], r["cost"]) for r in report] == [
+        ("2024-05", 2, 3.0), ("2024-06", 1, 4.0)]
+    assert report[1]["avg_latency_ms"] == 10.0
+
+
+def test_two_way_breakdown(db_path: Path) -> None:
+    report = build_report(db_path, by="key,model")
+    assert [(r["key"], r["model"], r["requests"], r["cost"]) for r in report] == [
+        ("bob", "anthropic/claude-sonnet-4", 1, 2.0),
+        ("alice", "openai/gpt-4o-mini", 2, 0.75),
+        ("bob", "openai/gpt-4o-mini", 1, 0.0)]
+    by_day = build_report(db_path, by="day,provider")
+    assert [(r["day"], r["provider"]) for r in by_day] == [
+        ("2024-05-01", "openai"), ("2024-05-02", "anthropic"), ("2024-05-02", "openai"),
+        ("2024-05-03", None)]
+    table = format_report(report, by="key,model", fmt="table").splitlines()
+    assert table[0].split()[:3] == ["key", "model", "requests"]
+    assert table[1].split()[:3] == ["bob", "anthropic/claude-sonnet-4", "1"]
+    assert table[-1].split()[:2] == ["TOTAL", "4"]
+    assert len({len(line) for line in table}) == 1
+    rows = list(csv.DictReader(io.StringIO(format_report(report, by="key,model", fmt="csv"))))
+    assert list(rows[0])[:3] == ["key", "model", "requests"]
+
+
+def test_costs_in_plain_decimals_in_csv_and_json(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    write(path, [rec(1, cost=8.709e-05), rec(2, model="m/tiny", cost=1e-10),
+                 rec(3, model="m/big", cost=12.5)])
+    report = build_report(path)
+    for fmt in ("csv", "json"):
+        out = format_report(report, by="model", fmt=fmt)
+        assert "e-" not in out and "E-" not in out
+        assert "0.00008709" in out and "0.0000000001" in out and "12.5" in out
+    assert json.loads(format_report(report, by="model", fmt="json")) == report
+    assert plain_decimal(0.0) == "0.0" and plain_decimal(2.0) == "2.0"
+    assert plain_decimal(1.5e-07) == "0.00000015"
+
+
+def write(path: Path, records: list[GenerationRecord]) -> None:
+    async def run() -> None:
+        store = SqliteStore(path)
+        await store.open()
+        for record in records:
+            assert store.record(record)
+        await store.close()
+
+    asyncio.run(run())

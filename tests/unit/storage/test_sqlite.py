@@ -92,7 +92,7 @@ async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(
         assert new is not None and new["operator_cost"] == 0.25
     finally:
         await store.close()
-    assert rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
+    assert rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 4
 
 
 async def test_newer_schema_refuses_naming_both_versions(tmp_path: Path) -> None:
@@ -336,7 +336,8 @@ async def test_get_generation_openrouter_shape(store: SqliteStore) -> None:
     store.record(full_record())
     data = await store.get_generation("gen-full", "bob")
     assert data == {
-        "id": "gen-full", "model": "anthropic/claude-sonnet-4", "provider_name": "anthropic",
+        "id": "gen-full", "key_name": "bob", "model": "anthropic/claude-sonnet-4",
+        "provider_name": "anthropic",
         "upstream_model": "claude-sonnet-4-20250514", "upstream_id": "msg_123",
         "total_cost": 0.0123, "usage": 0.0123, "operator_cost": 0.0456, "tokens_prompt": 11,
         "tokens_completion": 22,
