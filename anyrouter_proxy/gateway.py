@@ -25,8 +25,6 @@ from .accounting import Books, Ledger
 from .billed_extras import NO_EXTRAS, Extras, check_extras
 from .config.model import Config, KeyConfig, ModelConfig, Pricing, ProviderConfig, is_metered
 from .config.wildcards import resolve_model
-from .connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
-from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
 from .errors import (
     AuthenticationFailed,
@@ -50,11 +48,14 @@ from .failures import (
 )
 from .health import BreakerPolicy, HealthBoard
 from .ids import new_generation_id
+from .limits.connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
+from .limits.quota import NOTHING_HELD, Held, Quota
 from .output_cap import OutputCap, cap_upstream_body, output_cap
+from .pricing import estimate_prompt_tokens, worst_case_cost
 from .providers.aws_auth import AwsAuth
 from .providers.base import CallContext, Exchange
+from .providers.google_auth import VERTEX, GoogleTokens
 from .providers.registry import exchange_for, stream_decoder, token_counter_for
-from .quota import NOTHING_HELD, Held, Quota
 from .routing import (
     Target,
     fallback_models,
@@ -119,6 +120,7 @@ class Gateway:
         self.board = HealthBoard(breaker_policies(config))
         self.shares = ConnectionShares()
         self.aws = AwsAuth(config.providers.values())  # kind bedrock's credentials
+        self.google = GoogleTokens()  # kind vertex's OAuth tokens
         self._draw = draw
         self._sleep = sleep
 
@@ -126,6 +128,7 @@ class Gateway:
         self.quota.reconfigure(config)
         self.board.reconfigure(breaker_policies(config))
         self.aws.reconfigure(config.providers.values())
+        self.google.reconfigure(config.providers.values())
         self.config = config  # one assignment: requests in flight keep the config they had
 
     async def open(self) -> None:
@@ -472,12 +475,17 @@ class Gateway:
             if call.signed:  # over exactly the bytes and the URL that are sent
                 headers = await self.aws.sign(ctx.provider, ctx.provider.base_url + call.path,
                                               payload, headers)
+            elif ctx.provider.kind == VERTEX:
+                headers = await self._google_auth(ctx.provider, headers)
             response = await upstream.send(ctx.provider, call.path, payload, headers)
         except ProxyError as exc:
             status = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
             record.attempts.append(Attempt(ctx.provider.id, status, _ms_since(started)))
             raise
+        books.answered_ms = books.elapsed_ms()
         if response.status >= 400:
+            if response.status == 401 and ctx.provider.kind == VERTEX:
+                self.google.forget(ctx.provider)  # the next request gets a new token
             try:
                 raw = await response.read()
             finally:
@@ -486,6 +494,11 @@ class Gateway:
             raise upstream_failure(ctx.provider, response.status, raw, response.headers)
         record.attempts.append(Attempt(ctx.provider.id, response.status, _ms_since(started)))
         return response
+
+    async def _google_auth(self, provider: ProviderConfig,
+                           headers: dict[str, str]) -> dict[str, str]:
+        """The headers with a Google OAuth access token (kind vertex)."""
+        return {**headers, "Authorization": f"Bearer {await self.google.bearer(provider)}"}
 
     async def _complete(self, req: ProxyRequest, ctx: CallContext, exchange: Exchange,
                         books: Books, headers: dict[str, str]) -> Answer:
@@ -567,8 +580,10 @@ class Gateway:
                               target.route, False, False, config.server.default_max_tokens,
                               req.client_headers)
             call = counter.build(req.body, ctx)
+            headers = call.headers if target.provider.kind != VERTEX \
+                else await self._google_auth(target.provider, call.headers)
             response = await self.http.send(target.provider, call.path,
-                                            _encode_body(call.body), call.headers)
+                                            _encode_body(call.body), headers)
             try:
                 raw = await response.read()
             finally:

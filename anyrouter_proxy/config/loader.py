@@ -543,4 +543,5 @@ def _key(name: str, raw: Mapping[str, Any], default_limits: Limits) -> KeyConfig
         ),
         disabled=bool(raw.get("disabled", False)),
         expires_at=_parse_datetime(raw["expires_at"]) if "expires_at" in raw else None,
+        **_given(raw, admin="admin"),
     )

@@ -1,8 +1,8 @@
 """The Gemini wire (kinds gemini and vertex): OpenAI chat and Anthropic Messages clients
 translated to `generateContent` / `streamGenerateContent?alt=sse`, and
 `/messages/count_tokens` to `countTokens`. The translation is in `gemini_request.py`,
-`gemini_response.py` and `gemini_stream.py`; paths and headers in `google_wire.py`;
-embeddings in `gemini_embeddings.py`.
+`gemini_response.py` and `gemini_stream.py`, the stream relays in `gemini_relay.py`;
+paths and headers in `google_wire.py`; embeddings in `gemini_embeddings.py`.
 
 An Anthropic client goes through the OpenAI shape (`anthropic_to_openai_request`, then
 `openai_to_anthropic_response` / `OpenAIToAnthropicStream` on the way back), keeping its
@@ -18,30 +18,15 @@ import orjson
 from ..errors import UpstreamError
 from ..output_estimate import openai_choice_tokens
 from ..redaction import redact_error
-from ..sse import DONE_EVENT, SSEEvent, encode_event
 from ..types import Usage
-from .anthropic_client import (
-    anthropic_to_openai_request,
-    message_id,
-    openai_to_anthropic_response,
-)
-from .anthropic_stream import OpenAIToAnthropicStream
-from .base import (
-    CallContext,
-    Reply,
-    UpstreamCall,
-    cut_short,
-    event_data,
-    invalid_response,
-    stream_error,
-)
+from .anthropic_client import anthropic_to_openai_request, openai_to_anthropic_response
+from .base import CallContext, Reply, UpstreamCall, invalid_response
+from .gemini_relay import GeminiToAnthropicRelay, GeminiToOpenAIRelay
 from .gemini_request import openai_to_gemini_request
 from .gemini_response import gemini_to_openai_response, gemini_usage, prompt_block
-from .gemini_stream import GeminiToOpenAIStream
 from .google_wire import GENERATE, STREAM, VERTEX, google_headers, method_path, model_resource
 
 COUNT_TOKENS = "countTokens"
-END = "a finishReason"
 
 
 def _max_output(ctx: CallContext) -> int | None:
@@ -123,103 +108,6 @@ def _as_openai(body: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         out.pop("reasoning_effort", None)
         out["thinking"] = {"type": "enabled", "budget_tokens": thinking.get("budget_tokens")}
     return out
-
-
-class GeminiToOpenAIRelay:
-    """Gemini stream events -> OpenAI chunks (SSE), then the usage chunk and [DONE]."""
-
-    __slots__ = ("_ctx", "_stream")
-
-    def __init__(self, ctx: CallContext) -> None:
-        self._ctx = ctx
-        self._stream = GeminiToOpenAIStream(gen_id=ctx.gen_id, model=ctx.model,
-                                            created=ctx.created,
-                                            include_usage=ctx.include_usage,
-                                            provider=ctx.provider.id)
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._stream.usage
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self._stream.finish_reason
-
-    @property
-    def upstream_id(self) -> str | None:
-        return self._stream.upstream_id
-
-    @property
-    def output_tokens(self) -> int:
-        return self._stream.output_tokens
-
-    def feed(self, event: SSEEvent) -> list[bytes]:
-        return [encode_event(orjson.dumps(chunk)) for chunk in _feed(self._stream, event,
-                                                                     self._ctx)]
-
-    def finish(self) -> list[bytes]:
-        if not self._stream.complete:
-            raise cut_short(self._ctx, END)
-        chunks = self._stream.finish()
-        for chunk in chunks:
-            usage = chunk.get("usage")
-            if isinstance(usage, dict) and self._stream.usage is not None:
-                usage["cost"] = self._ctx.cost_of(self._stream.usage)
-        return [encode_event(orjson.dumps(chunk)) for chunk in chunks] + [DONE_EVENT]
-
-
-def _feed(stream: GeminiToOpenAIStream, event: SSEEvent,
-          ctx: CallContext) -> list[dict[str, Any]]:
-    data = event_data(event, ctx)
-    if "error" in data:  # an error after the stream began
-        raise stream_error(data["error"], ctx)
-    try:
-        return stream.feed(data)
-    except UpstreamError as exc:
-        raise redact_error(exc, ctx.provider) from None
-
-
-class GeminiToAnthropicRelay:
-    """Gemini stream events -> OpenAI chunks -> Anthropic events (SSE)."""
-
-    __slots__ = ("_anthropic", "_ctx", "_stream")
-
-    def __init__(self, ctx: CallContext) -> None:
-        self._ctx = ctx
-        self._stream = GeminiToOpenAIStream(gen_id=ctx.gen_id, model=ctx.model,
-                                            created=ctx.created, include_usage=True,
-                                            provider=ctx.provider.id)
-        self._anthropic = OpenAIToAnthropicStream(model=ctx.model, message_id=message_id(None))
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._stream.usage
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self._stream.finish_reason
-
-    @property
-    def upstream_id(self) -> str | None:
-        return self._stream.upstream_id
-
-    @property
-    def output_tokens(self) -> int:
-        return self._stream.output_tokens
-
-    def feed(self, event: SSEEvent) -> list[bytes]:
-        return self._events(_feed(self._stream, event, self._ctx))
-
-    def finish(self) -> list[bytes]:
-        if not self._stream.complete:
-            raise cut_short(self._ctx, END)
-        out = self._events(self._stream.finish())
-        return out + [encode_event(orjson.dumps(data), name)
-                      for name, data in self._anthropic.finish()]
-
-    def _events(self, chunks: list[dict[str, Any]]) -> list[bytes]:
-        return [encode_event(orjson.dumps(data), name)
-                for chunk in chunks for name, data in self._anthropic.feed(chunk)]
 
 
 class GeminiTokenCounter:

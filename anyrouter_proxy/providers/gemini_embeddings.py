@@ -19,10 +19,10 @@ import base64
 import struct
 from typing import Any
 
-from ..credits import estimate_prompt_tokens
+from ..pricing import estimate_prompt_tokens
 from ..types import Usage
 from .base import CallContext, Reply, UpstreamCall, invalid_response
-from .gemini import GeminiToOpenAIRelay
+from .gemini_relay import GeminiToOpenAIRelay
 from .google_wire import VERTEX, google_headers, method_path, model_resource
 from .shapes import bad_type, need_body, need_int, opt_str, unsupported
 

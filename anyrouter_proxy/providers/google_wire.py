@@ -1,6 +1,6 @@
 """Where a Gemini-wire request goes and how it is authenticated, for the two kinds that
 speak it: `gemini` (Google AI Studio, `x-goog-api-key`) and `vertex` (Vertex AI, an OAuth
-bearer token that `google_auth.GoogleAuthUpstream` adds on the way out).
+bearer token the gateway adds on the way out, `google_auth.GoogleTokens`).
 
 | kind | path under base_url |
 |---|---|
