@@ -79,6 +79,16 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2 -> 3: the estimated upstream cost of abandoned attempts, which the key does not pay.
     "ALTER TABLE generations ADD COLUMN operator_cost DOUBLE PRECISION NOT NULL DEFAULT 0",
+    # 3 -> 4: stored responses (POST /responses with store), the proxy's conversation state.
+    """
+    CREATE TABLE responses (
+        id TEXT PRIMARY KEY, key_name TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        input_items TEXT NOT NULL,  -- JSON list: every item the model read, earlier turns too
+        output_items TEXT NOT NULL,  -- JSON list: the whole output, encrypted reasoning too
+        response TEXT NOT NULL  -- JSON: the response object as its client got it
+    );
+    CREATE INDEX responses_created ON responses (created_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serialises migrations of replicas starting together (any 64-bit constant: "anyrout" in hex).

@@ -29,7 +29,7 @@ from .types import PROVIDER, GenerationRecord
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # MIGRATIONS[n] takes a database from user_version n to n + 1; later versions append.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -71,6 +71,16 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 2 -> 3: the estimated upstream cost of abandoned attempts, which the key does not pay.
     "ALTER TABLE generations ADD COLUMN operator_cost REAL NOT NULL DEFAULT 0",
+    # 3 -> 4: stored responses (POST /responses with store), the proxy's conversation state.
+    """
+    CREATE TABLE responses (
+        id TEXT PRIMARY KEY, key_name TEXT NOT NULL, created_at REAL NOT NULL,
+        input_items TEXT NOT NULL,  -- JSON list: every item the model read, earlier turns too
+        output_items TEXT NOT NULL,  -- JSON list: the whole output, encrypted reasoning too
+        response TEXT NOT NULL  -- JSON: the response object as its client got it
+    );
+    CREATE INDEX responses_created ON responses (created_at);
+    """,
 )
 
 GENERATION_COLUMNS = (
@@ -100,14 +110,15 @@ _SPEND = """
     ) GROUP BY key_name
 """
 # Retention: what `prune` deletes besides generations (whose spend is carried over first),
-# each statement with the cutoff as its one parameter. A batch goes whole (its row, its
-# items' inputs and results) once it finished before the cutoff; an unfinished batch
-# stays, whatever its age. The statuses are batch.py's FINISHED.
+# each statement with the cutoff as its one parameter. Stored responses go by their age.
+# A batch goes whole (its row, its items' inputs and results) once it finished before the
+# cutoff; an unfinished batch stays, whatever its age. The statuses are batch.py's FINISHED.
 _PRUNE_GENERATIONS = "DELETE FROM generations WHERE created_at < ?"
 _FINISHED_BATCHES = (
     "FROM batches WHERE status IN ('completed', 'cancelled') AND completed_at < ?")
 PRUNE_STATEMENTS: tuple[str, ...] = (
     "DELETE FROM audit WHERE created_at < ?",
+    "DELETE FROM responses WHERE created_at < ?",
     f"DELETE FROM batch_items WHERE batch_id IN (SELECT id {_FINISHED_BATCHES})",
     f"DELETE {_FINISHED_BATCHES}",
 )

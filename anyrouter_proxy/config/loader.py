@@ -389,7 +389,8 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
         headers=MappingProxyType(dict(raw.get("headers", {}))),
         limits=_limits(raw["limits"]) if "limits" in raw else None,
         **_given(raw, anthropic_version="anthropic_version", max_connections="max_connections",
-                 per_key_connections="per_key_connections"),
+                 per_key_connections="per_key_connections",
+                 native_responses="native_responses"),
         **_given(raw.get("circuit", {}), circuit_failures="failures",
                  circuit_cooldown_s="cooldown_s"),
     )
@@ -450,4 +451,5 @@ def _key(name: str, raw: Mapping[str, Any], default_limits: Limits) -> KeyConfig
         ),
         disabled=bool(raw.get("disabled", False)),
         expires_at=_parse_datetime(raw["expires_at"]) if "expires_at" in raw else None,
+        **_given(raw, admin="admin"),
     )

@@ -55,6 +55,9 @@ class ProviderConfig:
     circuit_cooldown_s: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
     per_key_connections: int | None = None  # None: half of max_connections, rounded up
+    # openai kind: the upstream serves the Responses API itself (POST /responses is passed
+    # through rather than translated to chat/completions).
+    native_responses: bool = False
 
     @property
     def has_credentials(self) -> bool:
@@ -116,6 +119,7 @@ class KeyConfig:
     model_limits: Mapping[str, Limits] = field(default_factory=dict)
     disabled: bool = False
     expires_at: dt.datetime | None = None
+    admin: bool = False  # may read every key's stored responses
 
 
 @dataclass(frozen=True, slots=True)

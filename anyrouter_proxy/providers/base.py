@@ -41,6 +41,8 @@ class CallContext:
     # What the gateway reserved for: the upstream body carries a cap no larger (None: no
     # output to cap, e.g. embeddings).
     output: OutputCap | None = None
+    # The client's body as the gateway serves it: a Responses answer echoes its fields.
+    request: Mapping[str, Any] = field(default_factory=dict)
 
     def cost_of(self, usage: Usage) -> float:
         return request_cost(self.pricing, usage)
@@ -62,6 +64,9 @@ class Reply:
     finish_reason: str | None
     upstream_id: str | None
     output_tokens: int = 0  # estimated from the answer, when it has no usage
+    # Responses: the whole output items (encrypted reasoning included), kept to continue
+    # the conversation; the body shows the client's view of them.
+    output_items: list[dict[str, Any]] | None = None
 
 
 class StreamTranslator(Protocol):

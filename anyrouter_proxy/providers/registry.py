@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 from .anthropic import AnthropicPassthrough, OpenAIViaAnthropic
 from .base import Exchange
 from .openai import AnthropicViaOpenAI, OpenAIPassthrough
+from .responses import ResponsesViaChat
+from .responses_native import ResponsesPassthrough
 
 _OPENAI_WIRE: dict[str, Exchange] = {
     CHAT: OpenAIPassthrough(CHAT),
@@ -18,8 +20,31 @@ _ANTHROPIC_WIRE: dict[str, Exchange] = {
     MESSAGES: AnthropicPassthrough(),
 }
 _BY_KIND = {"openai": _OPENAI_WIRE, "mock": _OPENAI_WIRE, "anthropic": _ANTHROPIC_WIRE}
+# Kinds whose chat exchange takes Anthropic thinking blocks back (signed reasoning).
+SIGNED_THINKING_KINDS = frozenset({"anthropic"})
+NATIVE_RESPONSES_KINDS = frozenset({"openai"})
+_NATIVE_RESPONSES = ResponsesPassthrough()
+_RESPONSES_BRIDGES: dict[str, Exchange] = {}
 
 
-def exchange_for(endpoint: str, kind: str) -> Exchange | None:
-    """None when this kind of provider cannot serve the endpoint (routing skips it)."""
+def exchange_for(endpoint: str, kind: str, *, native_responses: bool = False
+                 ) -> Exchange | None:
+    """None when this kind of provider cannot serve the endpoint (routing skips it).
+    Responses: passed through where the provider has `native_responses`, else through
+    the kind's own chat exchange (any kind that serves chat serves Responses)."""
+    if endpoint == RESPONSES:
+        if native_responses and kind in NATIVE_RESPONSES_KINDS:
+            return _NATIVE_RESPONSES
+        return _responses_bridge(kind)
     return _BY_KIND.get(kind, {}).get(endpoint)
+
+
+def _responses_bridge(kind: str) -> Exchange | None:
+    bridge = _RESPONSES_BRIDGES.get(kind)
+    if bridge is None:
+        chat = exchange_for(CHAT, kind)
+        if chat is None:
+            return None
+        bridge = _RESPONSES_BRIDGES[kind] = ResponsesViaChat(
+            chat, signed_thinking=kind in SIGNED_THINKING_KINDS)
+    return bridge

@@ -19,11 +19,12 @@ from ..metrics import Metrics
 from ..providers.mock import MockUpstream
 from ..quota import MemoryQuota, Quota
 from ..ratelimit import Limiter
-from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 from ..upstream import HttpUpstream, Upstream
 from ..usage_store import UsageStore
 from . import batch_handlers as batch
 from . import info_handlers as info
+from . import responses_handlers as responses
 from .middlewares import gateway_middleware
 from .proxy_handlers import count_tokens, proxy_handler
 from .reload import reload_context
@@ -122,8 +123,12 @@ def _add_routes(app: web.Application) -> None:
     router = app.router
     for prefix in API_PREFIXES:
         for endpoint, path in ((CHAT, "/chat/completions"), (COMPLETIONS, "/completions"),
-                               (EMBEDDINGS, "/embeddings"), (MESSAGES, "/messages")):
+                               (EMBEDDINGS, "/embeddings"), (MESSAGES, "/messages"),
+                               (RESPONSES, "/responses")):
             router.add_post(prefix + path, proxy_handler(endpoint))
+        router.add_get(prefix + "/responses/{response_id}", responses.get_response)
+        router.add_delete(prefix + "/responses/{response_id}", responses.delete_response)
+        router.add_get(prefix + "/responses/{response_id}/input_items", responses.input_items)
         router.add_post(prefix + "/messages/count_tokens", count_tokens)
         router.add_get(prefix + "/openapi.json", info.openapi)
         router.add_get(prefix + "/models", info.list_models)
