@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fake_responses import FakeResponse, responses_problem
+
 ANSWER = "Hello from the fake upstream!"
 USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16,
          "prompt_tokens_details": {"cached_tokens": 3},
@@ -40,11 +42,13 @@ class Behaviour:
     first_event_delay_s: float = 0.0  # streams: after headers, before the first event
     chunk_delay_s: float = 0.0  # streams: between events
     chunks: int = 3  # streams: number of content chunks
-    content: str | None = None  # streams: every content chunk's text (default "tok<i> ")
+    content: str | None = None  # streams: every content chunk's text (default "tok<i> ");
+    # whole answers (chat, responses): the answer's text
     stall_after: int | None = None  # streams: stop sending (stay open) after N events
     drop_after: int | None = None  # streams: drop the connection after N events
     no_done: bool = False  # streams: end without [DONE]
     error_event_after: int | None = None  # streams: send an error event after N events
+    usage: dict[str, Any] | None = None  # /responses: the usage to report instead
 
 
 class FakeOpenAI:
@@ -64,6 +68,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/responses", self._responses)
         return app
 
     async def _record(self, request: web.Request) -> tuple[dict[str, Any], Behaviour]:
@@ -94,14 +99,15 @@ class FakeOpenAI:
         if body.get("stream"):
             return await self._stream(request, body, behaviour, base, chat)
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
-        if chat and body.get("tools"):
+        if chat and _wants_tool_call(body):
             choice["finish_reason"] = "tool_calls"
             choice["message"] = {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "call_1", "type": "function", "function": {
                     "name": body["tools"][0]["function"]["name"],
                     "arguments": '{"city": "Paris"}'}}]}
         elif chat:
-            choice["message"] = {"role": "assistant", "content": ANSWER, "refusal": None}
+            choice["message"] = {"role": "assistant", "content": behaviour.content or ANSWER,
+                                 "refusal": None}
         else:
             choice["text"] = ANSWER
         self.completed += 1
@@ -129,7 +135,7 @@ class FakeOpenAI:
             events.append(chunk([{"index": 0, "delta": delta, "finish_reason": None}] if chat
                                 else [{"index": 0, "text": text, "finish_reason": None}]))
         finish = "stop"
-        if chat and body.get("tools"):
+        if chat and _wants_tool_call(body):
             name = body["tools"][0]["function"]["name"]
             pieces = ['{"ci', 'ty": "Pa', 'ris"}']
             for n, piece in enumerate(pieces):
@@ -174,6 +180,49 @@ class FakeOpenAI:
         await response.write_eof()
         return response
 
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body, behaviour = await self._record(request)
+        if behaviour.status != 200 or behaviour.body is not None:
+            return _raw_or_json(behaviour)
+        problem = responses_problem(body)
+        if problem:
+            return web.json_response({"error": {"message": problem, "type":
+                                                "invalid_request_error", "code": None,
+                                                "param": None}}, status=400)
+        answer = FakeResponse(body, f"resp_{self.name}_{len(self.requests)}",
+                              behaviour.content, behaviour.usage)
+        if not body.get("stream"):
+            self.completed += 1
+            return web.json_response(answer.whole(), headers=behaviour.headers)
+        events = answer.events()
+        if behaviour.no_done:
+            events = events[:-1]  # no response.completed
+        if behaviour.error_event_after is not None:
+            events = [*events[:behaviour.error_event_after], answer.error_event()]
+        return await self._send_events(request, events, behaviour)
+
+    async def _send_events(self, request: web.Request, events: list[bytes],
+                           behaviour: Behaviour) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for n, event in enumerate(events):
+                if behaviour.drop_after == n:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                if behaviour.stall_after == n:
+                    await asyncio.sleep(3600)
+                await response.write(event)
+                if behaviour.chunk_delay_s:
+                    await asyncio.sleep(behaviour.chunk_delay_s)
+        except (asyncio.CancelledError, ConnectionError):
+            self.cancelled += 1
+            raise
+        self.completed += 1
+        await response.write_eof()
+        return response
+
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body, behaviour = await self._record(request)
         if behaviour.status != 200 or behaviour.body is not None:
@@ -184,6 +233,12 @@ class FakeOpenAI:
         self.completed += 1
         return web.json_response({"object": "list", "data": data, "model": body["model"],
                                   "usage": EMBEDDING_USAGE})
+
+
+def _wants_tool_call(body: dict[str, Any]) -> bool:
+    """Tools offered and no tool result to answer yet: the fake calls the first tool."""
+    messages = body.get("messages") or [{}]
+    return bool(body.get("tools")) and messages[-1].get("role") != "tool"
 
 
 def _raw_or_json(behaviour: Behaviour) -> web.Response:
@@ -236,8 +291,13 @@ class FakeAnthropic:
             await asyncio.sleep(behaviour.delay_s)
         if behaviour.status != 200 or behaviour.body is not None:
             return _raw_or_json(behaviour)
-        tool = body["tools"][0]["name"] if body.get("tools") else None
-        content: list[dict[str, Any]] = [{"type": "text", "text": ANSWER}]
+        tool = body["tools"][0]["name"] if body.get("tools") and not _answers_tool(body) \
+            else None
+        content: list[dict[str, Any]] = [{"type": "text", "text": behaviour.content or ANSWER}]
+        thinking = body.get("thinking")
+        if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+            content.insert(0, {"type": "thinking", "thinking": THINKING,
+                               "signature": f"{SIGNATURE_PREFIX}{len(self.requests)}"})
         if tool:
             content.append({"type": "tool_use", "id": "toolu_01", "name": tool,
                             "input": {"city": "Paris"}})
@@ -261,12 +321,17 @@ class FakeAnthropic:
                  "usage": {**message["usage"], "output_tokens": 1}}
         events = [event("message_start", {"type": "message_start", "message": start})]
         for index, block in enumerate(message["content"]):
+            if block["type"] == "thinking":
+                events += _thinking_events(event, index, block)
+                continue
             if block["type"] == "text":
                 events.append(event("content_block_start", {
                     "type": "content_block_start", "index": index,
                     "content_block": {"type": "text", "text": ""}}))
                 events.append(event("ping", {"type": "ping"}))
-                for piece in ("Hello from ", "the fake ", "upstream!"):
+                pieces = ("Hello from ", "the fake ", "upstream!") if block["text"] == ANSWER \
+                    else (block["text"],)
+                for piece in pieces:
                     events.append(event("content_block_delta", {
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "text_delta", "text": piece}}))
@@ -306,6 +371,31 @@ class FakeAnthropic:
         return response
 
 
+THINKING = "Let me think about this."
+SIGNATURE_PREFIX = "EqFakeSignature"  # what this fake signs its thinking with
+
+
+def _answers_tool(body: dict[str, Any]) -> bool:
+    """The last user turn carries a tool result: the fake answers it with text."""
+    content = (body.get("messages") or [{}])[-1].get("content")
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+
+
+def _thinking_events(event: Any, index: int, block: dict[str, Any]) -> list[bytes]:
+    return [
+        event("content_block_start", {"type": "content_block_start", "index": index,
+                                      "content_block": {"type": "thinking", "thinking": "",
+                                                        "signature": ""}}),
+        event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                      "delta": {"type": "thinking_delta",
+                                                "thinking": block["thinking"]}}),
+        event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                      "delta": {"type": "signature_delta",
+                                                "signature": block["signature"]}}),
+        event("content_block_stop", {"type": "content_block_stop", "index": index})]
+
+
 def _anthropic_problem(request: web.Request, body: dict[str, Any]) -> str | None:
     """What the real API rejects that a translating gateway could get wrong."""
     if not request.headers.get("x-api-key"):
@@ -317,4 +407,9 @@ def _anthropic_problem(request: web.Request, body: dict[str, Any]) -> str | None
     for i, message in enumerate(body.get("messages", [])):
         if message.get("role") not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        content = message.get("content")
+        for block in content if isinstance(content, list) else []:
+            if block.get("type") == "thinking" and not str(
+                    block.get("signature", "")).startswith(SIGNATURE_PREFIX):
+                return f"messages.{i}.content: Invalid `signature` in `thinking` block"
     return None
