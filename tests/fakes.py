@@ -356,6 +356,10 @@ class FakeAnthropic:
         await response.prepare(request)
         try:
             for n, raw in enumerate(events):
+                if behaviour.drop_after == n:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
                 if behaviour.error_event_after == n:
                     await response.write(event("error", {"type": "error", "error": {
                         "type": "overloaded_error", "message": "Overloaded"}}))

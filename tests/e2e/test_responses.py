@@ -375,7 +375,8 @@ async def test_a_stream_cut_short_ends_with_response_failed_and_is_charged(
         fake_backup: FakeOpenAI, fake_anthropic: FakeAnthropic, model: str) -> None:
     fake = {CHAT_MODEL: fake_openai, NATIVE_MODEL: fake_backup,
             CLAUDE_MODEL: fake_anthropic}[model]
-    fake.then(Behaviour(drop_after=5) if model != CLAUDE_MODEL else Behaviour(no_done=True))
+    # Dropped after some output: past 3 chat chunks, 1 native delta, 1 Anthropic delta.
+    fake.then(Behaviour(drop_after={CHAT_MODEL: 3, NATIVE_MODEL: 5, CLAUDE_MODEL: 4}[model]))
     raw = await sdk.responses.with_raw_response.create(model=model, input="hi", stream=True)
     events = [event async for event in raw.parse()]
     assert events[0].type == "response.created"
