@@ -25,6 +25,8 @@ CHAT_MODEL, NATIVE_MODEL, CLAUDE_MODEL, MOCK_MODEL = (
 FAILOVER_MODEL = "fallback/gpt-then-claude"
 KINDS = {"chat": CHAT_MODEL, "native": NATIVE_MODEL, "anthropic": CLAUDE_MODEL,
          "mock": MOCK_MODEL}
+# The same routes under ids without a slash: the Agents SDK reads "a/b" as provider/model.
+AGENT_MODELS = {kind: f"agent-{kind}" for kind in KINDS}
 PRICING = {"prompt": 1.0, "completion": 2.0}
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
@@ -46,6 +48,10 @@ def responses_config(config_factory: ConfigFactory, fake_openai: FakeOpenAI,
                 NATIVE_MODEL: model("native", "gpt-native"),
                 CLAUDE_MODEL: model("anthropic", "claude-x"),
                 MOCK_MODEL: model("demo", "echo"),
+                **{AGENT_MODELS["chat"]: model("openai", "gpt-chat"),
+                   AGENT_MODELS["native"]: model("native", "gpt-native"),
+                   AGENT_MODELS["anthropic"]: model("anthropic", "claude-x"),
+                   AGENT_MODELS["mock"]: model("demo", "echo")},
                 FAILOVER_MODEL: {"pricing": PRICING, "routes": [
                     {"provider": "openai", "model": "gpt-chat"},
                     {"provider": "anthropic", "model": "claude-x"}]}},

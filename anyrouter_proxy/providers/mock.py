@@ -1,6 +1,10 @@
 """`kind: mock`: an in-process upstream that answers deterministically, speaking the
 OpenAI wire, so `make run` works with no credentials and no network. For demos only:
-tests of the proxy path use a real HTTP upstream."""
+tests of the proxy path use a real HTTP upstream.
+
+It echoes the last user message; offered function tools and no tool result to answer yet,
+it calls the first tool instead, with placeholder arguments for its required parameters
+(strings "demo", numbers 0, booleans false), so that agent loops can be tried out."""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from ..config.model import ProviderConfig
 from ..sse import DONE_EVENT, encode_event
 
 EMBEDDING_DIMENSIONS = 8
+PLACEHOLDERS: dict[str, Any] = {"string": "demo", "number": 0, "integer": 0, "boolean": False,
+                                "array": [], "object": {}}
 
 
 def _text_of(value: Any) -> str:
@@ -80,6 +86,9 @@ class MockUpstream:
         base = {"id": f"mock-{hashlib.sha256(body).hexdigest()[:16]}",
                 "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": request.get("model", "echo")}
+        call = _tool_call(request) if chat else None
+        if call is not None:
+            return _call_response(base, call, usage, bool(request.get("stream")))
         if request.get("stream"):
             return MockResponse(200, events=_stream(base, words, finish, usage, chat))
         text = " ".join(words)
@@ -95,6 +104,43 @@ class MockUpstream:
 
     def retire(self, providers: object) -> None:
         pass
+
+
+def _tool_call(request: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A call of the first function tool, unless the last message answers a tool call."""
+    tools = request.get("tools")
+    messages = request.get("messages")
+    if not isinstance(tools, list) or not tools or not isinstance(messages, list) or (
+            messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"):
+        return None
+    function = tools[0].get("function") if isinstance(tools[0], dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        return None
+    schema = function.get("parameters")
+    properties = schema.get("properties", {}) if isinstance(schema, dict) else {}
+    required = schema.get("required", []) if isinstance(schema, dict) else []
+    arguments = {name: PLACEHOLDERS.get(str(spec.get("type")), "demo")
+                 for name, spec in properties.items()
+                 if name in required and isinstance(spec, dict)}
+    return {"id": f"call_mock_{len(messages)}", "type": "function",
+            "function": {"name": function["name"], "arguments": orjson.dumps(arguments).decode()}}
+
+
+def _call_response(base: dict[str, Any], call: dict[str, Any], usage: dict[str, int],
+                   stream: bool) -> MockResponse:
+    if not stream:
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        choice = {"index": 0, "finish_reason": "tool_calls", "message": message}
+        return MockResponse(200, orjson.dumps({**base, "choices": [choice], "usage": usage}))
+    base = {**base, "object": "chat.completion.chunk"}
+    delta = {"role": "assistant", "tool_calls": [{**call, "index": 0}]}
+    events = [encode_event(orjson.dumps({**base, "choices": [
+                  {"index": 0, "delta": delta, "finish_reason": None}]})),
+              encode_event(orjson.dumps({**base, "choices": [
+                  {"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})),
+              encode_event(orjson.dumps({**base, "choices": [], "usage": usage})),
+              DONE_EVENT]
+    return MockResponse(200, events=events)
 
 
 def _stream(base: dict[str, Any], words: list[str], finish: str, usage: dict[str, int],

@@ -86,11 +86,11 @@ async def test_open_creates_schema_and_sets_version(store: PostgresUsageStore) -
     tables = {r["tablename"] for r in await query(
         dsn, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
     assert tables == {"schema_version", "generations", "audit", "spend_carryover", "batches",
-                      "batch_items"}
+                      "batch_items", "responses"}
     indexes = {r["indexname"] for r in await query(
         dsn, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
     assert {"generations_key_created", "generations_created", "audit_created",
-            "batches_key"} <= indexes
+            "batches_key", "responses_created"} <= indexes
     assert [r["version"] for r in await query(dsn, "SELECT version FROM schema_version")] == [
         SCHEMA_VERSION]
     # The same steps as the SQLite store: adding a migration there needs one here.
@@ -150,7 +150,8 @@ async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(dsn: s
         assert new is not None and new["operator_cost"] == 0.25
     finally:
         await store.close()
-    assert [r["version"] for r in await query(dsn, "SELECT version FROM schema_version")] == [3]
+    assert [r["version"] for r in await query(dsn, "SELECT version FROM schema_version")] == [
+        SCHEMA_VERSION]
 
 
 async def test_newer_schema_refuses_naming_both_versions(dsn: str) -> None:
