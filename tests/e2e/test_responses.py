@@ -309,7 +309,7 @@ async def test_native_reasoning_carries_across_turns(sdk: openai.AsyncOpenAI,
     shown = await sdk.responses.create(model=NATIVE_MODEL, input="Again.",
                                        reasoning={"effort": "low"},
                                        include=["reasoning.encrypted_content"])
-    assert [i for i in shown.output if i.type == "reasoning"][0].encrypted_content
+    assert next(i for i in shown.output if i.type == "reasoning").encrypted_content
     await sdk.responses.create(model=NATIVE_MODEL, input="And now?",
                                previous_response_id=first.id, reasoning={"effort": "low"})
     sent = fake_backup.requests[-1].body["input"]  # the fake decrypts or refuses
@@ -327,7 +327,7 @@ async def test_anthropic_thinking_carries_across_turns(sdk: openai.AsyncOpenAI,
         first = await stream.get_final_response()
     assert "".join(summaries) == "Let me think about this."
     assert fake_anthropic.requests[-1].body["thinking"]["budget_tokens"] == 2048
-    call = [item for item in first.output if item.type == "function_call"][0]
+    call = next(item for item in first.output if item.type == "function_call")
     second = await sdk.responses.create(
         model=CLAUDE_MODEL, previous_response_id=first.id, reasoning={"effort": "low"},
         max_output_tokens=4000, tools=[WEATHER],
