@@ -98,6 +98,16 @@ class StreamTranslator(Protocol):
         ...
 
 
+class ChatChunkSource(Protocol):
+    """What a chat relay may offer beside `feed`/`finish`: the same chunks as dicts, not
+    yet encoded, so that a relay re-translating them (the Responses bridge) does not parse
+    what it just wrote. Optional: without it the bridge reads the relay's bytes."""
+
+    def chunks(self, event: SSEEvent) -> list[dict[str, Any]]: ...
+
+    def finish_chunks(self) -> list[dict[str, Any]]: ...
+
+
 class Exchange(Protocol):
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall: ...
 

@@ -7,14 +7,22 @@ Responses through this bridge without more code."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from ..errors import InvalidRequest, ProxyError
 from ..sse import DONE_EVENT, SSEDecoder, SSEEvent, encode_event
 from ..types import Usage
-from .base import CallContext, Exchange, Reply, StreamTranslator, UpstreamCall, invalid_response
+from .base import (
+    CallContext,
+    ChatChunkSource,
+    Exchange,
+    Reply,
+    StreamTranslator,
+    UpstreamCall,
+    invalid_response,
+)
 from .responses_input import input_items
 from .responses_output import (
     chat_output,
@@ -89,7 +97,7 @@ class ChatBridgeRelay:
     """Relays a chat stream (as the chat exchange's own relay gives it) as Responses
     events; usage, finish reason and output estimate are the chat relay's."""
 
-    __slots__ = ("_ctx", "_decoder", "_events", "_inner")
+    __slots__ = ("_ctx", "_decoder", "_events", "_inner", "_source")
 
     def __init__(self, inner: StreamTranslator, ctx: CallContext) -> None:
         self._inner = inner
@@ -99,6 +107,9 @@ class ChatBridgeRelay:
             response_shell(body, gen_id=ctx.gen_id, model=ctx.model, created_at=ctx.created),
             encrypted=wants_encrypted(body))
         self._decoder: SSEDecoder | None = None
+        # The chat relay's chunks as dicts, when it offers them (no encode and re-parse).
+        self._source = cast(ChatChunkSource, inner) \
+            if hasattr(inner, "chunks") and hasattr(inner, "finish_chunks") else None
 
     @property
     def usage(self) -> Usage | None:
@@ -126,17 +137,25 @@ class ChatBridgeRelay:
         return self._events.response
 
     def feed(self, event: SSEEvent) -> list[bytes]:
+        machine = self._events
+        if self._source is not None:
+            chunks = self._source.chunks(event)
+            if len(chunks) == 1:  # the usual event, first
+                return _encode(machine.feed(chunks[0]))
+        else:
+            chunks = [c for raw in self._inner.feed(event) for c in self._chunks(raw)]
         events: list[Event] = []
-        for raw in self._inner.feed(event):
-            for chunk in self._chunks(raw):
-                events.extend(self._events.feed(chunk))
+        for chunk in chunks:
+            events.extend(machine.feed(chunk))
         return _encode(events)
 
     def finish(self) -> list[bytes]:
+        # Both raise when the chat stream was cut short.
+        chunks = self._source.finish_chunks() if self._source is not None else [
+            c for raw in self._inner.finish() for c in self._chunks(raw)]
         events: list[Event] = []
-        for raw in self._inner.finish():  # raises when the chat stream was cut short
-            for chunk in self._chunks(raw):
-                events.extend(self._events.feed(chunk))
+        for chunk in chunks:
+            events.extend(self._events.feed(chunk))
         usage = self._inner.usage
         shown = None
         if usage is not None:

@@ -3,6 +3,7 @@ official openai SDK's own stream accumulator (what `responses.stream()` runs).""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from openai import omit
@@ -12,6 +13,7 @@ from openai.types.responses import ParsedResponse, ResponseStreamEvent
 
 from anyrouter_proxy.providers.responses_output import THINKING_PREFIX, response_shell
 from anyrouter_proxy.providers.responses_stream import ChatToResponses, Event
+from anyrouter_proxy.sse import SSEEvent, encode_event
 
 USAGE = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0,
                                                       "cache_write_tokens": 0},
@@ -114,3 +116,37 @@ def test_a_failure_ends_with_response_failed_and_the_output_so_far() -> None:
     assert response["output"][0]["content"][0]["text"] == "Half"
     assert response["output"][0]["status"] == "incomplete"
     assert accumulate(events) is None  # the SDK saw no completion
+
+
+class BytesOnlyRelay:
+    """A chat relay of another kind: `feed`/`finish` bytes only (no dict chunks)."""
+
+    usage = None
+    finish_reason = "stop"
+    upstream_id = None
+    output_tokens = 3
+
+    def feed(self, event: SSEEvent) -> list[bytes]:
+        return [encode_event(event.data)]
+
+    def finish(self) -> list[bytes]:
+        return [b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}'
+                b"\n\ndata: [DONE]\n\n"]
+
+
+def test_the_bridge_reads_a_relay_that_only_writes_bytes() -> None:
+    from anyrouter_proxy.config.model import ProviderConfig, Route
+    from anyrouter_proxy.providers.base import CallContext
+    from anyrouter_proxy.providers.responses import ChatBridgeRelay
+
+    ctx = CallContext("gen-x", "m", 1, ProviderConfig("p", "other"), Route("p", "u", 0),
+                      True, False, request={"model": "m", "input": "hi"})
+    relay = ChatBridgeRelay(BytesOnlyRelay(), ctx)  # type: ignore[arg-type]
+    out = b"".join(relay.feed(SSEEvent(json.dumps(chunk({"content": "Hi"})))))
+    out += b"".join(relay.finish())
+    events = [(kind, json.loads(data)) for kind, data in
+              (block.split("\ndata: ") for block in
+               out.decode().removeprefix("event: ").strip().split("\n\nevent: "))]
+    final = accumulate(events)
+    assert final is not None and final.output_text == "Hi"
+    assert relay.output_items[0]["type"] == "message"
