@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..config.model import KeyConfig
 from ..errors import InvalidRequest, NotFound
+from ..providers.responses_output import ENCRYPTED_INCLUDE, client_items
 from ..response_store import StoredResponse
 from .inbound import authenticate
 from .info_handlers import json_response
@@ -26,9 +27,20 @@ async def _stored(request: web.Request, key: KeyConfig) -> StoredResponse:
     return stored
 
 
+def _wants_encrypted(request: web.Request) -> bool:
+    """`include=reasoning.encrypted_content` (also written `include[]=`, as the SDKs do)."""
+    query = request.query
+    return ENCRYPTED_INCLUDE in (*query.getall("include", ()), *query.getall("include[]", ()))
+
+
 async def get_response(request: web.Request) -> web.Response:
+    """The response as its client got it; with `include=reasoning.encrypted_content`, its
+    reasoning items carry their encrypted content."""
     key = authenticate(request)
-    return json_response((await _stored(request, key)).response)
+    stored = await _stored(request, key)
+    if not _wants_encrypted(request):
+        return json_response(stored.response)
+    return json_response({**stored.response, "output": stored.output_items})
 
 
 async def delete_response(request: web.Request) -> web.Response:
@@ -48,7 +60,8 @@ async def input_items(request: web.Request) -> web.Response:
     if order not in ORDERS:
         raise InvalidRequest("'order' must be 'asc' or 'desc'", param="order")
     limit = _limit(query.get("limit"))
-    items = stored.input_items if order == "asc" else stored.input_items[::-1]
+    items = client_items(stored.input_items, _wants_encrypted(request))
+    items = items if order == "asc" else items[::-1]
     start = 0
     after = query.get("after")
     if after:

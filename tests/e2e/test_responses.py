@@ -310,11 +310,20 @@ async def test_native_reasoning_carries_across_turns(sdk: openai.AsyncOpenAI,
                                        reasoning={"effort": "low"},
                                        include=["reasoning.encrypted_content"])
     assert next(i for i in shown.output if i.type == "reasoning").encrypted_content
-    await sdk.responses.create(model=NATIVE_MODEL, input="And now?",
-                               previous_response_id=first.id, reasoning={"effort": "low"})
+    third = await sdk.responses.create(model=NATIVE_MODEL, input="And now?",
+                                       previous_response_id=first.id,
+                                       reasoning={"effort": "low"})
     sent = fake_backup.requests[-1].body["input"]  # the fake decrypts or refuses
     assert sent[1]["type"] == "reasoning"
     assert sent[1]["encrypted_content"].startswith(ENCRYPTED_PREFIX)
+    listed = await sdk.responses.input_items.list(third.id, order="asc")
+    assert listed.data[1].type == "reasoning"
+    assert getattr(listed.data[1], "encrypted_content", None) is None  # not asked for
+    asked = await sdk.responses.input_items.list(third.id, order="asc",
+                                                 include=["reasoning.encrypted_content"])
+    assert getattr(asked.data[1], "encrypted_content", "").startswith(ENCRYPTED_PREFIX)
+    again = await sdk.responses.retrieve(first.id, include=["reasoning.encrypted_content"])
+    assert next(i for i in again.output if i.type == "reasoning").encrypted_content
 
 
 async def test_anthropic_thinking_carries_across_turns(sdk: openai.AsyncOpenAI,
