@@ -48,13 +48,14 @@ def settled_usage(reported: Usage | None, answered: bool, prompt_estimate: int,
 
 
 class Books:
-    __slots__ = ("_closed", "_ledger", "admission", "cap", "pricing", "prompt_estimate",
-                 "provider_admission", "record", "reservation", "reserved_cost", "started")
+    __slots__ = ("_closed", "_ledger", "admission", "cap", "min_web_searches",
+                 "model_admission", "pricing", "prompt_estimate", "provider_admission", "record",
+                 "reservation", "reserved_cost", "started", "token_estimate")
 
     def __init__(self, ledger: Ledger, record: GenerationRecord, pricing: Pricing,
                  admission: Held, reservation: Reserved,
                  prompt_estimate: int, cap: OutputCap | None = None,
-                 reserved_cost: float | None = None) -> None:
+                 reserved_cost: float | None = None, token_estimate: int = 0) -> None:
         self._ledger = ledger
         self._closed = False
         self.record = record
@@ -62,9 +63,13 @@ class Books:
         self.admission = admission
         self.reservation = reservation
         self.provider_admission: Held | None = None
+        # A fallback model's own model_limits, held for the attempt that answered.
+        self.model_admission: Held | None = None
         self.prompt_estimate = prompt_estimate
         self.cap = cap  # the output reserved for: what the upstream is told it may write
         self.reserved_cost = reserved_cost  # USD; None: not known, no overspend check
+        self.token_estimate = token_estimate  # what `admission` took from the token limits
+        self.min_web_searches = 0  # searches charged to an answer that reports fewer
         self.started = time.perf_counter()
 
     def elapsed_ms(self) -> float:
@@ -90,6 +95,9 @@ class Books:
         if self.cap is not None:
             completion_estimate = min(completion_estimate, self.cap.total)
         usage = settled_usage(usage, answered, self.prompt_estimate, completion_estimate)
+        if usage.source != NONE and usage.web_search_requests < self.min_web_searches:
+            # OpenAI reports no count: an answer that asked for search pays at least this
+            usage = dataclasses.replace(usage, web_search_requests=self.min_web_searches)
         rec.usage = usage
         rec.cost = request_cost(self.pricing, usage) if rec.attempts else 0.0
         reserved = self.reserved_cost
@@ -105,9 +113,10 @@ class Books:
         total_tokens = usage.prompt_tokens + usage.completion_tokens
         self.admission.settle_tokens(total_tokens)
         self.admission.release()
-        if self.provider_admission is not None:
-            self.provider_admission.settle_tokens(total_tokens)
-            self.provider_admission.release()
+        for held in (self.provider_admission, self.model_admission):
+            if held is not None:
+                held.settle_tokens(total_tokens)
+                held.release()
         self._ledger.store.record(rec)
         # Metrics only observe: once the answer is out, not on the client's clock.
         asyncio.get_running_loop().call_soon(self._ledger.metrics.observe, rec)

@@ -1,7 +1,9 @@
 """POST /batch (SPEC §6): OpenAI batch-input items run as ordinary proxied requests.
 
 Each item passes the key's allow-list, limits and credits and gets its own generation id
-and usage row; a failing item fails alone. Sync batches answer when every item is done;
+and usage row; a failing item fails alone. Each item looks its key up again by name in the
+current config right before it runs, so a reload that disables, removes or lowers the
+credits of the key stops the items not yet started. Sync batches answer when every item is done;
 async ones answer 202 at once, keep their results in SQLite, and are resumed after a
 restart (items that were running when the process stopped are marked `interrupted`,
 since they may have reached the upstream; items not yet started run).
@@ -249,6 +251,9 @@ class BatchRunner:
             return _error_result(item, exc.code, exc.message)
         request = ProxyRequest(endpoint, body, key, batch.trace_id)
         try:
+            # The key as it is now: disabled, expired, removed or with lower credits since
+            # the batch began (or before a restart resumed it), the item is refused.
+            request.key = self.gateway.current_key(key.name, batch.trace_id)
             answer = await self.gateway.proxy(request)
         except ProxyError as exc:
             return _failed(item, endpoint, request.gen_id, exc)

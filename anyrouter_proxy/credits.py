@@ -36,12 +36,17 @@ PROMPT_FIELDS = (
 def request_cost(pricing: Pricing, usage: Usage) -> float:
     """USD for one request from the usage the upstream reported (OpenAI-style counts).
 
-    `prompt_tokens` includes `cached_tokens` and `completion_tokens` includes
-    `reasoning_tokens`; cached tokens are billed at `cached_prompt` and reasoning tokens
-    at `reasoning` when those are priced, otherwise at the plain rate.
+    `prompt_tokens` includes `cached_tokens` and `cache_write_tokens`, and
+    `completion_tokens` includes `reasoning_tokens`; cached tokens are billed at
+    `cached_prompt`, cache writes at `cache_write` and reasoning tokens at `reasoning` when
+    those are priced, otherwise at the plain rate. Each web search costs `web_search`, and
+    an answered request (usage source other than "none") `request` on top.
     """
-    cached = min(max(0, usage.cached_tokens), max(0, usage.prompt_tokens))
-    uncached = max(0, usage.prompt_tokens) - cached
+    prompt = max(0, usage.prompt_tokens)
+    cached = min(max(0, usage.cached_tokens), prompt)
+    written = 0 if pricing.cache_write is None else \
+        min(max(0, usage.cache_write_tokens), prompt - cached)
+    uncached = prompt - cached - written
     cached_price = pricing.prompt if pricing.cached_prompt is None else pricing.cached_prompt
     completion = max(0, usage.completion_tokens)
     if pricing.reasoning is None:
@@ -49,7 +54,11 @@ def request_cost(pricing: Pricing, usage: Usage) -> float:
     else:
         reasoning = min(max(0, usage.reasoning_tokens), completion)
         output = reasoning * pricing.reasoning + (completion - reasoning) * pricing.completion
-    total = (uncached * pricing.prompt + cached * cached_price + output) / PER_TOKENS
+    total = (uncached * pricing.prompt + cached * cached_price + output
+             + written * (pricing.cache_write or 0.0)) / PER_TOKENS
+    total += max(0, usage.web_search_requests) * (pricing.web_search or 0.0)
+    if pricing.request and usage.source != "none":
+        total += pricing.request
     return round(total, COST_DECIMALS)
 
 

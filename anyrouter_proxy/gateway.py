@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import orjson
 
 from .accounting import Books, Ledger
-from .config.model import Config, KeyConfig, ModelConfig, Pricing, ProviderConfig
+from .billed_extras import NO_EXTRAS, Extras, check_extras
+from .config.model import Config, KeyConfig, ModelConfig, Pricing, ProviderConfig, is_metered
 from .connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
 from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
@@ -52,7 +53,7 @@ from .output_cap import OutputCap, cap_upstream_body, output_cap
 from .providers.anthropic import anthropic_headers
 from .providers.base import CallContext, Exchange, StreamTranslator
 from .providers.registry import exchange_for
-from .quota import Quota
+from .quota import NOTHING_HELD, Held, Quota
 from .response_store import ResponseStore
 from .responses_turn import Turn, prepare_turn
 from .routing import Target, fallback_models, parse_prefs, resolve_targets
@@ -87,6 +88,7 @@ class ProxyRequest:
     gen_id: str = field(default_factory=new_generation_id)
     client_headers: dict[str, str] = field(default_factory=dict)  # anthropic-version, -beta
     record: GenerationRecord | None = None  # its usage row, once it has one
+    extras: Extras = NO_EXTRAS  # what it may be billed beyond tokens, once checked
     turn: Turn | None = None  # Responses: the conversation turn (what to keep)
 
 
@@ -139,6 +141,17 @@ class Gateway:
             self.ledger.store.audit("auth_failed", trace_id=trace_id,
                                     detail={"key_prefix": token[:8], "client": client()})
             raise AuthenticationFailed("Invalid API key", code="invalid_api_key")
+        return self._usable(key, trace_id)
+
+    def current_key(self, name: str, trace_id: str | None = None) -> KeyConfig:
+        """The key called `name` in the current config, checked as `authenticate` checks
+        it: for work that runs long after its request was authenticated (batch items)."""
+        key = self.config.keys.get(name)
+        if key is None:
+            raise AuthenticationFailed(f"Key {name} no longer exists", code="invalid_api_key")
+        return self._usable(key, trace_id)
+
+    def _usable(self, key: KeyConfig, trace_id: str | None) -> KeyConfig:
         if key.disabled:
             self.ledger.store.audit("key_disabled", key_name=key.name, trace_id=trace_id)
             raise PermissionDenied(f"Key {key.name} is disabled", code="key_disabled")
@@ -210,6 +223,8 @@ class Gateway:
             cap = output_cap(req.endpoint, req.body, model_limit=models[0].max_output_tokens,
                              default_max_tokens=config.server.default_max_tokens)
             targets = self._targets(req, models, config)
+            req.extras = check_extras(req.body, req.client_headers,
+                                      [t.pricing for t in targets], is_metered(req.key))
         except ProxyError as exc:
             self._refused(req, self.known_model(req.body, config), exc)
             raise
@@ -218,7 +233,10 @@ class Gateway:
                                     trace_id=req.trace_id,
                                     detail={"provider": req.forced_provider,
                                             "model": models[0].id})
-        books = await self._open_books(req, models[0], targets, stream, cap)
+        # The first model that may answer is admitted (its model_limits included) with
+        # the request; a fallback model's own limits are admitted with its attempts.
+        books = await self._open_books(req, targets[0].model, targets, stream, cap)
+        books.min_web_searches = req.extras.min_searches
         headers = {"X-AnyRouter-Generation-Id": req.gen_id, **endpoint_extra}
         try:
             if stream:
@@ -265,7 +283,8 @@ class Gateway:
             raise
         try:
             # The dearest of the routes that may answer bounds the reservation.
-            cost = worst_case_cost(_dearest(targets), prompt_tokens, cap.total)
+            cost = worst_case_cost(_dearest(targets), prompt_tokens, cap.total) \
+                + req.extras.reservation([t.pricing for t in targets], prompt_tokens)
             reservation = await self.quota.reserve(req.key, cost)
         except ProxyError as exc:
             admission.settle_tokens(0)  # refused: its token estimate goes back
@@ -278,7 +297,7 @@ class Gateway:
                         detail={"model": model.id})
             raise
         return Books(self.ledger, _new_record(req, model.id, stream), targets[0].pricing,
-                     admission, reservation, prompt_tokens, cap, cost)
+                     admission, reservation, prompt_tokens, cap, cost, token_estimate=tokens)
 
     async def _try_targets(self, req: ProxyRequest, targets: list[Target], books: Books,
                            headers: dict[str, str],
@@ -297,6 +316,7 @@ class Gateway:
         include_usage = _include_usage(req.body)
         output = books.cap if books.cap is not None and books.cap.tokens else None
         created = int(time.time())
+        admitted = targets[0].model.id  # whose model_limits the request's admission holds
         failures: list[ProxyError] = []
         skipped: list[str] = []
         streamed = books.record.streamed
@@ -309,13 +329,20 @@ class Gateway:
                 if not health.available(self.board.clock()):
                     skipped.append(f"{provider.id}: circuit open")
                     continue
+                model_admission = await self._admit_model(req, target, admitted, books)
+                if model_admission is None:
+                    health.release_probe()
+                    skipped.append(f"{target.model.id}: at its model_limits")
+                    continue
                 try:
                     share, refusal = await self._claim(provider, req.key.name,
                                                        books.prompt_estimate)
                 except BaseException:  # e.g. the client left meanwhile
+                    model_admission.release()
                     health.release_probe()
                     raise
                 if share is None:
+                    model_admission.release()
                     health.release_probe()
                     skipped.append(f"{provider.id}: {refusal}")
                     continue
@@ -326,13 +353,14 @@ class Gateway:
                 books.pricing = target.pricing  # what this attempt costs if it answers
                 books.record.model = target.model.id
                 # Held by the books from now on: an answer closes them within the attempt.
-                books.provider_admission = share
+                books.provider_admission, books.model_admission = share, model_admission
                 started = time.perf_counter()
                 try:
                     result = await attempt(req, ctx, exchange, books, headers)
                 except ProxyError as exc:
+                    books.provider_admission = books.model_admission = None
                     share.release()
-                    books.provider_admission = None
+                    model_admission.release()
                     if counts_against_health(exc, streamed=streamed):
                         health.failure(self.board.clock())
                     else:
@@ -353,8 +381,9 @@ class Gateway:
                         wait = max(wait, retry_after_s(exc) or 0.0)
                     continue
                 except BaseException:
+                    books.provider_admission = books.model_admission = None
                     share.release()
-                    books.provider_admission = None
+                    model_admission.release()
                     health.release_probe()
                     raise
                 if not isinstance(result, StreamSession):  # a stream reports when it ends
@@ -390,6 +419,16 @@ class Gateway:
             share.release()
             return None, "at its limits"
         return share, ""
+
+    async def _admit_model(self, req: ProxyRequest, target: Target, admitted: str,
+                           books: Books) -> Held | None:
+        """An attempt on a fallback model takes from that model's own model_limits (those
+        the request's admission does not hold); None when they are exhausted. A no-op
+        hold when the model is the one admitted."""
+        if target.model.id == admitted:
+            return NOTHING_HELD
+        return await self.quota.admit_model(req.key, target.model.id, admitted,
+                                            books.token_estimate)
 
     async def _send(self, ctx: CallContext, exchange: Exchange, body: dict[str, Any],
                     books: Books) -> UpstreamResponse:
@@ -489,9 +528,25 @@ class Gateway:
 
     async def count_tokens(self, req: ProxyRequest) -> Answer:
         """POST /messages/count_tokens: passed to the first Anthropic route (free upstream,
-        so it is not a generation); models without one get the local estimate."""
+        so it is not a generation); models without one get the local estimate. It takes
+        one request from the key's limits (and a concurrency slot while it runs)."""
         config = self.config
         model = self.model_for(req.key, req.body.get("model"), config)
+        try:
+            admission = await self.quota.admit(req.key, model.id, 0)
+        except RateLimited as exc:
+            self.ledger.metrics.rejected(req.key.name, "rate_limited")
+            self.ledger.store.audit("rate_limited", key_name=req.key.name,
+                                    trace_id=req.trace_id,
+                                    detail={"model": model.id, **(exc.metadata or {})})
+            raise
+        try:
+            return await self._count_tokens(req, model, config)
+        finally:
+            admission.release()
+
+    async def _count_tokens(self, req: ProxyRequest, model: ModelConfig,
+                            config: Config) -> Answer:
         for target in self._targets(req, [model], config):
             if target.provider.kind != "anthropic":
                 continue

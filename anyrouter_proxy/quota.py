@@ -33,6 +33,19 @@ class Reserved(Protocol):
     def cancel(self) -> None: ...
 
 
+class _NothingHeld:
+    """An admission that holds no limit."""
+
+    def settle_tokens(self, actual_tokens: int) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+NOTHING_HELD: Held = _NothingHeld()
+
+
 class Quota(Protocol):
     def reconfigure(self, config: Config) -> None: ...
 
@@ -40,6 +53,12 @@ class Quota(Protocol):
 
     async def admit_provider(self, provider: ProviderConfig,
                              estimated_tokens: int) -> Held | None: ...
+
+    async def admit_model(self, key: KeyConfig, model_id: str, admitted_model_id: str,
+                          estimated_tokens: int) -> Held | None:
+        """An attempt on a fallback model: its model_limits entries not already held by
+        the admission of `admitted_model_id`; None when one is exhausted."""
+        ...
 
     async def rate_headers(self, key: KeyConfig) -> dict[str, str]: ...
 
@@ -86,6 +105,10 @@ class MemoryQuota:
     async def admit_provider(self, provider: ProviderConfig,
                              estimated_tokens: int) -> Held | None:
         return self.limiter.admit_provider(provider, estimated_tokens)
+
+    async def admit_model(self, key: KeyConfig, model_id: str, admitted_model_id: str,
+                          estimated_tokens: int) -> Held | None:
+        return self.limiter.admit_model(key, model_id, admitted_model_id, estimated_tokens)
 
     async def rate_headers(self, key: KeyConfig) -> dict[str, str]:
         return self.limiter.headers(key)

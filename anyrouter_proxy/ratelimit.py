@@ -324,6 +324,22 @@ class Limiter:
         gate.consume(estimate, now)
         return Admission(self._clock, (gate,), estimate)
 
+    def admit_model(self, key: KeyConfig, model_id: str, admitted_model_id: str,
+                    estimated_tokens: int) -> Admission | None:
+        """Admit an attempt on a fallback model against its model_limits entries that the
+        request's admission (for `admitted_model_id`) did not hold already; None when one
+        is exhausted (routing skips the model)."""
+        now = self._clock()
+        estimate = max(0, estimated_tokens)
+        state = self._key_state(key)
+        held = state.gates_for(admitted_model_id)
+        gates = tuple(g for g in state.gates_for(model_id)[1:] if g not in held)
+        if any(gate.blocked(estimate, now) for gate in gates):
+            return None
+        for gate in gates:
+            gate.consume(estimate, now)
+        return Admission(self._clock, gates, estimate)
+
     def headers(self, key: KeyConfig) -> dict[str, str]:
         """X-RateLimit-* for the key's request bucket; reading never consumes.
 

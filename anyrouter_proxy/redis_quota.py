@@ -551,24 +551,46 @@ class RedisQuota:
             if provider.limits is None or provider.limits == Limits():
                 return NO_LIMITS
             scope = self._provider_scope(provider.id, provider.limits)
+        return await self._admit_or_skip(
+            (scope,), estimated_tokens, "admit_provider",
+            lambda: self.local.admit_provider(provider, estimated_tokens))
+
+    async def admit_model(self, key: KeyConfig, model_id: str, admitted_model_id: str,
+                          estimated_tokens: int) -> Held | None:
+        held = {scope.pattern for scope in self._scopes_for(key, admitted_model_id)}
+        scopes = tuple(scope for scope in self._scopes_for(key, model_id)[1:]
+                       if scope.pattern not in held)
+        if not scopes:
+            return NO_LIMITS
+        return await self._admit_or_skip(
+            scopes, estimated_tokens, "admit_model",
+            lambda: self.local.admit_model(key, model_id, admitted_model_id,
+                                           estimated_tokens))
+
+    async def _admit_or_skip(self, scopes: tuple[_Scope, ...], estimated_tokens: int,
+                             what: str, locally: Callable[[], Awaitable[Held | None]]
+                             ) -> Held | None:
+        """Admit against `scopes` (all or nothing), or None when one is exhausted: for
+        what routing skips rather than refuses (a provider, a fallback model)."""
         if not self.available:
             self._limits_unavailable()
-            return await self.local.admit_provider(provider, estimated_tokens)
+            return await locally()
         estimate = max(0, estimated_tokens)
         member = self._new_id()
         try:
-            result = await self._run_admit((scope,), estimate, member)
+            result = await self._run_admit(scopes, estimate, member)
         except FAILED_OR_CANCELLED as exc:
-            self._compensate("r", scope.owner, (scope.inflight,), (member,))
+            self._compensate("r", scopes[0].owner, tuple(s.inflight for s in scopes),
+                             (member,))
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            self._failed(exc, "admit_provider")
+            self._failed(exc, what)
             self._limits_unavailable()
-            return await self.local.admit_provider(provider, estimated_tokens)
+            return await locally()
         self._succeeded()
         if int(result[0]) != 1:
             return None
-        return RedisHeld(self, member, (scope,), estimate)
+        return RedisHeld(self, member, scopes, estimate)
 
     def _cached_headers(self, key: KeyConfig) -> dict[str, str]:
         cache = self._rates.get(key.name)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config.model import KeyConfig
+from .config.model import KeyConfig, is_metered
 from .errors import NotFound
 from .providers.responses_input import check_request, input_items
 from .providers.shapes import unsupported
@@ -28,7 +28,7 @@ async def prepare_turn(body: dict[str, Any], key: KeyConfig, responses: Response
     turn; raises 400 for a bad request, 404 response_not_found for a previous response
     that does not exist (or was deleted, or is another key's)."""
     check_request(body)
-    if key.credits is not None or key.budget is not None:
+    if is_metered(key):
         _refuse_unpriced_tools(body.get("tools"))
     own = input_items(body["input"])
     previous = body.get("previous_response_id")
@@ -43,8 +43,9 @@ async def prepare_turn(body: dict[str, Any], key: KeyConfig, responses: Response
 
 
 def _refuse_unpriced_tools(tools: Any) -> None:
-    """Built-in tools are billed by the provider beyond tokens (per call, per container,
-    ...), which no price in the config covers: refused for keys with credits or a budget."""
+    """Built-in tools of the Responses API are billed by the provider beyond tokens (per
+    call, per container, ...), which no price in the config covers: refused for keys with
+    credits or a budget (before billed_extras.py, whose web search tools are Anthropic's)."""
     for i, tool in enumerate(tools if isinstance(tools, list) else ()):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind not in TOKEN_PRICED_TOOLS:

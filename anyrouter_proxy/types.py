@@ -25,6 +25,7 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_tokens: int = 0
+    web_search_requests: int = 0  # server-side web searches the provider ran (billed each)
     source: str = "provider"  # PROVIDER | PARTIAL | ESTIMATED | NONE
 
 

@@ -89,13 +89,11 @@ class FakeResponse:
         return items
 
     def usage(self) -> dict[str, Any]:
-        if self.usage_override is not None:
-            return self.usage_override
         reasoning = 64 if self.reasoning else 0
         return {"input_tokens": 36, "input_tokens_details": {"cached_tokens": 8},
                 "output_tokens": 12 + reasoning,
                 "output_tokens_details": {"reasoning_tokens": reasoning},
-                "total_tokens": 48 + reasoning}
+                "total_tokens": 48 + reasoning, **(self.usage_override or {})}
 
     def whole(self) -> dict[str, Any]:
         return {**self.shell("completed"), "output": self.output(), "usage": self.usage()}

@@ -48,7 +48,7 @@ class Behaviour:
     drop_after: int | None = None  # streams: drop the connection after N events
     no_done: bool = False  # streams: end without [DONE]
     error_event_after: int | None = None  # streams: send an error event after N events
-    usage: dict[str, Any] | None = None  # /responses: the usage to report instead
+    usage: dict[str, Any] = field(default_factory=dict)  # merged into the answer's usage
 
 
 class FakeOpenAI:
@@ -112,7 +112,8 @@ class FakeOpenAI:
             choice["text"] = ANSWER
         self.completed += 1
         return web.json_response({**base, "object": "chat.completion" if chat
-                                  else "text_completion", "choices": [choice], "usage": USAGE},
+                                  else "text_completion", "choices": [choice],
+                                  "usage": {**USAGE, **behaviour.usage}},
                                  headers=behaviour.headers)
 
     async def _stream(self, request: web.Request, body: dict[str, Any], behaviour: Behaviour,
@@ -150,7 +151,8 @@ class FakeOpenAI:
                             else [{"index": 0, "text": "", "finish_reason": finish}]))
         if include_usage:
             events.append(chunk([], {**USAGE, "completion_tokens": behaviour.chunks,
-                                     "total_tokens": USAGE["prompt_tokens"] + behaviour.chunks}))
+                                     "total_tokens": USAGE["prompt_tokens"] + behaviour.chunks,
+                                     **behaviour.usage}))
         if not behaviour.no_done:
             events.append(b"data: [DONE]\n\n")
 
@@ -302,7 +304,7 @@ class FakeAnthropic:
             content.append({"type": "tool_use", "id": "toolu_01", "name": tool,
                             "input": {"city": "Paris"}})
         usage = {"input_tokens": 20, "output_tokens": 7, "cache_read_input_tokens": 5,
-                 "cache_creation_input_tokens": 0}
+                 "cache_creation_input_tokens": 0, **behaviour.usage}
         message = {"id": f"msg_{self.name}_{len(self.requests)}", "type": "message",
                    "role": "assistant", "model": body["model"], "content": content,
                    "stop_reason": "tool_use" if tool else "end_turn", "stop_sequence": None,
@@ -317,8 +319,9 @@ class FakeAnthropic:
         def event(name: str, data: dict[str, Any]) -> bytes:
             return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
+        start_usage = {k: v for k, v in message["usage"].items() if k != "server_tool_use"}
         start = {**message, "content": [], "stop_reason": None,
-                 "usage": {**message["usage"], "output_tokens": 1}}
+                 "usage": {**start_usage, "output_tokens": 1}}
         events = [event("message_start", {"type": "message_start", "message": start})]
         for index, block in enumerate(message["content"]):
             if block["type"] == "thinking":
@@ -349,7 +352,8 @@ class FakeAnthropic:
         events.append(event("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-            "usage": {"output_tokens": message["usage"]["output_tokens"]}}))
+            "usage": {k: v for k, v in message["usage"].items()  # cumulative, as Anthropic's
+                      if k in ("output_tokens", "server_tool_use")}}))
         if not behaviour.no_done:
             events.append(event("message_stop", {"type": "message_stop"}))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

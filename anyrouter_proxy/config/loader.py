@@ -40,6 +40,7 @@ from .model import (
     StateConfig,
     StorageConfig,
     Timeouts,
+    is_metered,
 )
 
 PathItems = tuple[str | int, ...]
@@ -206,7 +207,11 @@ def parse_config(
         problems.extend(_cross_check(data, builder.lines))
     if problems:
         raise ConfigError(source, _first_per_path(problems))
-    return _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None)
+    config = _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None)
+    problems = list(_unpriced(config, builder.lines))  # needs the keys as frozen
+    if problems:
+        raise ConfigError(source, problems)
+    return config
 
 
 @cache
@@ -323,6 +328,28 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
             yield problem(("keys", name, "expires_at"), "not a valid date or date-time")
 
 
+def _unpriced(config: Config, lines: Mapping[PathItems, int]) -> Iterator[ConfigProblem]:
+    """Every model a metered key may reach needs pricing, on the model or on each route:
+    without it the model would be free for a key whose spending is capped."""
+    metered = [key for key in config.keys.values() if is_metered(key)]
+    for model_id, model in config.models.items():
+        if model.priced:
+            continue
+        unpriced = [r.provider for r in model.routes if r.pricing is None]
+        users = [key.name for key in metered if key.models is None
+                 or any(fnmatch.fnmatchcase(model_id, p) for p in key.models)]
+        if not unpriced or not users:
+            continue
+        items: PathItems = ("models", model_id, "pricing")
+        more = f" (and {len(users) - 1} more)" if len(users) > 1 else ""
+        yield ConfigProblem(
+            render_path(items), _line_of(lines, items),
+            f"missing, so the model would cost nothing, yet key {users[0]!r}{more} has "
+            f"credits or a budget and may use it (routes via {', '.join(unpriced)} have no "
+            "pricing of their own either): write its prices, or pricing: {prompt: 0, "
+            "completion: 0} to make it free on purpose")
+
+
 def _parse_datetime(text: str) -> dt.datetime | None:
     try:
         value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -418,6 +445,7 @@ def _model(mid: str, raw: Mapping[str, Any]) -> ModelConfig:
         context_length=raw.get("context_length"),
         max_output_tokens=raw.get("max_output_tokens"),
         pricing=Pricing(**raw.get("pricing", {})),
+        priced="pricing" in raw,
         deprecated=_deprecation(deprecated) if deprecated else None,
     )
 

@@ -31,12 +31,16 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Pricing:
-    """USD per 1M tokens, as written in routes.yaml."""
+    """USD per 1M tokens, as written in routes.yaml; the billed extras (None: not priced,
+    so refused for metered keys) per 1M cache-write tokens, per web search, per request."""
 
     prompt: float = 0.0
     completion: float = 0.0
     cached_prompt: float | None = None
     reasoning: float | None = None
+    cache_write: float | None = None
+    web_search: float | None = None
+    request: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,7 @@ class ModelConfig:
     pricing: Pricing = Pricing()
     deprecated: Deprecation | None = None
     created: int = 0
+    priced: bool = True  # False: routes.yaml wrote no `pricing` for the model itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,12 @@ class KeyConfig:
     disabled: bool = False
     expires_at: dt.datetime | None = None
     admin: bool = False  # may read every key's stored responses
+
+
+def is_metered(key: KeyConfig) -> bool:
+    """Is the key's spending capped (credits or a budget)? Then every model it may reach
+    must be priced, and billed extras must be priced or are refused."""
+    return key.credits is not None or key.budget is not None
 
 
 @dataclass(frozen=True, slots=True)

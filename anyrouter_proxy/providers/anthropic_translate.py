@@ -160,7 +160,15 @@ def anthropic_usage(usage: dict[str, Any]) -> Usage:
     thinking = _count(details.get("thinking_tokens")) if isinstance(details, dict) else 0
     return Usage(prompt_tokens=_count(usage.get("input_tokens")) + read + write,
                  completion_tokens=_count(usage.get("output_tokens")),
-                 cached_tokens=read, reasoning_tokens=thinking, cache_write_tokens=write)
+                 cached_tokens=read, reasoning_tokens=thinking, cache_write_tokens=write,
+                 web_search_requests=web_searches(usage))
+
+
+def web_searches(usage: dict[str, Any]) -> int:
+    """`usage.server_tool_use.web_search_requests`: Anthropic's count of billed searches
+    (OpenAI-compatible upstreams such as OpenRouter report it in the same place)."""
+    tools = usage.get("server_tool_use")
+    return _count(tools.get("web_search_requests")) if isinstance(tools, dict) else 0
 
 
 def openai_usage(usage: dict[str, Any] | None) -> Usage:
@@ -177,7 +185,7 @@ def openai_usage(usage: dict[str, Any] | None) -> Usage:
                  completion_tokens=_count(usage.get("completion_tokens")),
                  cached_tokens=_count(prompt.get("cached_tokens")),
                  reasoning_tokens=_count(completion.get("reasoning_tokens")),
-                 cache_write_tokens=write)
+                 cache_write_tokens=write, web_search_requests=web_searches(usage))
 
 
 def openai_usage_dict(usage: Usage) -> dict[str, Any]:

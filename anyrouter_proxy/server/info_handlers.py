@@ -31,7 +31,11 @@ def price_per_token(per_million: float | None) -> str:
     """Plain decimal notation, never exponent form (SPEC §7)."""
     if not per_million:
         return "0"
-    text = format(Decimal(str(per_million)) / PER_TOKENS, "f")
+    return _plain(Decimal(str(per_million)) / PER_TOKENS)
+
+
+def _plain(value: Decimal) -> str:
+    text = format(value, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
@@ -39,9 +43,13 @@ def model_object(model: ModelConfig, config: Config) -> dict[str, Any]:
     pricing = model.pricing
     prices = {"prompt": price_per_token(pricing.prompt),
               "completion": price_per_token(pricing.completion),
-              "request": "0", "image": "0"}
+              "request": _plain(Decimal(str(pricing.request or 0))), "image": "0"}
     if pricing.cached_prompt is not None:
         prices["input_cache_read"] = price_per_token(pricing.cached_prompt)
+    if pricing.cache_write is not None:
+        prices["input_cache_write"] = price_per_token(pricing.cache_write)
+    if pricing.web_search is not None:  # USD per search, as OpenRouter lists it
+        prices["web_search"] = _plain(Decimal(str(pricing.web_search)))
     if pricing.reasoning is not None:
         prices["internal_reasoning"] = price_per_token(pricing.reasoning)
     owner = model.id.split("/", 1)[0] if "/" in model.id else model.routes[0].provider

@@ -558,7 +558,8 @@ async def test_reload_under_load_fails_no_request(config_factory: ConfigFactory,
 async def test_reload_removes_metrics_of_removed_keys_and_providers(
         config_factory: ConfigFactory, start_proxy: StartProxy) -> None:
     two = {"demo": {"kind": "mock"}, "spare": {"kind": "mock"}}
-    models = {"demo/echo": {"routes": [{"provider": "demo", "model": "echo"},
+    models = {"demo/echo": {"pricing": {"prompt": 1, "completion": 2},
+                            "routes": [{"provider": "demo", "model": "echo"},
                                        {"provider": "spare", "model": "echo"}]}}
     proxy = await start_proxy(config_factory(providers=two, models=models, keys={
         "alice": {"key_sha256": sha256(ALICE_KEY), "credits": 5},

@@ -6,6 +6,7 @@ of serving Responses (chat-translated, native, Anthropic), whole or streamed."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -126,3 +127,20 @@ async def test_a_stream_cut_short_is_charged_its_estimate(
         assert raw.rstrip().split(b"\n")[-1].startswith(b'data: {"type":"response.failed"')
         charged = await spent(session, proxy)
     assert 0 < charged <= usd(500, COMPLETION_PRICE) + usd(len(PROMPT), PROMPT_PRICE)
+
+
+@pytest.mark.parametrize("tool", ["web_search", "web_search_preview", "code_interpreter",
+                                  "image_generation", "file_search", "mcp"])
+async def test_built_in_tools_are_refused_for_keys_with_credits(
+        config_factory: ConfigFactory, aiohttp_server: Any, start_proxy: StartProxy,
+        tool: str) -> None:
+    """Billed by OpenAI beyond tokens, at prices no config holds: a metered key never
+    sends them, even to a native provider."""
+    proxy, fake = await metered(config_factory, aiohttp_server, start_proxy, 5.0)
+    async with aiohttp.ClientSession() as session:
+        status, raw = await post(session, proxy, {"model": NATIVE_MODEL, "input": "news?",
+                                                  "tools": [{"type": tool}]})
+    error = json.loads(raw)["error"]
+    assert (status, error["code"], error["param"]) == (400, "unsupported_parameter",
+                                                       "tools[0].type")
+    assert fake.requests == []

@@ -162,7 +162,8 @@ def secure_config(config_factory: ConfigFactory, secrets: Secrets, openai_fake: 
                          "routes": [{"provider": "anthropic", "model": "claude-x"}]},
                 EMBED: {"pricing": {"prompt": 0.02},
                         "routes": [{"provider": "openai", "model": "text-embedding-3-small"}]},
-                "dead/model": {"routes": [{"provider": "dead", "model": "m"}]}},
+                "dead/model": {"pricing": {"prompt": 1, "completion": 2},
+                               "routes": [{"provider": "dead", "model": "m"}]}},
         keys={"alice": {"key_sha256": sha256(secrets.alice), "credits": 100},
               "bob": {"key_sha256": sha256(secrets.bob), "credits": 50}},
         server={"retries": 0, "log_level": "debug", **server})

@@ -181,6 +181,48 @@ def test_serve_valid_config_passes_flags_to_the_server(
     assert seen["config"] == load_config(EXAMPLE, environ={})
 
 
+UNPRICED = """\
+version: 1
+providers:
+  demo: {kind: mock}
+models:
+  demo/echo:
+    pricing: {prompt: 1, completion: 2}
+    routes:
+      - {provider: demo, model: echo}
+  demo/free:
+    routes:
+      - {provider: demo, model: free}
+keys:
+  alice:
+    key_sha256: %s
+    credits: 10
+""" % ("a" * 64)
+
+
+def test_check_and_serve_refuse_an_unpriced_model_a_credit_key_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from anyrouter_proxy.server import runner
+
+    path = tmp_path / "unpriced.yaml"
+    path.write_text(UNPRICED, "utf-8")
+    result = run("check", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    [line] = problem_lines(result.stderr, path)
+    assert line.startswith(f"{path}:9: models.demo/free.pricing: missing"), line
+    assert "key 'alice' has credits or a budget" in line
+    calls: list[object] = []
+    monkeypatch.setattr(runner, "serve", lambda *a, **k: calls.append(a) or 0)
+    assert cli.main(["serve", "--config", str(path)]) != 0
+    assert calls == []
+    assert f"{path}:9: models.demo/free.pricing: missing" in capsys.readouterr().err
+    path.write_text(UNPRICED.replace("  demo/free:\n",
+                                     "  demo/free:\n    pricing: {prompt: 0, completion: 0}\n"),
+                    "utf-8")
+    assert run("check", "--config", str(path), cwd=tmp_path).returncode == 0
+
+
 # --- serve: the published demo key stays on loopback ---------------------------------
 
 

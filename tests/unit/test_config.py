@@ -578,6 +578,107 @@ def test_expires_at_forms(tmp_path: Path, written: str, expected: dt.datetime) -
     assert expires is not None and expires.tzinfo is not None
 
 
+# --- pricing of what metered keys reach -------------------------------------------------
+
+TWO_ROUTES = """\
+version: 1
+providers:
+  a: {kind: mock}
+  b: {kind: mock}
+models:
+  demo/echo:
+    routes:
+      - {provider: a, model: echo}
+      - {provider: b, model: echo}
+  free/model:
+    pricing: {prompt: 0, completion: 0}
+    routes:
+      - {provider: a, model: free}
+"""
+
+
+def credit_key(extra: str = "") -> str:
+    return f"keys:\n  alice:\n    key_sha256: {HASH_A}\n    credits: 5\n{extra}"
+
+
+def test_a_model_without_pricing_that_a_credit_key_may_use_is_an_error(
+        tmp_path: Path) -> None:
+    text = TWO_ROUTES + credit_key()
+    problem = only_problem(tmp_path, text)
+    assert problem.path == "models.demo/echo.pricing"
+    assert problem.line == line_of(text, "demo/echo:")
+    assert "key 'alice' has credits or a budget" in problem.message
+    assert "routes via a, b have no pricing" in problem.message
+    assert "pricing: {prompt: 0, completion: 0}" in problem.message
+
+
+def test_explicit_zero_pricing_is_free_on_purpose(tmp_path: Path) -> None:
+    config = parse(tmp_path, TWO_ROUTES.replace(
+        "  demo/echo:\n", "  demo/echo:\n    pricing: {prompt: 0, completion: 0}\n")
+        + credit_key())
+    model = config.models["demo/echo"]
+    assert model.priced and (model.pricing.prompt, model.pricing.completion) == (0, 0)
+    assert not parse(tmp_path, TWO_ROUTES).models["demo/echo"].priced
+
+
+def test_pricing_on_every_route_is_enough(tmp_path: Path) -> None:
+    text = TWO_ROUTES.replace("{provider: a, model: echo}",
+                              "{provider: a, model: echo, pricing: {prompt: 1}}")
+    text = text.replace("{provider: b, model: echo}",
+                        "{provider: b, model: echo, pricing: {prompt: 2, completion: 3}}")
+    config = parse(tmp_path, text + credit_key())
+    assert [r.pricing.prompt for r in config.models["demo/echo"].routes
+            if r.pricing is not None] == [1, 2]
+
+
+def test_one_unpriced_route_is_enough_for_the_error(tmp_path: Path) -> None:
+    text = TWO_ROUTES.replace("{provider: a, model: echo}",
+                              "{provider: a, model: echo, pricing: {prompt: 1}}")
+    problem = only_problem(tmp_path, text + credit_key())
+    assert problem.path == "models.demo/echo.pricing"
+    assert "routes via b have no pricing" in problem.message
+
+
+def test_an_unpriced_model_outside_the_allow_list_of_credit_keys_is_fine(
+        tmp_path: Path) -> None:
+    config = parse(tmp_path, TWO_ROUTES + credit_key('    models: ["free/*"]\n'))
+    assert config.keys["alice"].credits == 5
+    found = problems(tmp_path, TWO_ROUTES + credit_key('    models: ["free/*", "demo/*"]\n'))
+    assert [p.path for p in found] == ["models.demo/echo.pricing"]
+
+
+def test_an_unpriced_model_is_fine_when_no_key_has_credits(tmp_path: Path) -> None:
+    text = TWO_ROUTES + f"keys:\n  bob: {{key_sha256: {HASH_B}}}\n"
+    assert parse(tmp_path, text).models["demo/echo"].pricing.prompt == 0
+
+
+def test_a_key_with_a_budget_is_metered_too(tmp_path: Path) -> None:
+    text = TWO_ROUTES + f"keys:\n  team:\n    key_sha256: {HASH_B}\n" \
+        "    budget: {usd: 5, period: day}\n"
+    problem = only_problem(tmp_path, text)
+    assert problem.path == "models.demo/echo.pricing"
+    assert "key 'team' has credits or a budget" in problem.message
+
+
+def test_every_metered_key_is_counted_in_the_message(tmp_path: Path) -> None:
+    text = TWO_ROUTES + credit_key() + f"  bob: {{key_sha256: {HASH_B}, credits: 1}}\n"
+    problem = only_problem(tmp_path, text)
+    assert "key 'alice' (and 1 more) has credits or a budget" in problem.message
+
+
+def test_billed_extras_are_priced_fields(tmp_path: Path) -> None:
+    text = TWO_ROUTES.replace(
+        "    pricing: {prompt: 0, completion: 0}\n",
+        "    pricing: {prompt: 3, completion: 15, cache_write: 3.75, web_search: 0.01,"
+        " request: 0.005}\n")
+    pricing = parse(tmp_path, text).models["free/model"].pricing
+    assert (pricing.cache_write, pricing.web_search, pricing.request) == (3.75, 0.01, 0.005)
+    unpriced = parse(tmp_path, TWO_ROUTES).models["free/model"].pricing
+    assert (unpriced.cache_write, unpriced.web_search, unpriced.request) == (None, None, None)
+    problem = only_problem(tmp_path, text.replace("web_search: 0.01", "web_search: -1"))
+    assert problem.path == "models.free/model.pricing.web_search"
+
+
 # --- all problems at once -------------------------------------------------------------
 
 
@@ -722,7 +823,8 @@ def test_key_optional_fields_default(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("period", ["day", "week", "month"])
 def test_key_budget_beside_or_instead_of_credits(tmp_path: Path, period: str) -> None:
-    text = (BASE + f"keys:\n  alice:\n    key_sha256: {HASH_A}\n"
+    priced = BASE.replace("  demo/echo:\n", "  demo/echo:\n    pricing: {prompt: 1}\n")
+    text = (priced + f"keys:\n  alice:\n    key_sha256: {HASH_A}\n"
             f"    budget: {{usd: 50, period: {period}}}\n"
             f"  bob:\n    key_sha256: {HASH_B}\n    credits: 10\n"
             f"    budget: {{usd: 0.5, period: {period}}}\n")

@@ -279,6 +279,22 @@ def test_keys_are_limited_independently() -> None:
 # --- providers -----------------------------------------------------------------------------
 
 
+def test_a_fallback_model_takes_only_the_entries_the_admission_does_not_hold() -> None:
+    key = make_key(rpm=100, model_limits={"*/x": Limits(requests_per_minute=2),
+                                          "b/*": Limits(requests_per_minute=1,
+                                                        concurrent_requests=1)})
+    limiter, clock = make_limiter(key)
+    limiter.admit(key, "a/x", 0)  # the request: the key and "*/x"
+    held = limiter.admit_model(key, "b/x", "a/x", 0)  # its fallback: "b/*" only
+    assert held is not None
+    limiter.admit(key, "a/x", 0)  # "*/x" had 2: the fallback did not take one
+    assert limiter.admit_model(key, "b/x", "a/x", 0) is None  # "b/*": rpm and slot used
+    held.release()
+    clock.now += 60
+    assert limiter.admit_model(key, "b/x", "a/x", 0) is not None
+    assert limiter.admit_model(key, "c/y", "a/x", 0) is not None  # no entry of its own
+
+
 def test_provider_limits_return_none_when_exhausted() -> None:
     provider = ProviderConfig(id="p", kind="openai", limits=Limits(requests_per_minute=1,
                                                                    concurrent_requests=5))

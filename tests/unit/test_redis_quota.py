@@ -256,6 +256,22 @@ async def test_provider_limits_return_none_when_exhausted(make_quota: QuotaFacto
     assert await quota.admit_provider(free, 10) is NO_LIMITS  # nothing to hold: no trip
 
 
+async def test_a_fallback_model_takes_only_the_entries_the_admission_does_not_hold(
+        make_quota: QuotaFactory) -> None:
+    key = make_key(rpm=100, model_limits={"*/x": Limits(requests_per_minute=2),
+                                          "b/*": Limits(concurrent_requests=1)})
+    quota = make_quota(key)
+    await quota.admit(key, "a/x", 0)
+    held = await quota.admit_model(key, "b/x", "a/x", 0)
+    assert held is not None and held is not NO_LIMITS
+    assert await admitted(quota, key, "a/x")  # "*/x" had 2: the fallback took none
+    assert await quota.admit_model(key, "b/x", "a/x", 0) is None  # "b/*": its slot is held
+    held.release()
+    await quota.flush()
+    assert await quota.admit_model(key, "b/x", "a/x", 0) is not None
+    assert await quota.admit_model(key, "c/y", "a/x", 0) is NO_LIMITS  # nothing to hold
+
+
 async def test_rate_headers_read_without_consuming_and_follow_other_replicas(
         make_quota: QuotaFactory) -> None:
     key = make_key(rpm=10)
