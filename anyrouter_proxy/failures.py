@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from .config.model import ModelConfig, ProviderConfig
+from .error_bodies import read_error_body
 from .errors import (
     ProxyError,
     RateLimited,
@@ -21,7 +19,6 @@ from .redaction import redact
 
 PASSTHROUGH_STATUSES = frozenset({400, 404, 413, 422})  # the request's fault: returned as is
 CREDENTIAL_STATUSES = frozenset({401, 403})  # the gateway's own misconfiguration
-_TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
 PASSTHROUGH_CODES = {400: "invalid_request", 404: "not_found", 413: "request_too_large",
                      422: "invalid_request"}  # when the upstream gave no code of its own
 
@@ -65,9 +62,10 @@ def upstream_failure(config: ProviderConfig, status: int, raw: bytes,
                      headers: Mapping[str, str] | None) -> ProxyError:
     """An upstream error answer, as the error the client (or failover) sees."""
     provider = config.id
-    message, code, param = _error_fields(raw)
+    said = read_error_body(raw)
+    message, code, param = said.message, said.code, said.param
     message = redact(message, config) if message else message
-    meta = {"provider_name": provider, "provider_status": status}
+    meta = {"provider_name": provider, "provider_status": status, **said.metadata}
     if status in PASSTHROUGH_STATUSES:
         return error_for_status(status, message or f"Provider {provider} rejected the request",
                                 code=code or PASSTHROUGH_CODES[status], param=param,
@@ -84,22 +82,6 @@ def upstream_failure(config: ProviderConfig, status: int, raw: bytes,
     detail = f": {message}" if message else ""
     return UpstreamError(f"Provider {provider} failed with status {status}{detail}",
                          metadata=meta)
-
-
-def _error_fields(raw: bytes) -> tuple[str | None, str | None, str | None]:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _text_of(raw), None, None
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        message, code, param = error.get("message"), error.get("code"), error.get("param")
-        return (str(message) if message else None,
-                code if isinstance(code, str) else None,
-                param if isinstance(param, str) else None)
-    if isinstance(error, str):
-        return error, None, None
-    return None, None, None
 
 
 def final_error(model: ModelConfig, failures: list[ProxyError],
@@ -125,13 +107,3 @@ def final_error(model: ModelConfig, failures: list[ProxyError],
     if all(isinstance(f, UpstreamTimeout) for f in failures):
         return UpstreamTimeout(f"Every provider of {model.id} timed out: {tried}", metadata=meta)
     return UpstreamError(f"Every provider of {model.id} failed: {tried}", metadata=meta)
-
-
-def _text_of(raw: bytes) -> str | None:
-    """A non-JSON error body as a short message: an HTML page by its <title>, never its
-    markup; plain text as it is (cut)."""
-    text = raw[:4096].decode("utf-8", "replace").strip()
-    if text[:1] == "<":
-        title = _TITLE.search(text)
-        return f"an HTML page ({title.group(1).strip()[:120]})" if title else "an HTML page"
-    return text[:300] or None

@@ -24,6 +24,7 @@ import orjson
 from .accounting import Books, Ledger
 from .billed_extras import NO_EXTRAS, Extras, check_extras
 from .config.model import Config, KeyConfig, ModelConfig, Pricing, ProviderConfig, is_metered
+from .config.wildcards import resolve_model
 from .connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
 from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
@@ -51,13 +52,19 @@ from .health import BreakerPolicy, HealthBoard
 from .ids import new_generation_id
 from .output_cap import OutputCap, cap_upstream_body, output_cap
 from .providers.anthropic import anthropic_headers
+from .providers.aws_auth import AwsAuth
 from .providers.base import CallContext, Exchange, StreamTranslator
-from .providers.registry import exchange_for
+from .providers.registry import exchange_for, stream_decoder
 from .quota import NOTHING_HELD, Held, Quota
 from .response_store import ResponseStore
 from .responses_turn import Turn, prepare_turn
-from .routing import Target, fallback_models, parse_prefs, resolve_targets
-from .sse import SSEDecoder
+from .routing import (
+    Target,
+    fallback_models,
+    parse_prefs,
+    resolve_targets,
+    routing_fields_go_upstream,
+)
 from .stream_session import StreamSession, discard, first_output
 from .types import (
     CHAT,
@@ -117,13 +124,27 @@ class Gateway:
         self.responses = ResponseStore(ledger.store)
         self.board = HealthBoard(breaker_policies(config))
         self.shares = ConnectionShares()
+        self.aws = AwsAuth(config.providers.values())  # kind bedrock's credentials
         self._draw = draw
         self._sleep = sleep
 
     def reconfigure(self, config: Config) -> None:
         self.quota.reconfigure(config)
         self.board.reconfigure(breaker_policies(config))
+        self.aws.reconfigure(config.providers.values())
         self.config = config  # one assignment: requests in flight keep the config they had
+
+    async def open(self) -> None:
+        """Resolve provider credentials that need I/O (off the event loop) before serving."""
+        await self.aws.open()
+
+    async def close(self) -> None:
+        await self.aws.close()
+
+    def has_credentials(self, provider: ProviderConfig) -> bool:
+        """Configured with credentials and, where they are looked up (the AWS chain),
+        found: otherwise the provider is `no_credentials` and routing skips it."""
+        return provider.has_credentials and self.aws.available(provider)
 
     # -- authentication -------------------------------------------------------------
 
@@ -168,10 +189,13 @@ class Gateway:
         config = config or self.config
         if not isinstance(model_id, str) or not model_id:
             raise InvalidRequest("'model' is required and must be a string", param="model")
-        model = config.models.get(model_id)
+        model = resolve_model(config, model_id)
         if model is None:
             raise NotFound(f"Model {model_id} does not exist", code="model_not_found",
                            param="model")
+        if model.is_wildcard:
+            raise NotFound(f"Model {model_id} is a wildcard: ask for a model under it, such "
+                           f"as {model_id[:-1]}MODEL", code="model_not_found", param="model")
         if key.models is not None and not any(fnmatch.fnmatchcase(model_id, p)
                                               for p in key.models):
             raise PermissionDenied(f"Key {key.name} is not allowed to use model {model_id}",
@@ -189,19 +213,28 @@ class Gateway:
         """The requested model id if the config has it: never a client's invented string
         in logs or metric labels."""
         model = body.get("model")
-        return model if isinstance(model, str) and model in (config or self.config).models \
-            else "unknown"
+        return model if isinstance(model, str) and resolve_model(config or self.config, model) \
+            is not None else "unknown"
 
     def _models_for(self, req: ProxyRequest, config: Config) -> list[ModelConfig]:
-        ids: list[Any] = fallback_models(req.body) or [req.body.get("model")]  # model_for: why
-        return [self.model_for(req.key, model_id, config) for model_id in ids]
+        primary = req.body.get("model")
+        first = self.model_for(req.key, primary, config) if isinstance(primary, str) else None
+        if first is not None and routing_fields_go_upstream(first, config.providers):
+            return [first]  # `models` is the upstream's fallback list, not ours
+        ids: list[Any] = fallback_models(req.body) or [primary]  # model_for: why
+        return [first if first is not None and model_id == primary
+                else self.model_for(req.key, model_id, config) for model_id in ids]
 
     def _targets(self, req: ProxyRequest, models: list[ModelConfig],
                  config: Config) -> list[Target]:
         board = self.board
+        # `provider` preferences name the upstream's providers when it takes them itself.
+        prefs = None if routing_fields_go_upstream(models[0], config.providers) \
+            else parse_prefs(req.body.get("provider"))
         return resolve_targets(
             models, config.providers, forced=req.forced_provider,
-            prefs=parse_prefs(req.body.get("provider")), draw=self._draw,
+            prefs=prefs, draw=self._draw,
+            usable=self.has_credentials,
             latency=lambda pid: board.get(pid).median_latency(),
             throughput=lambda pid: board.get(pid).median_throughput())
 
@@ -260,6 +293,8 @@ class Gateway:
         record = _new_record(req, model_id, req.body.get("stream") is True,
                              status_code=exc.status, error_code=exc.code,
                              usage=Usage(source="none"))
+        model = resolve_model(self.config, model_id)
+        record.wildcard = model.wildcard if model is not None else None
         self.ledger.store.record(record)
         self.ledger.metrics.observe(record)
 
@@ -296,7 +331,8 @@ class Gateway:
             store.audit(reason, key_name=req.key.name, trace_id=req.trace_id,
                         detail={"model": model.id})
             raise
-        return Books(self.ledger, _new_record(req, model.id, stream), targets[0].pricing,
+        record = _new_record(req, model.id, stream, wildcard=model.wildcard)
+        return Books(self.ledger, record, targets[0].pricing,
                      admission, reservation, prompt_tokens, cap, cost, token_estimate=tokens)
 
     async def _try_targets(self, req: ProxyRequest, targets: list[Target], books: Books,
@@ -352,6 +388,7 @@ class Gateway:
                                   output, req.body)
                 books.pricing = target.pricing  # what this attempt costs if it answers
                 books.record.model = target.model.id
+                books.record.wildcard = target.model.wildcard
                 # Held by the books from now on: an answer closes them within the attempt.
                 books.provider_admission, books.model_admission = share, model_admission
                 started = time.perf_counter()
@@ -439,9 +476,13 @@ class Gateway:
         upstream = self.mock if ctx.provider.kind == "mock" else self.http
         record = books.record
         record.provider, record.upstream_model = ctx.provider.id, ctx.route.model
+        headers = call.headers
         started = time.perf_counter()
         try:
-            response = await upstream.send(ctx.provider, call.path, payload, call.headers)
+            if call.signed:  # over exactly the bytes and the URL that are sent
+                headers = await self.aws.sign(ctx.provider, ctx.provider.base_url + call.path,
+                                              payload, headers)
+            response = await upstream.send(ctx.provider, call.path, payload, headers)
         except ProxyError as exc:
             status = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
             record.attempts.append(Attempt(ctx.provider.id, status, _ms_since(started)))
@@ -491,7 +532,7 @@ class Gateway:
             response = await self._send(ctx, exchange, req.body, books)
             chunks = aiter(response.chunks())
             translator = exchange.translator(ctx)
-            decoder = SSEDecoder()
+            decoder = stream_decoder(ctx.provider.kind)
             try:
                 async with asyncio.timeout_at(deadline):
                     first, failure = await first_output(chunks, decoder, translator)

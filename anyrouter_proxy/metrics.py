@@ -86,13 +86,14 @@ class Metrics:
     def observe(self, rec: GenerationRecord) -> None:
         provider = rec.provider or "none"
         status_class = f"{rec.status_code // 100}xx"
-        self._child(self.requests, rec.endpoint, rec.model, provider, rec.key_name,
+        model = rec.wildcard or rec.model  # a wildcard's ids count under the wildcard
+        self._child(self.requests, rec.endpoint, model, provider, rec.key_name,
                     status_class).inc()
         if not rec.attempts:  # refused before routing: counted, but no latency to speak of
             return
-        self._child(self.duration, rec.endpoint, rec.model).observe(rec.latency_ms / 1000)
+        self._child(self.duration, rec.endpoint, model).observe(rec.latency_ms / 1000)
         if rec.ttft_ms is not None:
-            self._child(self.ttft, rec.model, provider).observe(rec.ttft_ms / 1000)
+            self._child(self.ttft, model, provider).observe(rec.ttft_ms / 1000)
         for attempt in rec.attempts:
             outcome = "ok" if attempt.status == 200 else str(attempt.status)
             self._child(self.attempts, attempt.provider, outcome).observe(
@@ -103,9 +104,9 @@ class Metrics:
                                  ("cached", usage.cached_tokens),
                                  ("reasoning", usage.reasoning_tokens)):
             if count:
-                self._child(self.tokens, rec.model, provider, rec.key_name, direction).inc(count)
+                self._child(self.tokens, model, provider, rec.key_name, direction).inc(count)
         if rec.cost:
-            self._child(self.cost, rec.model, rec.key_name).inc(rec.cost)
+            self._child(self.cost, model, rec.key_name).inc(rec.cost)
 
     def overspent(self, key_name: str, usd: float) -> None:
         self._child(self.overspend, key_name).inc(usd)

@@ -3,8 +3,9 @@
 `output_cap` reads a client body as the upstream will read it: every output cap field it
 may carry, the number of choices, reasoning effort or a thinking budget, and the model's
 own output limit when the client sets no cap. The credit reservation and the token-per-
-minute estimate are made from it; `cap_openai_body` / `cap_anthropic_body` then make sure
-the body sent upstream carries an explicit cap no larger than the one reserved.
+minute estimate are made from it; `cap_openai_body` / `cap_anthropic_body` /
+`cap_converse_body` (Bedrock) then make sure the body sent upstream carries an explicit cap
+no larger than the one reserved.
 
 | client body | output tokens per choice |
 |---|---|
@@ -40,6 +41,9 @@ CHOICE_FIELDS = ("n", "best_of")
 OPENAI_OUTPUT_PATHS: dict[str, str | None] = {
     "/chat/completions": None, "/completions": "max_tokens", "/responses": "max_output_tokens"}
 ANTHROPIC_OUTPUT_PATHS = frozenset({"/messages"})
+_KNOWN_PATHS = sorted((*OPENAI_OUTPUT_PATHS, *ANTHROPIC_OUTPUT_PATHS), key=len, reverse=True)
+# Bedrock's Converse operations (/model/{modelId}/converse, /converse-stream).
+CONVERSE_PATH_ENDS = ("/converse", "/converse-stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +140,24 @@ def _within(tokens: int, model_limit: int | None) -> int:
 
 def cap_upstream_body(path: str, body: dict[str, Any], cap: OutputCap) -> None:
     """Make the body sent to upstream `path` carry a cap no larger than `cap` (in place);
-    bodies that write no output (embeddings) are left alone."""
+    bodies that write no output (embeddings) are left alone. The path may sit below a
+    prefix and carry a query (Azure: /openai/deployments/NAME/chat/completions?api-...)."""
+    path = _wire_path(path)
     if path in ANTHROPIC_OUTPUT_PATHS:
         cap_anthropic_body(body, cap.tokens)
     elif path in OPENAI_OUTPUT_PATHS:
         cap_openai_body(body, cap, field=OPENAI_OUTPUT_PATHS[path])
+    elif path.endswith(CONVERSE_PATH_ENDS):
+        cap_converse_body(body, cap.tokens)
+
+
+def _wire_path(path: str) -> str:
+    """The endpoint path an upstream path ends in (the longest known), else the path."""
+    path = path.split("?", 1)[0]
+    for known in _KNOWN_PATHS:
+        if path.endswith(known):
+            return known
+    return path
 
 
 def cap_openai_body(body: dict[str, Any], cap: OutputCap, *, field: str | None = None) -> None:
@@ -175,3 +192,20 @@ def cap_anthropic_body(body: dict[str, Any], tokens: int) -> None:
         budget = thinking.get("budget_tokens")
         if budget.__class__ is int and budget >= tokens:
             body["thinking"] = {**thinking, "budget_tokens": max(tokens - 1, 0)}
+
+
+def cap_converse_body(body: dict[str, Any], tokens: int) -> None:
+    """Bedrock Converse: inferenceConfig.maxTokens no larger than `tokens` (added when
+    absent); a Claude thinking budget in additionalModelRequestFields that no longer fits
+    below it shrinks with it."""
+    config = body.get("inferenceConfig")
+    if not isinstance(config, dict):
+        config = body["inferenceConfig"] = {}
+    value = config.get("maxTokens")
+    if value.__class__ is not int or not 0 < value <= tokens:
+        config["maxTokens"] = value = tokens
+    extra = body.get("additionalModelRequestFields")
+    if isinstance(extra, dict) and isinstance(extra.get("thinking"), dict):
+        budget = extra["thinking"].get("budget_tokens")
+        if budget.__class__ is int and budget >= value:
+            extra["thinking"] = {**extra["thinking"], "budget_tokens": max(value - 1, 0)}

@@ -16,9 +16,10 @@ def redact_error(exc: ProxyError, provider: ProviderConfig) -> ProxyError:
 
 
 def redact(text: str, provider: ProviderConfig) -> str:
-    """An upstream's message with the provider's own secrets (its key, its configured
-    header values) masked: upstreams sometimes echo them back."""
-    for secret in (provider.api_key, *provider.headers.values()):
+    """An upstream's message with the provider's own secrets (its key or AWS secrets, its
+    configured header values) masked: upstreams sometimes echo them back."""
+    for secret in (provider.api_key, provider.aws_secret_access_key, provider.aws_session_token,
+                   *provider.headers.values()):
         if secret and len(secret) >= MIN_SECRET_LENGTH and secret in text:
             text = text.replace(secret, "***")
     return text

@@ -3,7 +3,9 @@
 Authority, highest first: the X-AnyRouter-Provider header (one provider among the model's
 routes); the request's OpenRouter-style `provider` preferences (`order`, `only`, `ignore`,
 `allow_fallbacks`, `sort`); the config's priorities, with `weight` spreading load among
-routes of equal priority. The `models` field adds fallback models, tried in turn.
+routes of equal priority. The `models` field adds fallback models, tried in turn. Both
+fields are the upstream's instead when every route of the model goes to a provider with
+`forward_routing_fields` (OpenRouter): they name its providers and models, not ours.
 """
 
 from __future__ import annotations
@@ -72,6 +74,14 @@ def parse_prefs(raw: Any) -> ProviderPrefs | None:
                          allow_fallbacks=allow, sort=sort)
 
 
+def routing_fields_go_upstream(model: ModelConfig,
+                               providers: Mapping[str, ProviderConfig]) -> bool:
+    """Whether the request's `provider` and `models` fields belong to the upstream: every
+    route of the model goes to a provider with `forward_routing_fields` (OpenRouter), so
+    they name its providers and models, not ours."""
+    return all(providers[r.provider].forward_routing_fields for r in model.routes)
+
+
 def fallback_models(body: Mapping[str, Any]) -> list[str]:
     """Model ids to try, in order: `model`, then the `models` list (OpenRouter)."""
     primary = body.get("model")
@@ -96,8 +106,10 @@ def resolve_targets(
     draw: Callable[[], float] = random.random,
     latency: Callable[[str], float | None] = lambda _: None,
     throughput: Callable[[str], float | None] = lambda _: None,
+    usable: Callable[[ProviderConfig], bool] = lambda provider: provider.has_credentials,
 ) -> list[Target]:
-    """Every (model, route) to try, best first; raises when none is left."""
+    """Every (model, route) to try, best first; raises when none is left. `usable`: the
+    provider has credentials (the gateway also knows those looked up at run time)."""
     if forced is not None and not any(r.provider == forced for m in models for r in m.routes):
         raise _not_available(models, f"Provider {forced!r} is not available for model "
                                      f"{models[0].id}", "X-AnyRouter-Provider")
@@ -110,10 +122,10 @@ def resolve_targets(
                     and r.provider not in prefs.ignore]
             filtered_out |= len(kept) < len(routes)
             routes = kept
-        usable = [r for r in routes if providers[r.provider].has_credentials]
-        ordered = _order(model, usable, prefs if forced is None else None, draw, latency,
-                         throughput)
-        filtered_out |= bool(usable) and not ordered  # `order` + no fallbacks named none
+        with_credentials = [r for r in routes if usable(providers[r.provider])]
+        ordered = _order(model, with_credentials, prefs if forced is None else None, draw,
+                         latency, throughput)
+        filtered_out |= bool(with_credentials) and not ordered  # `order` + no fallbacks named none
         targets.extend(Target(model, r, providers[r.provider]) for r in ordered)
     if targets:
         return targets

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 DONE = "[DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -22,6 +23,13 @@ class SSEEvent:
     @property
     def is_done(self) -> bool:
         return self.data == DONE
+
+
+class EventDecoder(Protocol):
+    """Raw upstream bytes in, whole events out: SSEDecoder, or the decoder of another
+    framing (AWS event streams, providers/aws_eventstream.py) yielding the same events."""
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]: ...
 
 
 class SSEDecoder:

@@ -19,7 +19,7 @@ from .accounting import Books
 from .errors import ProxyError, UpstreamError, internal_failure
 from .providers.base import StreamTranslator
 from .providers.responses_events import failed_before_start
-from .sse import DONE_EVENT, EventTooLarge, SSEDecoder, encode_event
+from .sse import DONE_EVENT, EventDecoder, EventTooLarge, encode_event
 from .types import MESSAGES, RESPONSES
 from .upstream import UpstreamResponse
 
@@ -46,7 +46,7 @@ def stream_error_event(endpoint: str, exc: ProxyError, *, gen_id: str = "",
     return encode_event(orjson.dumps(exc.envelope())) + DONE_EVENT
 
 
-def translate(chunk: bytes, decoder: SSEDecoder, translator: StreamTranslator
+def translate(chunk: bytes, decoder: EventDecoder, translator: StreamTranslator
               ) -> tuple[list[bytes], ProxyError | None]:
     """Client bytes for one upstream read, and the failure that cut it short, if any:
     events before a failure in the same read still reach the client."""
@@ -62,7 +62,7 @@ def translate(chunk: bytes, decoder: SSEDecoder, translator: StreamTranslator
     return out, None
 
 
-async def first_output(chunks: AsyncIterator[bytes], decoder: SSEDecoder,
+async def first_output(chunks: AsyncIterator[bytes], decoder: EventDecoder,
                        translator: StreamTranslator) -> tuple[list[bytes], ProxyError | None]:
     """Read until there is something for the client (or fail, so routing can move on)."""
     async for chunk in chunks:
@@ -89,7 +89,7 @@ class StreamSession:
 
     def __init__(self, endpoint: str, headers: dict[str, str], books: Books,
                  response: UpstreamResponse, chunks: AsyncIterator[bytes],
-                 decoder: SSEDecoder, translator: StreamTranslator, first: list[bytes],
+                 decoder: EventDecoder, translator: StreamTranslator, first: list[bytes],
                  failure: ProxyError | None = None, outcome: Outcome | None = None,
                  completed: Callable[[StreamTranslator], None] | None = None) -> None:
         self.endpoint = endpoint

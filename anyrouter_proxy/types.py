@@ -61,6 +61,9 @@ class GenerationRecord:
     ttft_ms: float | None = None
     generation_time_ms: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
+    # The wildcard entry (`groq/*`) that served `model`, if one did: the metrics label,
+    # so that ids a client makes up under a wildcard do not multiply the series.
+    wildcard: str | None = None
 
 
 # The proxied endpoints, by the client's dialect.

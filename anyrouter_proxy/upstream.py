@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Protocol
@@ -19,6 +20,7 @@ import aiohttp
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
+from yarl import URL
 
 from .config.model import ProviderConfig, Timeouts
 from .errors import TimeoutStage, UpstreamError, UpstreamTimeout
@@ -26,6 +28,8 @@ from .errors import TimeoutStage, UpstreamError, UpstreamTimeout
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a non-stream answer larger than this is refused
+# A URL made only of the characters an encoded URL may hold (RFC 3986).
+_ENCODED_URL = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*")
 
 
 class UpstreamResponse(Protocol):
@@ -220,7 +224,7 @@ class HttpUpstream:
 
     async def send(self, provider: ProviderConfig, path: str, body: bytes,
                    headers: Mapping[str, str]) -> UpstreamResponse:
-        url = provider.base_url + path
+        url = upstream_url(provider, path)
         progress = _Progress()
         token = _SENDING.set(progress)
         try:
@@ -250,6 +254,15 @@ class HttpUpstream:
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()
+
+
+def upstream_url(provider: ProviderConfig, path: str) -> str | URL:
+    """The URL of `path`: one the exchange percent-encoded itself (a Bedrock model ARN) goes
+    out exactly as written, since a request signature covers it; yarl would decode `%3A`."""
+    url = provider.base_url + path
+    if "%" in path and _ENCODED_URL.fullmatch(url):
+        return URL(url, encoded=True)
+    return url
 
 
 async def _close_later(session: aiohttp.ClientSession, delay_s: float) -> None:

@@ -42,11 +42,26 @@ from .model import (
     Timeouts,
     is_metered,
 )
+from .provider_checks import model_problems, provider_problems
+from .wildcards import glob_may_match, resolves, wildcard_entries
 
 PathItems = tuple[str | int, ...]
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+# Sections whose keys are names, and how a bad name is explained (not with a regex).
+_NAME_RULES = {
+    "providers": "is not a valid provider id: use letters, digits and _ . - (at most 64 "
+                 "characters, starting with a letter or digit)",
+    "keys": "is not a valid key name: use letters, digits and _ . - (at most 64 "
+            "characters, starting with a letter or digit)",
+    "models": "is not a valid model id: use letters, digits and _ . : / @ + - (at most 200 "
+              "characters, starting with a letter or digit), or end it in /* to serve every "
+              "id under a prefix (such as groq/*)",
+}
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+BEDROCK_RUNTIME_URL = "https://bedrock-runtime.{region}.amazonaws.com"
+AWS_FIELDS = ("region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+              "aws_profile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +253,15 @@ def _schema_problems(error: jsonschema.ValidationError,
                 yield ConfigProblem(render_path(field_path), _line_of(lines, field_path),
                                     f"unknown field {name!r}")
         return
-    if error.validator == "pattern" and "propertyNames" not in error.schema_path:
+    if error.validator == "pattern" and "propertyNames" in error.schema_path:
+        section = str(items[-1]) if items else ""
+        if section in _NAME_RULES and isinstance(error.instance, str):
+            name_path = (*items, error.instance)  # the offending key, at its own line
+            yield ConfigProblem(render_path(name_path), _line_of(lines, name_path),
+                                f"{error.instance!r} {_NAME_RULES[section]}")
+            return
+        message = str(error.message)
+    elif error.validator == "pattern":
         message = f"{error.instance!r} is not in the expected form"
     else:
         message = str(error.message)
@@ -270,7 +293,13 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
 
     providers = _dicts(data.get("providers"))
     models = _dicts(data.get("models"))
+    for items, message in (*provider_problems(providers), *model_problems(models, providers)):
+        yield problem(items, message)
     for pid, provider in providers.items():
+        if provider.get("kind") != "bedrock":
+            for aws_field in AWS_FIELDS:
+                if aws_field in provider:
+                    yield problem(("providers", pid, aws_field), "only kind bedrock reads it")
         per_key = provider.get("per_key_connections")
         pool = provider.get("max_connections", DEFAULT_MAX_CONNECTIONS)
         if isinstance(per_key, int) and isinstance(pool, int) and per_key > pool:
@@ -286,7 +315,7 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
         deprecated = model.get("deprecated")
         deprecated = deprecated if isinstance(deprecated, dict) else {}
         successor = deprecated.get("successor")
-        if isinstance(successor, str) and successor not in models:
+        if isinstance(successor, str) and not resolves(models, successor):
             yield problem(("models", model_id, "deprecated", "successor"),
                           f"successor {successor!r} is not a model of this config")
         since, sunset = str(deprecated.get("since", "")), str(deprecated.get("sunset", "~"))
@@ -310,11 +339,10 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
     for name, key in _dicts(data.get("keys")).items():
         patterns = key.get("models")
         for i, pattern in enumerate(patterns if isinstance(patterns, list) else []):
-            if isinstance(pattern, str) and not any(fnmatch.fnmatchcase(m, pattern)
-                                                    for m in models):
+            if isinstance(pattern, str) and not glob_may_match(pattern, models):
                 yield problem(("keys", name, "models", i), f"{pattern!r} matches no model")
         for pattern in _dicts(key.get("model_limits")):
-            if not any(fnmatch.fnmatchcase(m, pattern) for m in models):
+            if not glob_may_match(pattern, models):
                 yield problem(("keys", name, "model_limits", pattern),
                               f"{pattern!r} matches no model")
         digest = key.get("key_sha256")
@@ -403,6 +431,7 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
         deprecations=MappingProxyType({path: _deprecation(raw) for path, raw
                                        in (data.get("deprecations") or {}).items()}),
         version=data["version"],
+        wildcards=wildcard_entries(models.values()),
     )
 
 
@@ -410,17 +439,29 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
     return ProviderConfig(
         id=pid,
         kind=raw["kind"],
-        base_url=raw.get("base_url", "").rstrip("/"),
+        base_url=raw.get("base_url", _default_base_url(raw)).rstrip("/"),
         api_key=raw.get("api_key"),
         timeouts=Timeouts(**raw.get("timeouts", {})),
         headers=MappingProxyType(dict(raw.get("headers", {}))),
         limits=_limits(raw["limits"]) if "limits" in raw else None,
         **_given(raw, anthropic_version="anthropic_version", max_connections="max_connections",
-                 per_key_connections="per_key_connections",
+                 per_key_connections="per_key_connections", api_version="api_version",
+                 stream_options="stream_options",
+                 forward_routing_fields="forward_routing_fields",
                  native_responses="native_responses"),
+        **_given(raw, region="region", aws_access_key_id="aws_access_key_id",
+                 aws_secret_access_key="aws_secret_access_key",
+                 aws_session_token="aws_session_token", aws_profile="aws_profile"),
         **_given(raw.get("circuit", {}), circuit_failures="failures",
                  circuit_cooldown_s="cooldown_s"),
     )
+
+
+def _default_base_url(raw: Mapping[str, Any]) -> str:
+    """The endpoint of a kind that has a well-known one (the others require base_url)."""
+    if raw["kind"] == "bedrock":
+        return BEDROCK_RUNTIME_URL.format(region=raw["region"])
+    return ""
 
 
 def _given(raw: Mapping[str, Any], **fields: str) -> dict[str, Any]:

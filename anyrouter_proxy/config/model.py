@@ -10,6 +10,7 @@ from pathlib import Path
 DEFAULT_REQUESTS_PER_MINUTE = 1000
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_MAX_CONNECTIONS = 256  # per provider and process
+WILDCARD_SUFFIX = "/*"  # a model id ending so serves every id under its prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class Pricing:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     id: str
-    kind: str  # openai | anthropic | mock
+    kind: str  # openai | anthropic | azure | mock | bedrock
     base_url: str = ""
     # None: the upstream needs no key (a local server); "": credentials missing, so the
     # provider stays configured but unavailable (SPEC §3 `no_credentials`).
@@ -59,13 +60,43 @@ class ProviderConfig:
     circuit_cooldown_s: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
     per_key_connections: int | None = None  # None: half of max_connections, rounded up
+    # kind bedrock: the AWS region, and credentials other than a bearer api_key (absent:
+    # the standard AWS chain, for the named profile when aws_profile is set).
+    region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    aws_session_token: str | None = field(default=None, repr=False)
+    aws_profile: str | None = None
+    api_version: str | None = None  # azure: classic deployments; None: the v1 API
+    stream_options: bool = True  # False: never send stream_options upstream
+    forward_routing_fields: bool = False  # pass provider/models/route/transforms upstream
     # openai kind: the upstream serves the Responses API itself (POST /responses is passed
     # through rather than translated to chat/completions).
     native_responses: bool = False
 
     @property
     def has_credentials(self) -> bool:
-        return self.kind == "mock" or self.api_key != ""
+        """Its credentials are set (or none needed), and no header is left empty by
+        `${VAR:-}`: an empty header is never sent, so the provider waits for its value."""
+        if self.kind == "mock":
+            return True
+        if not all(self.headers.values()):
+            return False
+        if self.kind == "bedrock":
+            return self.aws_credentials != "none"
+        return self.api_key != ""
+
+    @property
+    def aws_credentials(self) -> str:
+        """Kind bedrock: where its credentials come from. `bearer`: api_key (a Bedrock API
+        key); `keys`: the aws_* fields; `chain`: none of them written (environment, shared
+        files, instance role); `none`: written but empty, like an empty api_key."""
+        if self.api_key:
+            return "bearer"
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            return "keys"
+        written = (self.api_key, self.aws_access_key_id, self.aws_secret_access_key)
+        return "chain" if all(value is None for value in written) else "none"
 
     @property
     def connections_per_key(self) -> int:
@@ -103,6 +134,13 @@ class ModelConfig:
     deprecated: Deprecation | None = None
     created: int = 0
     priced: bool = True  # False: routes.yaml wrote no `pricing` for the model itself
+    # A concrete model served by a wildcard entry (`groq/*`): that entry's id.
+    wildcard: str | None = None
+
+    @property
+    def is_wildcard(self) -> bool:
+        """The wildcard entry itself, as written in the config (`groq/*`)."""
+        return self.id.endswith(WILDCARD_SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,3 +251,5 @@ class Config:
     state: StateConfig = StateConfig()
     deprecations: Mapping[str, Deprecation] = field(default_factory=dict)  # by endpoint path
     version: int = 1
+    # The wildcard entries of `models` (`groq/*`), longest prefix first: see wildcards.py.
+    wildcards: tuple[ModelConfig, ...] = ()

@@ -50,9 +50,11 @@ class CallContext:
 
 @dataclass(slots=True)
 class UpstreamCall:
-    path: str
+    path: str  # sent as written when already percent-encoded (upstream.py)
     body: dict[str, Any]
     headers: dict[str, str]
+    # The gateway adds the provider's AWS auth headers over the final bytes (aws_auth.py).
+    signed: bool = False
 
 
 @dataclass(slots=True)
@@ -116,8 +118,33 @@ class Exchange(Protocol):
     def translator(self, ctx: CallContext) -> StreamTranslator: ...
 
 
-# Request fields that steer the gateway and mean nothing (or something else) upstream.
+# Request fields that steer the gateway and mean nothing (or something else) upstream;
+# OpenRouter's own, passed on to a provider with `forward_routing_fields`.
 GATEWAY_FIELDS = ("provider", "models", "route", "transforms")
+
+
+def upstream_fields(body: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+    """A copy of a client body to send upstream: without the gateway's routing fields,
+    unless the provider takes them itself."""
+    if ctx.provider.forward_routing_fields:
+        return dict(body)
+    return {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+
+
+class Address(Protocol):
+    """Where and how an OpenAI-compatible upstream is called: the path of each endpoint
+    below base_url and the headers (authentication) it wants."""
+
+    def path(self, endpoint_path: str, ctx: CallContext) -> str:
+        """The upstream path for one of ENDPOINT_PATHS (query string included)."""
+        ...
+
+    def headers(self, ctx: CallContext) -> dict[str, str]: ...
+
+    def chat_cap_field(self, ctx: CallContext) -> str | None:
+        """The output cap field a chat body gets when it has none (None: the request's
+        own preference)."""
+        ...
 
 
 def invalid_response(ctx: CallContext, what: str) -> UpstreamError:

@@ -25,7 +25,7 @@ from .anthropic_translate import (
     openai_usage,
 )
 from .base import (
-    GATEWAY_FIELDS,
+    Address,
     CallContext,
     Reply,
     UpstreamCall,
@@ -33,6 +33,7 @@ from .base import (
     event_data,
     invalid_response,
     stream_error,
+    upstream_fields,
 )
 
 OPENAI_API_HOST = "api.openai.com"
@@ -52,6 +53,34 @@ def openai_headers(ctx: CallContext) -> dict[str, str]:
     return headers
 
 
+class OpenAIAddress:
+    """base_url + the endpoint's own path, the key as a Bearer token."""
+
+    def path(self, endpoint_path: str, ctx: CallContext) -> str:
+        return endpoint_path
+
+    def headers(self, ctx: CallContext) -> dict[str, str]:
+        return openai_headers(ctx)
+
+    def chat_cap_field(self, ctx: CallContext) -> str | None:
+        return "max_completion_tokens" if is_openai_api(ctx.provider.base_url) else None
+
+
+OPENAI_ADDRESS = OpenAIAddress()
+
+
+def ask_for_usage(out: dict[str, Any], ctx: CallContext) -> None:
+    """Every stream is accounted, asked for or not: usage is requested with
+    stream_options, unless the provider rejects the field (`stream_options: false`), when
+    none goes up at all and the usage is what the stream reports, else an estimate."""
+    if not ctx.provider.stream_options:
+        out.pop("stream_options", None)
+        return
+    options = out.get("stream_options")
+    out["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                             "include_usage": True}
+
+
 def parse_usage(raw: Any) -> Usage | None:
     """OpenAI `usage` -> Usage (details included); None when absent or not an object."""
     if not isinstance(raw, dict):
@@ -62,23 +91,23 @@ def parse_usage(raw: Any) -> Usage | None:
 class OpenAIPassthrough:
     """Client and upstream both speak OpenAI: swap the model, keep everything else."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, address: Address = OPENAI_ADDRESS) -> None:
         self.endpoint = endpoint
         self.path = ENDPOINT_PATHS[endpoint]
+        self.address = address
 
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
-        out = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+        address = self.address
+        out = upstream_fields(body, ctx)
         out["model"] = ctx.route.model
         if ctx.output is not None and self.endpoint != EMBEDDINGS:
-            openai_chat = self.endpoint == CHAT and is_openai_api(ctx.provider.base_url)
-            cap_openai_body(out, ctx.output,
-                            field="max_completion_tokens" if openai_chat else None)
+            field = address.chat_cap_field(ctx) if self.endpoint == CHAT else None
+            cap_openai_body(out, ctx.output, field=field)
         if ctx.stream:
-            # Always ask for usage: every stream is accounted, asked for or not (SPEC §4).
-            options = out.get("stream_options")
-            out["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                     "include_usage": True}
-        return UpstreamCall(self.path, out, openai_headers(ctx))
+            ask_for_usage(out, ctx)
+        elif not ctx.provider.stream_options:
+            out.pop("stream_options", None)
+        return UpstreamCall(address.path(self.path, ctx), out, address.headers(ctx))
 
     def reply(self, data: Any, ctx: CallContext) -> Reply:
         if not isinstance(data, dict):
@@ -188,11 +217,17 @@ def _finish_and_id(choices: Any, upstream_id: Any) -> tuple[str | None, str | No
 class AnthropicViaOpenAI:
     """Anthropic Messages client, OpenAI-compatible upstream."""
 
+    def __init__(self, address: Address = OPENAI_ADDRESS) -> None:
+        self.address = address
+
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
         out = anthropic_to_openai_request(
             body, upstream_model=ctx.route.model,
             max_output=ctx.output.tokens if ctx.output is not None else None)
-        return UpstreamCall(ENDPOINT_PATHS[CHAT], out, openai_headers(ctx))
+        if out.get("stream"):
+            ask_for_usage(out, ctx)
+        address = self.address
+        return UpstreamCall(address.path(ENDPOINT_PATHS[CHAT], ctx), out, address.headers(ctx))
 
     def reply(self, data: Any, ctx: CallContext) -> Reply:
         if not isinstance(data, dict):

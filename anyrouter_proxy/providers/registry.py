@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from ..sse import EventDecoder, SSEDecoder
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 from .anthropic import AnthropicPassthrough, OpenAIViaAnthropic
+from .aws_eventstream import EventStreamDecoder
+from .azure import AZURE_ADDRESS
 from .base import Exchange
+from .bedrock import ChatViaBedrock, MessagesViaBedrock
 from .openai import AnthropicViaOpenAI, OpenAIPassthrough
 from .responses import ResponsesViaChat
 from .responses_native import ResponsesPassthrough
@@ -19,7 +23,20 @@ _ANTHROPIC_WIRE: dict[str, Exchange] = {
     CHAT: OpenAIViaAnthropic(),
     MESSAGES: AnthropicPassthrough(),
 }
-_BY_KIND = {"openai": _OPENAI_WIRE, "mock": _OPENAI_WIRE, "anthropic": _ANTHROPIC_WIRE}
+_BEDROCK_WIRE: dict[str, Exchange] = {
+    CHAT: ChatViaBedrock(),
+    MESSAGES: MessagesViaBedrock(),
+}
+_AZURE_WIRE: dict[str, Exchange] = {
+    CHAT: OpenAIPassthrough(CHAT, AZURE_ADDRESS),
+    COMPLETIONS: OpenAIPassthrough(COMPLETIONS, AZURE_ADDRESS),
+    EMBEDDINGS: OpenAIPassthrough(EMBEDDINGS, AZURE_ADDRESS),
+    MESSAGES: AnthropicViaOpenAI(AZURE_ADDRESS),
+}
+_BY_KIND = {"openai": _OPENAI_WIRE, "mock": _OPENAI_WIRE, "anthropic": _ANTHROPIC_WIRE,
+            "bedrock": _BEDROCK_WIRE, "azure": _AZURE_WIRE}
+# Kinds whose streams are not SSE.
+_STREAM_DECODERS: dict[str, type[EventDecoder]] = {"bedrock": EventStreamDecoder}
 # Kinds whose chat exchange takes Anthropic thinking blocks back (signed reasoning).
 SIGNED_THINKING_KINDS = frozenset({"anthropic"})
 NATIVE_RESPONSES_KINDS = frozenset({"openai"})
@@ -48,3 +65,8 @@ def _responses_bridge(kind: str) -> Exchange | None:
         bridge = _RESPONSES_BRIDGES[kind] = ResponsesViaChat(
             chat, signed_thinking=kind in SIGNED_THINKING_KINDS)
     return bridge
+
+
+def stream_decoder(kind: str) -> EventDecoder:
+    """A fresh decoder for the framing of this kind's streams (SSE unless it says)."""
+    return _STREAM_DECODERS.get(kind, SSEDecoder)()

@@ -74,6 +74,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     app[ACCESS_LOG] = access_log = AccessLog(json_access_log)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        await gateway.open()
         await store.open()
         try:
             await gateway.quota.load_spend(await store.spend_by_key())  # never refills a key
@@ -86,6 +87,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
         yield
         await batches.close(gateway.config.server.shutdown_grace_s)
         await upstream.close()
+        await gateway.close()
         await store.close()
         await gateway.quota.close()
         access_log.flush()

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from ..config.model import Config, ModelConfig
+from ..config.wildcards import resolve_model
 from ..deprecation import deprecation_headers, is_sunset
 from ..errors import AuthenticationFailed, InvalidRequest, NotFound, ServiceUnavailable
 from ..health import STATE_CODES
@@ -67,6 +68,8 @@ def model_object(model: ModelConfig, config: Config) -> dict[str, Any]:
                          "is_moderated": False},
         "providers": list(dict.fromkeys(r.provider for r in model.routes)),
     }
+    if model.is_wildcard or model.wildcard is not None:
+        data["wildcard"] = model.wildcard or model.id  # the entry serving ids under its prefix
     if model.deprecated is not None:
         d = model.deprecated
         data["deprecated"] = {"since": d.since.isoformat(),
@@ -95,7 +98,7 @@ async def get_model(request: web.Request) -> web.Response:
     authenticate(request)
     config = request.app[GATEWAY].config
     model_id = request.match_info["model_id"]
-    model = config.models.get(model_id)
+    model = resolve_model(config, model_id)
     if model is None:
         raise NotFound(f"Model {model_id} does not exist", code="model_not_found")
     return json_response(model_object(model, config), headers=deprecation_headers(model))
@@ -113,7 +116,7 @@ def provider_statuses(request: web.Request) -> dict[str, dict[str, Any]]:
     result = {}
     for pid, provider in config.providers.items():
         health = board.get(pid)
-        if not provider.has_credentials:
+        if not gateway.has_credentials(provider):
             status = "no_credentials"
         elif not health.would_be_available(now):
             status = "circuit_open"

@@ -9,6 +9,7 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..config.wildcards import resolve_model
 from ..deprecation import deprecation_headers
 from ..errors import ProxyError, internal_failure
 from ..gateway import Answer, ProxyRequest
@@ -108,7 +109,7 @@ class _Keepalive:
     async def _run(self, stop: asyncio.Event) -> None:
         request, req = self._request, self._req
         gateway = request.app[GATEWAY]
-        model = gateway.config.models.get(gateway.known_model(req.body))
+        model = resolve_model(gateway.config, gateway.known_model(req.body))
         response = SSEResponse(headers={
             **SSE_HEADERS, "X-AnyRouter-Generation-Id": req.gen_id,
             **gateway.endpoint_headers(req.endpoint),
