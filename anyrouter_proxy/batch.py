@@ -1,4 +1,4 @@
-"""POST /batch (SPEC §6): OpenAI batch-input items run as ordinary proxied requests.
+"""POST /batch (docs/api.md, "Batch"): OpenAI batch-input items run as ordinary proxied requests.
 
 Each item passes the key's allow-list, limits and credits and gets its own generation id
 and usage row; a failing item fails alone. Each item looks its key up again by name in the

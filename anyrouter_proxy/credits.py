@@ -1,4 +1,4 @@
-"""Credit ledger and cost arithmetic (SPEC §3, §7; issue 5). Pure logic, no I/O.
+"""Credit ledger and cost arithmetic (docs/api.md, "Money rules"). Pure logic, no I/O.
 
 Before dispatch the gateway reserves a request's worst-case cost against the key's
 remaining credit and what its periodic budget has left (budget.py); afterwards the

@@ -1,4 +1,4 @@
-"""How upstream failures are classified and told to the client (SPEC §5)."""
+"""How upstream failures are classified and told to the client (docs/api.md, "Errors")."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def upstream_failure(config: ProviderConfig, status: int, raw: bytes,
                              f"({status}); check its api_key", metadata=meta)
     if status == 429:
         retry_after = headers.get("Retry-After") if headers is not None else None
-        # SPEC §4: a 429 always says when to come back; 1 s when the upstream did not.
+        # A 429 always says when to come back; 1 s when the upstream did not.
         extra = {"Retry-After": retry_after if retry_after and retry_after.isdigit() else "1"}
         return RateLimited(f"Provider {provider} is rate limiting the gateway",
                            code="upstream_rate_limited", metadata=meta, headers=extra)

@@ -385,7 +385,7 @@ class Gateway:
                 ctx = CallContext(req.gen_id, target.model.id, created, provider, target.route,
                                   books.record.streamed, include_usage,
                                   server.default_max_tokens, req.client_headers, target.pricing,
-                                  output, req.body)
+                                  output, request=req.body)
                 books.pricing = target.pricing  # what this attempt costs if it answers
                 books.record.model = target.model.id
                 books.record.wildcard = target.model.wildcard

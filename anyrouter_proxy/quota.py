@@ -90,7 +90,8 @@ class Quota(Protocol):
 
 
 class MemoryQuota:
-    """Token buckets and the credit ledger in this process (SPEC §1's default)."""
+    """Token buckets and the credit ledger in this process (the default; Redis is the
+    other backend, docs/operations.md)."""
 
     def __init__(self, limiter: Limiter, ledger: CreditLedger) -> None:
         self.limiter = limiter

@@ -1,4 +1,4 @@
-"""Per-key, per-model and per-provider limits held in memory (SPEC §3, §4; issue 5).
+"""Per-key, per-model and per-provider limits held in memory (docs/api.md, "Limits").
 
 `requests_per_minute` and `tokens_per_minute` are token buckets with continuous refill
 (capacity / 60 per second) and bursts up to the per-minute amount; `concurrent_requests`
@@ -359,7 +359,7 @@ class Limiter:
 
 
 def rate_headers(capacity: int, level: float, full_at: float) -> dict[str, str]:
-    """X-RateLimit-* (SPEC §4) of a requests bucket, whichever backend keeps it; `full_at`
+    """X-RateLimit-* (docs/api.md) of a requests bucket, whichever backend keeps it; `full_at`
     is the wall-clock time it will be full again."""
     return {
         "X-RateLimit-Limit": str(capacity),

@@ -1,4 +1,4 @@
-"""Limits and credits shared by several replicas on Redis (SPEC §8; issue 11).
+"""Limits and credits shared by several replicas on Redis (docs/operations.md, "Scale-out").
 
 `RedisQuota` implements `quota.Quota` with the semantics of the in-process
 `MemoryQuota` (ratelimit.py's token buckets, credits.py's ledger), atomically across

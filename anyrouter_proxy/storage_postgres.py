@@ -1,4 +1,4 @@
-"""The usage log on PostgreSQL (`storage.backend: postgres`, issue 11).
+"""The usage log on PostgreSQL (`storage.backend: postgres`, docs/operations.md).
 
 Same tables, same public API and the same writer as the SQLite `UsageStore`, which this
 class extends: the bounded in-memory queue, the single background writer with its

@@ -1,8 +1,8 @@
 """Relaying an opened upstream stream to the client, event by event.
 
 Once the first bytes have gone out nothing is retried: an upstream failure becomes a final
-error event in the client's dialect (SPEC §5), and a client that leaves stops the upstream
-read and is accounted as cancelled.
+error event in the client's dialect (docs/api.md, "Streaming"), and a client that leaves
+stops the upstream read and is accounted as cancelled.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class Attempt:
-    """One try of one route: SPEC §7 `{"provider", "status", "latency_ms"}`."""
+    """One try of one route: `{"provider", "status", "latency_ms"}`."""
 
     provider: str
     status: int | str  # HTTP status, or an error class such as "timeout"

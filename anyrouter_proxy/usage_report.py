@@ -1,4 +1,4 @@
-"""`anyrouter-proxy usage`: totals from the usage log, grouped and formatted (SPEC §2).
+"""`anyrouter-proxy usage`: totals from the usage log, grouped and formatted (docs/operations.md).
 
 Synchronous and stdlib-only on purpose: it runs from the command line, possibly while the
 server writes the same file, so it opens the database read-only and never migrates it.

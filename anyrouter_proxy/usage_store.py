@@ -1,4 +1,4 @@
-"""The usage log: one SQLite row per generation plus an audit trail (SPEC §1, issue 6).
+"""The usage log: one SQLite row per generation plus an audit trail (docs/operations.md).
 
 The request path only ever calls `record()` / `audit()`, which append a tuple to a bounded
 in-memory queue and return at once. One background task drains the queue in batches, each

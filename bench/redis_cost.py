@@ -1,4 +1,4 @@
-"""What the Redis state backend costs per request (issue 11): the proxy's own quota calls
+"""What the Redis state backend costs per request: the proxy's own quota calls
 for one request — admit (limits), reserve (credits), then settle tokens, release the slot
 and settle the cost — N times against `MemoryQuota` and against `RedisQuota` on a
 loopback redis-server, in µs per request.

@@ -69,7 +69,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 NOISY_PCT = 10  # more than this % of the proxy's core used by others: a noisy row
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
-# ~250-byte prompt, as in the issue; the answer is 16 tokens (non-stream) or 54 events.
+# ~250-byte prompt; the answer is 16 tokens (non-stream) or 54 events.
 PROMPT = ("Summarise in one sentence: the quarterly report shows revenue grew 12% year over "
           "year, driven by strong demand in the enterprise segment, while operating costs "
           "stayed flat and the company hired forty engineers for the platform team.")
@@ -623,7 +623,7 @@ def markdown(result: dict[str, Any]) -> str:
               f"Usage log: {result['usage_log'].get('rows')} rows for "
               f"{result['usage_log'].get('proxied_responses')} proxied responses; "
               f"/metrics: {result['metrics'].get('status')}.",
-              "", "| target (issue 9) | measured | goal | met |", "|---|--:|--:|:-:|"]
+              "", "| target | measured | goal | met |", "|---|--:|--:|:-:|"]
     for t in result["targets"]:
         met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
         nd = {"rps": 0, "/s": 0, "MB": 1}.get(t["unit"], 3)

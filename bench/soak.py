@@ -1,4 +1,4 @@
-"""The soak of issue 10 as a standalone script: N concurrent streaming clients for S
+"""The soak test as a standalone script: N concurrent streaming clients for S
 seconds through a real `anyrouter-proxy serve`, against a fast fake upstream in its own
 process. The logic is the one tests/e2e/test_soak.py runs in CI (short form); this is
 the full form, to run by hand:

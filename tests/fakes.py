@@ -15,9 +15,16 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.anthropic_wire import (
+    ANSWER,
+    SIGNATURE_PREFIX,
+    THINKING,
+    answer_content,
+    anthropic_problem,
+)
 from tests.fake_responses import FakeResponse, responses_problem
+from tests.schema_sample import fragments, sample_instance, strict_problem
 
-ANSWER = "Hello from the fake upstream!"
 USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16,
          "prompt_tokens_details": {"cached_tokens": 3},
          "completion_tokens_details": {"reasoning_tokens": 0}}
@@ -91,6 +98,11 @@ class FakeOpenAI:
 
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         body, behaviour = await self._record(request)
+        problem = openai_format_problem(body)
+        if problem:
+            return web.json_response({"error": {"message": problem, "type":
+                                                "invalid_request_error", "param":
+                                                "response_format", "code": None}}, status=400)
         if behaviour.status != 200 or behaviour.body is not None:
             return _raw_or_json(behaviour)
         upstream_id = f"chatcmpl-{self.name}-{len(self.requests)}"
@@ -106,7 +118,8 @@ class FakeOpenAI:
                     "name": body["tools"][0]["function"]["name"],
                     "arguments": '{"city": "Paris"}'}}]}
         elif chat:
-            choice["message"] = {"role": "assistant", "content": behaviour.content or ANSWER,
+            choice["message"] = {"role": "assistant",
+                                 "content": behaviour.content or openai_answer(body),
                                  "refusal": None}
         else:
             choice["text"] = ANSWER
@@ -128,8 +141,11 @@ class FakeOpenAI:
                 data["usage"] = usage
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
-        for i in range(behaviour.chunks):
-            text = behaviour.content if behaviour.content is not None else f"tok{i} "
+        pieces = fragments(openai_answer(body), behaviour.chunks) \
+            if chat and body.get("response_format") else None
+        for i in range(len(pieces) if pieces else behaviour.chunks):
+            text = pieces[i] if pieces else behaviour.content if behaviour.content is not None \
+                else f"tok{i} "
             delta: dict[str, Any] = {"content": text}
             if i == 0:
                 delta["role"] = "assistant"
@@ -243,6 +259,27 @@ def _wants_tool_call(body: dict[str, Any]) -> bool:
     return bool(body.get("tools")) and messages[-1].get("role") != "tool"
 
 
+def openai_format_problem(body: dict[str, Any]) -> str | None:
+    """OpenAI's 400 for a response_format it refuses: a strict schema breaking its rules."""
+    fmt = body.get("response_format") or {}
+    spec = fmt.get("json_schema") or {}
+    if fmt.get("type") == "json_schema" and spec.get("strict"):
+        problem = strict_problem(spec.get("schema"))
+        if problem:
+            return f"Invalid schema for response_format '{spec.get('name')}': {problem}"
+    return None
+
+
+def openai_answer(body: dict[str, Any]) -> str:
+    """The model's text: JSON for a response_format json_schema / json_object."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return json.dumps(sample_instance(fmt["json_schema"].get("schema") or {}))
+    if fmt.get("type") == "json_object":
+        return json.dumps({"answer": ANSWER})
+    return ANSWER
+
+
 def _raw_or_json(behaviour: Behaviour) -> web.Response:
     body = behaviour.body
     if isinstance(body, bytes | str):
@@ -257,7 +294,8 @@ def _raw_or_json(behaviour: Behaviour) -> web.Response:
 
 class FakeAnthropic:
     """A fake Anthropic Messages API: the exact event sequence, and the validation the real
-    API does on what a gateway might get wrong (max_tokens, system inside messages)."""
+    API does on what a gateway might get wrong (max_tokens, system inside messages, tools
+    and tool_choice, structured output); what it answers is in tests/anthropic_wire.py."""
 
     def __init__(self, name: str = "anthropic") -> None:
         self.name = name
@@ -285,7 +323,7 @@ class FakeAnthropic:
         body = await request.json()
         self.requests.append(Recorded(request.path, dict(request.headers), body))
         behaviour = self.script.popleft() if self.script else Behaviour()
-        problem = _anthropic_problem(request, body)
+        problem = anthropic_problem(request.headers, body)
         if problem:
             return web.json_response({"type": "error", "error": {
                 "type": "invalid_request_error", "message": problem}}, status=400)
@@ -293,16 +331,12 @@ class FakeAnthropic:
             await asyncio.sleep(behaviour.delay_s)
         if behaviour.status != 200 or behaviour.body is not None:
             return _raw_or_json(behaviour)
-        tool = body["tools"][0]["name"] if body.get("tools") and not _answers_tool(body) \
-            else None
-        content: list[dict[str, Any]] = [{"type": "text", "text": behaviour.content or ANSWER}]
+        content = answer_content(body)
+        tool = any(block["type"] == "tool_use" for block in content)
         thinking = body.get("thinking")
         if isinstance(thinking, dict) and thinking.get("type") == "enabled":
             content.insert(0, {"type": "thinking", "thinking": THINKING,
                                "signature": f"{SIGNATURE_PREFIX}{len(self.requests)}"})
-        if tool:
-            content.append({"type": "tool_use", "id": "toolu_01", "name": tool,
-                            "input": {"city": "Paris"}})
         usage = {"input_tokens": 20, "output_tokens": 7, "cache_read_input_tokens": 5,
                  "cache_creation_input_tokens": 0, **behaviour.usage}
         message = {"id": f"msg_{self.name}_{len(self.requests)}", "type": "message",
@@ -332,9 +366,7 @@ class FakeAnthropic:
                     "type": "content_block_start", "index": index,
                     "content_block": {"type": "text", "text": ""}}))
                 events.append(event("ping", {"type": "ping"}))
-                pieces = ("Hello from ", "the fake ", "upstream!") if block["text"] == ANSWER \
-                    else (block["text"],)
-                for piece in pieces:
+                for piece in fragments(block["text"]):
                     events.append(event("content_block_delta", {
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "text_delta", "text": piece}}))
@@ -343,7 +375,7 @@ class FakeAnthropic:
                     "type": "content_block_start", "index": index,
                     "content_block": {"type": "tool_use", "id": block["id"],
                                       "name": block["name"], "input": {}}}))
-                for piece in ('{"ci', 'ty": "Pa', 'ris"}'):
+                for piece in fragments(json.dumps(block["input"]), 4):
                     events.append(event("content_block_delta", {
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "input_json_delta", "partial_json": piece}}))
@@ -379,17 +411,6 @@ class FakeAnthropic:
         return response
 
 
-THINKING = "Let me think about this."
-SIGNATURE_PREFIX = "EqFakeSignature"  # what this fake signs its thinking with
-
-
-def _answers_tool(body: dict[str, Any]) -> bool:
-    """The last user turn carries a tool result: the fake answers it with text."""
-    content = (body.get("messages") or [{}])[-1].get("content")
-    return isinstance(content, list) and any(
-        isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
-
-
 def _thinking_events(event: Any, index: int, block: dict[str, Any]) -> list[bytes]:
     return [
         event("content_block_start", {"type": "content_block_start", "index": index,
@@ -402,22 +423,3 @@ def _thinking_events(event: Any, index: int, block: dict[str, Any]) -> list[byte
                                       "delta": {"type": "signature_delta",
                                                 "signature": block["signature"]}}),
         event("content_block_stop", {"type": "content_block_stop", "index": index})]
-
-
-def _anthropic_problem(request: web.Request, body: dict[str, Any]) -> str | None:
-    """What the real API rejects that a translating gateway could get wrong."""
-    if not request.headers.get("x-api-key"):
-        return "x-api-key header is required"
-    if not request.headers.get("anthropic-version"):
-        return "anthropic-version header is required"
-    if not isinstance(body.get("max_tokens"), int):
-        return "max_tokens: Field required"
-    for i, message in enumerate(body.get("messages", [])):
-        if message.get("role") not in ("user", "assistant"):
-            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
-        content = message.get("content")
-        for block in content if isinstance(content, list) else []:
-            if block.get("type") == "thinking" and not str(
-                    block.get("signature", "")).startswith(SIGNATURE_PREFIX):
-                return f"messages.{i}.content: Invalid `signature` in `thinking` block"
-    return None

@@ -1,4 +1,4 @@
-"""routes.yaml -> JSON Schema -> cross-checks -> frozen `Config` (SPEC §3).
+"""routes.yaml -> JSON Schema -> cross-checks -> frozen `Config` (docs/configuration.md).
 
 Every problem is collected and reported at once, each with its YAML path and line.
 """
@@ -43,6 +43,7 @@ from .model import (
     is_metered,
 )
 from .provider_checks import model_problems, provider_problems
+from .structured_checks import structured_output_problems
 from .wildcards import glob_may_match, resolves, wildcard_entries
 
 PathItems = tuple[str | int, ...]
@@ -293,7 +294,8 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
 
     providers = _dicts(data.get("providers"))
     models = _dicts(data.get("models"))
-    for items, message in (*provider_problems(providers), *model_problems(models, providers)):
+    for items, message in (*provider_problems(providers), *model_problems(models, providers),
+                           *structured_output_problems(providers, models)):
         yield problem(items, message)
     for pid, provider in providers.items():
         if provider.get("kind") != "bedrock":
@@ -448,7 +450,8 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
                  per_key_connections="per_key_connections", api_version="api_version",
                  stream_options="stream_options",
                  forward_routing_fields="forward_routing_fields",
-                 native_responses="native_responses"),
+                 native_responses="native_responses",
+                 structured_output="structured_output"),
         **_given(raw, region="region", aws_access_key_id="aws_access_key_id",
                  aws_secret_access_key="aws_secret_access_key",
                  aws_session_token="aws_session_token", aws_profile="aws_profile"),
@@ -474,7 +477,8 @@ def _model(mid: str, raw: Mapping[str, Any]) -> ModelConfig:
     routes = tuple(
         Route(provider=r["provider"], model=r["model"], priority=r.get("priority", i),
               weight=float(r.get("weight", 1)),
-              pricing=Pricing(**r["pricing"]) if "pricing" in r else None)
+              pricing=Pricing(**r["pricing"]) if "pricing" in r else None,
+              structured_output=r.get("structured_output"))
         for i, r in enumerate(raw["routes"])
     )
     deprecated = raw.get("deprecated")

@@ -50,7 +50,7 @@ class ProviderConfig:
     kind: str  # openai | anthropic | azure | mock | bedrock
     base_url: str = ""
     # None: the upstream needs no key (a local server); "": credentials missing, so the
-    # provider stays configured but unavailable (SPEC §3 `no_credentials`).
+    # provider stays configured but unavailable (`no_credentials`, docs/configuration.md).
     api_key: str | None = None
     timeouts: Timeouts = Timeouts()
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -60,6 +60,9 @@ class ProviderConfig:
     circuit_cooldown_s: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
     per_key_connections: int | None = None  # None: half of max_connections, rounded up
+    # How an OpenAI response_format is served on an anthropic-kind provider: "tool" (a
+    # forced tool, any model) or "native" (output_config.format, newer models).
+    structured_output: str = "tool"
     # kind bedrock: the AWS region, and credentials other than a bearer api_key (absent:
     # the standard AWS chain, for the named profile when aws_profile is set).
     region: str | None = None
@@ -113,6 +116,7 @@ class Route:
     priority: int
     weight: float = 1.0
     pricing: Pricing | None = None  # overrides the model's pricing for this route
+    structured_output: str | None = None  # overrides the provider's for this route
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +197,7 @@ class ServerConfig:
     sse_keepalive: bool = True
     sse_keepalive_interval_s: float = 5.0
     log_level: str = "info"
-    log_format: str = "json"
+    log_format: str | None = None  # json | text; None: text on a terminal, else json
     trusted_proxies: tuple[str, ...] = ()
     cors: CorsConfig = CorsConfig()
     retries: int = 1

@@ -18,7 +18,7 @@ from .anthropic_translate import (
     FINISH_REASONS,
     anthropic_to_openai_response,
     anthropic_usage,
-    openai_to_anthropic_request,
+    translate_openai_request,
 )
 from .base import (
     GATEWAY_FIELDS,
@@ -135,14 +135,17 @@ class OpenAIViaAnthropic:
     """OpenAI chat client, Anthropic upstream."""
 
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
-        out = openai_to_anthropic_request(
+        request = translate_openai_request(
             body, upstream_model=ctx.route.model, default_max_tokens=ctx.default_max_tokens,
-            max_output=ctx.output.tokens if ctx.output is not None else None)
-        return UpstreamCall(MESSAGES_PATH, out, anthropic_headers(ctx))
+            max_output=ctx.output.tokens if ctx.output is not None else None,
+            structured_output=ctx.structured_output)
+        ctx.response_tool = request.response_tool
+        return UpstreamCall(MESSAGES_PATH, request.body, anthropic_headers(ctx))
 
     def reply(self, data: Any, ctx: CallContext) -> Reply:
         body = anthropic_to_openai_response(data, gen_id=ctx.gen_id, model=ctx.model,
-                                            created=ctx.created)
+                                            created=ctx.created,
+                                            response_tool=ctx.response_tool)
         body["provider"] = ctx.provider.id
         usage = anthropic_usage(data.get("usage")) if isinstance(data.get("usage"), dict) \
             else None
@@ -163,7 +166,8 @@ class AnthropicToOpenAIRelay:
         self._ctx = ctx
         self._stream = AnthropicToOpenAIStream(gen_id=ctx.gen_id, model=ctx.model,
                                                created=ctx.created,
-                                               include_usage=ctx.include_usage)
+                                               include_usage=ctx.include_usage,
+                                               response_tool=ctx.response_tool)
 
     @property
     def usage(self) -> Usage | None:

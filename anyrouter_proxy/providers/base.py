@@ -1,4 +1,4 @@
-"""The fixed shape every provider adapter has (HOUSE-STYLE: providers as typed data).
+"""The fixed shape every provider adapter has (providers as typed data, docs/architecture.md).
 
 An `Exchange` is one (client dialect, provider wire) pair: it builds the upstream
 request, reads the upstream answer back into the client's dialect, and makes a stream
@@ -43,6 +43,14 @@ class CallContext:
     output: OutputCap | None = None
     # The client's body as the gateway serves it: a Responses answer echoes its fields.
     request: Mapping[str, Any] = field(default_factory=dict)
+    # Set by `build`: the tool whose call carries a structured answer (response_format on
+    # a wire without it), folded back into the answer's content.
+    response_tool: str | None = None
+
+    @property
+    def structured_output(self) -> str:
+        """How a response_format is served on this route: "tool" or "native"."""
+        return self.route.structured_output or self.provider.structured_output
 
     def cost_of(self, usage: Usage) -> float:
         return request_cost(self.pricing, usage)

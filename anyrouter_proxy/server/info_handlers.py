@@ -29,7 +29,7 @@ def json_response(data: Any, status: int = 200,
 
 
 def price_per_token(per_million: float | None) -> str:
-    """Plain decimal notation, never exponent form (SPEC §7)."""
+    """Plain decimal notation, never exponent form (as OpenRouter writes prices)."""
     if not per_million:
         return "0"
     return _plain(Decimal(str(per_million)) / PER_TOKENS)

@@ -2,7 +2,8 @@
 
 The site file is used as written; only its upstream address (127.0.0.1:8080) and listen
 port (80) are replaced. The nginx binary comes from Debian's `nginx` package, which
-.ci/run installs. The other deploy files are checked for syntax and metric names.
+scripts/install-test-deps.sh installs. The other deploy files are checked for syntax and
+metric names.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def nginx_binary() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if found is None:
         pytest.fail("nginx is not installed: these tests need a real nginx "
-                    "(.ci/run installs it: apt-get install -y nginx)", pytrace=False)
+                    "(scripts/install-test-deps.sh installs it)", pytrace=False)
     return found
 
 
@@ -332,7 +333,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1d", "$__range": 
 
 def test_promtool_accepts_the_prometheus_files_and_dashboard_queries(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
-    assert promtool is not None, "promtool is missing: .ci/run installs Debian's prometheus"
+    assert promtool is not None, "promtool is missing: scripts/install-test-deps.sh installs it"
     dashboard = json.loads((DEPLOY / "grafana" / "anyrouter-dashboard.json").read_text())
     rules = []
     for n, target in enumerate(t for p in dashboard["panels"] for t in p.get("targets", [])):

@@ -1,4 +1,4 @@
-"""Issue 10 item 4: the usage log survives a stalled or full disk, SIGTERM and SIGKILL, and
+"""The usage log survives a stalled or full disk, SIGTERM and SIGKILL, and
 a database the proxy cannot use is refused at start.
 
 How the faults are made (the tests run as root, so permissions cannot stop a write):
@@ -11,7 +11,7 @@ How the faults are made (the tests run as root, so permissions cannot stop a wri
   then the limit is lifted again: the disk "recovers";
 * SIGTERM / SIGKILL: a real `anyrouter-proxy serve` subprocess under client load.
 
-The SIGKILL bound (documented for the README): a usage row is queued when its request
+The SIGKILL bound (documented in docs/operations.md): a usage row is queued when its request
 completes (before the last byte of a stream goes out) and committed by the writer within
 `storage.flush_interval_s` plus the time of one batch; the WAL commit survives a killed
 process. So after a SIGKILL, every request that completed more than

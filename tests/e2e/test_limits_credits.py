@@ -1,4 +1,4 @@
-"""Issue 5 end to end: per-key limits, allow-lists and credits over real HTTP.
+"""End to end: per-key limits, allow-lists and credits over real HTTP.
 
 The proxy runs on a real socket with a FakeOpenAI upstream; where a user would use the
 official openai SDK, so do these tests (429 and 402 must reach it intact).
@@ -96,7 +96,7 @@ async def get(proxy: Proxy, path: str, key: str = ALICE_KEY) -> tuple[int, dict[
 
 
 def worst_case(max_tokens: int = MAX_TOKENS, messages: list[Any] = MESSAGES) -> float:
-    """SPEC §7: prompt estimate x prompt price + max_tokens x completion price."""
+    """The reservation: prompt estimate x prompt price + max_tokens x completion price."""
     prompt = estimate_prompt_tokens({"model": MODEL, "messages": messages,
                                      "max_tokens": max_tokens})
     return (prompt * PROMPT_PRICE + max_tokens * COMPLETION_PRICE) / 1_000_000

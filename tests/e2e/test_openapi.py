@@ -1,16 +1,16 @@
 """The OpenAPI 3.1 document (anyrouter_proxy/openapi.json) against the running proxy.
 
-Issue 10, item 1. schemathesis runs property-based tests over every operation of the
+schemathesis runs property-based tests over every operation of the
 document against a live proxy, with fake OpenAI and Anthropic upstreams behind it (real
 HTTP on 127.0.0.1), and checks every response:
 
 - no 5xx other than the documented upstream ones (502/503/504);
-- every error body is a valid SPEC §5 envelope, its type the one SPEC gives its status,
+- every error body is a valid error envelope, its type the one docs/api.md gives its status,
   with `"type": "error"` on /messages; so is every error event of a stream and the body of
   every failed batch item;
 - every response matches the document: status code, content type, headers, body schema
   (event streams event by event);
-- SPEC §4 headers: X-RateLimit-* on authenticated answers, Retry-After on 429,
+- the documented headers: X-RateLimit-* on authenticated answers, Retry-After on 429,
   X-AnyRouter-Generation-Id on proxied requests (and it is the body's id); streams end with
   their normal end or an error event.
 
@@ -88,7 +88,7 @@ BATCH_URLS = {"/v1/chat/completions": CHAT_MODELS, "/api/v1/completions": CHAT_M
               "/embeddings": EMBEDDING_MODELS, "/v1/messages": CHAT_MODELS,
               "/v1/responses": CHAT_MODELS}
 
-# SPEC §5: the error type of each status.
+# The error type of each status (docs/api.md).
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                402: "insufficient_credits", 403: "permission_error", 404: "not_found_error",
                405: "invalid_request_error", 408: "invalid_request_error",
@@ -375,15 +375,15 @@ def test_document_covers_every_route(live: LiveProxy) -> None:
                                  "name": "x-api-key"}
 
 
-# -- SPEC checks ---------------------------------------------------------------------------
+# -- contract checks------------------------------------------------------------------------
 
 
 class SpecViolation(Failure):
-    """A SPEC §4/§5 promise the response breaks (the document alone cannot say it)."""
+    """A documented promise the response breaks (the document alone cannot say it)."""
 
     def __init__(self, operation: str, message: str) -> None:
         self.operation = operation
-        self.title = "SPEC §4/§5 violation"
+        self.title = "API contract violation"
         self.message = message
         self.code = "spec_violation"
         self.case_id = None
@@ -394,7 +394,7 @@ class SpecViolation(Failure):
 
 
 def envelope_problems(body: Any, status: int | None, *, anthropic: bool) -> list[str]:
-    """What keeps `body` from being the SPEC §5 envelope of an error with `status`
+    """What keeps `body` from being the error envelope of an error with `status`
     (None: a stream's error event, which has no status of its own)."""
     if not isinstance(body, dict):
         return [f"the body is not a JSON object: {body!r:.200}"]
@@ -413,12 +413,12 @@ def envelope_problems(body: Any, status: int | None, *, anthropic: bool) -> list
         problems.append(f"'error.metadata' is not an object: {error['metadata']!r}")
     if status is None:
         if error.get("type") not in set(ERROR_TYPES.values()):
-            problems.append(f"'error.type' {error.get('type')!r} is not a SPEC §5 type")
+            problems.append(f"'error.type' {error.get('type')!r} is not a documented error type")
     else:
         expected = ERROR_TYPES.get(status, "invalid_request_error" if status < 500
                                    else "upstream_error")
         if error.get("type") != expected:
-            problems.append(f"'error.type' is {error.get('type')!r}; SPEC §5 gives "
+            problems.append(f"'error.type' is {error.get('type')!r}; docs/api.md gives "
                             f"{expected!r} for {status}")
     if anthropic and body.get("type") != "error":
         problems.append("no top-level \"type\": \"error\" on /messages")
@@ -447,7 +447,7 @@ def sse_events(text: str) -> list[tuple[str, str]]:
 
 
 def stream_problems(path: str, text: str, gen_id: str | None) -> list[str]:
-    """SPEC §4/§5: keep-alive comments only before the first event; a stream ends with its
+    """Keep-alive comments only before the first event; a stream ends with its
     normal end or an error event, never silently; error events carry the envelope; OpenAI
     chunks carry the generation id."""
     problems: list[str] = []
@@ -512,14 +512,14 @@ def responses_stream_problems(events: list[tuple[str, str]], gen_id: str | None)
 
 
 def spec_checks(ctx: CheckContext, response: Response, case: schemathesis.Case) -> None:
-    """SPEC §4/§5 promises the document alone cannot express."""
+    """Promises the document alone cannot express."""
     status = response.status_code
     path = case.operation.path
     headers = {name.lower(): values[0] for name, values in response.headers.items()}
     content_type = headers.get("content-type", "")
     problems: list[str] = []
     if status >= 500 and status not in UPSTREAM_STATUSES:
-        problems.append(f"a {status}: the only 5xx SPEC allows here are the upstream ones "
+        problems.append(f"a {status}: the only 5xx allowed here are the upstream ones "
                         f"(502/503/504)")
     body: Any = None
     if content_type.startswith("application/json"):
@@ -704,7 +704,7 @@ def exchange(live: LiveProxy, session: requests.Session, path: str, method: str 
              headers: dict[str, str] | None = None,
              path_parameters: dict[str, Any] | None = None,
              query: dict[str, Any] | None = None) -> Response:
-    """One request through schemathesis, its answer held against the document and SPEC."""
+    """One request through schemathesis, its answer held against the document and docs/api.md."""
     operation = schema[path][method]
     kwargs: dict[str, Any] = {}
     if body is not None:
@@ -745,7 +745,7 @@ MESSAGES = {"model": "scripted/claude", "max_tokens": 64,
 def test_upstream_failures_match_the_document(live: LiveProxy, session: requests.Session,
                                               path: str, behaviour: Behaviour, status: int,
                                               code: str) -> None:
-    """SPEC §5: upstream 400/404/413/422 passed on with their status and message; 401/403
+    """Upstream 400/404/413/422 passed on with their status and message; 401/403
     and 5xx become 502; 429 keeps its Retry-After; an unparseable answer is 502."""
     live.scripted.then(behaviour)
     body = CHAT if path == "/chat/completions" else {**MESSAGES, "model": "scripted/gpt"}
@@ -1153,7 +1153,7 @@ def test_api_conforms(case: schemathesis.Case, live: LiveProxy, session: request
 
 
 def test_health_503_and_metrics_token_match_the_document(tmp_path: Path) -> None:
-    """No provider can serve: /health (also at the root) is 503 with the §5 error. With
+    """No provider can serve: /health (also at the root) is 503 with the error envelope. With
     server.metrics_token, /metrics needs it (401 envelope otherwise)."""
     proxy = LiveProxy(tmp_path, unavailable_config)
     proxy.start()

@@ -1,7 +1,7 @@
-"""The proxy on `state: {backend: redis}` (SPEC §8; issue 11), end to end over real HTTP
+"""The proxy on `state: {backend: redis}` (docs/operations.md), end to end over real HTTP
 against a real redis-server (tests/redis_server.py) with the official openai SDK.
 
-The issue-5 suite of limits and credits (tests/e2e/test_limits_credits.py) runs again
+The suite of limits and credits (tests/e2e/test_limits_credits.py) runs again
 here unchanged on the Redis backend: its `config_for` is replaced by one that adds the
 `state:` section. Then what only a shared backend has: two proxies ("replicas", in this
 process) sharing one Redis get exactly N requests per minute and exactly the credit
@@ -22,7 +22,7 @@ from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.redis_quota import RedisQuota
 from anyrouter_proxy.server.state import LIMITER
 from tests.conftest import ALICE_KEY, BOB_KEY, ConfigFactory, Proxy, openai_provider, sha256
-from tests.e2e.test_limits_credits import (  # the issue-5 suite, run again on Redis
+from tests.e2e.test_limits_credits import (  # the limits suite, run again on Redis
     CHAT,
     MAX_TOKENS,
     MESSAGES,

@@ -1,4 +1,4 @@
-"""Issue 11 item 3: scale-out end to end. Two real `anyrouter-proxy serve` processes
+"""Scale-out end to end. Two real `anyrouter-proxy serve` processes
 ("replicas") share one real redis-server (limits, concurrency, credits) and one real
 PostgreSQL (the usage log), behind one real nginx running deploy/nginx/anyrouter.conf with
 its scale-out upstream block uncommented (`least_conn;` and a `server` line per replica).

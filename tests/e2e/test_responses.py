@@ -175,10 +175,18 @@ class Weather(pydantic.BaseModel):
     celsius: int
 
 
-@pytest.mark.parametrize("model", [CHAT_MODEL, NATIVE_MODEL])
+@pytest.mark.parametrize("model", [CHAT_MODEL, NATIVE_MODEL, CLAUDE_MODEL])
 async def test_parse_with_a_pydantic_text_format(sdk: openai.AsyncOpenAI, model: str,
                                                  fake_openai: FakeOpenAI,
-                                                 fake_backup: FakeOpenAI) -> None:
+                                                 fake_backup: FakeOpenAI,
+                                                 fake_anthropic: FakeAnthropic) -> None:
+    if model == CLAUDE_MODEL:  # the fake writes an instance of the schema it was given
+        parsed = await sdk.responses.parse(model=model, input="Weather in Paris as JSON",
+                                           text_format=Weather)
+        assert isinstance(parsed.output_parsed, Weather)
+        sent = json.dumps(fake_anthropic.requests[-1].body)
+        assert "celsius" in sent  # the schema went upstream (a forced tool or native)
+        return
     answer = json.dumps({"city": "Paris", "celsius": 21})
     fake = fake_openai if model == CHAT_MODEL else fake_backup
     fake.then(Behaviour(content=answer))

@@ -51,7 +51,7 @@ async def test_function_tool_round_trip(agent_client: Proxy, kind: str,
         result: agents.RunResult | agents.RunResultStreaming = run
     else:
         result = await agents.Runner.run(agent, "What is the weather in Paris?")
-    assert ["demo" if kind == "mock" else "Paris"] == CALLS  # the tool ran once
+    assert len(CALLS) == 1 and (kind == "mock" or CALLS == ["Paris"])  # the tool ran once
     outputs = [item for item in result.new_items if item.type == "tool_call_output_item"]
     assert len(outputs) == 1 and "Sunny in" in str(outputs[0].output)
     assert isinstance(result.final_output, str) and result.final_output

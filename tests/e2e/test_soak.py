@@ -1,4 +1,4 @@
-"""Issue 10 item 5: load and soak. Many concurrent streaming clients through a real
+"""Load and soak. Many concurrent streaming clients through a real
 `anyrouter-proxy serve` process for a while: zero errors, every request accounted for in
 the usage log, RSS growth bounded, no file descriptor leaked, event-loop lag reported.
 
@@ -9,7 +9,7 @@ GET /health every 100 ms over a keep-alive connection: its latency is the proxy'
 event-loop lag as a client feels it.
 
 CI runs a short form: SOAK_CLIENTS (default 200) clients for SOAK_SECONDS (default 15).
-By hand, the full form of issue 10:
+By hand, the full form (docs/performance.md):
 
     SOAK_CLIENTS=500 SOAK_SECONDS=60 .venv/bin/pytest tests/e2e/test_soak.py -s
     .venv/bin/python bench/soak.py --clients 500 --seconds 60     # the same, as a script

@@ -1,4 +1,4 @@
-"""RedisQuota (issue 11 item 1) against a real redis-server (tests/redis_server.py): the
+"""RedisQuota against a real redis-server (tests/redis_server.py): the
 token buckets, concurrency slots and credit reservations of ratelimit.py and credits.py,
 shared by replicas, and the failure policy when Redis goes away.
 

@@ -1,4 +1,4 @@
-"""Issue 10 item 2: hypothesis fuzz of the OpenAI <-> Anthropic translation (pure functions).
+"""Hypothesis fuzz of the OpenAI <-> Anthropic translation (pure functions).
 
 Every position of a request, a response or a stream event gets either a plausible value
 or an arbitrary JSON value (what `orjson.loads` can produce: dicts, lists, strings, 64-bit
