@@ -22,11 +22,11 @@ from typing import Any
 
 import orjson
 
-from .batch_store import DONE, PENDING, RUNNING, BatchRecord, BatchStore, custom_id
 from .config.model import KeyConfig
 from .errors import InternalError, InvalidRequest, ProxyError, RequestTooLarge
 from .gateway import Answer, Gateway, ProxyRequest
 from .ids import new_batch_id, new_batch_request_id
+from .storage.batches import DONE, PENDING, RUNNING, BatchRecord, BatchStore, custom_id
 from .types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 
 log = logging.getLogger(__name__)

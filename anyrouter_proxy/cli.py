@@ -57,7 +57,8 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from .usage_report import build_report, format_report, parse_time
+    from .storage.activity import Filters
+    from .storage.report import build_report, format_report, parse_time
 
     dsn: str | None = None
     if args.db:  # --db is always a SQLite file
@@ -69,15 +70,17 @@ def cmd_usage(args: argparse.Namespace) -> int:
         db = config.storage.sqlite_path
         if config.storage.backend == "postgres":
             dsn = config.storage.dsn
+    filters = Filters(key=args.key, model=args.model, provider=args.provider)
     try:
         since = parse_time(args.since) if args.since else None
         until = parse_time(args.until, end=True) if args.until else None
         if dsn is not None:
-            from .usage_report_pg import build_report_pg
+            from .storage.report_pg import build_report_pg
 
-            rows = build_report_pg(dsn, by=args.by, since=since, until=until)
+            rows = build_report_pg(dsn, by=args.by, since=since, until=until,
+                                   filters=filters)
         else:
-            rows = build_report(db, by=args.by, since=since, until=until)
+            rows = build_report(db, by=args.by, since=since, until=until, filters=filters)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -178,9 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--config", default=DEFAULT_CONFIG)
     usage.add_argument("--db", help="a SQLite usage database (default: the config's "
                        "storage: sqlite_path, or its PostgreSQL dsn with backend postgres)")
-    usage.add_argument("--by", choices=("key", "model", "provider", "day"), default="model")
-    usage.add_argument("--since")
-    usage.add_argument("--until")
+    usage.add_argument("--by", default="model", metavar="GROUP[,GROUP]",
+                       help="key, model, provider, day or month, or two of them such as "
+                       "key,model (default: model)")
+    usage.add_argument("--since", help="ISO date or date-time, UTC (included)")
+    usage.add_argument("--until", help="ISO date or date-time, UTC (a date: its whole day)")
+    usage.add_argument("--key", help="only this key's usage")
+    usage.add_argument("--model", help="only this public model id")
+    usage.add_argument("--provider", help="only this provider id")
     usage.add_argument("--format", choices=("table", "csv", "json"), default="table")
     usage.set_defaults(func=cmd_usage)
     return parser

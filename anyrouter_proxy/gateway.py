@@ -25,8 +25,6 @@ from .accounting import Books, Ledger
 from .billed_extras import NO_EXTRAS, Extras, check_extras
 from .config.model import Config, KeyConfig, ModelConfig, Pricing, ProviderConfig, is_metered
 from .config.wildcards import resolve_model
-from .connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
-from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
 from .errors import (
     AuthenticationFailed,
@@ -50,13 +48,14 @@ from .failures import (
 )
 from .health import BreakerPolicy, HealthBoard
 from .ids import new_generation_id
+from .limits.connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
+from .limits.quota import NOTHING_HELD, Held, Quota
 from .output_cap import OutputCap, cap_upstream_body, output_cap
+from .pricing import estimate_prompt_tokens, worst_case_cost
 from .providers.anthropic import anthropic_headers
 from .providers.aws_auth import AwsAuth
 from .providers.base import CallContext, Exchange, StreamTranslator
 from .providers.registry import exchange_for, stream_decoder
-from .quota import NOTHING_HELD, Held, Quota
-from .response_store import ResponseStore
 from .responses_turn import Turn, prepare_turn
 from .routing import (
     Target,
@@ -65,6 +64,7 @@ from .routing import (
     resolve_targets,
     routing_fields_go_upstream,
 )
+from .storage.responses import ResponseStore
 from .stream_session import StreamSession, discard, first_output
 from .types import (
     CHAT,
@@ -487,6 +487,7 @@ class Gateway:
             status = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
             record.attempts.append(Attempt(ctx.provider.id, status, _ms_since(started)))
             raise
+        books.answered_ms = books.elapsed_ms()
         if response.status >= 400:
             try:
                 raw = await response.read()

@@ -11,7 +11,7 @@ from .config.model import KeyConfig, is_metered
 from .errors import NotFound
 from .providers.responses_input import check_request, input_items
 from .providers.shapes import unsupported
-from .response_store import ResponseStore
+from .storage.responses import ResponseStore
 
 TOKEN_PRICED_TOOLS = frozenset({"function", "custom"})  # billed as plain tokens
 

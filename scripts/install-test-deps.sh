@@ -9,6 +9,8 @@
 #   redis-server   tests/redis_server.py starts a throwaway instance on loopback
 #   prometheus     promtool checks deploy/prometheus and the Grafana queries
 #   wrk            tests/e2e/test_bench.py runs `make bench`'s script for one second
+#   chromium       tests/e2e/test_dashboard_browser.py drives it with Playwright for Python
+#                  (Playwright's own browser download is never used)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,7 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || have initdb || missi
 have redis-server || missing+=(redis-server)
 have promtool || missing+=(prometheus)
 have wrk || missing+=(wrk)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

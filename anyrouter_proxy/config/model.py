@@ -166,7 +166,7 @@ class KeyConfig:
     model_limits: Mapping[str, Limits] = field(default_factory=dict)
     disabled: bool = False
     expires_at: dt.datetime | None = None
-    admin: bool = False  # may read every key's stored responses
+    admin: bool = False  # may read every key's generations, batches, activity and responses
 
 
 def is_metered(key: KeyConfig) -> bool:
@@ -207,6 +207,9 @@ class ServerConfig:
     retry_slow_answers: bool = False  # retry a non-stream request the upstream accepted
     write_timeout_s: float = 30.0  # a client that reads nothing for this long is dropped
     keepalive_timeout_s: float = 75.0  # idle keep-alive, and the whole request head
+    # Signs the dashboard's session cookies; None: a secret generated at first start and
+    # kept in the usage database (shared by replicas).
+    dashboard_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ from typing import Any, Protocol
 import orjson
 
 from ..config.model import Pricing, ProviderConfig, Route
-from ..credits import request_cost
 from ..errors import UpstreamError
 from ..output_cap import OutputCap
+from ..pricing import request_cost
 from ..redaction import redact
 from ..sse import SSEEvent
 from ..types import Usage

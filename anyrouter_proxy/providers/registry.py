@@ -9,7 +9,7 @@ from .aws_eventstream import EventStreamDecoder
 from .azure import AZURE_ADDRESS
 from .base import Exchange
 from .bedrock import ChatViaBedrock, MessagesViaBedrock
-from .openai import AnthropicViaOpenAI, OpenAIPassthrough
+from .openai import OPENAI_ADDRESS, AnthropicViaOpenAI, OpenAIPassthrough
 from .responses import ResponsesViaChat
 from .responses_native import ResponsesPassthrough
 
@@ -40,7 +40,7 @@ _STREAM_DECODERS: dict[str, type[EventDecoder]] = {"bedrock": EventStreamDecoder
 # Kinds whose chat exchange takes Anthropic thinking blocks back (signed reasoning).
 SIGNED_THINKING_KINDS = frozenset({"anthropic"})
 NATIVE_RESPONSES_KINDS = frozenset({"openai"})
-_NATIVE_RESPONSES = ResponsesPassthrough()
+_NATIVE_RESPONSES = ResponsesPassthrough(OPENAI_ADDRESS)
 _RESPONSES_BRIDGES: dict[str, Exchange] = {}
 
 

@@ -21,6 +21,7 @@ from ..sse import SSEEvent, encode_event
 from ..types import PARTIAL, Usage
 from .base import (
     GATEWAY_FIELDS,
+    Address,
     CallContext,
     Reply,
     UpstreamCall,
@@ -29,7 +30,6 @@ from .base import (
     invalid_response,
     stream_error,
 )
-from .openai import openai_headers
 from .responses_input import input_items, native_input
 from .responses_output import (
     ENCRYPTED_INCLUDE,
@@ -51,6 +51,11 @@ FINISH_REASONS = {"max_output_tokens": "length", "content_filter": "content_filt
 
 
 class ResponsesPassthrough:
+    """`address`: where the OpenAI-compatible upstream takes /responses (its kind's)."""
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
         out = {k: v for k, v in body.items() if k not in NOT_FORWARDED}
         out["model"] = ctx.route.model
@@ -61,7 +66,8 @@ class ResponsesPassthrough:
         if ENCRYPTED_INCLUDE not in include:
             include.append(ENCRYPTED_INCLUDE)
         out["include"] = include
-        return UpstreamCall(RESPONSES_PATH, out, openai_headers(ctx))
+        address = self.address
+        return UpstreamCall(address.path(RESPONSES_PATH, ctx), out, address.headers(ctx))
 
     def reply(self, data: Any, ctx: CallContext) -> Reply:
         if not isinstance(data, dict) or not isinstance(data.get("output"), list):

@@ -193,7 +193,7 @@ async def generation(request: web.Request) -> web.Response:
     if not gen_id:
         raise InvalidRequest("Pass the generation id: /generation/{id} or /generation?id=",
                              param="id")
-    row = await request.app[STORE].get_generation(gen_id, key.name)
+    row = await request.app[STORE].get_generation(gen_id, None if key.admin else key.name)
     if row is None:
         raise NotFound(f"Generation {gen_id} not found", code="generation_not_found",
                        param="id")

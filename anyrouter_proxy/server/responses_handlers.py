@@ -9,7 +9,7 @@ from aiohttp import web
 from ..config.model import KeyConfig
 from ..errors import InvalidRequest, NotFound
 from ..providers.responses_output import ENCRYPTED_INCLUDE, client_items
-from ..response_store import StoredResponse
+from ..storage.responses import StoredResponse
 from .inbound import authenticate
 from .info_handlers import json_response
 from .state import GATEWAY

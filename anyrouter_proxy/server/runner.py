@@ -13,7 +13,7 @@ from aiohttp import web
 
 from ..config.model import Config
 from ..logs import setup_logging
-from ..usage_store import StoreError
+from ..storage.store import StoreError
 from .app import create_app
 from .protocol import guard_connections
 from .state import GATEWAY, LIFECYCLE

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from anyrouter_proxy.config.model import Config
-from anyrouter_proxy.credits import estimate_prompt_tokens
+from anyrouter_proxy.pricing import estimate_prompt_tokens
 from anyrouter_proxy.server.app import create_app
 from anyrouter_proxy.server.state import GATEWAY
 from tests.conftest import (

@@ -39,8 +39,8 @@ import yaml
 from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.server.state import STORE
 from anyrouter_proxy.upstream import MAX_RESPONSE_BYTES
+from bench.serve_process import ServeProcess, proc_status_kb
 from tests.conftest import ALICE_KEY, PROVIDER_KEY, ConfigFactory, Proxy, auth, sha256
-from tests.e2e.test_durability import ServeProcess, proc_status_kb
 from tests.fakes import ANSWER, FakeOpenAI
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]

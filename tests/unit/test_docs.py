@@ -162,7 +162,7 @@ def test_nothing_in_the_repository_points_outside_it() -> None:
     assert not offenders, offenders
 
 
-TEST_REF = re.compile(r"`(?:tests/(?:e2e|unit)/)?(test_\w+\.py)?(?:::(test_[\w*]+))?`")
+TEST_REF = re.compile(r"`(?:tests/(?:e2e|unit)/(?:\w+/)?)?(test_\w+\.py)?(?:::(test_[\w*]+))?`")
 
 
 def test_the_tests_named_in_the_guarantees_table_exist() -> None:
