@@ -450,6 +450,7 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
                  per_key_connections="per_key_connections", api_version="api_version",
                  stream_options="stream_options",
                  forward_routing_fields="forward_routing_fields",
+                 native_responses="native_responses",
                  structured_output="structured_output"),
         **_given(raw, region="region", aws_access_key_id="aws_access_key_id",
                  aws_secret_access_key="aws_secret_access_key",
