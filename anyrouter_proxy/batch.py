@@ -27,12 +27,12 @@ from .errors import InternalError, InvalidRequest, ProxyError, RequestTooLarge
 from .gateway import Answer, Gateway, ProxyRequest
 from .ids import new_batch_id, new_batch_request_id
 from .storage.batches import DONE, PENDING, RUNNING, BatchRecord, BatchStore, custom_id
-from .types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
+from .types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 
 log = logging.getLogger(__name__)
 
 ENDPOINTS = {"/chat/completions": CHAT, "/completions": COMPLETIONS,
-             "/embeddings": EMBEDDINGS, "/messages": MESSAGES}
+             "/embeddings": EMBEDDINGS, "/messages": MESSAGES, "/responses": RESPONSES}
 PREFIXES = ("/api/v1", "/v1")
 FINISHED = ("completed", "cancelled")
 INVALID_LINE = "__invalid_json_line__"  # stands for a JSON-lines line that did not parse

@@ -53,9 +53,10 @@ from .limits.quota import NOTHING_HELD, Held, Quota
 from .output_cap import OutputCap, cap_upstream_body, output_cap
 from .pricing import estimate_prompt_tokens, worst_case_cost
 from .providers.aws_auth import AwsAuth
-from .providers.base import CallContext, Exchange
+from .providers.base import CallContext, Exchange, StreamTranslator
 from .providers.google_auth import VERTEX, GoogleTokens
 from .providers.registry import exchange_for, stream_decoder, token_counter_for
+from .responses_turn import Turn, prepare_turn
 from .routing import (
     Target,
     fallback_models,
@@ -63,6 +64,7 @@ from .routing import (
     resolve_targets,
     routing_fields_go_upstream,
 )
+from .storage.responses import ResponseStore
 from .stream_session import StreamSession, discard, first_output
 from .types import (
     CHAT,
@@ -70,6 +72,7 @@ from .types import (
     EMBEDDINGS,
     ENDPOINT_PATHS,
     MESSAGES,
+    RESPONSES,
     Attempt,
     GenerationRecord,
     Usage,
@@ -93,6 +96,7 @@ class ProxyRequest:
     client_headers: dict[str, str] = field(default_factory=dict)  # anthropic-version, -beta
     record: GenerationRecord | None = None  # its usage row, once it has one
     extras: Extras = NO_EXTRAS  # what it may be billed beyond tokens, once checked
+    turn: Turn | None = None  # Responses: the conversation turn (what to keep)
 
 
 @dataclass(slots=True)
@@ -117,6 +121,7 @@ class Gateway:
         self.mock = mock
         self.quota = quota
         self.ledger = ledger
+        self.responses = ResponseStore(ledger.store)
         self.board = HealthBoard(breaker_policies(config))
         self.shares = ConnectionShares()
         self.aws = AwsAuth(config.providers.values())  # kind bedrock's credentials
@@ -245,6 +250,8 @@ class Gateway:
     async def proxy(self, req: ProxyRequest) -> Answer | StreamSession:
         config = self.config
         try:
+            if req.endpoint == RESPONSES:
+                req.body, req.turn = await prepare_turn(req.body, req.key, self.responses)
             endpoint_extra = self.endpoint_headers(req.endpoint)
             models = self._models_for(req, config)
             stream = _validate(req.endpoint, req.body)
@@ -338,7 +345,9 @@ class Gateway:
         failure may pass (never after the first byte: attempts return before it)."""
         server = self.config.server
         candidates = [(t, ex) for t in targets
-                      if (ex := exchange_for(req.endpoint, t.provider.kind)) is not None]
+                      if (ex := exchange_for(req.endpoint, t.provider.kind,
+                                             native_responses=t.provider.native_responses))
+                      is not None]
         if not candidates:
             raise InvalidRequest(f"No provider of model {targets[0].model.id} serves "
                                  f"{req.endpoint}", code="provider_not_available")
@@ -378,7 +387,7 @@ class Gateway:
                 ctx = CallContext(req.gen_id, target.model.id, created, provider, target.route,
                                   books.record.streamed, include_usage,
                                   server.default_max_tokens, req.client_headers, target.pricing,
-                                  output)
+                                  output, request=req.body)
                 books.pricing = target.pricing  # what this attempt costs if it answers
                 books.record.model = target.model.id
                 books.record.wildcard = target.model.wildcard
@@ -520,6 +529,9 @@ class Gateway:
         usage = reply.body.get("usage")
         if isinstance(usage, dict) and req.endpoint != MESSAGES:
             usage["cost"] = cost
+        if req.turn is not None and req.turn.store and reply.output_items is not None:
+            self.responses.keep(req.gen_id, req.key.name, req.turn.input_items,
+                                reply.output_items, reply.body)
         return Answer(200, orjson.dumps(reply.body), headers)
 
     async def _open_stream(self, req: ProxyRequest, ctx: CallContext, exchange: Exchange,
@@ -546,7 +558,24 @@ class Gateway:
         books.first_token()
         return StreamSession(req.endpoint, headers, books, response, chunks, decoder,
                              translator, first, failure,
-                             StreamHealth(self.board, ctx.provider.id, started))
+                             StreamHealth(self.board, ctx.provider.id, started),
+                             completed=self._keeper(req))
+
+    def _keeper(self, req: ProxyRequest) -> Callable[[StreamTranslator], None] | None:
+        """What keeps a streamed Responses answer once it is whole (before its end goes
+        out, so that it is readable as soon as the client has it)."""
+        turn = req.turn
+        if turn is None or not turn.store:
+            return None
+        responses, key_name = self.responses, req.key.name
+
+        def keep(translator: StreamTranslator) -> None:
+            items = getattr(translator, "output_items", None)
+            response = getattr(translator, "response", None)
+            if isinstance(items, list) and isinstance(response, dict) and response:
+                responses.keep(req.gen_id, key_name, turn.input_items, items, response)
+
+        return keep
 
     # -- token counting ------------------------------------------------------------
 

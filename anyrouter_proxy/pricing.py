@@ -19,7 +19,7 @@ IMAGE_TOKENS = 1600  # a large image on OpenAI (high detail) or Anthropic stays 
 IMAGE_PART_TYPES = frozenset({"image_url", "image", "input_image", "image_file"})
 PROMPT_FIELDS = (
     "messages", "system", "prompt", "suffix", "input", "instructions",
-    "tools", "functions", "tool_choice", "response_format",
+    "tools", "functions", "tool_choice", "response_format", "text",
 )
 
 

@@ -68,9 +68,11 @@ class GenerationRecord:
 
 # The proxied endpoints, by the client's dialect.
 CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES = "chat", "completions", "embeddings", "messages"
+RESPONSES = "responses"
 ENDPOINT_PATHS = {
     CHAT: "/chat/completions",
     COMPLETIONS: "/completions",
     EMBEDDINGS: "/embeddings",
     MESSAGES: "/messages",
+    RESPONSES: "/responses",
 }

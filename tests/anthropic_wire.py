@@ -17,6 +17,8 @@ TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 STRUCTURED_BETA = "structured-outputs-2025-11-13"
 WEATHER_INPUT = {"city": "Paris"}
 FORCED_THINKING = "Thinking may not be enabled when tool_choice forces tool use."
+THINKING = "Let me think about this."  # the model's thinking, when enabled
+SIGNATURE_PREFIX = "EqFakeSignature"  # what this fake signs its thinking with
 
 
 def anthropic_problem(headers: Mapping[str, str], body: dict[str, Any]) -> str | None:
@@ -30,6 +32,11 @@ def anthropic_problem(headers: Mapping[str, str], body: dict[str, Any]) -> str |
     for i, message in enumerate(body.get("messages", [])):
         if message.get("role") not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        content = message.get("content")
+        for block in content if isinstance(content, list) else []:
+            if block.get("type") == "thinking" and not str(
+                    block.get("signature", "")).startswith(SIGNATURE_PREFIX):
+                return f"messages.{i}.content: Invalid `signature` in `thinking` block"
     return _tools_problem(body) or _output_problem(headers, body)
 
 
@@ -95,13 +102,14 @@ def output_schema(body: dict[str, Any]) -> dict[str, Any] | None:
 def answer_content(body: dict[str, Any]) -> list[dict[str, Any]]:
     """What the model writes: JSON text for a structured output; a call of the forced
     tool (for `any`: the first tool, or the last one once a tool result came back); with
-    tools and `auto`, text and a call of the first tool; else the plain answer."""
+    tools and `auto`, text and a call of the first tool (text alone once a tool result came
+    back); else the plain answer."""
     schema = output_schema(body)
     if schema is not None:
         return [{"type": "text", "text": json.dumps(sample_instance(schema))}]
     tools = body.get("tools") or []
     choice = (body.get("tool_choice") or {"type": "auto"})["type"]
-    if not tools or choice == "none":
+    if not tools or choice == "none" or (choice == "auto" and _after_tool_result(body)):
         return [{"type": "text", "text": ANSWER}]
     if choice == "tool":
         name = body["tool_choice"]["name"]

@@ -81,6 +81,9 @@ class ProviderConfig:
     api_version: str | None = None  # azure: classic deployments; None: the v1 API
     stream_options: bool = True  # False: never send stream_options upstream
     forward_routing_fields: bool = False  # pass provider/models/route/transforms upstream
+    # openai kind: the upstream serves the Responses API itself (POST /responses is passed
+    # through rather than translated to chat/completions).
+    native_responses: bool = False
 
     @property
     def has_credentials(self) -> bool:
@@ -171,7 +174,7 @@ class KeyConfig:
     model_limits: Mapping[str, Limits] = field(default_factory=dict)
     disabled: bool = False
     expires_at: dt.datetime | None = None
-    admin: bool = False  # may read every key's generations, batches and activity
+    admin: bool = False  # may read every key's generations, batches, activity and responses
 
 
 def is_metered(key: KeyConfig) -> bool:

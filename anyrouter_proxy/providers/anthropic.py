@@ -197,19 +197,26 @@ class AnthropicToOpenAIRelay:
         return self._stream.output_tokens
 
     def feed(self, event: SSEEvent) -> list[bytes]:
+        return [encode_event(orjson.dumps(chunk)) for chunk in self.chunks(event)]
+
+    def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
+        """The chunks `feed` would send, as dicts (for a relay that re-translates them)."""
         if event.event == "ping":
             return []
         data = event_data(event, self._ctx)
         try:
-            chunks = self._stream.feed(event.event or str(data.get("type", "")), data)
+            return self._stream.feed(event.event or str(data.get("type", "")), data)
         except UpstreamError as exc:
             raise redact_error(exc, self._ctx.provider) from None
-        return [encode_event(orjson.dumps(chunk)) for chunk in chunks]
 
     def finish(self) -> list[bytes]:
+        return [encode_event(orjson.dumps(chunk)) for chunk in self.finish_chunks()] + [
+            DONE_EVENT]
+
+    def finish_chunks(self) -> list[dict[str, Any]]:
         chunks = self._stream.finish()
         for chunk in chunks:
             usage = chunk.get("usage")
             if isinstance(usage, dict) and self._stream.usage is not None:
                 usage["cost"] = self._ctx.cost_of(self._stream.usage)
-        return [encode_event(orjson.dumps(chunk)) for chunk in chunks] + [DONE_EVENT]
+        return chunks

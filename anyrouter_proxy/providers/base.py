@@ -44,6 +44,8 @@ class CallContext:
     # What an exchange's `build` leaves for its `reply` of the same attempt (e.g. the
     # encoding the client asked for, when the upstream has no such option).
     notes: dict[str, Any] = field(default_factory=dict)
+    # The client's body as the gateway serves it: a Responses answer echoes its fields.
+    request: Mapping[str, Any] = field(default_factory=dict)
     # Set by `build`: the tool whose call carries a structured answer (response_format on
     # a wire without it), folded back into the answer's content.
     response_tool: str | None = None
@@ -75,6 +77,9 @@ class Reply:
     finish_reason: str | None
     upstream_id: str | None
     output_tokens: int = 0  # estimated from the answer, when it has no usage
+    # Responses: the whole output items (encrypted reasoning included), kept to continue
+    # the conversation; the body shows the client's view of them.
+    output_items: list[dict[str, Any]] | None = None
 
 
 class StreamTranslator(Protocol):
@@ -104,6 +109,16 @@ class StreamTranslator(Protocol):
         """Closing bytes once the upstream ended; raises UpstreamError when the upstream
         stream ended without its normal end."""
         ...
+
+
+class ChatChunkSource(Protocol):
+    """What a chat relay may offer beside `feed`/`finish`: the same chunks as dicts, not
+    yet encoded, so that a relay re-translating them (the Responses bridge) does not parse
+    what it just wrote. Optional: without it the bridge reads the relay's bytes."""
+
+    def chunks(self, event: SSEEvent) -> list[dict[str, Any]]: ...
+
+    def finish_chunks(self) -> list[dict[str, Any]]: ...
 
 
 class Exchange(Protocol):

@@ -50,10 +50,17 @@ class GeminiToOpenAIRelay:
         return self._stream.output_tokens
 
     def feed(self, event: SSEEvent) -> list[bytes]:
-        return [encode_event(orjson.dumps(chunk)) for chunk in _feed(self._stream, event,
-                                                                     self._ctx)]
+        return [encode_event(orjson.dumps(chunk)) for chunk in self.chunks(event)]
+
+    def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
+        """The chunks `feed` would send, as dicts (for a relay that re-translates them)."""
+        return _feed(self._stream, event, self._ctx)
 
     def finish(self) -> list[bytes]:
+        return [encode_event(orjson.dumps(chunk)) for chunk in self.finish_chunks()] + [
+            DONE_EVENT]
+
+    def finish_chunks(self) -> list[dict[str, Any]]:
         if not self._stream.complete:
             raise cut_short(self._ctx, END)
         chunks = self._stream.finish()
@@ -61,7 +68,7 @@ class GeminiToOpenAIRelay:
             usage = chunk.get("usage")
             if isinstance(usage, dict) and self._stream.usage is not None:
                 usage["cost"] = self._ctx.cost_of(self._stream.usage)
-        return [encode_event(orjson.dumps(chunk)) for chunk in chunks] + [DONE_EVENT]
+        return chunks
 
 
 def _feed(stream: GeminiToOpenAIStream, event: SSEEvent,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..sse import EventDecoder, SSEDecoder
-from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 from .anthropic import AnthropicPassthrough, AnthropicTokenCounter, OpenAIViaAnthropic
 from .aws_eventstream import EventStreamDecoder
 from .azure import AZURE_ADDRESS
@@ -11,7 +11,9 @@ from .base import Exchange, TokenCounter
 from .bedrock import ChatViaBedrock, MessagesViaBedrock
 from .gemini import GeminiChat, GeminiMessages, GeminiTokenCounter
 from .gemini_embeddings import GeminiEmbeddings
-from .openai import AnthropicViaOpenAI, OpenAIPassthrough
+from .openai import OPENAI_ADDRESS, AnthropicViaOpenAI, OpenAIPassthrough
+from .responses import ResponsesViaChat
+from .responses_native import ResponsesPassthrough
 
 _OPENAI_WIRE: dict[str, Exchange] = {
     CHAT: OpenAIPassthrough(CHAT),
@@ -46,11 +48,34 @@ _STREAM_DECODERS: dict[str, type[EventDecoder]] = {"bedrock": EventStreamDecoder
 _COUNTERS: dict[str, TokenCounter] = {"anthropic": AnthropicTokenCounter(),
                                       "gemini": GeminiTokenCounter(),
                                       "vertex": GeminiTokenCounter()}
+# Kinds whose chat exchange takes Anthropic thinking blocks back (signed reasoning).
+SIGNED_THINKING_KINDS = frozenset({"anthropic"})
+NATIVE_RESPONSES_KINDS = frozenset({"openai"})
+_NATIVE_RESPONSES = ResponsesPassthrough(OPENAI_ADDRESS)
+_RESPONSES_BRIDGES: dict[str, Exchange] = {}
 
 
-def exchange_for(endpoint: str, kind: str) -> Exchange | None:
-    """None when this kind of provider cannot serve the endpoint (routing skips it)."""
+def exchange_for(endpoint: str, kind: str, *, native_responses: bool = False
+                 ) -> Exchange | None:
+    """None when this kind of provider cannot serve the endpoint (routing skips it).
+    Responses: passed through where the provider has `native_responses`, else through
+    the kind's own chat exchange (any kind that serves chat serves Responses)."""
+    if endpoint == RESPONSES:
+        if native_responses and kind in NATIVE_RESPONSES_KINDS:
+            return _NATIVE_RESPONSES
+        return _responses_bridge(kind)
     return _BY_KIND.get(kind, {}).get(endpoint)
+
+
+def _responses_bridge(kind: str) -> Exchange | None:
+    bridge = _RESPONSES_BRIDGES.get(kind)
+    if bridge is None:
+        chat = exchange_for(CHAT, kind)
+        if chat is None:
+            return None
+        bridge = _RESPONSES_BRIDGES[kind] = ResponsesViaChat(
+            chat, signed_thinking=kind in SIGNED_THINKING_KINDS)
+    return bridge
 
 
 def stream_decoder(kind: str) -> EventDecoder:

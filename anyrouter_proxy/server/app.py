@@ -21,10 +21,11 @@ from ..providers.mock import MockUpstream
 from ..storage.backends import build_store
 from ..storage.batches import BatchStore
 from ..storage.store import Store
-from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 from ..upstream import HttpUpstream, Upstream
 from . import batch_handlers as batch
 from . import info_handlers as info
+from . import responses_handlers as responses
 from .activity_handlers import activity
 from .dashboard.routes import setup_dashboard
 from .middlewares import gateway_middleware
@@ -122,8 +123,12 @@ def _add_routes(app: web.Application) -> None:
     router = app.router
     for prefix in API_PREFIXES:
         for endpoint, path in ((CHAT, "/chat/completions"), (COMPLETIONS, "/completions"),
-                               (EMBEDDINGS, "/embeddings"), (MESSAGES, "/messages")):
+                               (EMBEDDINGS, "/embeddings"), (MESSAGES, "/messages"),
+                               (RESPONSES, "/responses")):
             router.add_post(prefix + path, proxy_handler(endpoint))
+        router.add_get(prefix + "/responses/{response_id}", responses.get_response)
+        router.add_delete(prefix + "/responses/{response_id}", responses.delete_response)
+        router.add_get(prefix + "/responses/{response_id}/input_items", responses.input_items)
         router.add_post(prefix + "/messages/count_tokens", count_tokens)
         router.add_get(prefix + "/openapi.json", info.openapi)
         router.add_get(prefix + "/models", info.list_models)

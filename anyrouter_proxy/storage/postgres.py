@@ -25,6 +25,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from ..types import GenerationRecord
 from .activity import POSTGRES_MIGRATION
+from .responses import RESPONSES_POSTGRES
 from .store import (
     GENERATION_COLUMNS,
     INSERT_AUDIT,
@@ -87,7 +88,9 @@ MIGRATIONS: tuple[str, ...] = (
     # 2 -> 3: the estimated upstream cost of abandoned attempts, which the key does not pay.
     "ALTER TABLE generations ADD COLUMN operator_cost DOUBLE PRECISION NOT NULL DEFAULT 0",
     # 3 -> 4: the daily roll-up (activity.py) and small settings.
-    POSTGRES_MIGRATION + SETTINGS_TABLE,
+POSTGRES_MIGRATION + SETTINGS_TABLE,
+# 4 -> 5: stored responses (POST /responses with store), the proxy's conversation state.
+RESPONSES_POSTGRES,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serialises migrations of replicas starting together (any 64-bit constant: "anyrout" in hex).

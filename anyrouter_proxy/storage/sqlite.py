@@ -24,6 +24,7 @@ import aiosqlite
 
 from ..types import GenerationRecord
 from .activity import SQLITE_MIGRATION
+from .responses import RESPONSES_SQLITE
 from .store import (
     INSERT_AUDIT,
     INSERT_GENERATION,
@@ -40,7 +41,7 @@ from .writer import Item, QueuedWriter
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # MIGRATIONS[n] takes a database from user_version n to n + 1; later versions append.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -85,6 +86,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 3 -> 4: the daily roll-up behind GET /activity and the dashboard (activity.py), and
     # small settings such as the dashboard's signing secret.
     SQLITE_MIGRATION + SETTINGS_TABLE,
+    # 4 -> 5: stored responses (POST /responses with store), the proxy's conversation state.
+    RESPONSES_SQLITE,
 )
 
 _CARRY_SPEND = """

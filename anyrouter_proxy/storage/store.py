@@ -46,6 +46,7 @@ _FINISHED_BATCHES = (
     "FROM batches WHERE status IN ('completed', 'cancelled') AND completed_at < ?")
 PRUNE_STATEMENTS: tuple[str, ...] = (
     "DELETE FROM audit WHERE created_at < ?",
+    "DELETE FROM responses WHERE created_at < ?",  # stored responses, by their age
     f"DELETE FROM batch_items WHERE batch_id IN (SELECT id {_FINISHED_BATCHES})",
     f"DELETE {_FINISHED_BATCHES}",
 )

@@ -486,6 +486,42 @@ async def test_an_error_event_mid_stream(sdk: openai.AsyncOpenAI, google: FakeGo
             pass
 
 
+# -- the Responses API, through the Gemini chat exchange -------------------------------------
+
+async def test_responses_whole_and_streamed(sdk: openai.AsyncOpenAI, google: FakeGoogle) -> None:
+    whole = await sdk.responses.create(model=FLASH, input="Say hello.",
+                                       instructions="Be brief.", max_output_tokens=800)
+    assert whole.status == "completed"
+    assert whole.output_text == "Hello from the fake Gemini!"
+    assert whole.usage is not None and whole.usage.output_tokens == 55
+    assert whole.usage.output_tokens_details.reasoning_tokens == 48
+    sent = google.received[-1].body
+    assert sent["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert sent["generationConfig"]["maxOutputTokens"] == 800
+    async with sdk.responses.stream(model=FLASH, input="Say hello.") as stream:
+        streamed = await stream.get_final_response()
+    assert streamed.output_text == "Hello from the fake Gemini!"
+    assert google.received[-1].method == "streamGenerateContent"
+
+
+async def test_responses_parallel_function_calls_round_trip(
+        sdk: openai.AsyncOpenAI, google: FakeGoogle) -> None:
+    tool: Any = {"type": "function", "name": "get_weather",
+                 "parameters": WEATHER["function"]["parameters"]}
+    async with sdk.responses.stream(model=FLASH, input="Weather in Paris and Tokyo?",
+                                    tools=[tool]) as stream:
+        first = await stream.get_final_response()
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert [json.loads(c.arguments)["city"] for c in calls] == ["Paris", "Tokyo"]
+    second = await sdk.responses.create(
+        model=FLASH, previous_response_id=first.id, tools=[tool],
+        input=[{"type": "function_call_output", "call_id": c.call_id, "output": "sunny"}
+               for c in calls])
+    assert second.output_text == "Hello from the fake Gemini!"
+    answers = google.received[-1].body["contents"][-1]["parts"]
+    assert [a["functionResponse"]["id"] for a in answers] == [c.call_id for c in calls]
+
+
 # -- the Anthropic SDK through /messages -----------------------------------------------------
 
 async def test_messages_text(claude_sdk: anthropic.AsyncAnthropic, google: FakeGoogle) -> None:

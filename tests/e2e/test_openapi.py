@@ -83,9 +83,10 @@ CHAT_MODELS = ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4", "openai/gpt-3.
 EMBEDDING_MODELS = ["openai/text-embedding-3-small", "anthropic/claude-sonnet-4"]
 MODELS_BY_PATH = {"/chat/completions": CHAT_MODELS, "/completions": CHAT_MODELS,
                   "/embeddings": EMBEDDING_MODELS, "/messages": CHAT_MODELS,
-                  "/messages/count_tokens": CHAT_MODELS}
+                  "/messages/count_tokens": CHAT_MODELS, "/responses": CHAT_MODELS}
 BATCH_URLS = {"/v1/chat/completions": CHAT_MODELS, "/api/v1/completions": CHAT_MODELS,
-              "/embeddings": EMBEDDING_MODELS, "/v1/messages": CHAT_MODELS}
+              "/embeddings": EMBEDDING_MODELS, "/v1/messages": CHAT_MODELS,
+              "/v1/responses": CHAT_MODELS}
 
 # The error type of each status (docs/api.md).
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
@@ -96,7 +97,9 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                429: "rate_limit_error", 500: "server_error", 502: "upstream_error",
                503: "service_unavailable", 504: "timeout_error"}
 UPSTREAM_STATUSES = frozenset({502, 503, 504})
-PROXIED_PATHS = frozenset({"/chat/completions", "/completions", "/embeddings", "/messages"})
+PROXIED_PATHS = frozenset({"/chat/completions", "/completions", "/embeddings", "/messages",
+                           "/responses"})
+RESPONSES_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 OPENAI_STREAM_PATHS = frozenset({"/chat/completions", "/completions"})
 UNAUTHENTICATED_PATHS = frozenset({"/health", "/openapi.json", "/metrics"})
 
@@ -351,7 +354,7 @@ def test_document_covers_every_route(live: LiveProxy) -> None:
         path = route.resource.canonical
         if path == "/" or path.startswith("/dashboard"):
             continue  # the HTML dashboard (and / redirecting there): pages, not the API
-        for name in ("{model_id}", "{gen_id}", "{batch_id}"):
+        for name in ("{model_id}", "{gen_id}", "{batch_id}", "{response_id}"):
             path = path.replace(name, "{id}")
         for prefix in API_PREFIXES:
             if path.startswith(prefix + "/"):
@@ -472,6 +475,8 @@ def stream_problems(path: str, text: str, gen_id: str | None) -> list[str]:
             elif not isinstance(chunk, dict) or chunk.get("id") != gen_id:
                 problems.append(f"chunk {data!r:.100} does not carry the generation id "
                                 f"{gen_id!r}")
+    elif path == "/responses":
+        problems += responses_stream_problems(events, gen_id)
     else:
         if events[-1][0] not in ("message_stop", "error"):
             problems.append(f"the stream ends with {events[-1][0]!r}, not message_stop or error")
@@ -480,6 +485,31 @@ def stream_problems(path: str, text: str, gen_id: str | None) -> list[str]:
                 problems += envelope_problems(json.loads(data), None, anthropic=True)
                 if n != len(events) - 1:
                     problems.append("events after the error event")
+    return problems
+
+
+def responses_stream_problems(events: list[tuple[str, str]], gen_id: str | None) -> list[str]:
+    """A Responses stream: response.created first, a lifecycle end last, sequence numbers
+    0, 1, ..., every event named by its type, the generation id as the response id, and a
+    failure's error carrying the envelope's fields."""
+    problems: list[str] = []
+    data = [json.loads(payload) for _, payload in events]
+    if [d.get("sequence_number") for d in data] != list(range(len(data))):
+        problems.append("sequence numbers are not 0, 1, ...")
+    if any(name != d.get("type") for (name, _), d in zip(events, data, strict=True)):
+        problems.append("an event whose name is not its type")
+    if data[0].get("type") != "response.created":
+        problems.append(f"the stream starts with {data[0].get('type')!r}")
+    if data[-1].get("type") not in RESPONSES_ENDS:
+        problems.append(f"the stream ends with {data[-1].get('type')!r}")
+    for d in data:
+        response = d.get("response")
+        if isinstance(response, dict) and response.get("id") != gen_id:
+            problems.append(f"{d['type']} names {response.get('id')!r}, not {gen_id!r}")
+    if data[-1].get("type") == "response.failed":
+        error = data[-1]["response"].get("error") or {}
+        problems += [f"response.failed without error.{name}" for name in
+                     ("message", "type", "code", "param") if name not in error]
     return problems
 
 
@@ -527,8 +557,8 @@ def spec_checks(ctx: CheckContext, response: Response, case: schemathesis.Case) 
         if not gen_id or not gen_id.startswith("gen-"):
             problems.append(f"a proxied request answered {status} {code} without "
                             f"X-AnyRouter-Generation-Id")
-        elif status == 200 and path in OPENAI_STREAM_PATHS and isinstance(body, dict) \
-                and body.get("id") != gen_id:
+        elif status == 200 and path in (*OPENAI_STREAM_PATHS, "/responses") \
+                and isinstance(body, dict) and body.get("id") != gen_id:
             problems.append(f"the body's id {body.get('id')!r} is not the generation id "
                             f"{gen_id}")
         if status == 200 and gen_id:
@@ -651,7 +681,7 @@ def flatmap_path_parameters(context: schemathesis.HookContext,
                             ) -> st.SearchStrategy[Any]:
     """Reads of generations and batches ask for ids this run made, half the time."""
     path = _path_of(context)
-    kind = "generation" if path.startswith("/generation") else \
+    kind = "generation" if path.startswith(("/generation", "/responses")) else \
         "batch" if path.startswith("/batch/") else None
     if kind is None or not isinstance(path_parameters, dict):
         return st.just(path_parameters)
@@ -772,6 +802,52 @@ def test_stream_that_never_starts_ends_with_an_error_event(live: LiveProxy,
     events = sse_events(response.content.decode())
     assert [json.loads(events[0][1])["error"]["type"], events[1][1]] == ["timeout_error",
                                                                           "[DONE]"]
+
+
+RESPONSES = {"model": "scripted/gpt", "input": "hi"}
+
+
+@pytest.mark.parametrize(("model", "behaviour", "last"), [
+    ("scripted/gpt", Behaviour(), "response.completed"),
+    ("scripted/gpt", Behaviour(drop_after=2), "response.failed"),
+    ("scripted/gpt", Behaviour(error_event_after=2), "response.failed"),
+    ("slow/gpt", Behaviour(first_event_delay_s=3), "response.failed"),
+], ids=["normal", "dropped", "error-event", "never-starts"])
+def test_responses_streams_match_the_document(live: LiveProxy, session: requests.Session,
+                                              model: str, behaviour: Behaviour,
+                                              last: str) -> None:
+    """response.created first, numbered events, and a lifecycle end: a failure after the
+    200 (keep-alive comments included) is response.failed with the error's fields."""
+    live.scripted.then(behaviour)
+    response = exchange(live, session, "/responses",
+                        body={**RESPONSES, "model": model, "stream": True})
+    assert response.status_code == 200
+    events = sse_events(response.content.decode())
+    assert events[0][0] == "response.created" and events[-1][0] == last
+
+
+def test_stored_responses_match_the_document(live: LiveProxy,
+                                             session: requests.Session) -> None:
+    made = exchange(live, session, "/responses", body=RESPONSES)
+    response_id = json.loads(made.content)["id"]
+    ids = {"id": response_id}
+    got = exchange(live, session, "/responses/{id}", "GET", path_parameters=ids)
+    assert json.loads(got.content) == json.loads(made.content)
+    items = exchange(live, session, "/responses/{id}/input_items", "GET",
+                     path_parameters=ids, query={"order": "asc", "limit": 1})
+    assert json.loads(items.content)["data"][0]["content"][0]["text"] == "hi"
+    bad = exchange(live, session, "/responses/{id}/input_items", "GET", path_parameters=ids,
+                   query={"limit": 500})
+    assert (bad.status_code, error_of(bad)["param"]) == (400, "limit")
+    theirs = exchange(live, session, "/responses/{id}", "GET", key=BOB_KEY,
+                      path_parameters=ids)
+    assert (theirs.status_code, error_of(theirs)["code"]) == (404, "response_not_found")
+    deleted = exchange(live, session, "/responses/{id}", "DELETE", path_parameters=ids)
+    assert json.loads(deleted.content) == {"id": response_id, "object": "response",
+                                           "deleted": True}
+    again = exchange(live, session, "/responses", body={**RESPONSES,
+                                                        "previous_response_id": response_id})
+    assert (again.status_code, error_of(again)["param"]) == (404, "previous_response_id")
 
 
 @pytest.mark.parametrize(("behaviour", "last"), [

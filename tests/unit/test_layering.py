@@ -25,7 +25,7 @@ LAYERS = {
     "error_bodies": PURE,
     "providers": SERVICES, "limits": SERVICES, "storage": SERVICES, "upstream": SERVICES,
     "gateway": REQUEST_PATH, "accounting": REQUEST_PATH, "stream_session": REQUEST_PATH,
-    "batch": REQUEST_PATH,
+    "batch": REQUEST_PATH, "responses_turn": REQUEST_PATH,
     "server": SERVER,
     "cli": CLI, "__main__": CLI, "starter": CLI, "banner": CLI,
 }
