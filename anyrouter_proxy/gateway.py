@@ -52,10 +52,10 @@ from .limits.connection_shares import SHARE_SKIP, ConnectionShares, Share, share
 from .limits.quota import NOTHING_HELD, Held, Quota
 from .output_cap import OutputCap, cap_upstream_body, output_cap
 from .pricing import estimate_prompt_tokens, worst_case_cost
-from .providers.anthropic import anthropic_headers
 from .providers.aws_auth import AwsAuth
 from .providers.base import CallContext, Exchange, StreamTranslator
-from .providers.registry import exchange_for, stream_decoder
+from .providers.google_auth import VERTEX, GoogleTokens
+from .providers.registry import exchange_for, stream_decoder, token_counter_for
 from .responses_turn import Turn, prepare_turn
 from .routing import (
     Target,
@@ -125,6 +125,7 @@ class Gateway:
         self.board = HealthBoard(breaker_policies(config))
         self.shares = ConnectionShares()
         self.aws = AwsAuth(config.providers.values())  # kind bedrock's credentials
+        self.google = GoogleTokens()  # kind vertex's OAuth tokens
         self._draw = draw
         self._sleep = sleep
 
@@ -132,6 +133,7 @@ class Gateway:
         self.quota.reconfigure(config)
         self.board.reconfigure(breaker_policies(config))
         self.aws.reconfigure(config.providers.values())
+        self.google.reconfigure(config.providers.values())
         self.config = config  # one assignment: requests in flight keep the config they had
 
     async def open(self) -> None:
@@ -482,6 +484,8 @@ class Gateway:
             if call.signed:  # over exactly the bytes and the URL that are sent
                 headers = await self.aws.sign(ctx.provider, ctx.provider.base_url + call.path,
                                               payload, headers)
+            elif ctx.provider.kind == VERTEX:
+                headers = await self._google_auth(ctx.provider, headers)
             response = await upstream.send(ctx.provider, call.path, payload, headers)
         except ProxyError as exc:
             status = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
@@ -489,6 +493,8 @@ class Gateway:
             raise
         books.answered_ms = books.elapsed_ms()
         if response.status >= 400:
+            if response.status == 401 and ctx.provider.kind == VERTEX:
+                self.google.forget(ctx.provider)  # the next request gets a new token
             try:
                 raw = await response.read()
             finally:
@@ -497,6 +503,11 @@ class Gateway:
             raise upstream_failure(ctx.provider, response.status, raw, response.headers)
         record.attempts.append(Attempt(ctx.provider.id, response.status, _ms_since(started)))
         return response
+
+    async def _google_auth(self, provider: ProviderConfig,
+                           headers: dict[str, str]) -> dict[str, str]:
+        """The headers with a Google OAuth access token (kind vertex)."""
+        return {**headers, "Authorization": f"Bearer {await self.google.bearer(provider)}"}
 
     async def _complete(self, req: ProxyRequest, ctx: CallContext, exchange: Exchange,
                         books: Books, headers: dict[str, str]) -> Answer:
@@ -569,9 +580,10 @@ class Gateway:
     # -- token counting ------------------------------------------------------------
 
     async def count_tokens(self, req: ProxyRequest) -> Answer:
-        """POST /messages/count_tokens: passed to the first Anthropic route (free upstream,
-        so it is not a generation); models without one get the local estimate. It takes
-        one request from the key's limits (and a concurrency slot while it runs)."""
+        """POST /messages/count_tokens: passed to the first route whose kind counts tokens
+        (Anthropic, Gemini, Vertex AI: free upstream, so it is not a generation); models
+        without one get the local estimate. It takes one request from the key's limits
+        (and a concurrency slot while it runs)."""
         config = self.config
         model = self.model_for(req.key, req.body.get("model"), config)
         try:
@@ -590,14 +602,17 @@ class Gateway:
     async def _count_tokens(self, req: ProxyRequest, model: ModelConfig,
                             config: Config) -> Answer:
         for target in self._targets(req, [model], config):
-            if target.provider.kind != "anthropic":
+            counter = token_counter_for(target.provider.kind)
+            if counter is None:
                 continue
             ctx = CallContext(req.gen_id, model.id, int(time.time()), target.provider,
                               target.route, False, False, config.server.default_max_tokens,
                               req.client_headers)
-            payload = _encode_body({**req.body, "model": target.route.model})
-            response = await self.http.send(target.provider, "/messages/count_tokens",
-                                            payload, anthropic_headers(ctx))
+            call = counter.build(req.body, ctx)
+            headers = call.headers if target.provider.kind != VERTEX \
+                else await self._google_auth(target.provider, call.headers)
+            response = await self.http.send(target.provider, call.path,
+                                            _encode_body(call.body), headers)
             try:
                 raw = await response.read()
             finally:
@@ -605,7 +620,8 @@ class Gateway:
             if response.status >= 400:
                 raise upstream_failure(target.provider, response.status, raw,
                                        response.headers)
-            return Answer(200, raw, {"X-AnyRouter-Provider": target.provider.id})
+            return Answer(200, counter.answer(raw, ctx),
+                          {"X-AnyRouter-Provider": target.provider.id})
         estimate = {"input_tokens": estimate_prompt_tokens(req.body), "estimated": True}
         return Answer(200, orjson.dumps(estimate), {})
 

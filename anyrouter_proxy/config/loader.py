@@ -22,8 +22,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .google_credentials import vertex_credentials
 from .model import (
     DEFAULT_MAX_CONNECTIONS,
+    GEMINI_BASE_URL,
+    VERTEX_BASE_URL,
+    VERTEX_GLOBAL_BASE_URL,
     BatchConfig,
     Budget,
     Config,
@@ -223,7 +227,8 @@ def parse_config(
         problems.extend(_cross_check(data, builder.lines))
     if problems:
         raise ConfigError(source, _first_per_path(problems))
-    config = _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None)
+    config = _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None,
+                     builder.environ)
     problems = list(_unpriced(config, builder.lines))  # needs the keys as frozen
     if problems:
         raise ConfigError(source, problems)
@@ -398,7 +403,8 @@ def _limits(raw: Mapping[str, Any] | None, fallback: Limits | None = None) -> Li
     )
 
 
-def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
+def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None,
+            environ: Mapping[str, str]) -> Config:
     raw_server = dict(data.get("server") or {})
     default_limits = _limits(raw_server.pop("default_limits", None),
                              ServerConfig().default_limits)
@@ -416,7 +422,8 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
     if not sqlite_path.is_absolute():
         sqlite_path = (base_dir / sqlite_path).resolve()
     storage = StorageConfig(sqlite_path=sqlite_path, **raw_storage)
-    providers = {pid: _provider(pid, raw) for pid, raw in data["providers"].items()}
+    providers = {pid: _provider(pid, raw, base_dir, environ)
+                 for pid, raw in data["providers"].items()}
     models = {mid: _model(mid, raw) for mid, raw in data["models"].items()}
     keys = {name: _key(name, raw, default_limits) for name, raw in (data.get("keys") or {}).items()}
     return Config(
@@ -437,11 +444,17 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
     )
 
 
-def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
+def _provider(pid: str, raw: Mapping[str, Any], base_dir: Path,
+              environ: Mapping[str, str]) -> ProviderConfig:
+    google: dict[str, Any] = {}
+    if raw["kind"] == "vertex":
+        google = {"project": raw["project"], "location": raw["location"],
+                  "credentials_file": vertex_credentials(raw.get("credentials_file"), base_dir,
+                                                         environ)}
     return ProviderConfig(
         id=pid,
         kind=raw["kind"],
-        base_url=raw.get("base_url", _default_base_url(raw)).rstrip("/"),
+        base_url=(raw.get("base_url") or _default_base_url(raw)).rstrip("/"),
         api_key=raw.get("api_key"),
         timeouts=Timeouts(**raw.get("timeouts", {})),
         headers=MappingProxyType(dict(raw.get("headers", {}))),
@@ -457,6 +470,7 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
                  aws_session_token="aws_session_token", aws_profile="aws_profile"),
         **_given(raw.get("circuit", {}), circuit_failures="failures",
                  circuit_cooldown_s="cooldown_s"),
+        **google,
     )
 
 
@@ -464,6 +478,12 @@ def _default_base_url(raw: Mapping[str, Any]) -> str:
     """The endpoint of a kind that has a well-known one (the others require base_url)."""
     if raw["kind"] == "bedrock":
         return BEDROCK_RUNTIME_URL.format(region=raw["region"])
+    if raw["kind"] == "gemini":
+        return GEMINI_BASE_URL
+    if raw["kind"] == "vertex":
+        location = raw["location"]
+        return VERTEX_GLOBAL_BASE_URL if location == "global" \
+            else VERTEX_BASE_URL.format(location=location)
     return ""
 
 

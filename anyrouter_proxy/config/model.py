@@ -10,6 +10,9 @@ from pathlib import Path
 DEFAULT_REQUESTS_PER_MINUTE = 1000
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_MAX_CONNECTIONS = 256  # per provider and process
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+VERTEX_BASE_URL = "https://{location}-aiplatform.googleapis.com/v1"  # location "global":
+VERTEX_GLOBAL_BASE_URL = "https://aiplatform.googleapis.com/v1"
 WILDCARD_SUFFIX = "/*"  # a model id ending so serves every id under its prefix
 
 
@@ -47,7 +50,7 @@ class Pricing:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     id: str
-    kind: str  # openai | anthropic | azure | mock | bedrock
+    kind: str  # openai | anthropic | azure | mock | bedrock | gemini | vertex
     base_url: str = ""
     # None: the upstream needs no key (a local server); "": credentials missing, so the
     # provider stays configured but unavailable (`no_credentials`, docs/configuration.md).
@@ -60,6 +63,11 @@ class ProviderConfig:
     circuit_cooldown_s: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
     per_key_connections: int | None = None  # None: half of max_connections, rounded up
+    project: str | None = None  # vertex: the Google Cloud project
+    location: str | None = None  # vertex: the region (or "global")
+    # vertex: an absolute path, None for application default credentials, "" when the
+    # configured file (or the default credentials) could not be found: no_credentials.
+    credentials_file: str | None = None
     # How an OpenAI response_format is served on an anthropic-kind provider: "tool" (a
     # forced tool, any model) or "native" (output_config.format, newer models).
     structured_output: str = "tool"
@@ -87,7 +95,7 @@ class ProviderConfig:
             return False
         if self.kind == "bedrock":
             return self.aws_credentials != "none"
-        return self.api_key != ""
+        return self.api_key != "" and self.credentials_file != ""
 
     @property
     def aws_credentials(self) -> str:

@@ -73,6 +73,17 @@ class AnthropicPassthrough:
         return AnthropicRelay(ctx)
 
 
+class AnthropicTokenCounter:
+    """/messages/count_tokens passed through (the route's model swapped in)."""
+
+    def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
+        return UpstreamCall(f"{MESSAGES_PATH}/count_tokens",
+                            {**body, "model": ctx.route.model}, anthropic_headers(ctx))
+
+    def answer(self, raw: bytes, ctx: CallContext) -> bytes:
+        return raw
+
+
 class AnthropicRelay:
     """Relays Anthropic events unchanged (message_start gets the public model id), keeping
     the usage, stop reason and whether message_stop came, and estimating the output it

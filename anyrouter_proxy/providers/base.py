@@ -41,6 +41,9 @@ class CallContext:
     # What the gateway reserved for: the upstream body carries a cap no larger (None: no
     # output to cap, e.g. embeddings).
     output: OutputCap | None = None
+    # What an exchange's `build` leaves for its `reply` of the same attempt (e.g. the
+    # encoding the client asked for, when the upstream has no such option).
+    notes: dict[str, Any] = field(default_factory=dict)
     # The client's body as the gateway serves it: a Responses answer echoes its fields.
     request: Mapping[str, Any] = field(default_factory=dict)
     # Set by `build`: the tool whose call carries a structured answer (response_format on
@@ -124,6 +127,15 @@ class Exchange(Protocol):
     def reply(self, data: Any, ctx: CallContext) -> Reply: ...
 
     def translator(self, ctx: CallContext) -> StreamTranslator: ...
+
+
+class TokenCounter(Protocol):
+    """POST /messages/count_tokens for one kind of provider: the upstream call for an
+    Anthropic body, and the upstream's answer as `{"input_tokens": N}` (JSON bytes)."""
+
+    def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall: ...
+
+    def answer(self, raw: bytes, ctx: CallContext) -> bytes: ...
 
 
 # Request fields that steer the gateway and mean nothing (or something else) upstream;

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from ..sse import EventDecoder, SSEDecoder
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
-from .anthropic import AnthropicPassthrough, OpenAIViaAnthropic
+from .anthropic import AnthropicPassthrough, AnthropicTokenCounter, OpenAIViaAnthropic
 from .aws_eventstream import EventStreamDecoder
 from .azure import AZURE_ADDRESS
-from .base import Exchange
+from .base import Exchange, TokenCounter
 from .bedrock import ChatViaBedrock, MessagesViaBedrock
+from .gemini import GeminiChat, GeminiMessages, GeminiTokenCounter
+from .gemini_embeddings import GeminiEmbeddings
 from .openai import OPENAI_ADDRESS, AnthropicViaOpenAI, OpenAIPassthrough
 from .responses import ResponsesViaChat
 from .responses_native import ResponsesPassthrough
@@ -33,10 +35,19 @@ _AZURE_WIRE: dict[str, Exchange] = {
     EMBEDDINGS: OpenAIPassthrough(EMBEDDINGS, AZURE_ADDRESS),
     MESSAGES: AnthropicViaOpenAI(AZURE_ADDRESS),
 }
+_GEMINI_WIRE: dict[str, Exchange] = {  # Google AI Studio and Vertex AI alike
+    CHAT: GeminiChat(),
+    EMBEDDINGS: GeminiEmbeddings(),
+    MESSAGES: GeminiMessages(),
+}
 _BY_KIND = {"openai": _OPENAI_WIRE, "mock": _OPENAI_WIRE, "anthropic": _ANTHROPIC_WIRE,
-            "bedrock": _BEDROCK_WIRE, "azure": _AZURE_WIRE}
+            "bedrock": _BEDROCK_WIRE, "azure": _AZURE_WIRE, "gemini": _GEMINI_WIRE,
+            "vertex": _GEMINI_WIRE}
 # Kinds whose streams are not SSE.
 _STREAM_DECODERS: dict[str, type[EventDecoder]] = {"bedrock": EventStreamDecoder}
+_COUNTERS: dict[str, TokenCounter] = {"anthropic": AnthropicTokenCounter(),
+                                      "gemini": GeminiTokenCounter(),
+                                      "vertex": GeminiTokenCounter()}
 # Kinds whose chat exchange takes Anthropic thinking blocks back (signed reasoning).
 SIGNED_THINKING_KINDS = frozenset({"anthropic"})
 NATIVE_RESPONSES_KINDS = frozenset({"openai"})
@@ -70,3 +81,8 @@ def _responses_bridge(kind: str) -> Exchange | None:
 def stream_decoder(kind: str) -> EventDecoder:
     """A fresh decoder for the framing of this kind's streams (SSE unless it says)."""
     return _STREAM_DECODERS.get(kind, SSEDecoder)()
+
+
+def token_counter_for(kind: str) -> TokenCounter | None:
+    """None when this kind of provider cannot count tokens (the estimate is given)."""
+    return _COUNTERS.get(kind)
