@@ -9,15 +9,15 @@ import time
 from typing import TYPE_CHECKING
 
 from .config.model import Pricing
-from .credits import request_cost
 from .errors import ProxyError
+from .limits.quota import Held, Reserved
 from .output_cap import OutputCap
-from .quota import Held, Reserved
+from .pricing import request_cost
 from .types import ESTIMATED, NONE, PARTIAL, GenerationRecord, Usage
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .usage_store import UsageStore
+    from .storage.store import Store
 
 OVERSPEND_TOLERANCE_USD = 1e-9  # float and rounding slack (costs are rounded to 1e-10)
 
@@ -25,7 +25,7 @@ OVERSPEND_TOLERANCE_USD = 1e-9  # float and rounding slack (costs are rounded to
 class Ledger:
     """Where closed books go: the usage log and the metrics."""
 
-    def __init__(self, store: UsageStore, metrics: Metrics) -> None:
+    def __init__(self, store: Store, metrics: Metrics) -> None:
         self.store = store
         self.metrics = metrics
 
@@ -47,8 +47,16 @@ def settled_usage(reported: Usage | None, answered: bool, prompt_estimate: int,
                  source=ESTIMATED)
 
 
+def generation_time(latency_ms: float, ttft_ms: float | None,
+                    answered_ms: float | None) -> float:
+    """The time spent generating: from the first event (streams) or from the upstream's
+    response headers (otherwise) to the end; 0 when no upstream answered."""
+    start = ttft_ms if ttft_ms is not None else answered_ms
+    return 0.0 if start is None else max(0.0, latency_ms - start)
+
+
 class Books:
-    __slots__ = ("_closed", "_ledger", "admission", "cap", "min_web_searches",
+    __slots__ = ("_closed", "_ledger", "admission", "answered_ms", "cap", "min_web_searches",
                  "model_admission", "pricing", "prompt_estimate", "provider_admission", "record",
                  "reservation", "reserved_cost", "started", "token_estimate")
 
@@ -71,6 +79,7 @@ class Books:
         self.token_estimate = token_estimate  # what `admission` took from the token limits
         self.min_web_searches = 0  # searches charged to an answer that reports fewer
         self.started = time.perf_counter()
+        self.answered_ms: float | None = None  # when the last upstream's headers came
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -107,8 +116,7 @@ class Books:
         rec.status_code = error.status if error is not None else (499 if cancelled else status)
         rec.error_code = error.code if error is not None else ("cancelled" if cancelled else None)
         rec.latency_ms = self.elapsed_ms()
-        if rec.ttft_ms is not None:
-            rec.generation_time_ms = rec.latency_ms - rec.ttft_ms
+        rec.generation_time_ms = generation_time(rec.latency_ms, rec.ttft_ms, self.answered_ms)
         self.reservation.settle(rec.cost)
         total_tokens = usage.prompt_tokens + usage.completion_tokens
         self.admission.settle_tokens(total_tokens)

@@ -1,4 +1,4 @@
-"""POST /batch (SPEC §6): OpenAI batch-input items run as ordinary proxied requests.
+"""POST /batch (docs/api.md, "Batch"): OpenAI batch-input items run as ordinary proxied requests.
 
 Each item passes the key's allow-list, limits and credits and gets its own generation id
 and usage row; a failing item fails alone. Each item looks its key up again by name in the
@@ -22,17 +22,17 @@ from typing import Any
 
 import orjson
 
-from .batch_store import DONE, PENDING, RUNNING, BatchRecord, BatchStore, custom_id
 from .config.model import KeyConfig
 from .errors import InternalError, InvalidRequest, ProxyError, RequestTooLarge
 from .gateway import Answer, Gateway, ProxyRequest
 from .ids import new_batch_id, new_batch_request_id
-from .types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
+from .storage.batches import DONE, PENDING, RUNNING, BatchRecord, BatchStore, custom_id
+from .types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 
 log = logging.getLogger(__name__)
 
 ENDPOINTS = {"/chat/completions": CHAT, "/completions": COMPLETIONS,
-             "/embeddings": EMBEDDINGS, "/messages": MESSAGES}
+             "/embeddings": EMBEDDINGS, "/messages": MESSAGES, "/responses": RESPONSES}
 PREFIXES = ("/api/v1", "/v1")
 FINISHED = ("completed", "cancelled")
 INVALID_LINE = "__invalid_json_line__"  # stands for a JSON-lines line that did not parse

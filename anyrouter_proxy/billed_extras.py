@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config.model import Pricing
-from .credits import COST_DECIMALS, PER_TOKENS
 from .errors import InvalidRequest
+from .pricing import COST_DECIMALS, PER_TOKENS
 
 CLIENT_TOOL_TYPES = frozenset({"function", "custom"})
 CLIENT_TOOL_PREFIXES = ("bash_", "text_editor_", "computer_", "memory_")

@@ -11,6 +11,10 @@ providers use (pure, no I/O).
 | `{"message": "text"}`, `{"Message": "text"}` | AWS (Bedrock), others |
 | not JSON | an HTML page by its title, plain text as it is (cut) |
 
+Google's `{"error": {"code", "message", "status", "details": [...]}}` is the first shape;
+`google_details` reads its details: ErrorInfo's reason (a 400 `API_KEY_INVALID` is about
+the gateway's own key) and RetryInfo's retryDelay (when to come back after a 429).
+
 A pydantic `extra_forbidden` (a field the upstream does not take) is code
 `unsupported_parameter`; numeric codes ("400", 3001) say nothing the status does not and
 are dropped.
@@ -19,6 +23,7 @@ are dropped.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +35,10 @@ _TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
 _NUMERIC = re.compile(r"\d+")
 # Of Azure's innererror, what goes to the client (metadata.innererror).
 AZURE_INNER_FIELDS = ("code", "content_filter_result")
+# Google APIs' error details (google.rpc): why, and when to come back.
+GOOGLE_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+GOOGLE_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+GOOGLE_KEY_REASON_PREFIX = "API_KEY_"  # a 400 about the gateway's own key (API_KEY_INVALID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +152,31 @@ def _text_of(raw: bytes) -> str | None:
         title = _TITLE.search(text)
         return f"an HTML page ({title.group(1).strip()[:120]})" if title else "an HTML page"
     return text[:300] or None
+
+
+def google_details(raw: bytes) -> tuple[str | None, str | None]:
+    """(ErrorInfo reason, RetryInfo delay in whole seconds) of a Google API error body."""
+    try:
+        error = orjson.loads(raw).get("error")
+        details = error.get("details") if isinstance(error, dict) else None
+    except (orjson.JSONDecodeError, AttributeError):
+        return None, None
+    reason = delay = None
+    for detail in details if isinstance(details, list) else ():
+        if not isinstance(detail, dict):
+            continue
+        kind = detail.get("@type")
+        if kind == GOOGLE_ERROR_INFO and isinstance(detail.get("reason"), str):
+            reason = detail["reason"]
+        elif kind == GOOGLE_RETRY_INFO and isinstance(detail.get("retryDelay"), str):
+            delay = _whole_seconds(detail["retryDelay"])
+    return reason, delay
+
+
+def _whole_seconds(duration: str) -> str | None:
+    """A protobuf Duration in JSON ("37s", "1.5s") as whole seconds, rounded up."""
+    try:
+        seconds = float(duration.removesuffix("s"))
+    except ValueError:
+        return None
+    return str(max(1, math.ceil(seconds))) if math.isfinite(seconds) else None

@@ -1,4 +1,4 @@
-"""The one error tree of the proxy; `server/middlewares.py` renders it (SPEC §5).
+"""The one error tree of the proxy; `server/middlewares.py` renders it (the table in docs/api.md).
 
     ProxyError
       ├── InvalidRequest            400 invalid_request_error
@@ -157,7 +157,7 @@ _BY_STATUS: dict[int, type[ProxyError]] = {
 
 
 def error_for_status(status: int, message: str, **kwargs: Any) -> ProxyError:
-    """An error of the class SPEC §5 gives `status`; unknown 4xx map to 400's type."""
+    """An error of the class docs/api.md gives `status`; unknown 4xx map to 400's type."""
     cls = _BY_STATUS.get(status)
     if cls is None:
         cls = InvalidRequest if 400 <= status < 500 else UpstreamError

@@ -1,4 +1,4 @@
-"""How upstream failures are classified and told to the client (SPEC §5)."""
+"""How upstream failures are classified and told to the client (docs/api.md, "Errors")."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config.model import ModelConfig, ProviderConfig
-from .error_bodies import read_error_body
+from .error_bodies import GOOGLE_KEY_REASON_PREFIX, google_details, read_error_body
 from .errors import (
     ProxyError,
     RateLimited,
@@ -66,16 +66,21 @@ def upstream_failure(config: ProviderConfig, status: int, raw: bytes,
     message, code, param = said.message, said.code, said.param
     message = redact(message, config) if message else message
     meta = {"provider_name": provider, "provider_status": status, **said.metadata}
+    reason, retry_delay = google_details(raw) if status in (400, 429) else (None, None)
+    if status == 400 and reason is not None and reason.startswith(GOOGLE_KEY_REASON_PREFIX):
+        status = meta["provider_status"] = 401  # Google's answer to a bad key: ours to fix
     if status in PASSTHROUGH_STATUSES:
         return error_for_status(status, message or f"Provider {provider} rejected the request",
                                 code=code or PASSTHROUGH_CODES[status], param=param,
                                 metadata=meta)
     if status in CREDENTIAL_STATUSES:
+        what = "Google credentials" if config.kind == "vertex" else "api_key"
         return UpstreamError(f"Provider {provider} rejected the gateway's credentials "
-                             f"({status}); check its api_key", metadata=meta)
+                             f"({status}); check its {what}", metadata=meta)
     if status == 429:
-        retry_after = headers.get("Retry-After") if headers is not None else None
-        # SPEC §4: a 429 always says when to come back; 1 s when the upstream did not.
+        retry_after = (headers.get("Retry-After") if headers is not None else None) \
+            or retry_delay
+        # A 429 always says when to come back; 1 s when the upstream did not.
         extra = {"Retry-After": retry_after if retry_after and retry_after.isdigit() else "1"}
         return RateLimited(f"Provider {provider} is rate limiting the gateway",
                            code="upstream_rate_limited", metadata=meta, headers=extra)

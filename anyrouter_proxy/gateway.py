@@ -25,8 +25,6 @@ from .accounting import Books, Ledger
 from .billed_extras import NO_EXTRAS, Extras, check_extras
 from .config.model import Config, KeyConfig, ModelConfig, Pricing, ProviderConfig, is_metered
 from .config.wildcards import resolve_model
-from .connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
-from .credits import estimate_prompt_tokens, worst_case_cost
 from .deprecation import deprecation_headers, endpoint_headers, is_sunset
 from .errors import (
     AuthenticationFailed,
@@ -50,12 +48,15 @@ from .failures import (
 )
 from .health import BreakerPolicy, HealthBoard
 from .ids import new_generation_id
+from .limits.connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
+from .limits.quota import NOTHING_HELD, Held, Quota
 from .output_cap import OutputCap, cap_upstream_body, output_cap
-from .providers.anthropic import anthropic_headers
+from .pricing import estimate_prompt_tokens, worst_case_cost
 from .providers.aws_auth import AwsAuth
-from .providers.base import CallContext, Exchange
-from .providers.registry import exchange_for, stream_decoder
-from .quota import NOTHING_HELD, Held, Quota
+from .providers.base import CallContext, Exchange, StreamTranslator
+from .providers.google_auth import VERTEX, GoogleTokens
+from .providers.registry import exchange_for, stream_decoder, token_counter_for
+from .responses_turn import Turn, prepare_turn
 from .routing import (
     Target,
     fallback_models,
@@ -63,6 +64,7 @@ from .routing import (
     resolve_targets,
     routing_fields_go_upstream,
 )
+from .storage.responses import ResponseStore
 from .stream_session import StreamSession, discard, first_output
 from .types import (
     CHAT,
@@ -70,6 +72,7 @@ from .types import (
     EMBEDDINGS,
     ENDPOINT_PATHS,
     MESSAGES,
+    RESPONSES,
     Attempt,
     GenerationRecord,
     Usage,
@@ -93,6 +96,7 @@ class ProxyRequest:
     client_headers: dict[str, str] = field(default_factory=dict)  # anthropic-version, -beta
     record: GenerationRecord | None = None  # its usage row, once it has one
     extras: Extras = NO_EXTRAS  # what it may be billed beyond tokens, once checked
+    turn: Turn | None = None  # Responses: the conversation turn (what to keep)
 
 
 @dataclass(slots=True)
@@ -117,9 +121,11 @@ class Gateway:
         self.mock = mock
         self.quota = quota
         self.ledger = ledger
+        self.responses = ResponseStore(ledger.store)
         self.board = HealthBoard(breaker_policies(config))
         self.shares = ConnectionShares()
         self.aws = AwsAuth(config.providers.values())  # kind bedrock's credentials
+        self.google = GoogleTokens()  # kind vertex's OAuth tokens
         self._draw = draw
         self._sleep = sleep
 
@@ -127,6 +133,7 @@ class Gateway:
         self.quota.reconfigure(config)
         self.board.reconfigure(breaker_policies(config))
         self.aws.reconfigure(config.providers.values())
+        self.google.reconfigure(config.providers.values())
         self.config = config  # one assignment: requests in flight keep the config they had
 
     async def open(self) -> None:
@@ -243,6 +250,8 @@ class Gateway:
     async def proxy(self, req: ProxyRequest) -> Answer | StreamSession:
         config = self.config
         try:
+            if req.endpoint == RESPONSES:
+                req.body, req.turn = await prepare_turn(req.body, req.key, self.responses)
             endpoint_extra = self.endpoint_headers(req.endpoint)
             models = self._models_for(req, config)
             stream = _validate(req.endpoint, req.body)
@@ -338,7 +347,9 @@ class Gateway:
         failure may pass (never after the first byte: attempts return before it)."""
         server = self.config.server
         candidates = [(t, ex) for t in targets
-                      if (ex := exchange_for(req.endpoint, t.provider.kind)) is not None]
+                      if (ex := exchange_for(req.endpoint, t.provider.kind,
+                                             native_responses=t.provider.native_responses))
+                      is not None]
         if not candidates:
             raise InvalidRequest(f"No provider of model {targets[0].model.id} serves "
                                  f"{req.endpoint}", code="provider_not_available")
@@ -378,7 +389,7 @@ class Gateway:
                 ctx = CallContext(req.gen_id, target.model.id, created, provider, target.route,
                                   books.record.streamed, include_usage,
                                   server.default_max_tokens, req.client_headers, target.pricing,
-                                  output)
+                                  output, request=req.body)
                 books.pricing = target.pricing  # what this attempt costs if it answers
                 books.record.model = target.model.id
                 books.record.wildcard = target.model.wildcard
@@ -475,12 +486,17 @@ class Gateway:
             if call.signed:  # over exactly the bytes and the URL that are sent
                 headers = await self.aws.sign(ctx.provider, ctx.provider.base_url + call.path,
                                               payload, headers)
+            elif ctx.provider.kind == VERTEX:
+                headers = await self._google_auth(ctx.provider, headers)
             response = await upstream.send(ctx.provider, call.path, payload, headers)
         except ProxyError as exc:
             status = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
             record.attempts.append(Attempt(ctx.provider.id, status, _ms_since(started)))
             raise
+        books.answered_ms = books.elapsed_ms()
         if response.status >= 400:
+            if response.status == 401 and ctx.provider.kind == VERTEX:
+                self.google.forget(ctx.provider)  # the next request gets a new token
             try:
                 raw = await response.read()
             finally:
@@ -489,6 +505,11 @@ class Gateway:
             raise upstream_failure(ctx.provider, response.status, raw, response.headers)
         record.attempts.append(Attempt(ctx.provider.id, response.status, _ms_since(started)))
         return response
+
+    async def _google_auth(self, provider: ProviderConfig,
+                           headers: dict[str, str]) -> dict[str, str]:
+        """The headers with a Google OAuth access token (kind vertex)."""
+        return {**headers, "Authorization": f"Bearer {await self.google.bearer(provider)}"}
 
     async def _complete(self, req: ProxyRequest, ctx: CallContext, exchange: Exchange,
                         books: Books, headers: dict[str, str]) -> Answer:
@@ -510,6 +531,9 @@ class Gateway:
         usage = reply.body.get("usage")
         if isinstance(usage, dict) and req.endpoint != MESSAGES:
             usage["cost"] = cost
+        if req.turn is not None and req.turn.store and reply.output_items is not None:
+            self.responses.keep(req.gen_id, req.key.name, req.turn.input_items,
+                                reply.output_items, reply.body)
         return Answer(200, orjson.dumps(reply.body), headers)
 
     async def _open_stream(self, req: ProxyRequest, ctx: CallContext, exchange: Exchange,
@@ -536,14 +560,32 @@ class Gateway:
         books.first_token()
         return StreamSession(req.endpoint, headers, books, response, chunks, decoder,
                              translator, first, failure,
-                             StreamHealth(self.board, ctx.provider.id, started))
+                             StreamHealth(self.board, ctx.provider.id, started),
+                             completed=self._keeper(req))
+
+    def _keeper(self, req: ProxyRequest) -> Callable[[StreamTranslator], None] | None:
+        """What keeps a streamed Responses answer once it is whole (before its end goes
+        out, so that it is readable as soon as the client has it)."""
+        turn = req.turn
+        if turn is None or not turn.store:
+            return None
+        responses, key_name = self.responses, req.key.name
+
+        def keep(translator: StreamTranslator) -> None:
+            items = getattr(translator, "output_items", None)
+            response = getattr(translator, "response", None)
+            if isinstance(items, list) and isinstance(response, dict) and response:
+                responses.keep(req.gen_id, key_name, turn.input_items, items, response)
+
+        return keep
 
     # -- token counting ------------------------------------------------------------
 
     async def count_tokens(self, req: ProxyRequest) -> Answer:
-        """POST /messages/count_tokens: passed to the first Anthropic route (free upstream,
-        so it is not a generation); models without one get the local estimate. It takes
-        one request from the key's limits (and a concurrency slot while it runs)."""
+        """POST /messages/count_tokens: passed to the first route whose kind counts tokens
+        (Anthropic, Gemini, Vertex AI: free upstream, so it is not a generation); models
+        without one get the local estimate. It takes one request from the key's limits
+        (and a concurrency slot while it runs)."""
         config = self.config
         model = self.model_for(req.key, req.body.get("model"), config)
         try:
@@ -562,14 +604,17 @@ class Gateway:
     async def _count_tokens(self, req: ProxyRequest, model: ModelConfig,
                             config: Config) -> Answer:
         for target in self._targets(req, [model], config):
-            if target.provider.kind != "anthropic":
+            counter = token_counter_for(target.provider.kind)
+            if counter is None:
                 continue
             ctx = CallContext(req.gen_id, model.id, int(time.time()), target.provider,
                               target.route, False, False, config.server.default_max_tokens,
                               req.client_headers)
-            payload = _encode_body({**req.body, "model": target.route.model})
-            response = await self.http.send(target.provider, "/messages/count_tokens",
-                                            payload, anthropic_headers(ctx))
+            call = counter.build(req.body, ctx)
+            headers = call.headers if target.provider.kind != VERTEX \
+                else await self._google_auth(target.provider, call.headers)
+            response = await self.http.send(target.provider, call.path,
+                                            _encode_body(call.body), headers)
             try:
                 raw = await response.read()
             finally:
@@ -577,7 +622,8 @@ class Gateway:
             if response.status >= 400:
                 raise upstream_failure(target.provider, response.status, raw,
                                        response.headers)
-            return Answer(200, raw, {"X-AnyRouter-Provider": target.provider.id})
+            return Answer(200, counter.answer(raw, ctx),
+                          {"X-AnyRouter-Provider": target.provider.id})
         estimate = {"input_tokens": estimate_prompt_tokens(req.body), "estimated": True}
         return Answer(200, orjson.dumps(estimate), {})
 

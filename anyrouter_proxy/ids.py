@@ -66,3 +66,11 @@ def new_batch_id() -> str:
 def new_batch_request_id() -> str:
     """`batch_req_` and 16 hex digits (64 random bits): one batch result's id."""
     return _BATCH_REQUESTS.draw()
+
+
+_ITEMS = IdPool("", 12)
+
+
+def new_item_id(prefix: str) -> str:
+    """A Responses item id: `prefix` (msg_, fc_, rs_) and 24 hex digits."""
+    return prefix + _ITEMS.draw()

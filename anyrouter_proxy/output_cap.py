@@ -4,8 +4,8 @@
 may carry, the number of choices, reasoning effort or a thinking budget, and the model's
 own output limit when the client sets no cap. The credit reservation and the token-per-
 minute estimate are made from it; `cap_openai_body` / `cap_anthropic_body` /
-`cap_converse_body` (Bedrock) then make sure the body sent upstream carries an explicit cap
-no larger than the one reserved.
+`cap_converse_body` (Bedrock) / `cap_gemini_body` then make sure the body sent upstream
+carries an explicit cap no larger than the one reserved.
 
 | client body | output tokens per choice |
 |---|---|
@@ -41,6 +41,8 @@ CHOICE_FIELDS = ("n", "best_of")
 OPENAI_OUTPUT_PATHS: dict[str, str | None] = {
     "/chat/completions": None, "/completions": "max_tokens", "/responses": "max_output_tokens"}
 ANTHROPIC_OUTPUT_PATHS = frozenset({"/messages"})
+# Gemini wire (gemini and vertex kinds): the methods the path ends in (its query aside).
+GEMINI_OUTPUT_METHODS = (":generateContent", ":streamGenerateContent")
 _KNOWN_PATHS = sorted((*OPENAI_OUTPUT_PATHS, *ANTHROPIC_OUTPUT_PATHS), key=len, reverse=True)
 # Bedrock's Converse operations (/model/{modelId}/converse, /converse-stream).
 CONVERSE_PATH_ENDS = ("/converse", "/converse-stream")
@@ -149,6 +151,8 @@ def cap_upstream_body(path: str, body: dict[str, Any], cap: OutputCap) -> None:
         cap_openai_body(body, cap, field=OPENAI_OUTPUT_PATHS[path])
     elif path.endswith(CONVERSE_PATH_ENDS):
         cap_converse_body(body, cap.tokens)
+    elif path.endswith(GEMINI_OUTPUT_METHODS):
+        cap_gemini_body(body, cap)
 
 
 def _wire_path(path: str) -> str:
@@ -192,6 +196,20 @@ def cap_anthropic_body(body: dict[str, Any], tokens: int) -> None:
         budget = thinking.get("budget_tokens")
         if budget.__class__ is int and budget >= tokens:
             body["thinking"] = {**thinking, "budget_tokens": max(tokens - 1, 0)}
+
+
+def cap_gemini_body(body: dict[str, Any], cap: OutputCap) -> None:
+    """generationConfig.maxOutputTokens (thinking included) no larger than `cap.tokens`,
+    added when absent, and candidateCount no more than the choices reserved."""
+    config = body.get("generationConfig")
+    if not isinstance(config, dict):
+        config = body["generationConfig"] = {}
+    value = config.get("maxOutputTokens")
+    if value.__class__ is not int or not 0 < value <= cap.tokens:
+        config["maxOutputTokens"] = cap.tokens
+    count = config.get("candidateCount")
+    if count is not None and (count.__class__ is not int or not 0 < count <= cap.choices):
+        config["candidateCount"] = cap.choices
 
 
 def cap_converse_body(body: dict[str, Any], tokens: int) -> None:

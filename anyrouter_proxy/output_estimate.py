@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .credits import CHARS_PER_TOKEN
+from .pricing import CHARS_PER_TOKEN
 
 # Text-bearing fields of an OpenAI delta or message (tool calls are counted apart).
 OPENAI_TEXT_FIELDS = frozenset({"content", "reasoning_content", "reasoning", "refusal", "text"})

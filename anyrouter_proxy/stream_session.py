@@ -1,8 +1,8 @@
 """Relaying an opened upstream stream to the client, event by event.
 
 Once the first bytes have gone out nothing is retried: an upstream failure becomes a final
-error event in the client's dialect (SPEC §5), and a client that leaves stops the upstream
-read and is accounted as cancelled.
+error event in the client's dialect (docs/api.md, "Streaming"), and a client that leaves
+stops the upstream read and is accounted as cancelled.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import orjson
 from .accounting import Books
 from .errors import ProxyError, UpstreamError, internal_failure
 from .providers.base import StreamTranslator
+from .providers.responses_events import failed_before_start
 from .sse import DONE_EVENT, EventDecoder, EventTooLarge, encode_event
-from .types import MESSAGES
+from .types import MESSAGES, RESPONSES
 from .upstream import UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,14 @@ class Outcome(Protocol):
               completion_tokens: int = 0) -> None: ...
 
 
-def stream_error_event(endpoint: str, exc: ProxyError) -> bytes:
-    """The final event of a stream that failed, in the client's dialect."""
+def stream_error_event(endpoint: str, exc: ProxyError, *, gen_id: str = "",
+                       model: str = "") -> bytes:
+    """The final event of a stream that failed, in the client's dialect (a Responses
+    stream that had not begun: response.created, then response.failed)."""
     if endpoint == MESSAGES:
         return encode_event(orjson.dumps(exc.envelope(anthropic=True)), "error")
+    if endpoint == RESPONSES:
+        return failed_before_start(exc.envelope()["error"], gen_id=gen_id, model=model)
     return encode_event(orjson.dumps(exc.envelope())) + DONE_EVENT
 
 
@@ -85,7 +90,8 @@ class StreamSession:
     def __init__(self, endpoint: str, headers: dict[str, str], books: Books,
                  response: UpstreamResponse, chunks: AsyncIterator[bytes],
                  decoder: EventDecoder, translator: StreamTranslator, first: list[bytes],
-                 failure: ProxyError | None = None, outcome: Outcome | None = None) -> None:
+                 failure: ProxyError | None = None, outcome: Outcome | None = None,
+                 completed: Callable[[StreamTranslator], None] | None = None) -> None:
         self.endpoint = endpoint
         self.headers = headers
         self._books = books
@@ -96,6 +102,7 @@ class StreamSession:
         self._pending = first
         self._failure = failure  # already happened, after the first events
         self._outcome = outcome
+        self._completed = completed  # told once the answer is whole, before its end goes out
 
     async def relay(self, write: Write, end: Write) -> None:
         """Write the whole stream, then `end` with its last bytes (the normal end or an
@@ -112,6 +119,8 @@ class StreamSession:
                 if failure is not None:
                     raise failure
             tail = translator.finish()
+            if self._completed is not None:
+                self._completed(translator)
             self._fill_record()
             try:
                 # The end goes out first, the books close right after: nothing in between
@@ -125,7 +134,7 @@ class StreamSession:
             self._fill_record()
             self._ended(failure=exc)
             self._close(error=exc)
-            await end(stream_error_event(self.endpoint, exc))
+            await end(self._failure_event(exc))
         except (asyncio.CancelledError, ConnectionError):
             self._fill_record()
             self._ended(cancelled=True)
@@ -137,9 +146,18 @@ class StreamSession:
             self._ended(failure=failure)
             self._close(error=failure)
             with contextlib.suppress(Exception):
-                await end(stream_error_event(self.endpoint, failure))
+                await end(self._failure_event(failure))
         finally:
             await discard(self._response, self._chunks)
+
+    def _failure_event(self, exc: ProxyError) -> bytes:
+        """The translator's own last event for a failure, if it has one (Responses:
+        response.failed with the output so far), else the dialect's error event."""
+        failed = getattr(self._translator, "failed", None)
+        if failed is not None:
+            event: bytes = failed(exc)
+            return event
+        return stream_error_event(self.endpoint, exc)
 
     def _ended(self, **outcome: object) -> None:
         if self._outcome is not None:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 @dataclass(slots=True)
 class Attempt:
-    """One try of one route: SPEC §7 `{"provider", "status", "latency_ms"}`."""
+    """One try of one route: `{"provider", "status", "latency_ms"}`."""
 
     provider: str
     status: int | str  # HTTP status, or an error class such as "timeout"
@@ -78,9 +78,11 @@ class Interrupted(NamedTuple):
 
 # The proxied endpoints, by the client's dialect.
 CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES = "chat", "completions", "embeddings", "messages"
+RESPONSES = "responses"
 ENDPOINT_PATHS = {
     CHAT: "/chat/completions",
     COMPLETIONS: "/completions",
     EMBEDDINGS: "/embeddings",
     MESSAGES: "/messages",
+    RESPONSES: "/responses",
 }

@@ -1,7 +1,7 @@
 """The only outbound HTTP: one pooled ClientSession per provider, errors made ours.
 
 `Upstream` is the seam tests and the in-process demo provider plug into; the real one
-is `HttpUpstream`. Timeouts (SPEC §3 `timeouts`): `connect_s` for the TCP/TLS connect,
+is `HttpUpstream`. Timeouts (`providers.ID.timeouts`): `connect_s` for the TCP/TLS connect,
 `first_byte_s` until the response headers arrive, `idle_s` between two reads of a body,
 `total_s` for the whole exchange.
 """

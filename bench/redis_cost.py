@@ -1,4 +1,4 @@
-"""What the Redis state backend costs per request (issue 11): the proxy's own quota calls
+"""What the Redis state backend costs per request: the proxy's own quota calls
 for one request — admit (limits), reserve (credits), then settle tokens, release the slot
 and settle the cost — N times against `MemoryQuota` and against `RedisQuota` on a
 loopback redis-server, in µs per request.
@@ -26,8 +26,12 @@ import contextlib
 import os
 import platform
 import resource
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,10 +46,11 @@ from anyrouter_proxy.config.model import (
     StateConfig,
     StorageConfig,
 )
-from anyrouter_proxy.credits import CreditLedger
-from anyrouter_proxy.quota import MemoryQuota, Quota
-from anyrouter_proxy.ratelimit import Limiter
-from anyrouter_proxy.redis_quota import RedisQuota
+from anyrouter_proxy.limits.credits import CreditLedger
+from anyrouter_proxy.limits.quota import MemoryQuota, Quota
+from anyrouter_proxy.limits.ratelimit import Limiter
+from anyrouter_proxy.limits.redis_quota import RedisQuota
+from bench.serve_process import free_port
 
 MODEL = "openai/gpt-4o-mini"
 BIG = 10**9
@@ -114,10 +119,32 @@ def redis_url(given: str | None) -> Iterator[str]:
     if given:
         yield given
         return
-    from tests.redis_server import running_redis_server
+    # A throwaway redis-server on a free port, no persistence, killed at the end.
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="anyrouter-redis-") as root:
+        process = subprocess.Popen(
+            [shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(port),
+             "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", root],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while not _pong(port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("redis-server did not start (is it installed?)")
+                time.sleep(0.02)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            process.kill()
+            process.wait()
 
-    with running_redis_server() as server:
-        yield server.url
+
+def _pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
-"""The soak of issue 10 as a standalone script: N concurrent streaming clients for S
+"""The soak as a standalone script: N concurrent streaming clients for S
 seconds through a real `anyrouter-proxy serve`, against a fast fake upstream in its own
-process. The logic is the one tests/e2e/test_soak.py runs in CI (short form); this is
-the full form, to run by hand:
+process. The logic (bench/soak_run.py) is the one tests/e2e/test_soak.py runs in CI (short
+form); this is the full form, to run by hand:
 
     .venv/bin/python bench/soak.py                       # 500 clients x 60 s
     .venv/bin/python bench/soak.py --clients 200 --seconds 15 --json
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.test_soak import RSS_GROWTH_LIMIT_MB, check, run_soak  # noqa: E402
+from bench.soak_run import RSS_GROWTH_LIMIT_MB, check, run_soak  # noqa: E402
 
 
 def main() -> int:

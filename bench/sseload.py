@@ -21,7 +21,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-END_MARKERS = (b"data: [DONE]", b"event: message_stop")
+END_MARKERS = (b"data: [DONE]", b"event: message_stop", b"event: response.completed")
 OVERLAP = 24
 
 
@@ -159,7 +159,8 @@ class Client(asyncio.Protocol):
             res.events += new_events
             if not res.ended:
                 res.ended = any(m in window for m in END_MARKERS)
-            if b'{"error"' in window or b"event: error" in window:
+            if b'{"error"' in window or b"event: error" in window \
+                    or b"event: response.failed" in window:
                 res.error_event = True
         self.tail = window[-OVERLAP:]
 

@@ -15,7 +15,16 @@ from typing import Any
 
 from aiohttp import web
 
-ANSWER = "Hello from the fake upstream!"
+from tests.anthropic_wire import (
+    ANSWER,
+    SIGNATURE_PREFIX,
+    THINKING,
+    answer_content,
+    anthropic_problem,
+)
+from tests.fake_responses import FakeResponse, responses_problem
+from tests.schema_sample import fragments, sample_instance, strict_problem
+
 USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16,
          "prompt_tokens_details": {"cached_tokens": 3},
          "completion_tokens_details": {"reasoning_tokens": 0}}
@@ -40,7 +49,8 @@ class Behaviour:
     first_event_delay_s: float = 0.0  # streams: after headers, before the first event
     chunk_delay_s: float = 0.0  # streams: between events
     chunks: int = 3  # streams: number of content chunks
-    content: str | None = None  # streams: every content chunk's text (default "tok<i> ")
+    content: str | None = None  # streams: every content chunk's text (default "tok<i> ");
+    # whole answers (chat, responses): the answer's text
     stall_after: int | None = None  # streams: stop sending (stay open) after N events
     drop_after: int | None = None  # streams: drop the connection after N events
     no_done: bool = False  # streams: end without [DONE]
@@ -65,6 +75,7 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/responses", self._responses)
         return app
 
     async def _record(self, request: web.Request) -> tuple[dict[str, Any], Behaviour]:
@@ -87,6 +98,11 @@ class FakeOpenAI:
 
     async def _generate(self, request: web.Request, *, chat: bool) -> web.StreamResponse:
         body, behaviour = await self._record(request)
+        problem = openai_format_problem(body)
+        if problem:
+            return web.json_response({"error": {"message": problem, "type":
+                                                "invalid_request_error", "param":
+                                                "response_format", "code": None}}, status=400)
         if behaviour.status != 200 or behaviour.body is not None:
             return _raw_or_json(behaviour)
         upstream_id = f"chatcmpl-{self.name}-{len(self.requests)}"
@@ -95,14 +111,16 @@ class FakeOpenAI:
         if body.get("stream"):
             return await self._stream(request, body, behaviour, base, chat)
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None}
-        if chat and body.get("tools"):
+        if chat and _wants_tool_call(body):
             choice["finish_reason"] = "tool_calls"
             choice["message"] = {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "call_1", "type": "function", "function": {
                     "name": body["tools"][0]["function"]["name"],
                     "arguments": '{"city": "Paris"}'}}]}
         elif chat:
-            choice["message"] = {"role": "assistant", "content": ANSWER, "refusal": None}
+            choice["message"] = {"role": "assistant",
+                                 "content": behaviour.content or openai_answer(body),
+                                 "refusal": None}
         else:
             choice["text"] = ANSWER
         self.completed += 1
@@ -123,15 +141,18 @@ class FakeOpenAI:
                 data["usage"] = usage
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
-        for i in range(behaviour.chunks):
-            text = behaviour.content if behaviour.content is not None else f"tok{i} "
+        pieces = fragments(openai_answer(body), behaviour.chunks) \
+            if chat and body.get("response_format") else None
+        for i in range(len(pieces) if pieces else behaviour.chunks):
+            text = pieces[i] if pieces else behaviour.content if behaviour.content is not None \
+                else f"tok{i} "
             delta: dict[str, Any] = {"content": text}
             if i == 0:
                 delta["role"] = "assistant"
             events.append(chunk([{"index": 0, "delta": delta, "finish_reason": None}] if chat
                                 else [{"index": 0, "text": text, "finish_reason": None}]))
         finish = "stop"
-        if chat and body.get("tools"):
+        if chat and _wants_tool_call(body):
             name = body["tools"][0]["function"]["name"]
             pieces = ['{"ci', 'ty": "Pa', 'ris"}']
             for n, piece in enumerate(pieces):
@@ -177,6 +198,49 @@ class FakeOpenAI:
         await response.write_eof()
         return response
 
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body, behaviour = await self._record(request)
+        if behaviour.status != 200 or behaviour.body is not None:
+            return _raw_or_json(behaviour)
+        problem = responses_problem(body)
+        if problem:
+            return web.json_response({"error": {"message": problem, "type":
+                                                "invalid_request_error", "code": None,
+                                                "param": None}}, status=400)
+        answer = FakeResponse(body, f"resp_{self.name}_{len(self.requests)}",
+                              behaviour.content, behaviour.usage)
+        if not body.get("stream"):
+            self.completed += 1
+            return web.json_response(answer.whole(), headers=behaviour.headers)
+        events = answer.events()
+        if behaviour.no_done:
+            events = events[:-1]  # no response.completed
+        if behaviour.error_event_after is not None:
+            events = [*events[:behaviour.error_event_after], answer.error_event()]
+        return await self._send_events(request, events, behaviour)
+
+    async def _send_events(self, request: web.Request, events: list[bytes],
+                           behaviour: Behaviour) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for n, event in enumerate(events):
+                if behaviour.drop_after == n:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                if behaviour.stall_after == n:
+                    await asyncio.sleep(3600)
+                await response.write(event)
+                if behaviour.chunk_delay_s:
+                    await asyncio.sleep(behaviour.chunk_delay_s)
+        except (asyncio.CancelledError, ConnectionError):
+            self.cancelled += 1
+            raise
+        self.completed += 1
+        await response.write_eof()
+        return response
+
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         body, behaviour = await self._record(request)
         if behaviour.status != 200 or behaviour.body is not None:
@@ -187,6 +251,33 @@ class FakeOpenAI:
         self.completed += 1
         return web.json_response({"object": "list", "data": data, "model": body["model"],
                                   "usage": EMBEDDING_USAGE})
+
+
+def _wants_tool_call(body: dict[str, Any]) -> bool:
+    """Tools offered and no tool result to answer yet: the fake calls the first tool."""
+    messages = body.get("messages") or [{}]
+    return bool(body.get("tools")) and messages[-1].get("role") != "tool"
+
+
+def openai_format_problem(body: dict[str, Any]) -> str | None:
+    """OpenAI's 400 for a response_format it refuses: a strict schema breaking its rules."""
+    fmt = body.get("response_format") or {}
+    spec = fmt.get("json_schema") or {}
+    if fmt.get("type") == "json_schema" and spec.get("strict"):
+        problem = strict_problem(spec.get("schema"))
+        if problem:
+            return f"Invalid schema for response_format '{spec.get('name')}': {problem}"
+    return None
+
+
+def openai_answer(body: dict[str, Any]) -> str:
+    """The model's text: JSON for a response_format json_schema / json_object."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        return json.dumps(sample_instance(fmt["json_schema"].get("schema") or {}))
+    if fmt.get("type") == "json_object":
+        return json.dumps({"answer": ANSWER})
+    return ANSWER
 
 
 def _raw_or_json(behaviour: Behaviour) -> web.Response:
@@ -203,7 +294,8 @@ def _raw_or_json(behaviour: Behaviour) -> web.Response:
 
 class FakeAnthropic:
     """A fake Anthropic Messages API: the exact event sequence, and the validation the real
-    API does on what a gateway might get wrong (max_tokens, system inside messages)."""
+    API does on what a gateway might get wrong (max_tokens, system inside messages, tools
+    and tool_choice, structured output); what it answers is in tests/anthropic_wire.py."""
 
     def __init__(self, name: str = "anthropic") -> None:
         self.name = name
@@ -231,7 +323,7 @@ class FakeAnthropic:
         body = await request.json()
         self.requests.append(Recorded(request.path, dict(request.headers), body))
         behaviour = self.script.popleft() if self.script else Behaviour()
-        problem = _anthropic_problem(request, body)
+        problem = anthropic_problem(request.headers, body)
         if problem:
             return web.json_response({"type": "error", "error": {
                 "type": "invalid_request_error", "message": problem}}, status=400)
@@ -239,11 +331,12 @@ class FakeAnthropic:
             await asyncio.sleep(behaviour.delay_s)
         if behaviour.status != 200 or behaviour.body is not None:
             return _raw_or_json(behaviour)
-        tool = body["tools"][0]["name"] if body.get("tools") else None
-        content: list[dict[str, Any]] = [{"type": "text", "text": ANSWER}]
-        if tool:
-            content.append({"type": "tool_use", "id": "toolu_01", "name": tool,
-                            "input": {"city": "Paris"}})
+        content = answer_content(body)
+        tool = any(block["type"] == "tool_use" for block in content)
+        thinking = body.get("thinking")
+        if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+            content.insert(0, {"type": "thinking", "thinking": THINKING,
+                               "signature": f"{SIGNATURE_PREFIX}{len(self.requests)}"})
         usage = {"input_tokens": 20, "output_tokens": 7, "cache_read_input_tokens": 5,
                  "cache_creation_input_tokens": 0, **behaviour.usage}
         message = {"id": f"msg_{self.name}_{len(self.requests)}", "type": "message",
@@ -265,12 +358,15 @@ class FakeAnthropic:
                  "usage": {**start_usage, "output_tokens": 1}}
         events = [event("message_start", {"type": "message_start", "message": start})]
         for index, block in enumerate(message["content"]):
+            if block["type"] == "thinking":
+                events += _thinking_events(event, index, block)
+                continue
             if block["type"] == "text":
                 events.append(event("content_block_start", {
                     "type": "content_block_start", "index": index,
                     "content_block": {"type": "text", "text": ""}}))
                 events.append(event("ping", {"type": "ping"}))
-                for piece in ("Hello from ", "the fake ", "upstream!"):
+                for piece in fragments(block["text"]):
                     events.append(event("content_block_delta", {
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "text_delta", "text": piece}}))
@@ -279,7 +375,7 @@ class FakeAnthropic:
                     "type": "content_block_start", "index": index,
                     "content_block": {"type": "tool_use", "id": block["id"],
                                       "name": block["name"], "input": {}}}))
-                for piece in ('{"ci', 'ty": "Pa', 'ris"}'):
+                for piece in fragments(json.dumps(block["input"]), 4):
                     events.append(event("content_block_delta", {
                         "type": "content_block_delta", "index": index,
                         "delta": {"type": "input_json_delta", "partial_json": piece}}))
@@ -296,6 +392,10 @@ class FakeAnthropic:
         await response.prepare(request)
         try:
             for n, raw in enumerate(events):
+                if behaviour.drop_after == n:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
                 if behaviour.error_event_after == n:
                     await response.write(event("error", {"type": "error", "error": {
                         "type": "overloaded_error", "message": "Overloaded"}}))
@@ -311,15 +411,15 @@ class FakeAnthropic:
         return response
 
 
-def _anthropic_problem(request: web.Request, body: dict[str, Any]) -> str | None:
-    """What the real API rejects that a translating gateway could get wrong."""
-    if not request.headers.get("x-api-key"):
-        return "x-api-key header is required"
-    if not request.headers.get("anthropic-version"):
-        return "anthropic-version header is required"
-    if not isinstance(body.get("max_tokens"), int):
-        return "max_tokens: Field required"
-    for i, message in enumerate(body.get("messages", [])):
-        if message.get("role") not in ("user", "assistant"):
-            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
-    return None
+def _thinking_events(event: Any, index: int, block: dict[str, Any]) -> list[bytes]:
+    return [
+        event("content_block_start", {"type": "content_block_start", "index": index,
+                                      "content_block": {"type": "thinking", "thinking": "",
+                                                        "signature": ""}}),
+        event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                      "delta": {"type": "thinking_delta",
+                                                "thinking": block["thinking"]}}),
+        event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                      "delta": {"type": "signature_delta",
+                                                "signature": block["signature"]}}),
+        event("content_block_stop", {"type": "content_block_stop", "index": index})]

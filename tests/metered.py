@@ -56,6 +56,7 @@ class MeteredUpstream:
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/v1/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post("/v1/responses", self._responses)
         return app
 
     def cost(self, prompt_price: float, completion_price: float) -> float:
@@ -108,6 +109,44 @@ class MeteredUpstream:
             events.append(chunk([], usage=usage))
         events.append(b"data: [DONE]\n\n")
         return await self._stream(request, events, billed)
+
+    # -- the Responses wire ------------------------------------------------------------------
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        body = await self._arrive(request)
+        billed = Billed(prompt_tokens(body), openai_output(body) + self.meter.extra_tokens)
+        usage = {"input_tokens": billed.prompt_tokens,
+                 "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": billed.completion_tokens,
+                 "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": billed.prompt_tokens + billed.completion_tokens}
+        item = {"id": "msg_metered", "type": "message", "status": "incomplete",
+                "role": "assistant", "content": [{"type": "output_text", "annotations": [],
+                                                  "text": WORD * self.meter.deltas}]}
+        whole = {"id": "resp_metered", "object": "response", "created_at": 1700000000,
+                 "status": "incomplete", "error": None, "model": body.get("model"),
+                 "incomplete_details": {"reason": "max_output_tokens"}, "output": [item],
+                 "usage": usage if self.meter.usage else None}
+        if not body.get("stream"):
+            self.billed.append(billed)
+            return web.json_response(whole)
+        start = {**whole, "status": "in_progress", "incomplete_details": None, "output": [],
+                 "usage": None}
+        seq = iter(range(1000))
+
+        def event(kind: str, **data: Any) -> bytes:
+            return _event(kind, {"type": kind, **data, "sequence_number": next(seq)})
+
+        where = {"item_id": "msg_metered", "output_index": 0, "content_index": 0}
+        events = [event("response.created", response=start),
+                  event("response.in_progress", response=start),
+                  event("response.output_item.added", output_index=0,
+                        item={**item, "status": "in_progress", "content": []})]
+        events += [event("response.output_text.delta", **where, delta=WORD, logprobs=[])
+                   for _ in range(self.meter.deltas)]
+        events += [event("response.output_item.done", output_index=0, item=item),
+                   event("response.incomplete", response=whole)]
+        return await self._stream(request, events, billed, first_delta=3)
 
     # -- the Anthropic wire ------------------------------------------------------------------
 
@@ -182,7 +221,8 @@ def _event(name: str, payload: dict[str, Any]) -> bytes:
 
 def prompt_tokens(body: dict[str, Any]) -> int:
     chars = 0
-    stack: list[Any] = [body.get("messages"), body.get("system"), body.get("prompt")]
+    stack: list[Any] = [body.get("messages"), body.get("system"), body.get("prompt"),
+                        body.get("input"), body.get("instructions")]
     while stack:
         node = stack.pop()
         if isinstance(node, str):
@@ -207,7 +247,9 @@ def openai_cap(body: dict[str, Any]) -> int | None:
 def openai_output(body: dict[str, Any]) -> int:
     cap = openai_cap(body)
     if cap is None:
-        effort = body.get("reasoning_effort")
+        reasoning = body.get("reasoning")  # the Responses API's
+        effort = reasoning.get("effort") if isinstance(reasoning, dict) \
+            else body.get("reasoning_effort")
         cap = REASONING_LIMIT if effort not in (None, "none") else OWN_LIMIT
     return cap * choice_count(body)
 

@@ -1,10 +1,10 @@
 """A throwaway PostgreSQL cluster for tests: initdb in a temp dir, served on a free
 loopback port with trust auth, stopped and deleted at the end.
 
-Uses Debian's server binaries (/usr/lib/postgresql/<version>/bin, installed by .ci/run's
-`apt-get install postgresql`). PostgreSQL refuses to run as root, so as root every server
-command runs as the `postgres` OS user (`runuser -u postgres --`) on a directory chowned
-to it. Usage in a test module:
+Uses Debian's server binaries (/usr/lib/postgresql/<version>/bin, installed by
+scripts/install-test-deps.sh's `apt-get install postgresql`). PostgreSQL refuses to run
+as root, so as root every server command runs as the `postgres` OS user (`runuser -u
+postgres --`) on a directory chowned to it. Usage in a test module:
 
     @pytest.fixture(scope="session")
     def pg() -> Iterator[PgServer]:
@@ -32,8 +32,8 @@ from tests.net import free_port
 OS_USER = "postgres"
 SUPERUSER = "postgres"
 MISSING = ("PostgreSQL server binaries (initdb, pg_ctl) not found under "
-           "/usr/lib/postgresql/*/bin or on PATH: .ci/run installs them with "
-           "`apt-get install postgresql`; run that (as root) to run these tests")
+           "/usr/lib/postgresql/*/bin or on PATH: scripts/install-test-deps.sh (run by "
+           "`make test`) installs them with `apt-get install postgresql`")
 
 
 def find_bin_dir() -> Path | None:

@@ -1,7 +1,7 @@
 """A throwaway redis-server for tests: started in a temp dir on a free loopback port with
 no persistence (`--save '' --appendonly no`), killed and deleted at the end.
 
-Uses Debian's `redis-server` (installed by .ci/run's `apt-get install redis-server`).
+Uses Debian's `redis-server` (installed by scripts/install-test-deps.sh, which `make test` runs).
 `kill()` / `start()` simulate an outage (the restarted server is empty, as a Redis
 without persistence is after a crash). Usage in a test module:
 
@@ -28,8 +28,8 @@ import pytest
 
 from tests.net import free_port
 
-MISSING = ("redis-server not found on PATH or in /usr/bin, /usr/sbin: .ci/run installs it "
-           "with `apt-get install redis-server`; run that (as root) to run these tests")
+MISSING = ("redis-server not found on PATH or in /usr/bin, /usr/sbin: "
+           "scripts/install-test-deps.sh (run by `make test`) installs it")
 
 
 def find_redis_server() -> str | None:

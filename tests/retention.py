@@ -1,5 +1,5 @@
 """Batches of every age and state, for the retention tests of both storage backends
-(tests/unit/test_usage_store.py on SQLite, tests/unit/test_storage_postgres.py on
+(tests/unit/storage/test_sqlite.py on SQLite, tests/unit/storage/test_postgres.py on
 PostgreSQL): `storage.retention_days` must delete old finished batches whole and keep
 everything else."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import time
 
-from anyrouter_proxy.batch_store import BatchRecord, BatchStore
-from anyrouter_proxy.usage_store import UsageStore
+from anyrouter_proxy.storage.batches import BatchRecord, BatchStore
+from anyrouter_proxy.storage.sqlite import SqliteStore
 
 DAY_S = 86400
 RETENTION_DAYS = 30
@@ -23,7 +23,7 @@ GONE = ("old-completed", "old-cancelled")
 KEPT = ("old-but-recently-completed", "old-in-progress", "old-cancelling")
 
 
-def seed_batches(store: UsageStore) -> None:
+def seed_batches(store: SqliteStore) -> None:
     """Every batch created well before the cutoff, each with one item done."""
     now = time.time()
     old = now - (RETENTION_DAYS + 10) * DAY_S

@@ -1,4 +1,4 @@
-"""routes.yaml -> JSON Schema -> cross-checks -> frozen `Config` (SPEC §3).
+"""routes.yaml -> JSON Schema -> cross-checks -> frozen `Config` (docs/configuration.md).
 
 Every problem is collected and reported at once, each with its YAML path and line.
 """
@@ -22,8 +22,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from .google_credentials import vertex_credentials
 from .model import (
     DEFAULT_MAX_CONNECTIONS,
+    GEMINI_BASE_URL,
+    VERTEX_BASE_URL,
+    VERTEX_GLOBAL_BASE_URL,
     BatchConfig,
     Budget,
     Config,
@@ -43,6 +47,7 @@ from .model import (
     is_metered,
 )
 from .provider_checks import model_problems, provider_problems
+from .structured_checks import structured_output_problems
 from .wildcards import glob_may_match, resolves, wildcard_entries
 
 PathItems = tuple[str | int, ...]
@@ -222,7 +227,8 @@ def parse_config(
         problems.extend(_cross_check(data, builder.lines))
     if problems:
         raise ConfigError(source, _first_per_path(problems))
-    config = _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None)
+    config = _freeze(data, base_dir or Path.cwd(), Path(source) if base_dir else None,
+                     builder.environ)
     problems = list(_unpriced(config, builder.lines))  # needs the keys as frozen
     if problems:
         raise ConfigError(source, problems)
@@ -293,7 +299,8 @@ def _cross_check(data: dict[str, Any], lines: Mapping[PathItems, int]) -> Iterat
 
     providers = _dicts(data.get("providers"))
     models = _dicts(data.get("models"))
-    for items, message in (*provider_problems(providers), *model_problems(models, providers)):
+    for items, message in (*provider_problems(providers), *model_problems(models, providers),
+                           *structured_output_problems(providers, models)):
         yield problem(items, message)
     for pid, provider in providers.items():
         if provider.get("kind") != "bedrock":
@@ -396,7 +403,8 @@ def _limits(raw: Mapping[str, Any] | None, fallback: Limits | None = None) -> Li
     )
 
 
-def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
+def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None,
+            environ: Mapping[str, str]) -> Config:
     raw_server = dict(data.get("server") or {})
     default_limits = _limits(raw_server.pop("default_limits", None),
                              ServerConfig().default_limits)
@@ -414,7 +422,8 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
     if not sqlite_path.is_absolute():
         sqlite_path = (base_dir / sqlite_path).resolve()
     storage = StorageConfig(sqlite_path=sqlite_path, **raw_storage)
-    providers = {pid: _provider(pid, raw) for pid, raw in data["providers"].items()}
+    providers = {pid: _provider(pid, raw, base_dir, environ)
+                 for pid, raw in data["providers"].items()}
     models = {mid: _model(mid, raw) for mid, raw in data["models"].items()}
     keys = {name: _key(name, raw, default_limits) for name, raw in (data.get("keys") or {}).items()}
     return Config(
@@ -435,11 +444,17 @@ def _freeze(data: dict[str, Any], base_dir: Path, path: Path | None) -> Config:
     )
 
 
-def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
+def _provider(pid: str, raw: Mapping[str, Any], base_dir: Path,
+              environ: Mapping[str, str]) -> ProviderConfig:
+    google: dict[str, Any] = {}
+    if raw["kind"] == "vertex":
+        google = {"project": raw["project"], "location": raw["location"],
+                  "credentials_file": vertex_credentials(raw.get("credentials_file"), base_dir,
+                                                         environ)}
     return ProviderConfig(
         id=pid,
         kind=raw["kind"],
-        base_url=raw.get("base_url", _default_base_url(raw)).rstrip("/"),
+        base_url=(raw.get("base_url") or _default_base_url(raw)).rstrip("/"),
         api_key=raw.get("api_key"),
         timeouts=Timeouts(**raw.get("timeouts", {})),
         headers=MappingProxyType(dict(raw.get("headers", {}))),
@@ -447,12 +462,15 @@ def _provider(pid: str, raw: Mapping[str, Any]) -> ProviderConfig:
         **_given(raw, anthropic_version="anthropic_version", max_connections="max_connections",
                  per_key_connections="per_key_connections", api_version="api_version",
                  stream_options="stream_options",
-                 forward_routing_fields="forward_routing_fields"),
+                 forward_routing_fields="forward_routing_fields",
+                 native_responses="native_responses",
+                 structured_output="structured_output"),
         **_given(raw, region="region", aws_access_key_id="aws_access_key_id",
                  aws_secret_access_key="aws_secret_access_key",
                  aws_session_token="aws_session_token", aws_profile="aws_profile"),
         **_given(raw.get("circuit", {}), circuit_failures="failures",
                  circuit_cooldown_s="cooldown_s"),
+        **google,
     )
 
 
@@ -460,6 +478,12 @@ def _default_base_url(raw: Mapping[str, Any]) -> str:
     """The endpoint of a kind that has a well-known one (the others require base_url)."""
     if raw["kind"] == "bedrock":
         return BEDROCK_RUNTIME_URL.format(region=raw["region"])
+    if raw["kind"] == "gemini":
+        return GEMINI_BASE_URL
+    if raw["kind"] == "vertex":
+        location = raw["location"]
+        return VERTEX_GLOBAL_BASE_URL if location == "global" \
+            else VERTEX_BASE_URL.format(location=location)
     return ""
 
 
@@ -473,7 +497,8 @@ def _model(mid: str, raw: Mapping[str, Any]) -> ModelConfig:
     routes = tuple(
         Route(provider=r["provider"], model=r["model"], priority=r.get("priority", i),
               weight=float(r.get("weight", 1)),
-              pricing=Pricing(**r["pricing"]) if "pricing" in r else None)
+              pricing=Pricing(**r["pricing"]) if "pricing" in r else None,
+              structured_output=r.get("structured_output"))
         for i, r in enumerate(raw["routes"])
     )
     deprecated = raw.get("deprecated")
@@ -519,4 +544,5 @@ def _key(name: str, raw: Mapping[str, Any], default_limits: Limits) -> KeyConfig
         ),
         disabled=bool(raw.get("disabled", False)),
         expires_at=_parse_datetime(raw["expires_at"]) if "expires_at" in raw else None,
+        **_given(raw, admin="admin"),
     )

@@ -10,6 +10,9 @@ from pathlib import Path
 DEFAULT_REQUESTS_PER_MINUTE = 1000
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_MAX_CONNECTIONS = 256  # per provider and process
+GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+VERTEX_BASE_URL = "https://{location}-aiplatform.googleapis.com/v1"  # location "global":
+VERTEX_GLOBAL_BASE_URL = "https://aiplatform.googleapis.com/v1"
 WILDCARD_SUFFIX = "/*"  # a model id ending so serves every id under its prefix
 
 
@@ -47,10 +50,10 @@ class Pricing:
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     id: str
-    kind: str  # openai | anthropic | azure | mock | bedrock
+    kind: str  # openai | anthropic | azure | mock | bedrock | gemini | vertex
     base_url: str = ""
     # None: the upstream needs no key (a local server); "": credentials missing, so the
-    # provider stays configured but unavailable (SPEC §3 `no_credentials`).
+    # provider stays configured but unavailable (`no_credentials`, docs/configuration.md).
     api_key: str | None = None
     timeouts: Timeouts = Timeouts()
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -60,6 +63,14 @@ class ProviderConfig:
     circuit_cooldown_s: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # this process's pool to the provider
     per_key_connections: int | None = None  # None: half of max_connections, rounded up
+    project: str | None = None  # vertex: the Google Cloud project
+    location: str | None = None  # vertex: the region (or "global")
+    # vertex: an absolute path, None for application default credentials, "" when the
+    # configured file (or the default credentials) could not be found: no_credentials.
+    credentials_file: str | None = None
+    # How an OpenAI response_format is served on an anthropic-kind provider: "tool" (a
+    # forced tool, any model) or "native" (output_config.format, newer models).
+    structured_output: str = "tool"
     # kind bedrock: the AWS region, and credentials other than a bearer api_key (absent:
     # the standard AWS chain, for the named profile when aws_profile is set).
     region: str | None = None
@@ -70,6 +81,9 @@ class ProviderConfig:
     api_version: str | None = None  # azure: classic deployments; None: the v1 API
     stream_options: bool = True  # False: never send stream_options upstream
     forward_routing_fields: bool = False  # pass provider/models/route/transforms upstream
+    # openai kind: the upstream serves the Responses API itself (POST /responses is passed
+    # through rather than translated to chat/completions).
+    native_responses: bool = False
 
     @property
     def has_credentials(self) -> bool:
@@ -81,7 +95,7 @@ class ProviderConfig:
             return False
         if self.kind == "bedrock":
             return self.aws_credentials != "none"
-        return self.api_key != ""
+        return self.api_key != "" and self.credentials_file != ""
 
     @property
     def aws_credentials(self) -> str:
@@ -110,6 +124,7 @@ class Route:
     priority: int
     weight: float = 1.0
     pricing: Pricing | None = None  # overrides the model's pricing for this route
+    structured_output: str | None = None  # overrides the provider's for this route
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +174,7 @@ class KeyConfig:
     model_limits: Mapping[str, Limits] = field(default_factory=dict)
     disabled: bool = False
     expires_at: dt.datetime | None = None
+    admin: bool = False  # may read every key's generations, batches, activity and responses
 
 
 def is_metered(key: KeyConfig) -> bool:
@@ -189,7 +205,7 @@ class ServerConfig:
     sse_keepalive: bool = True
     sse_keepalive_interval_s: float = 5.0
     log_level: str = "info"
-    log_format: str = "json"
+    log_format: str | None = None  # json | text; None: text on a terminal, else json
     trusted_proxies: tuple[str, ...] = ()
     cors: CorsConfig = CorsConfig()
     retries: int = 1
@@ -199,6 +215,9 @@ class ServerConfig:
     retry_slow_answers: bool = False  # retry a non-stream request the upstream accepted
     write_timeout_s: float = 30.0  # a client that reads nothing for this long is dropped
     keepalive_timeout_s: float = 75.0  # idle keep-alive, and the whole request head
+    # Signs the dashboard's session cookies; None: a secret generated at first start and
+    # kept in the usage database (shared by replicas).
+    dashboard_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

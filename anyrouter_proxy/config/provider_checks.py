@@ -19,6 +19,7 @@ Found = Iterator[tuple[PathItems, str]]
 # An Azure deployment name as it goes into the URL path (no slashes, no dot segments).
 AZURE_DEPLOYMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 AZURE_CREDENTIAL_HEADERS = frozenset({"api-key", "authorization"})
+VERTEX_FIELDS = ("project", "location", "credentials_file")
 # Paths Azure's kind adds itself: a base_url ending so would double them.
 _AZURE_OWN_PATH = re.compile(r"/openai(/v1|/deployments(/.*)?)?/?$", re.IGNORECASE)
 
@@ -32,6 +33,7 @@ def provider_problems(providers: Mapping[str, dict[str, Any]]) -> Found:
             yield from _azure_credentials(pid, provider)
         elif "api_version" in provider:
             yield ("providers", pid, "api_version"), "is for kind azure only"
+        yield from _vertex_fields(pid, provider)
 
 
 def _base_url_problems(pid: str, provider: dict[str, Any], base_url: str) -> Found:
@@ -53,6 +55,19 @@ def _azure_credentials(pid: str, provider: dict[str, Any]) -> Found:
     if "api_key" not in provider and not names & AZURE_CREDENTIAL_HEADERS:
         yield ("providers", pid), ("kind azure needs api_key (sent as the api-key header), "
                                    "or an api-key or Authorization header in headers")
+
+
+def _vertex_fields(pid: str, provider: dict[str, Any]) -> Found:
+    """Vertex AI authenticates with Google OAuth, and only it reads the Google fields."""
+    if provider.get("kind") == "vertex":
+        if "api_key" in provider:
+            yield ("providers", pid, "api_key"), (
+                "kind vertex authenticates with Google OAuth: use credentials_file or "
+                "application default credentials, not api_key")
+        return
+    for name in VERTEX_FIELDS:
+        if name in provider:
+            yield ("providers", pid, name), "only kind vertex reads it"
 
 
 def model_problems(models: Mapping[str, dict[str, Any]],

@@ -18,7 +18,7 @@ from .anthropic_translate import (
     FINISH_REASONS,
     anthropic_to_openai_response,
     anthropic_usage,
-    openai_to_anthropic_request,
+    translate_openai_request,
 )
 from .base import (
     GATEWAY_FIELDS,
@@ -71,6 +71,17 @@ class AnthropicPassthrough:
 
     def translator(self, ctx: CallContext) -> AnthropicRelay:
         return AnthropicRelay(ctx)
+
+
+class AnthropicTokenCounter:
+    """/messages/count_tokens passed through (the route's model swapped in)."""
+
+    def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
+        return UpstreamCall(f"{MESSAGES_PATH}/count_tokens",
+                            {**body, "model": ctx.route.model}, anthropic_headers(ctx))
+
+    def answer(self, raw: bytes, ctx: CallContext) -> bytes:
+        return raw
 
 
 class AnthropicRelay:
@@ -135,14 +146,17 @@ class OpenAIViaAnthropic:
     """OpenAI chat client, Anthropic upstream."""
 
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
-        out = openai_to_anthropic_request(
+        request = translate_openai_request(
             body, upstream_model=ctx.route.model, default_max_tokens=ctx.default_max_tokens,
-            max_output=ctx.output.tokens if ctx.output is not None else None)
-        return UpstreamCall(MESSAGES_PATH, out, anthropic_headers(ctx))
+            max_output=ctx.output.tokens if ctx.output is not None else None,
+            structured_output=ctx.structured_output)
+        ctx.response_tool = request.response_tool
+        return UpstreamCall(MESSAGES_PATH, request.body, anthropic_headers(ctx))
 
     def reply(self, data: Any, ctx: CallContext) -> Reply:
         body = anthropic_to_openai_response(data, gen_id=ctx.gen_id, model=ctx.model,
-                                            created=ctx.created)
+                                            created=ctx.created,
+                                            response_tool=ctx.response_tool)
         body["provider"] = ctx.provider.id
         usage = anthropic_usage(data.get("usage")) if isinstance(data.get("usage"), dict) \
             else None
@@ -163,7 +177,8 @@ class AnthropicToOpenAIRelay:
         self._ctx = ctx
         self._stream = AnthropicToOpenAIStream(gen_id=ctx.gen_id, model=ctx.model,
                                                created=ctx.created,
-                                               include_usage=ctx.include_usage)
+                                               include_usage=ctx.include_usage,
+                                               response_tool=ctx.response_tool)
 
     @property
     def usage(self) -> Usage | None:
@@ -182,19 +197,26 @@ class AnthropicToOpenAIRelay:
         return self._stream.output_tokens
 
     def feed(self, event: SSEEvent) -> list[bytes]:
+        return [encode_event(orjson.dumps(chunk)) for chunk in self.chunks(event)]
+
+    def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
+        """The chunks `feed` would send, as dicts (for a relay that re-translates them)."""
         if event.event == "ping":
             return []
         data = event_data(event, self._ctx)
         try:
-            chunks = self._stream.feed(event.event or str(data.get("type", "")), data)
+            return self._stream.feed(event.event or str(data.get("type", "")), data)
         except UpstreamError as exc:
             raise redact_error(exc, self._ctx.provider) from None
-        return [encode_event(orjson.dumps(chunk)) for chunk in chunks]
 
     def finish(self) -> list[bytes]:
+        return [encode_event(orjson.dumps(chunk)) for chunk in self.finish_chunks()] + [
+            DONE_EVENT]
+
+    def finish_chunks(self) -> list[dict[str, Any]]:
         chunks = self._stream.finish()
         for chunk in chunks:
             usage = chunk.get("usage")
             if isinstance(usage, dict) and self._stream.usage is not None:
                 usage["cost"] = self._ctx.cost_of(self._stream.usage)
-        return [encode_event(orjson.dumps(chunk)) for chunk in chunks] + [DONE_EVENT]
+        return chunks

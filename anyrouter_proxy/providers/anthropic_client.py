@@ -16,6 +16,7 @@ from anyrouter_proxy.providers.anthropic_translate import (
     openai_usage,
     tool_use_block,
 )
+from anyrouter_proxy.providers.json_format import openai_response_format
 from anyrouter_proxy.providers.shapes import (
     bad_type,
     need_body,
@@ -70,6 +71,9 @@ def anthropic_to_openai_request(body: dict[str, Any], *, upstream_model: str,
         user = opt_str(metadata.get("user_id"), "metadata.user_id")
         if user:
             out["user"] = user
+    response_format = openai_response_format(body)
+    if response_format is not None:
+        out["response_format"] = response_format
     if body.get("stream") is not None and need_bool(body["stream"], "stream"):
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}

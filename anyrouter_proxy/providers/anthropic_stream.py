@@ -22,6 +22,9 @@ AnthropicToOpenAIStream: Anthropic events -> OpenAI chunks
 | ping, citations_delta, server-tool blocks, unknown events | nothing |
 | error | raises UpstreamError with the upstream's message |
 
+With `response_tool` (a structured answer made with a tool), the chunks then go through
+`ResponseToolFold` (structured_answer.py): that tool's input streams as delta.content.
+
 Tool-call `index` counts tool_use blocks only (0, 1, ...), not Anthropic block indexes. Each
 thinking block is sent whole, once, in `thinking_blocks` when it ends (text and signature
 together, as LiteLLM's non-streamed `thinking_blocks`), while its text also streams as
@@ -74,6 +77,7 @@ from anyrouter_proxy.providers.shapes import (
     need_str,
     upstream_invalid,
 )
+from anyrouter_proxy.providers.structured_answer import ResponseToolFold
 from anyrouter_proxy.types import PARTIAL, PROVIDER, Usage
 
 Event = tuple[str, dict[str, Any]]
@@ -101,7 +105,8 @@ class _Block:
 class AnthropicToOpenAIStream:
     """Feed Anthropic SSE events (event name, parsed data dict); get OpenAI chunk dicts."""
 
-    def __init__(self, *, gen_id: str, model: str, created: int, include_usage: bool) -> None:
+    def __init__(self, *, gen_id: str, model: str, created: int, include_usage: bool,
+                 response_tool: str | None = None) -> None:
         self._head = {"id": gen_id, "object": "chat.completion.chunk", "created": created,
                       "model": model}
         self._include_usage = include_usage
@@ -115,14 +120,25 @@ class AnthropicToOpenAIStream:
         self._stopped = False
         self._blocks: dict[int, _Block] = {}
         self._tools = 0
+        # A structured answer made with a tool: that tool's call becomes content.
+        self._fold = ResponseToolFold(response_tool) if response_tool is not None else None
 
     def feed(self, event: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         if self._stopped:
             return []
         try:
-            return self._feed(event, data)
+            chunks = self._feed(event, data)
         except InvalidRequest as exc:
             raise upstream_invalid(exc) from exc
+        fold = self._fold
+        return chunks if fold is None or not chunks else self._folded(fold, chunks)
+
+    def _folded(self, fold: ResponseToolFold,
+                chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        chunks = fold.feed(chunks)
+        if fold.finish_reason is not None:
+            self.finish_reason = fold.finish_reason
+        return chunks
 
     def finish(self) -> list[dict[str, Any]]:
         if not self._stopped:
@@ -134,7 +150,7 @@ class AnthropicToOpenAIStream:
         if self._include_usage:
             chunks.append({**self._head, "choices": [],
                            "usage": openai_usage_dict(self.usage or Usage())})
-        return chunks
+        return chunks if self._fold is None else self._folded(self._fold, chunks)
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         chunk = {**self._head, "choices": [{"index": 0, "delta": delta, "logprobs": None,

@@ -25,6 +25,7 @@ OpenAI request -> Anthropic request (`openai_to_anthropic_request`)
 | temperature (clamped to 0..1), top_p, top_k, stream | the same |
 | user (else safety_identifier) | metadata.user_id |
 | reasoning_effort (EFFORT_BUDGETS), or `thinking` | thinking {type: enabled, budget_tokens} |
+| response_format json_schema, json_object | a response tool or output_config (structured.py) |
 
 reasoning_effort with no max tokens given: max_tokens = budget + default_max_tokens. With an
 explicit max_completion_tokens / max_tokens (which in OpenAI's API includes reasoning) the
@@ -38,7 +39,6 @@ Dropped or refused (OpenAI -> Anthropic)
 |---|---|
 | n > 1 | refused (unsupported_parameter): one choice only |
 | logprobs: true, top_logprobs | refused: Anthropic has no log probabilities |
-| response_format json_object, json_schema | refused: no JSON mode; type "text" is dropped |
 | functions, function_call | refused: deprecated, use tools and tool_choice |
 | audio, modalities "audio", input_audio parts | refused: no audio |
 | web_search_options, non-function tools | refused |
@@ -73,6 +73,7 @@ Anthropic request -> OpenAI request (`anthropic_to_openai_request`)
 | max_tokens (required) | max_tokens (max_completion_tokens when thinking) |
 | thinking enabled, budget < 4096, < 16384, more | reasoning_effort low, medium, high |
 | stream | stream + stream_options {include_usage: true} |
+| output_config.format (or output_format) | response_format json_schema (json_format.py) |
 
 Dropped or refused (Anthropic -> OpenAI)
 
@@ -101,6 +102,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from anyrouter_proxy.errors import InvalidRequest
@@ -118,6 +120,11 @@ from anyrouter_proxy.providers.shapes import (
     unsupported,
     upstream_invalid,
 )
+from anyrouter_proxy.providers.structured import (
+    DEFAULT_STRUCTURED_MODE,
+    anthropic_structured_output,
+)
+from anyrouter_proxy.providers.structured_answer import fold_response_tool
 from anyrouter_proxy.types import Usage
 
 MIN_THINKING_BUDGET = 1024
@@ -207,13 +214,42 @@ def anthropic_usage_dict(usage: Usage) -> dict[str, Any]:
 
 # --- OpenAI request -> Anthropic request -----------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class AnthropicRequest:
+    """An OpenAI chat body translated: the Anthropic body, and how to read the answer."""
+
+    body: dict[str, Any]
+    # The tool carrying a structured answer (response_format): its input is the answer's
+    # content (`anthropic_to_openai_response` / `AnthropicToOpenAIStream` response_tool).
+    response_tool: str | None = None
+
+
 def openai_to_anthropic_request(
     body: dict[str, Any], *, upstream_model: str, default_max_tokens: int,
-    max_output: int | None = None,
+    max_output: int | None = None, structured_output: str = DEFAULT_STRUCTURED_MODE,
 ) -> dict[str, Any]:
+    """The Anthropic body of `body`; see `translate_openai_request`."""
+    return translate_openai_request(
+        body, upstream_model=upstream_model, default_max_tokens=default_max_tokens,
+        max_output=max_output, structured_output=structured_output).body
+
+
+def translate_openai_request(
+    body: dict[str, Any], *, upstream_model: str, default_max_tokens: int,
+    max_output: int | None = None, structured_output: str = DEFAULT_STRUCTURED_MODE,
+) -> AnthropicRequest:
     """`max_output`: the most the gateway reserved for; max_tokens (and a thinking budget
-    that no longer fits) is lowered to it."""
-    body = need_body(body)
+    that no longer fits) is lowered to it. `structured_output`: how a response_format is
+    served, "tool" or "native" (structured.py)."""
+    out = _anthropic_body(need_body(body), upstream_model, default_max_tokens, max_output)
+    structured = anthropic_structured_output(body.get("response_format"), out,
+                                             mode=structured_output)
+    out.update(structured.fields)
+    return AnthropicRequest(out, structured.response_tool)
+
+
+def _anthropic_body(body: dict[str, Any], upstream_model: str, default_max_tokens: int,
+                    max_output: int | None) -> dict[str, Any]:
     _refuse_openai_params(body)
     system, messages = _openai_messages(need_list(body.get("messages"), "messages"))
     if not messages:
@@ -253,10 +289,6 @@ def _refuse_openai_params(body: dict[str, Any]) -> None:
         raise unsupported("logprobs", "Anthropic has no log probabilities")
     if body.get("top_logprobs") is not None:
         raise unsupported("top_logprobs", "Anthropic has no log probabilities")
-    if body.get("response_format") is not None:
-        fmt = need_dict(body["response_format"], "response_format")
-        if need_str(fmt.get("type"), "response_format.type") != "text":
-            raise unsupported("response_format", "Anthropic has no JSON mode; use tools")
     for name in ("functions", "function_call"):
         if body.get(name) is not None:
             raise unsupported(name, "deprecated; use tools and tool_choice")
@@ -548,11 +580,14 @@ def _copy_sampling(body: dict[str, Any], out: dict[str, Any], *, thinking_on: bo
 
 def anthropic_to_openai_response(
     resp: dict[str, Any], *, gen_id: str, model: str, created: int,
+    response_tool: str | None = None,
 ) -> dict[str, Any]:
+    """`response_tool`: the tool whose input is the answer (structured_answer.py)."""
     try:
-        return _anthropic_to_openai_response(resp, gen_id, model, created)
+        out = _anthropic_to_openai_response(resp, gen_id, model, created)
     except InvalidRequest as exc:
         raise upstream_invalid(exc) from exc
+    return out if response_tool is None else fold_response_tool(out, response_tool)
 
 
 def _anthropic_to_openai_response(

@@ -1,4 +1,4 @@
-"""The fixed shape every provider adapter has (HOUSE-STYLE: providers as typed data).
+"""The fixed shape every provider adapter has (providers as typed data, docs/architecture.md).
 
 An `Exchange` is one (client dialect, provider wire) pair: it builds the upstream
 request, reads the upstream answer back into the client's dialect, and makes a stream
@@ -14,9 +14,9 @@ from typing import Any, Protocol
 import orjson
 
 from ..config.model import Pricing, ProviderConfig, Route
-from ..credits import request_cost
 from ..errors import UpstreamError
 from ..output_cap import OutputCap
+from ..pricing import request_cost
 from ..redaction import redact
 from ..sse import SSEEvent
 from ..types import Usage
@@ -41,6 +41,19 @@ class CallContext:
     # What the gateway reserved for: the upstream body carries a cap no larger (None: no
     # output to cap, e.g. embeddings).
     output: OutputCap | None = None
+    # What an exchange's `build` leaves for its `reply` of the same attempt (e.g. the
+    # encoding the client asked for, when the upstream has no such option).
+    notes: dict[str, Any] = field(default_factory=dict)
+    # The client's body as the gateway serves it: a Responses answer echoes its fields.
+    request: Mapping[str, Any] = field(default_factory=dict)
+    # Set by `build`: the tool whose call carries a structured answer (response_format on
+    # a wire without it), folded back into the answer's content.
+    response_tool: str | None = None
+
+    @property
+    def structured_output(self) -> str:
+        """How a response_format is served on this route: "tool" or "native"."""
+        return self.route.structured_output or self.provider.structured_output
 
     def cost_of(self, usage: Usage) -> float:
         return request_cost(self.pricing, usage)
@@ -64,6 +77,9 @@ class Reply:
     finish_reason: str | None
     upstream_id: str | None
     output_tokens: int = 0  # estimated from the answer, when it has no usage
+    # Responses: the whole output items (encrypted reasoning included), kept to continue
+    # the conversation; the body shows the client's view of them.
+    output_items: list[dict[str, Any]] | None = None
 
 
 class StreamTranslator(Protocol):
@@ -95,12 +111,31 @@ class StreamTranslator(Protocol):
         ...
 
 
+class ChatChunkSource(Protocol):
+    """What a chat relay may offer beside `feed`/`finish`: the same chunks as dicts, not
+    yet encoded, so that a relay re-translating them (the Responses bridge) does not parse
+    what it just wrote. Optional: without it the bridge reads the relay's bytes."""
+
+    def chunks(self, event: SSEEvent) -> list[dict[str, Any]]: ...
+
+    def finish_chunks(self) -> list[dict[str, Any]]: ...
+
+
 class Exchange(Protocol):
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall: ...
 
     def reply(self, data: Any, ctx: CallContext) -> Reply: ...
 
     def translator(self, ctx: CallContext) -> StreamTranslator: ...
+
+
+class TokenCounter(Protocol):
+    """POST /messages/count_tokens for one kind of provider: the upstream call for an
+    Anthropic body, and the upstream's answer as `{"input_tokens": N}` (JSON bytes)."""
+
+    def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall: ...
+
+    def answer(self, raw: bytes, ctx: CallContext) -> bytes: ...
 
 
 # Request fields that steer the gateway and mean nothing (or something else) upstream;

@@ -31,7 +31,7 @@ from .anthropic_translate import (
     FINISH_REASONS,
     anthropic_to_openai_response,
     anthropic_usage,
-    openai_to_anthropic_request,
+    translate_openai_request,
 )
 from .aws_eventstream import ERROR_EVENT, EXCEPTION_SUFFIX
 from .base import CallContext, Reply, UpstreamCall, cut_short, event_data
@@ -94,16 +94,19 @@ class ChatViaBedrock:
     """OpenAI chat client, Bedrock upstream (through the Anthropic shape)."""
 
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
-        messages = openai_to_anthropic_request(
+        # A response_format is always served with the response tool here: Converse has no
+        # counterpart of Anthropic's output_config (see structured.py).
+        request = translate_openai_request(
             body, upstream_model=ctx.route.model, default_max_tokens=ctx.default_max_tokens,
-            max_output=_max_output(ctx))
-        return bedrock_call(anthropic_to_converse(messages, upstream_model=ctx.route.model,
+            max_output=_max_output(ctx), structured_output="tool")
+        ctx.response_tool = request.response_tool
+        return bedrock_call(anthropic_to_converse(request.body, upstream_model=ctx.route.model,
                                                   max_output=_max_output(ctx)), ctx)
 
     def reply(self, data: Any, ctx: CallContext) -> Reply:
         message, usage = _answer(data, ctx)
         body = anthropic_to_openai_response(message, gen_id=ctx.gen_id, model=ctx.model,
-                                            created=ctx.created)
+                                            created=ctx.created, response_tool=ctx.response_tool)
         body["provider"] = ctx.provider.id
         return Reply(body, usage, body["choices"][0]["finish_reason"], None,
                      anthropic_content_tokens(message["content"]) if usage is None else 0)
@@ -181,7 +184,8 @@ class BedrockOpenAIRelay:
         self._stream = ConverseToAnthropicStream(model=ctx.model, message_id=message_id())
         self._openai = AnthropicToOpenAIStream(gen_id=ctx.gen_id, model=ctx.model,
                                                created=ctx.created,
-                                               include_usage=ctx.include_usage)
+                                               include_usage=ctx.include_usage,
+                                               response_tool=ctx.response_tool)
 
     @property
     def usage(self) -> Usage | None:
@@ -189,7 +193,8 @@ class BedrockOpenAIRelay:
 
     @property
     def finish_reason(self) -> str | None:
-        return self._stream.finish_reason
+        # The chat answer's (a structured answer's tool call is a "stop"), else Converse's.
+        return self._openai.finish_reason or self._stream.finish_reason
 
     @property
     def upstream_id(self) -> str | None:

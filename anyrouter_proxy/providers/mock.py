@@ -1,6 +1,11 @@
 """`kind: mock`: an in-process upstream that answers deterministically, speaking the
 OpenAI wire, so `make run` works with no credentials and no network. For demos only:
-tests of the proxy path use a real HTTP upstream."""
+tests of the proxy path use a real HTTP upstream.
+
+Chat answers follow mock_answer.py: text, a tool call when tools are offered, JSON for
+`response_format`; in OpenAI's shapes, streamed or not. /messages reaches it translated,
+like any OpenAI-compatible upstream.
+"""
 
 from __future__ import annotations
 
@@ -13,26 +18,10 @@ import orjson
 
 from ..config.model import ProviderConfig
 from ..sse import DONE_EVENT, encode_event
+from .mock_answer import ECHO, ECHO_CHARS, MockAnswer, ToolCall, compose_answer, last_user_text
 
 EMBEDDING_DIMENSIONS = 8
-
-
-def _text_of(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return " ".join(_text_of(part.get("text", "") if isinstance(part, dict) else part)
-                        for part in value)
-    return ""
-
-
-def _last_user_text(body: Mapping[str, Any]) -> str:
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                return _text_of(message.get("content"))
-    return _text_of(body.get("prompt", ""))
+JSON_SLICE = 8  # characters of a JSON answer (or tool arguments) per streamed delta
 
 
 def _count_tokens(text: str) -> int:
@@ -64,30 +53,24 @@ class MockUpstream:
         request = orjson.loads(body)
         if path == "/embeddings":
             return MockResponse(200, orjson.dumps(_embeddings(request)))
-        prompt = _last_user_text(request)
-        answer = f"Hello from the AnyRouter demo provider. You said: {prompt[:200]}"
-        words = answer.split(" ")
-        max_tokens = request.get("max_tokens") or request.get("max_completion_tokens")
-        if isinstance(max_tokens, int) and max_tokens < len(words):
-            words, finish = words[:max_tokens], "length"
-        else:
-            finish = "stop"
-        usage = {"prompt_tokens": _count_tokens(orjson.dumps(request.get("messages",
-                                                 request.get("prompt", ""))).decode()),
-                 "completion_tokens": len(words)}
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         chat = path == "/chat/completions"
+        answer = compose_answer(request) if chat else \
+            MockAnswer(ECHO + last_user_text(request)[:ECHO_CHARS])
+        pieces, finish = _pieces(answer, request)
+        prompt = orjson.dumps([request.get("messages", request.get("prompt", "")),
+                               request.get("tools")]).decode()
+        usage = {"prompt_tokens": _count_tokens(prompt), "completion_tokens": len(pieces)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         base = {"id": f"mock-{hashlib.sha256(body).hexdigest()[:16]}",
                 "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": request.get("model", "echo")}
         if request.get("stream"):
-            return MockResponse(200, events=_stream(base, words, finish, usage, chat))
-        text = " ".join(words)
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+            return MockResponse(200, events=_stream(base, answer, pieces, finish, usage, chat))
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if chat:
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"] = _message(answer, "".join(pieces))
         else:
-            choice["text"] = text
+            choice["text"] = "".join(pieces)
         return MockResponse(200, orjson.dumps({**base, "choices": [choice], "usage": usage}))
 
     async def close(self) -> None:
@@ -97,18 +80,46 @@ class MockUpstream:
         pass
 
 
-def _stream(base: dict[str, Any], words: list[str], finish: str, usage: dict[str, int],
-            chat: bool) -> list[bytes]:
+def _pieces(answer: MockAnswer, request: Mapping[str, Any]) -> tuple[list[str], str]:
+    """The answer as streamed deltas (one token each) and its finish reason; text is cut
+    at the request's output cap, as a real model's would be."""
+    if answer.tool_call is not None:
+        return _slices(answer.tool_call.arguments), "tool_calls"
+    text = answer.content or ""
+    pieces = _slices(text) if answer.json else \
+        [word if i == 0 else " " + word for i, word in enumerate(text.split(" "))]
+    cap = request.get("max_tokens") or request.get("max_completion_tokens")
+    if isinstance(cap, int) and 0 < cap < len(pieces):
+        return pieces[:cap], "length"
+    return pieces, "stop"
+
+
+def _slices(text: str) -> list[str]:
+    return [text[i:i + JSON_SLICE] for i in range(0, len(text), JSON_SLICE)] or [""]
+
+
+def _message(answer: MockAnswer, content: str) -> dict[str, Any]:
+    call = answer.tool_call
+    if call is None:
+        return {"role": "assistant", "content": content, "refusal": None}
+    return {"role": "assistant", "content": None, "refusal": None,
+            "tool_calls": [{"id": call.id, "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments}}]}
+
+
+def _stream(base: dict[str, Any], answer: MockAnswer, pieces: list[str], finish: str,
+            usage: dict[str, int], chat: bool) -> list[bytes]:
     base = {**base, "object": "chat.completion.chunk" if chat else "text_completion"}
+    deltas = _tool_deltas(answer.tool_call, pieces) if answer.tool_call is not None else \
+        [{"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+         for i, piece in enumerate(pieces)]
     events = []
-    for i, word in enumerate(words):
-        piece = word if i == 0 else " " + word
+    for delta in deltas:
         choice: dict[str, Any] = {"index": 0, "finish_reason": None}
         if chat:
-            choice["delta"] = {"role": "assistant", "content": piece} if i == 0 else \
-                {"content": piece}
+            choice["delta"] = delta
         else:
-            choice["text"] = piece
+            choice["text"] = delta.get("content", "")
         events.append(encode_event(orjson.dumps({**base, "choices": [choice]})))
     last: dict[str, Any] = {"index": 0, "finish_reason": finish}
     last["delta" if chat else "text"] = {} if chat else ""
@@ -116,6 +127,18 @@ def _stream(base: dict[str, Any], words: list[str], finish: str, usage: dict[str
     events.append(encode_event(orjson.dumps({**base, "choices": [], "usage": usage})))
     events.append(DONE_EVENT)
     return events
+
+
+def _tool_deltas(call: ToolCall, pieces: list[str]) -> list[dict[str, Any]]:
+    """OpenAI's streamed tool call: id, type and name first with empty arguments, then
+    the arguments in pieces, each under the call's index."""
+    first = {"index": 0, "id": call.id, "type": "function",
+             "function": {"name": call.name, "arguments": ""}}
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": None,
+                                     "tool_calls": [first]}]
+    deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+               for piece in pieces]
+    return deltas
 
 
 def _embeddings(request: Mapping[str, Any]) -> dict[str, Any]:

@@ -151,11 +151,26 @@ class OpenAIStreamRelay:
         self.output_tokens = 0
 
     def feed(self, event: SSEEvent) -> list[bytes]:
+        chunk = self._chunk(event)
+        return [] if chunk is None else [encode_event(orjson.dumps(chunk))]
+
+    def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
+        """The chunks `feed` would send, as dicts (for a relay that re-translates them)."""
+        chunk = self._chunk(event)
+        return [] if chunk is None else [chunk]
+
+    def finish_chunks(self) -> list[dict[str, Any]]:
+        if not self._done:
+            raise cut_short(self._ctx, "[DONE]")
+        return []
+
+    def _chunk(self, event: SSEEvent) -> dict[str, Any] | None:
+        """Book one upstream event; the chunk to send on, if any."""
         if event.is_done:
             self._done = True
             if self.usage is not None:
                 self.usage.source = PROVIDER
-            return []
+            return None
         chunk = event_data(event, self._ctx)
         if "error" in chunk:
             raise stream_error(chunk["error"], self._ctx)
@@ -177,13 +192,13 @@ class OpenAIStreamRelay:
                 self.usage.source = PARTIAL
             if not self._ctx.include_usage:
                 if not choices:
-                    return []
+                    return None
                 del chunk["usage"]
             elif isinstance(raw_usage, dict) and self.usage is not None:
                 raw_usage["cost"] = self._ctx.cost_of(self.usage)  # as OpenRouter does
         elif "usage" in chunk and not self._ctx.include_usage:
             del chunk["usage"]  # `usage: null` on every chunk is noise the client did not ask for
-        return [encode_event(orjson.dumps(chunk))]
+        return chunk
 
     def finish(self) -> list[bytes]:
         if not self._done:

@@ -9,21 +9,25 @@ from aiohttp import web
 
 from ..accounting import Ledger
 from ..batch import BatchRunner
-from ..batch_store import BatchStore
-from ..budget import PERIODS, window
 from ..config.model import Config
-from ..credits import CreditLedger
 from ..gateway import Gateway
+from ..limits.budget import PERIODS, window
+from ..limits.credits import CreditLedger
+from ..limits.quota import MemoryQuota, Quota
+from ..limits.ratelimit import Limiter
 from ..logs import AccessLog
 from ..metrics import Metrics
 from ..providers.mock import MockUpstream
-from ..quota import MemoryQuota, Quota
-from ..ratelimit import Limiter
-from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
+from ..storage.backends import build_store
+from ..storage.batches import BatchStore
+from ..storage.store import Store
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, RESPONSES
 from ..upstream import HttpUpstream, Upstream
-from ..usage_store import UsageStore
 from . import batch_handlers as batch
 from . import info_handlers as info
+from . import responses_handlers as responses
+from .activity_handlers import activity
+from .dashboard.routes import setup_dashboard
 from .middlewares import gateway_middleware
 from .proxy_handlers import count_tokens, proxy_handler
 from .reload import reload_context
@@ -34,8 +38,10 @@ from .state import (
     LIFECYCLE,
     LIMITER,
     METRICS,
+    RELOADS,
     STORE,
     Lifecycle,
+    ReloadStatus,
 )
 
 API_PREFIXES = ("/api/v1", "/v1")
@@ -48,24 +54,14 @@ def create_app(config: Config, *, http: Upstream | None = None,
     access log (the CLI's server does both)."""
     app = web.Application(middlewares=[gateway_middleware],
                           client_max_size=config.server.max_body_bytes)
-    if config.storage.backend == "postgres":  # imported only when used: start-up time
-        from ..storage_postgres import PostgresUsageStore
-
-        store: UsageStore = PostgresUsageStore(
-            config.storage.dsn or "", queue_max=config.storage.queue_max,
-            flush_interval_s=config.storage.flush_interval_s,
-            audit_queue_max=config.storage.audit_queue_max)
-    else:
-        store = UsageStore(config.storage.sqlite_path, queue_max=config.storage.queue_max,
-                           flush_interval_s=config.storage.flush_interval_s,
-                           audit_queue_max=config.storage.audit_queue_max)
+    store = build_store(config.storage)
     metrics = Metrics()
     limiter = Limiter(config)
     upstream = http or HttpUpstream()
     local_quota = MemoryQuota(limiter, CreditLedger())
     quota: Quota = local_quota
     if config.state.backend == "redis":  # shared by replicas; this process's as fallback
-        from ..redis_quota import RedisQuota
+        from ..limits.redis_quota import RedisQuota
         quota = RedisQuota(config, local_quota, spend_source=store.spend_snapshot)
     gateway = Gateway(config, http=upstream, mock=MockUpstream(), quota=quota,
                       ledger=Ledger(store, metrics))
@@ -99,6 +95,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     app.cleanup_ctx.append(resources)
 
     lifecycle = app[LIFECYCLE] = Lifecycle()
+    app[RELOADS] = ReloadStatus()
 
     async def drain_begins(app: web.Application) -> None:
         lifecycle.draining = True
@@ -117,7 +114,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     return app
 
 
-async def _load_period_spend(quota: Quota, store: UsageStore) -> None:
+async def _load_period_spend(quota: Quota, store: Store) -> None:
     """Each key's spend in the current day, week and month, from the usage log."""
     now = time.time()
     for period in PERIODS:
@@ -129,8 +126,12 @@ def _add_routes(app: web.Application) -> None:
     router = app.router
     for prefix in API_PREFIXES:
         for endpoint, path in ((CHAT, "/chat/completions"), (COMPLETIONS, "/completions"),
-                               (EMBEDDINGS, "/embeddings"), (MESSAGES, "/messages")):
+                               (EMBEDDINGS, "/embeddings"), (MESSAGES, "/messages"),
+                               (RESPONSES, "/responses")):
             router.add_post(prefix + path, proxy_handler(endpoint))
+        router.add_get(prefix + "/responses/{response_id}", responses.get_response)
+        router.add_delete(prefix + "/responses/{response_id}", responses.delete_response)
+        router.add_get(prefix + "/responses/{response_id}/input_items", responses.input_items)
         router.add_post(prefix + "/messages/count_tokens", count_tokens)
         router.add_get(prefix + "/openapi.json", info.openapi)
         router.add_get(prefix + "/models", info.list_models)
@@ -141,6 +142,7 @@ def _add_routes(app: web.Application) -> None:
         router.add_get(prefix + "/credits", info.credits)
         router.add_get(prefix + "/auth/key", info.key_info)
         router.add_get(prefix + "/key", info.key_info)
+        router.add_get(prefix + "/activity", activity)
         router.add_get(prefix + "/generation", info.generation)
         router.add_get(prefix + "/generation/{gen_id}", info.generation)
         router.add_post(prefix + "/batch", batch.create_batch)
@@ -149,3 +151,4 @@ def _add_routes(app: web.Application) -> None:
         router.add_post(prefix + "/batch/{batch_id}/cancel", batch.cancel_batch)
     router.add_get("/health", info.health)
     router.add_get("/metrics", info.metrics)
+    setup_dashboard(app)

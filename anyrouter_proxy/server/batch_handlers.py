@@ -7,9 +7,9 @@ from typing import Any
 from aiohttp import web
 
 from ..batch import check_items, output_lines, parse_json_lines, render
-from ..batch_store import BatchRecord
 from ..config.model import KeyConfig
 from ..errors import InvalidRequest, NotFound
+from ..storage.batches import BatchRecord
 from .inbound import authenticate, parse_json_object, read_body
 from .info_handlers import json_response
 from .state import BATCHES, GATEWAY, context
@@ -42,14 +42,17 @@ async def create_batch(request: web.Request) -> web.Response:
     return json_response(render(batch))
 
 
-async def _batch_of(request: web.Request, key: KeyConfig) -> BatchRecord:
+async def _batch_of(request: web.Request, key: KeyConfig, *, read: bool = True
+                    ) -> BatchRecord:
+    """The batch, if `key` made it; an admin key may read (not cancel) any key's."""
     batch_id = request.match_info["batch_id"]
     runner = request.app[BATCHES]
     batch = runner.live(batch_id)
     if batch is None:
         loaded = await runner.store.load(batch_id)
         batch = loaded[0] if loaded is not None else None
-    if batch is None or batch.key_name != key.name:  # another key's batch does not exist
+    mine = batch is not None and (batch.key_name == key.name or (read and key.admin))
+    if batch is None or not mine:  # another key's batch does not exist
         raise NotFound(f"Batch {batch_id} not found", code="batch_not_found", param="id")
     return batch
 
@@ -71,6 +74,6 @@ async def batch_results(request: web.Request) -> web.Response:
 
 async def cancel_batch(request: web.Request) -> web.Response:
     key = authenticate(request)
-    batch = await _batch_of(request, key)
+    batch = await _batch_of(request, key, read=False)
     await request.app[BATCHES].cancel(batch.id)
     return json_response(render(request.app[BATCHES].live(batch.id) or batch))

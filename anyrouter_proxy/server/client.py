@@ -28,6 +28,11 @@ def _trusted(address: str | None, networks: Iterable[Network]) -> bool:
     return any(ip in net for net in networks)
 
 
+def from_trusted_proxy(request: web.Request, trusted_proxies: tuple[str, ...]) -> bool:
+    """Is the peer one of server.trusted_proxies (whose X-Forwarded-* are believed)?"""
+    return bool(trusted_proxies) and _trusted(request.remote, _networks(trusted_proxies))
+
+
 def client_address(request: web.Request, trusted_proxies: tuple[str, ...]) -> str | None:
     """The peer, or, when the peer is a trusted proxy, the nearest untrusted address in
     X-Forwarded-For (walking it right to left, so a client cannot forge it)."""

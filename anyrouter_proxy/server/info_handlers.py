@@ -29,7 +29,7 @@ def json_response(data: Any, status: int = 200,
 
 
 def price_per_token(per_million: float | None) -> str:
-    """Plain decimal notation, never exponent form (SPEC §7)."""
+    """Plain decimal notation, never exponent form (as OpenRouter writes prices)."""
     if not per_million:
         return "0"
     return _plain(Decimal(str(per_million)) / PER_TOKENS)
@@ -195,7 +195,7 @@ async def generation(request: web.Request) -> web.Response:
     if not gen_id:
         raise InvalidRequest("Pass the generation id: /generation/{id} or /generation?id=",
                              param="id")
-    row = await request.app[STORE].get_generation(gen_id, key.name)
+    row = await request.app[STORE].get_generation(gen_id, None if key.admin else key.name)
     if row is None:
         raise NotFound(f"Generation {gen_id} not found", code="generation_not_found",
                        param="id")

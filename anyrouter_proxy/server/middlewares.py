@@ -1,4 +1,4 @@
-"""Errors become HTTP in one place: every failure is the SPEC §5 envelope, as JSON."""
+"""Errors become HTTP in one place: every failure is the error envelope of docs/api.md, as JSON."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def cors_of(request: web.Request) -> dict[str, str]:
 
 
 async def decorate(request: web.Request, response: web.StreamResponse) -> None:
-    """Headers every answer to an authenticated client carries (SPEC §4)."""
+    """Headers every answer to an authenticated client carries (docs/api.md)."""
     ctx = context(request)
     if ctx.key is not None:
         for name, value in (await request.app[GATEWAY].quota.rate_headers(ctx.key)).items():

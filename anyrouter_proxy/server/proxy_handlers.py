@@ -150,7 +150,9 @@ async def _stream_with_keepalive(request: web.Request, req: ProxyRequest,
         # of ours too, rather than a second status line in the middle of the body).
         failure = exc if isinstance(exc, ProxyError) else internal_failure(log, "stream")
         with contextlib.suppress(ConnectionError):
-            await response.write_eof(stream_error_event(req.endpoint, failure))
+            await response.write_eof(stream_error_event(
+                req.endpoint, failure, gen_id=req.gen_id,
+                model=request.app[GATEWAY].known_model(req.body)))
         return response
     except BaseException:
         timer.cancel()

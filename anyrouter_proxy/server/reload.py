@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..config.loader import ConfigError, load_config
-from .state import GATEWAY, METRICS, STORE
+from .state import GATEWAY, METRICS, RELOADS, STORE
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def reload_config(app: web.Application) -> bool:
         log.error("config reload rejected, the running config stays:\n%s", "\n".join(reasons))
         metrics.reloads.labels("rejected").inc()
         store.audit("config_reload_rejected", detail={"problems": reasons[:20]})
+        _note(app, accepted=False, problems=tuple(reasons[:20]))
         return False
     changed = [name for name, before, after in (
         ("server.host", old.server.host, new.server.host),
@@ -56,7 +57,18 @@ def reload_config(app: web.Application) -> bool:
     store.audit("config_reloaded", detail={"providers": len(new.providers),
                                            "models": len(new.models), "keys": len(new.keys)})
     log.info("config reloaded from %s", old.path)
+    _note(app, accepted=True)
     return True
+
+
+def _note(app: web.Application, *, accepted: bool, problems: tuple[str, ...] = ()) -> None:
+    status = app.get(RELOADS)
+    if status is None:  # an app made without create_app (tests of reload alone)
+        return
+    now = time.time()
+    status.last_reload_at, status.accepted, status.problems = now, accepted, problems
+    if accepted:
+        status.loaded_at = now
 
 
 async def _watch(app: web.Application, path: Path, interval_s: float) -> None:

@@ -1,4 +1,4 @@
-"""Running the app: event loop, logging, listen, drain on SIGTERM (SPEC §2)."""
+"""Running the app: event loop, logging, listen, drain on SIGTERM (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from aiohttp import web
 
 from ..config.model import Config
 from ..logs import setup_logging
-from ..usage_store import StoreError
+from ..storage.store import StoreError
 from .app import create_app
 from .protocol import guard_connections
 from .state import GATEWAY, LIFECYCLE
@@ -26,9 +27,16 @@ log = logging.getLogger("anyrouter_proxy")
 GC_GEN0_THRESHOLD = 7000
 
 
+Announce = Callable[[str, int], None]  # told the address once the listener is open
+
+
 def serve(config: Config, *, host: str | None = None, port: int | None = None,
-          log_level: str | None = None, log_format: str | None = None) -> int:
-    setup_logging(log_level or config.server.log_level, log_format or config.server.log_format)
+          log_level: str | None = None, log_format: str | None = None,
+          on_listening: Announce | None = None) -> int:
+    # The flag, else the config, else readable lines on a terminal and JSON lines elsewhere.
+    log_format = log_format or config.server.log_format or (
+        "text" if sys.stdout.isatty() else "json")
+    setup_logging(log_level or config.server.log_level, log_format)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
@@ -37,9 +45,8 @@ def serve(config: Config, *, host: str | None = None, port: int | None = None,
         runner = uvloop.run
     host = host or config.server.host
     port = port if port is not None else config.server.port
-    json_lines = (log_format or config.server.log_format) == "json"
     try:
-        runner(_serve(config, host, port, json_lines))
+        runner(_serve(config, host, port, log_format == "json", on_listening))
     except OSError as exc:  # the address is taken, or not ours to bind
         log.error("cannot listen on %s:%d: %s", host, port, exc)
         return 1
@@ -58,7 +65,8 @@ def _settle_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-async def _serve(config: Config, host: str, port: int, json_lines: bool) -> None:
+async def _serve(config: Config, host: str, port: int, json_lines: bool,
+                 on_listening: Announce | None) -> None:
     app = create_app(config, reload_signals=True, json_access_log=json_lines)
     runner = web.AppRunner(
         app,
@@ -77,6 +85,8 @@ async def _serve(config: Config, host: str, port: int, json_lines: bool) -> None
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
         _settle_gc()
+        if on_listening is not None:  # with the port bound (port 0 picks one)
+            on_listening(host, runner.addresses[0][1] if runner.addresses else port)
         log.info("AnyRouter proxy listening on http://%s:%d", host, port)
         await stop.wait()
         app[LIFECYCLE].draining = True  # answers from now on close their connection

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -12,10 +13,10 @@ from ..config.model import KeyConfig
 if TYPE_CHECKING:
     from ..batch import BatchRunner
     from ..gateway import Gateway, ProxyRequest
+    from ..limits.ratelimit import Limiter
     from ..logs import AccessLog
     from ..metrics import Metrics
-    from ..ratelimit import Limiter
-    from ..usage_store import UsageStore
+    from ..storage.store import Store
 
 @dataclass(slots=True)
 class Lifecycle:
@@ -24,13 +25,24 @@ class Lifecycle:
     draining: bool = False
 
 
+@dataclass(slots=True)
+class ReloadStatus:
+    """When the config was loaded, and the last reload's outcome (for the dashboard)."""
+
+    loaded_at: float = field(default_factory=time.time)
+    last_reload_at: float | None = None
+    accepted: bool | None = None
+    problems: tuple[str, ...] = ()
+
+
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
-STORE: web.AppKey[UsageStore] = web.AppKey("store")
+STORE: web.AppKey[Store] = web.AppKey("store")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 BATCHES: web.AppKey[BatchRunner] = web.AppKey("batches")
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
+RELOADS: web.AppKey[ReloadStatus] = web.AppKey("reloads", ReloadStatus)
 
 @dataclass(slots=True)
 class RequestContext:

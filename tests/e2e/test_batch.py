@@ -1,4 +1,4 @@
-"""Issue 7 / SPEC §6 end to end: POST /batch over real HTTP against fake upstreams.
+"""End to end: POST /batch over real HTTP against fake upstreams.
 
 Sync and async batches, JSON-lines input, limits/credits/allow-lists applying per item,
 bounded concurrency, cancel, isolation between keys, and restarts of the proxy over the
@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from anyrouter_proxy.config.model import Config
-from anyrouter_proxy.credits import estimate_prompt_tokens
+from anyrouter_proxy.pricing import estimate_prompt_tokens
 from anyrouter_proxy.server.app import create_app
 from anyrouter_proxy.server.state import GATEWAY
 from tests.conftest import (
@@ -121,7 +121,7 @@ def chat_item(custom_id: str, url: str = "/v1/chat/completions", model: str = MO
 
 
 def worst_case() -> float:
-    """SPEC §7 reservation of one chat_item: prompt estimate and max_tokens priced."""
+    """The reservation of one chat_item: prompt estimate and max_tokens priced."""
     body = chat_item("c0")["body"]
     prompt = estimate_prompt_tokens(body)
     return (prompt * PROMPT_PRICE + MAX_TOKENS * COMPLETION_PRICE) / 1_000_000

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from anyrouter_proxy.batch_store import BatchRecord
 from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.server.reload import reload_config
 from anyrouter_proxy.server.state import BATCHES
+from anyrouter_proxy.storage.batches import BatchRecord
 from tests.calls import post_json
 from tests.conftest import ALICE_KEY, BOB_KEY, ConfigFactory, Proxy, openai_provider, sha256
 from tests.fakes import Behaviour, FakeOpenAI

@@ -1,7 +1,7 @@
-"""`make bench` itself (issue 9): a short run of bench/run.py end to end, the real fake
+"""`make bench` itself: a short run of bench/run.py end to end, the real fake
 upstream, the real `anyrouter-proxy serve` and the real load tools, checked for the report
-the README promises. It judges the benchmark's plumbing, never the figures (those are
-recorded by hand in the README, not asserted: the machine is shared and noisy)."""
+docs/performance.md promises. It judges the benchmark's plumbing, never the figures (those are
+recorded by hand in docs/performance.md, not asserted: the machine is shared and noisy)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_reports_every_measure_for_both_sides(tmp_path: Path) -> None:
-    assert shutil.which("wrk"), "wrk is missing: .ci/run installs it (apt-get install wrk)"
+    assert shutil.which("wrk"), "wrk is missing: scripts/install-test-deps.sh installs it"
     out = tmp_path / "bench.json"
     run = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--duration", "1", "--warmup", "0.2",
@@ -23,7 +23,7 @@ def test_bench_reports_every_measure_for_both_sides(tmp_path: Path) -> None:
          "--out", str(out)],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "| target (issue 9) |" in run.stdout  # the Markdown table and the targets
+    assert "| target |" in run.stdout  # the Markdown table and the targets
     report = json.loads(out.read_text())
     scenarios = report["scenarios"]
     assert set(scenarios) == {"chat_c1", "stream_paced_c8"}

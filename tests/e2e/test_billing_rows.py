@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from anyrouter_proxy.config.model import Config
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider
 from tests.fakes import FakeOpenAI
-from tests.serve_process import locked
+from tests.stalled_disk import locked
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 MODEL = "openai/gpt-4o-mini"

@@ -20,9 +20,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from anyrouter_proxy.budget import window
 from anyrouter_proxy.config.model import Config
-from anyrouter_proxy.credits import estimate_prompt_tokens
+from anyrouter_proxy.limits.budget import window
+from anyrouter_proxy.pricing import estimate_prompt_tokens
 from tests.conftest import ALICE_KEY, BOB_KEY, ConfigFactory, Proxy, auth, openai_provider, sha256
 from tests.fakes import Behaviour, FakeOpenAI
 from tests.redis_server import RedisServer, running_redis_server

@@ -2,7 +2,8 @@
 
 The site file is used as written; only its upstream address (127.0.0.1:8080) and listen
 port (80) are replaced. The nginx binary comes from Debian's `nginx` package, which
-.ci/run installs. The other deploy files are checked for syntax and metric names.
+scripts/install-test-deps.sh installs. The other deploy files are checked for syntax and
+metric names.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import io
 import itertools
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -31,49 +31,12 @@ from anyrouter_proxy.metrics import Metrics
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider
 from tests.fakes import Behaviour, FakeOpenAI
 from tests.net import free_port
+from tests.nginx import DEPLOY, nginx_binary, nginx_config, site_config
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-SITE = DEPLOY / "nginx" / "anyrouter.conf"
-SITE_UPSTREAM = "server 127.0.0.1:8080;"
-SITE_LISTEN = "listen 80;"
 CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 RunNginx = Callable[..., Awaitable["Nginx"]]
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    if found is None:
-        pytest.fail("nginx is not installed: these tests need a real nginx "
-                    "(.ci/run installs it: apt-get install -y nginx)", pytrace=False)
-    return found
-
-
-def site_config(upstream: str, port: int, *, metrics_open: bool = True) -> str:
-    text = SITE.read_text()
-    assert text.count(SITE_UPSTREAM) == 1 and SITE_LISTEN in text
-    text = text.replace(SITE_UPSTREAM, f"server {upstream};")
-    text = text.replace(SITE_LISTEN, f"listen 127.0.0.1:{port};")
-    if not metrics_open:  # as seen from an address outside the allowed networks
-        text = text.replace("allow 127.0.0.1;", "")
-    return text
-
-
-def nginx_config(tmp: Path, site: str) -> str:
-    """A main nginx.conf like Debian's (gzip on for the whole http block) around the site."""
-    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach tmp_path (0700)
-    temp_paths = "".join(f"    {name}_temp_path {tmp / name};\n"
-                         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return (f"{user}worker_processes 1;\npid {tmp / 'nginx.pid'};\n"
-            f"error_log {tmp / 'error.log'} info;\n"
-            "events { worker_connections 256; }\n"
-            "http {\n"
-            f"    access_log {tmp / 'access.log'};\n{temp_paths}"
-            "    default_type application/octet-stream;\n"
-            "    gzip on;\n    gzip_min_length 1;\n"
-            "    gzip_types text/plain application/json text/event-stream;\n"
-            f"{site}\n}}\n")
 
 
 @dataclass
@@ -332,7 +295,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1d", "$__range": 
 
 def test_promtool_accepts_the_prometheus_files_and_dashboard_queries(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
-    assert promtool is not None, "promtool is missing: .ci/run installs Debian's prometheus"
+    assert promtool is not None, "promtool is missing: scripts/install-test-deps.sh installs it"
     dashboard = json.loads((DEPLOY / "grafana" / "anyrouter-dashboard.json").read_text())
     rules = []
     for n, target in enumerate(t for p in dashboard["panels"] for t in p.get("targets", [])):

@@ -1,4 +1,4 @@
-"""Issue 10 item 4: the usage log survives a stalled or full disk, SIGTERM and SIGKILL, and
+"""The usage log survives a stalled or full disk, SIGTERM and SIGKILL, and
 a database the proxy cannot use is refused at start.
 
 How the faults are made (the tests run as root, so permissions cannot stop a write):
@@ -11,7 +11,7 @@ How the faults are made (the tests run as root, so permissions cannot stop a wri
   then the limit is lifted again: the disk "recovers";
 * SIGTERM / SIGKILL: a real `anyrouter-proxy serve` subprocess under client load.
 
-The SIGKILL bound (documented for the README): a usage row is queued when its request
+The SIGKILL bound (documented in docs/operations.md): a usage row is queued when its request
 completes (before the last byte of a stream goes out) and committed by the writer within
 `storage.flush_interval_s` plus the time of one batch; the WAL commit survives a killed
 process. So after a SIGKILL, every request that completed more than
@@ -40,17 +40,18 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from anyrouter_proxy.config.model import Config
+from bench.serve_process import ServeProcess
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider, sha256
 from tests.fakes import Behaviour, FakeOpenAI
 from tests.net import free_port
-from tests.serve_process import ServeProcess, locked
+from tests.stalled_disk import locked
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals, /proc, prlimit")
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 MODEL = "openai/gpt-4o-mini"
 MESSAGES = [{"role": "user", "content": "hi"}]
-BUSY_TIMEOUT_S = 5.0  # UsageStore's default busy timeout: a locked write fails after it
+BUSY_TIMEOUT_S = 5.0  # SqliteStore's default busy timeout: a locked write fails after it
 SIGKILL_FLUSH_INTERVAL_S = 0.2
 SIGKILL_BOUND_S = SIGKILL_FLUSH_INTERVAL_S + 0.8
 
@@ -403,7 +404,8 @@ def _newer_schema(db: Path) -> None:
 
 def _truncated(db: Path, keep: float = 0.5) -> None:
     """A real usage database with its second half cut off (a torn copy)."""
-    from anyrouter_proxy.usage_store import GENERATION_COLUMNS, MIGRATIONS
+    from anyrouter_proxy.storage.sqlite import MIGRATIONS
+    from anyrouter_proxy.storage.store import GENERATION_COLUMNS
 
     conn = sqlite3.connect(db)
     for step, migration in enumerate(MIGRATIONS):

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from anyrouter_proxy.config.model import Config
-from anyrouter_proxy.credits import estimate_prompt_tokens
+from anyrouter_proxy.pricing import estimate_prompt_tokens
 from anyrouter_proxy.server.state import STORE
 from tests.conftest import (
     ALICE_KEY,

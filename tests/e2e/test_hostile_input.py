@@ -1,8 +1,8 @@
-"""Issue 10 item 2: hostile input over real sockets.
+"""Hostile input over real sockets.
 
 Garbage of every kind — malformed, truncated, deeply nested and invalid-UTF-8 JSON, wrong
 types in every field, a 100 MB body, a slow-drip body, huge and repeated headers, header
-injection through X-AnyRouter-Trace-Id — is answered with the right 4xx SPEC §5 envelope
+injection through X-AnyRouter-Trace-Id — is answered with the right 4xx error envelope
 (JSON content type), and the proxy serves a normal request right after each one.
 
 Two routes per endpoint: one that *translates* (the gateway validates the body itself, so a
@@ -441,7 +441,7 @@ NULLABLE_TOOL = {"type": "function", "function": {"name": "f", "parameters": {
 async def test_prompt_estimate_cannot_be_zeroed_by_an_odd_shape(
         config_factory: ConfigFactory, aiohttp_server: Any, start_proxy: StartProxy,
         shape: str, request: pytest.FixtureRequest) -> None:
-    """Credits are checked on the prompt estimate before anything goes upstream (SPEC §7):
+    """Credits are checked on the prompt estimate before anything goes upstream:
     an unhashable "type" anywhere in the prompt (a hostile `"type": []` on a message, or a
     perfectly ordinary JSON Schema `"type": ["string", "null"]` in a tool) must not make a
     huge prompt look free."""
@@ -927,7 +927,7 @@ async def test_hostile_batch_items_fail_alone(hostile: Hostile) -> None:
     for items in ([5], [None], ["x"], [[]], [{"custom_id": {}, "url": [], "body": 5}]):
         status, content_type, raw = await post_json(hostile, "/api/v1/batch",
                                                     {"requests": items})
-        assert status == 200, raw[:300]  # a malformed item fails alone (SPEC §6)
+        assert status == 200, raw[:300]  # a malformed item fails alone
         result = json.loads(raw)["results"][0]
         assert result["response"] is None and result["error"]["code"], result
     await hostile.assert_serving()

@@ -1,4 +1,4 @@
-"""SPEC §4/§5 over raw HTTP: envelopes, headers, auth, read endpoints, timeouts, cancels."""
+"""The HTTP contract over raw HTTP: envelopes, headers, auth, read endpoints, timeouts, cancels."""
 
 from __future__ import annotations
 

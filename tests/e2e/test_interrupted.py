@@ -22,10 +22,10 @@ import asyncpg
 import pytest
 import yaml
 
+from bench.serve_process import ServeProcess
 from tests.conftest import ALICE_KEY, auth, openai_provider, sha256
 from tests.fakes import Behaviour, FakeOpenAI
 from tests.pg_server import PgServer, running_pg_server
-from tests.serve_process import ServeProcess
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals")
 

@@ -1,16 +1,16 @@
 """The OpenAPI 3.1 document (anyrouter_proxy/openapi.json) against the running proxy.
 
-Issue 10, item 1. schemathesis runs property-based tests over every operation of the
+schemathesis runs property-based tests over every operation of the
 document against a live proxy, with fake OpenAI and Anthropic upstreams behind it (real
 HTTP on 127.0.0.1), and checks every response:
 
 - no 5xx other than the documented upstream ones (502/503/504);
-- every error body is a valid SPEC §5 envelope, its type the one SPEC gives its status,
+- every error body is a valid error envelope, its type the one docs/api.md gives its status,
   with `"type": "error"` on /messages; so is every error event of a stream and the body of
   every failed batch item;
 - every response matches the document: status code, content type, headers, body schema
   (event streams event by event);
-- SPEC §4 headers: X-RateLimit-* on authenticated answers, Retry-After on 429,
+- the documented headers: X-RateLimit-* on authenticated answers, Retry-After on 429,
   X-AnyRouter-Generation-Id on proxied requests (and it is the body's id); streams end with
   their normal end or an error event.
 
@@ -83,11 +83,12 @@ CHAT_MODELS = ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4", "openai/gpt-3.
 EMBEDDING_MODELS = ["openai/text-embedding-3-small", "anthropic/claude-sonnet-4"]
 MODELS_BY_PATH = {"/chat/completions": CHAT_MODELS, "/completions": CHAT_MODELS,
                   "/embeddings": EMBEDDING_MODELS, "/messages": CHAT_MODELS,
-                  "/messages/count_tokens": CHAT_MODELS}
+                  "/messages/count_tokens": CHAT_MODELS, "/responses": CHAT_MODELS}
 BATCH_URLS = {"/v1/chat/completions": CHAT_MODELS, "/api/v1/completions": CHAT_MODELS,
-              "/embeddings": EMBEDDING_MODELS, "/v1/messages": CHAT_MODELS}
+              "/embeddings": EMBEDDING_MODELS, "/v1/messages": CHAT_MODELS,
+              "/v1/responses": CHAT_MODELS}
 
-# SPEC §5: the error type of each status.
+# The error type of each status (docs/api.md).
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                402: "insufficient_credits", 403: "permission_error", 404: "not_found_error",
                405: "invalid_request_error", 408: "invalid_request_error",
@@ -96,7 +97,9 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                429: "rate_limit_error", 500: "server_error", 502: "upstream_error",
                503: "service_unavailable", 504: "timeout_error"}
 UPSTREAM_STATUSES = frozenset({502, 503, 504})
-PROXIED_PATHS = frozenset({"/chat/completions", "/completions", "/embeddings", "/messages"})
+PROXIED_PATHS = frozenset({"/chat/completions", "/completions", "/embeddings", "/messages",
+                           "/responses"})
+RESPONSES_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 OPENAI_STREAM_PATHS = frozenset({"/chat/completions", "/completions"})
 UNAUTHENTICATED_PATHS = frozenset({"/health", "/openapi.json", "/metrics"})
 
@@ -349,7 +352,9 @@ def test_document_covers_every_route(live: LiveProxy) -> None:
         if route.method == "HEAD" or route.resource is None:
             continue
         path = route.resource.canonical
-        for name in ("{model_id}", "{gen_id}", "{batch_id}"):
+        if path == "/" or path.startswith("/dashboard"):
+            continue  # the HTML dashboard (and / redirecting there): pages, not the API
+        for name in ("{model_id}", "{gen_id}", "{batch_id}", "{response_id}"):
             path = path.replace(name, "{id}")
         for prefix in API_PREFIXES:
             if path.startswith(prefix + "/"):
@@ -372,15 +377,15 @@ def test_document_covers_every_route(live: LiveProxy) -> None:
                                  "name": "x-api-key"}
 
 
-# -- SPEC checks ---------------------------------------------------------------------------
+# -- contract checks------------------------------------------------------------------------
 
 
 class SpecViolation(Failure):
-    """A SPEC §4/§5 promise the response breaks (the document alone cannot say it)."""
+    """A documented promise the response breaks (the document alone cannot say it)."""
 
     def __init__(self, operation: str, message: str) -> None:
         self.operation = operation
-        self.title = "SPEC §4/§5 violation"
+        self.title = "API contract violation"
         self.message = message
         self.code = "spec_violation"
         self.case_id = None
@@ -391,7 +396,7 @@ class SpecViolation(Failure):
 
 
 def envelope_problems(body: Any, status: int | None, *, anthropic: bool) -> list[str]:
-    """What keeps `body` from being the SPEC §5 envelope of an error with `status`
+    """What keeps `body` from being the error envelope of an error with `status`
     (None: a stream's error event, which has no status of its own)."""
     if not isinstance(body, dict):
         return [f"the body is not a JSON object: {body!r:.200}"]
@@ -410,12 +415,12 @@ def envelope_problems(body: Any, status: int | None, *, anthropic: bool) -> list
         problems.append(f"'error.metadata' is not an object: {error['metadata']!r}")
     if status is None:
         if error.get("type") not in set(ERROR_TYPES.values()):
-            problems.append(f"'error.type' {error.get('type')!r} is not a SPEC §5 type")
+            problems.append(f"'error.type' {error.get('type')!r} is not a documented error type")
     else:
         expected = ERROR_TYPES.get(status, "invalid_request_error" if status < 500
                                    else "upstream_error")
         if error.get("type") != expected:
-            problems.append(f"'error.type' is {error.get('type')!r}; SPEC §5 gives "
+            problems.append(f"'error.type' is {error.get('type')!r}; docs/api.md gives "
                             f"{expected!r} for {status}")
     if anthropic and body.get("type") != "error":
         problems.append("no top-level \"type\": \"error\" on /messages")
@@ -444,7 +449,7 @@ def sse_events(text: str) -> list[tuple[str, str]]:
 
 
 def stream_problems(path: str, text: str, gen_id: str | None) -> list[str]:
-    """SPEC §4/§5: keep-alive comments only before the first event; a stream ends with its
+    """Keep-alive comments only before the first event; a stream ends with its
     normal end or an error event, never silently; error events carry the envelope; OpenAI
     chunks carry the generation id."""
     problems: list[str] = []
@@ -470,6 +475,8 @@ def stream_problems(path: str, text: str, gen_id: str | None) -> list[str]:
             elif not isinstance(chunk, dict) or chunk.get("id") != gen_id:
                 problems.append(f"chunk {data!r:.100} does not carry the generation id "
                                 f"{gen_id!r}")
+    elif path == "/responses":
+        problems += responses_stream_problems(events, gen_id)
     else:
         if events[-1][0] not in ("message_stop", "error"):
             problems.append(f"the stream ends with {events[-1][0]!r}, not message_stop or error")
@@ -481,15 +488,40 @@ def stream_problems(path: str, text: str, gen_id: str | None) -> list[str]:
     return problems
 
 
+def responses_stream_problems(events: list[tuple[str, str]], gen_id: str | None) -> list[str]:
+    """A Responses stream: response.created first, a lifecycle end last, sequence numbers
+    0, 1, ..., every event named by its type, the generation id as the response id, and a
+    failure's error carrying the envelope's fields."""
+    problems: list[str] = []
+    data = [json.loads(payload) for _, payload in events]
+    if [d.get("sequence_number") for d in data] != list(range(len(data))):
+        problems.append("sequence numbers are not 0, 1, ...")
+    if any(name != d.get("type") for (name, _), d in zip(events, data, strict=True)):
+        problems.append("an event whose name is not its type")
+    if data[0].get("type") != "response.created":
+        problems.append(f"the stream starts with {data[0].get('type')!r}")
+    if data[-1].get("type") not in RESPONSES_ENDS:
+        problems.append(f"the stream ends with {data[-1].get('type')!r}")
+    for d in data:
+        response = d.get("response")
+        if isinstance(response, dict) and response.get("id") != gen_id:
+            problems.append(f"{d['type']} names {response.get('id')!r}, not {gen_id!r}")
+    if data[-1].get("type") == "response.failed":
+        error = data[-1]["response"].get("error") or {}
+        problems += [f"response.failed without error.{name}" for name in
+                     ("message", "type", "code", "param") if name not in error]
+    return problems
+
+
 def spec_checks(ctx: CheckContext, response: Response, case: schemathesis.Case) -> None:
-    """SPEC §4/§5 promises the document alone cannot express."""
+    """Promises the document alone cannot express."""
     status = response.status_code
     path = case.operation.path
     headers = {name.lower(): values[0] for name, values in response.headers.items()}
     content_type = headers.get("content-type", "")
     problems: list[str] = []
     if status >= 500 and status not in UPSTREAM_STATUSES:
-        problems.append(f"a {status}: the only 5xx SPEC allows here are the upstream ones "
+        problems.append(f"a {status}: the only 5xx allowed here are the upstream ones "
                         f"(502/503/504)")
     body: Any = None
     if content_type.startswith("application/json"):
@@ -525,8 +557,8 @@ def spec_checks(ctx: CheckContext, response: Response, case: schemathesis.Case) 
         if not gen_id or not gen_id.startswith("gen-"):
             problems.append(f"a proxied request answered {status} {code} without "
                             f"X-AnyRouter-Generation-Id")
-        elif status == 200 and path in OPENAI_STREAM_PATHS and isinstance(body, dict) \
-                and body.get("id") != gen_id:
+        elif status == 200 and path in (*OPENAI_STREAM_PATHS, "/responses") \
+                and isinstance(body, dict) and body.get("id") != gen_id:
             problems.append(f"the body's id {body.get('id')!r} is not the generation id "
                             f"{gen_id}")
         if status == 200 and gen_id:
@@ -649,7 +681,7 @@ def flatmap_path_parameters(context: schemathesis.HookContext,
                             ) -> st.SearchStrategy[Any]:
     """Reads of generations and batches ask for ids this run made, half the time."""
     path = _path_of(context)
-    kind = "generation" if path.startswith("/generation") else \
+    kind = "generation" if path.startswith(("/generation", "/responses")) else \
         "batch" if path.startswith("/batch/") else None
     if kind is None or not isinstance(path_parameters, dict):
         return st.just(path_parameters)
@@ -674,7 +706,7 @@ def exchange(live: LiveProxy, session: requests.Session, path: str, method: str 
              headers: dict[str, str] | None = None,
              path_parameters: dict[str, Any] | None = None,
              query: dict[str, Any] | None = None) -> Response:
-    """One request through schemathesis, its answer held against the document and SPEC."""
+    """One request through schemathesis, its answer held against the document and docs/api.md."""
     operation = schema[path][method]
     kwargs: dict[str, Any] = {}
     if body is not None:
@@ -715,7 +747,7 @@ MESSAGES = {"model": "scripted/claude", "max_tokens": 64,
 def test_upstream_failures_match_the_document(live: LiveProxy, session: requests.Session,
                                               path: str, behaviour: Behaviour, status: int,
                                               code: str) -> None:
-    """SPEC §5: upstream 400/404/413/422 passed on with their status and message; 401/403
+    """Upstream 400/404/413/422 passed on with their status and message; 401/403
     and 5xx become 502; 429 keeps its Retry-After; an unparseable answer is 502."""
     live.scripted.then(behaviour)
     body = CHAT if path == "/chat/completions" else {**MESSAGES, "model": "scripted/gpt"}
@@ -770,6 +802,52 @@ def test_stream_that_never_starts_ends_with_an_error_event(live: LiveProxy,
     events = sse_events(response.content.decode())
     assert [json.loads(events[0][1])["error"]["type"], events[1][1]] == ["timeout_error",
                                                                           "[DONE]"]
+
+
+RESPONSES = {"model": "scripted/gpt", "input": "hi"}
+
+
+@pytest.mark.parametrize(("model", "behaviour", "last"), [
+    ("scripted/gpt", Behaviour(), "response.completed"),
+    ("scripted/gpt", Behaviour(drop_after=2), "response.failed"),
+    ("scripted/gpt", Behaviour(error_event_after=2), "response.failed"),
+    ("slow/gpt", Behaviour(first_event_delay_s=3), "response.failed"),
+], ids=["normal", "dropped", "error-event", "never-starts"])
+def test_responses_streams_match_the_document(live: LiveProxy, session: requests.Session,
+                                              model: str, behaviour: Behaviour,
+                                              last: str) -> None:
+    """response.created first, numbered events, and a lifecycle end: a failure after the
+    200 (keep-alive comments included) is response.failed with the error's fields."""
+    live.scripted.then(behaviour)
+    response = exchange(live, session, "/responses",
+                        body={**RESPONSES, "model": model, "stream": True})
+    assert response.status_code == 200
+    events = sse_events(response.content.decode())
+    assert events[0][0] == "response.created" and events[-1][0] == last
+
+
+def test_stored_responses_match_the_document(live: LiveProxy,
+                                             session: requests.Session) -> None:
+    made = exchange(live, session, "/responses", body=RESPONSES)
+    response_id = json.loads(made.content)["id"]
+    ids = {"id": response_id}
+    got = exchange(live, session, "/responses/{id}", "GET", path_parameters=ids)
+    assert json.loads(got.content) == json.loads(made.content)
+    items = exchange(live, session, "/responses/{id}/input_items", "GET",
+                     path_parameters=ids, query={"order": "asc", "limit": 1})
+    assert json.loads(items.content)["data"][0]["content"][0]["text"] == "hi"
+    bad = exchange(live, session, "/responses/{id}/input_items", "GET", path_parameters=ids,
+                   query={"limit": 500})
+    assert (bad.status_code, error_of(bad)["param"]) == (400, "limit")
+    theirs = exchange(live, session, "/responses/{id}", "GET", key=BOB_KEY,
+                      path_parameters=ids)
+    assert (theirs.status_code, error_of(theirs)["code"]) == (404, "response_not_found")
+    deleted = exchange(live, session, "/responses/{id}", "DELETE", path_parameters=ids)
+    assert json.loads(deleted.content) == {"id": response_id, "object": "response",
+                                           "deleted": True}
+    again = exchange(live, session, "/responses", body={**RESPONSES,
+                                                        "previous_response_id": response_id})
+    assert (again.status_code, error_of(again)["param"]) == (404, "previous_response_id")
 
 
 @pytest.mark.parametrize(("behaviour", "last"), [
@@ -1077,7 +1155,7 @@ def test_api_conforms(case: schemathesis.Case, live: LiveProxy, session: request
 
 
 def test_health_503_and_metrics_token_match_the_document(tmp_path: Path) -> None:
-    """No provider can serve: /health (also at the root) is 503 with the §5 error. With
+    """No provider can serve: /health (also at the root) is 503 with the error envelope. With
     server.metrics_token, /metrics needs it (401 envelope otherwise)."""
     proxy = LiveProxy(tmp_path, unavailable_config)
     proxy.start()

@@ -1,4 +1,4 @@
-"""Issue 8 (operations), items 1-4 and 6: Prometheus metrics, request logs, hot reload,
+"""Operations: Prometheus metrics, request logs, hot reload,
 deprecation headers and API versions.
 
 Metrics are read with prometheus-client's own parser. Logs are read from the stdout of a

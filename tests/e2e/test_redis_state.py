@@ -1,7 +1,7 @@
-"""The proxy on `state: {backend: redis}` (SPEC §8; issue 11), end to end over real HTTP
+"""The proxy on `state: {backend: redis}` (docs/operations.md), end to end over real HTTP
 against a real redis-server (tests/redis_server.py) with the official openai SDK.
 
-The issue-5 suite of limits and credits (tests/e2e/test_limits_credits.py) runs again
+The suite of limits and credits (tests/limits_suite.py) runs again
 here unchanged on the Redis backend: its `config_for` is replaced by one that adds the
 `state:` section. Then what only a shared backend has: two proxies ("replicas", in this
 process) sharing one Redis get exactly N requests per minute and exactly the credit
@@ -19,10 +19,11 @@ import openai
 import pytest
 
 from anyrouter_proxy.config.model import Config
-from anyrouter_proxy.redis_quota import RedisQuota
+from anyrouter_proxy.limits.redis_quota import RedisQuota
 from anyrouter_proxy.server.state import LIMITER
 from tests.conftest import ALICE_KEY, BOB_KEY, ConfigFactory, Proxy, openai_provider, sha256
-from tests.e2e.test_limits_credits import (  # the issue-5 suite, run again on Redis
+from tests.fakes import Behaviour, FakeOpenAI
+from tests.limits_suite import (  # the limits and credits suite, run again on Redis
     CHAT,
     MAX_TOKENS,
     MESSAGES,
@@ -55,7 +56,6 @@ from tests.e2e.test_limits_credits import (  # the issue-5 suite, run again on R
     test_tokens_per_minute_reserved_before_upstream,
     worst_case,
 )
-from tests.fakes import Behaviour, FakeOpenAI
 from tests.redis_server import RedisServer, running_redis_server
 
 REDIS_RERUNS = (
@@ -95,7 +95,7 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def config_for(config_factory: ConfigFactory, fake_openai: FakeOpenAI,
                redis_url: str) -> ConfigFor:
-    """test_limits_credits.config_for with `state: {backend: redis}` and a key prefix of
+    """limits_suite.config_for with `state: {backend: redis}` and a key prefix of
     this test's own."""
     state = {"backend": "redis", "url": redis_url, "timeout_s": 5,  # no flaky fallback
              "key_prefix": f"e2e{uuid.uuid4().hex[:10]}:"}

@@ -1,4 +1,4 @@
-"""Issue 11 item 3: scale-out end to end. Two real `anyrouter-proxy serve` processes
+"""Scale-out end to end. Two real `anyrouter-proxy serve` processes
 ("replicas") share one real redis-server (limits, concurrency, credits) and one real
 PostgreSQL (the usage log), behind one real nginx running deploy/nginx/anyrouter.conf with
 its scale-out upstream block uncommented (`least_conn;` and a `server` line per replica).
@@ -42,10 +42,10 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from anyrouter_proxy.config.model import Config
-from anyrouter_proxy.credits import estimate_prompt_tokens
+from anyrouter_proxy.pricing import estimate_prompt_tokens
 from tests.conftest import PROVIDER_KEY, ConfigFactory, Proxy, auth, openai_provider, sha256
-from tests.e2e.test_deploy_nginx import SITE, SITE_UPSTREAM, nginx_binary, nginx_config
 from tests.fakes import FakeOpenAI
+from tests.nginx import SITE, SITE_UPSTREAM, nginx_binary, nginx_config
 from tests.pg_server import PgServer, running_pg_server
 from tests.redis_server import RedisServer, free_port, running_redis_server
 

@@ -1,4 +1,4 @@
-"""Issue 3 end to end: provider choice, failover, retries, timeouts, circuit breakers and
+"""End to end: provider choice, failover, retries, timeouts, circuit breakers and
 the final error, with two or three fault-injecting fake upstreams on their own ports."""
 
 from __future__ import annotations

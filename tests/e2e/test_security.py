@@ -1,4 +1,4 @@
-"""Issue 10 item 6: security — keys, leaks, isolation, routing, headers, client address, CORS.
+"""Security — keys, leaks, isolation, routing, headers, client address, CORS.
 
 Secrets are planted (unique client keys, provider keys, a provider header, prompt text)
 and every output channel is grepped for them: response bodies and headers (errors

@@ -1,4 +1,4 @@
-"""Issue 6 item 5 / SPEC §2, §7: SIGTERM drains the real server process.
+"""SIGTERM drains the real server process.
 
 `anyrouter-proxy serve` runs as a subprocess against a FakeOpenAI served in this test's
 event loop. Requests are put in flight, SIGTERM is sent, and then: the listener is

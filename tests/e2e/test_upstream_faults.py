@@ -1,13 +1,13 @@
-"""Issue 10 item 3: upstreams that misbehave at the socket and wire level.
+"""Upstreams that misbehave at the socket and wire level.
 
 The faulty upstream is a raw asyncio TCP server (`RawUpstream`) so that it can do what a
 well-behaved HTTP framework never would: accept and close, reset, send half a status
 line, close mid-body, stall, send HTML or 50 MB. Behind it, in most tests, a second
 provider (a FakeOpenAI) serves the same model, so the tests also check that the proxy
-falls back to it whenever SPEC allows (before the first byte has gone to the client),
+falls back to it whenever it may (before the first byte has gone to the client),
 and never after.
 
-Every case checks three things: the client's answer (a SPEC §5 envelope, or a stream
+Every case checks three things: the client's answer (an error envelope, or a stream
 that ends with an error event, never silently), the fallback, and the usage row
 (GET /generation/{id}: status_code, error_code, attempts [{provider, status,
 latency_ms}]).
@@ -39,9 +39,9 @@ import yaml
 from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.server.state import STORE
 from anyrouter_proxy.upstream import MAX_RESPONSE_BYTES
+from bench.serve_process import ServeProcess, proc_status_kb
 from tests.conftest import ALICE_KEY, PROVIDER_KEY, ConfigFactory, Proxy, auth, sha256
 from tests.fakes import ANSWER, FakeOpenAI
-from tests.serve_process import ServeProcess, proc_status_kb
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 
@@ -455,7 +455,7 @@ def attempts(row: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def envelope(raw_body: bytes) -> dict[str, Any]:
-    """The SPEC §5 error object of a JSON error answer (all four keys present)."""
+    """The error object of a JSON error answer (all four keys present)."""
     error = json.loads(raw_body)["error"]
     assert {"message", "type", "code", "param"} <= set(error), error
     return error  # type: ignore[no-any-return]

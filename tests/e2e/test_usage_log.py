@@ -1,4 +1,4 @@
-"""Issue 6 end to end: usage rows, GET /generation, the audit trail and `anyrouter-proxy usage`.
+"""End to end: usage rows, GET /generation, the audit trail and `anyrouter-proxy usage`.
 
 Rows are compared with what the FakeOpenAI upstream reported; the SQLite file is read
 directly (sqlite3) where the HTTP API does not expose a table (audit) or an id.
@@ -314,7 +314,7 @@ async def test_upstream_failure_row_has_the_error_code(openai_proxy: Proxy,
     assert (row["status_code"], row["error_code"], row["cancelled"]) == (502, "upstream_error", 0)
     assert row["provider"] == "openai"
     assert_attempts(json.loads(row["attempts"]), [500] * tries)
-    # SPEC §4: the failed request carries its generation id, and the row is readable.
+    # The failed request carries its generation id, and the row is readable.
     assert headers["X-AnyRouter-Generation-Id"] == row["id"]
     status, body = await generation(openai_proxy, row["id"])
     assert status == 200
@@ -391,7 +391,7 @@ async def test_rejections_before_upstream_are_audited_not_billed(
     assert len(fake_openai.requests) == 1
     await proxy.flush()
     for trace, headers in rejected.items():
-        assert headers["X-AnyRouter-Generation-Id"].startswith("gen-")  # SPEC §4
+        assert headers["X-AnyRouter-Generation-Id"].startswith("gen-")
         rows = db_rows(proxy, "SELECT * FROM generations WHERE trace_id = ?", (trace,))
         assert all(row["cost"] == 0 for row in rows)
     events = {row["event"]: row for row in db_rows(proxy, "SELECT * FROM audit")}

@@ -20,8 +20,8 @@ from anyrouter_proxy.batch import (
     prepare,
     render,
 )
-from anyrouter_proxy.batch_store import BatchRecord
 from anyrouter_proxy.errors import InvalidRequest, RequestTooLarge
+from anyrouter_proxy.storage.batches import BatchRecord
 from anyrouter_proxy.types import CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}

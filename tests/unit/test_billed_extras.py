@@ -9,8 +9,8 @@ import pytest
 
 from anyrouter_proxy.billed_extras import DEFAULT_MAX_SEARCHES, NO_EXTRAS, Extras, check_extras
 from anyrouter_proxy.config.model import Pricing
-from anyrouter_proxy.credits import request_cost
 from anyrouter_proxy.errors import InvalidRequest
+from anyrouter_proxy.pricing import request_cost
 from anyrouter_proxy.providers.anthropic_translate import anthropic_usage, openai_usage
 from anyrouter_proxy.types import Usage
 

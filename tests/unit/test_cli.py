@@ -1,4 +1,4 @@
-"""The `anyrouter-proxy` command line (SPEC §2), run as the real `python -m anyrouter_proxy`
+"""The `anyrouter-proxy` command line, run as the real `python -m anyrouter_proxy`
 in a clean environment, and in-process through `cli.main` where that is quicker."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""routes.yaml loading (SPEC §3): YAML -> ${VAR} substitution -> JSON Schema -> cross-checks
+"""routes.yaml loading: YAML -> ${VAR} substitution -> JSON Schema -> cross-checks
 -> frozen Config. Every problem carries its YAML path, its line and a message, and all the
 problems of a file are reported at once."""
 

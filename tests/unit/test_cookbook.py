@@ -19,9 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 COOKBOOK = REPO / "config" / "cookbook"
 SNIPPETS = [
     "anthropic.yaml", "azure-classic.yaml", "azure-v1.yaml", "bedrock.yaml", "deepseek.yaml",
-    "fireworks.yaml", "groq.yaml", "lmstudio.yaml", "mistral.yaml", "ollama.yaml",
-    "openai.yaml", "openrouter.yaml", "together.yaml", "vllm.yaml", "xai.yaml",
+    "fireworks.yaml", "gemini.yaml", "groq.yaml", "lmstudio.yaml", "mistral.yaml",
+    "ollama.yaml", "openai.yaml", "openrouter.yaml", "together.yaml", "vllm.yaml", "xai.yaml",
 ]
+# Their credentials come from no variable of the file (application default credentials).
+CHECKED_ONLY = ["vertex.yaml"]
 OPTIONAL_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-\}")
 SCHEMA_COMMENT = "# yaml-language-server: $schema=../../anyrouter_proxy/config/schema.json"
 
@@ -31,7 +33,7 @@ def clean_env() -> dict[str, str]:
             "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
-@pytest.mark.parametrize("name", SNIPPETS)
+@pytest.mark.parametrize("name", SNIPPETS + CHECKED_ONLY)
 def test_the_snippet_passes_check_with_no_environment(name: str, tmp_path: Path) -> None:
     path = COOKBOOK / name
     result = subprocess.run([sys.executable, "-m", "anyrouter_proxy", "check", "--config",
@@ -56,3 +58,15 @@ def test_its_providers_are_available_once_their_variables_are_set(name: str) -> 
     assert keyed == {pid for pid, p in config.providers.items()
                      if p.api_key == "set-by-the-test"
                      or "set-by-the-test" in p.headers.values()}
+
+
+def test_the_vertex_snippet_uses_application_default_credentials(tmp_path: Path) -> None:
+    path = COOKBOOK / "vertex.yaml"
+    assert not load_config(path, environ={}).providers["vertex"].has_credentials
+    key = tmp_path / "vertex-sa.json"
+    key.write_text("{}")
+    config = load_config(path, environ={"GOOGLE_APPLICATION_CREDENTIALS": str(key),
+                                        "VERTEX_PROJECT": "p1"})
+    vertex = config.providers["vertex"]
+    assert vertex.has_credentials and vertex.project == "p1"
+    assert vertex.base_url == "https://us-central1-aiplatform.googleapis.com/v1"

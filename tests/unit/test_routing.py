@@ -332,7 +332,7 @@ def test_rate_limit_keeps_numeric_retry_after() -> None:
     assert should_fail_over(exc) and worth_retrying(exc)
     assert not counts_against_health(exc)  # rate limiting is not ill health
     dated = err(b"", 429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})
-    assert dated.headers == {"Retry-After": "1"}  # SPEC §4: a 429 always has Retry-After
+    assert dated.headers == {"Retry-After": "1"}  # a 429 always has Retry-After
 
 
 def test_non_json_error_body_becomes_the_message() -> None:

@@ -1,0 +1,1 @@
+"""The usage log, batches and reports: SQLite and PostgreSQL behind one Store protocol."""
