@@ -182,7 +182,7 @@ async def test_a_usage_row_dropped_is_charged_at_its_reservation_next_start(
     s = await backend.store(queue_max=1)
     s.journal(record(1), 0.25, 42)
     await s.flush()
-    cast(SqliteStore | PostgresStore, s).writer.queue_max = 0  # the queue is full: the usage row is dropped
+    cast(SqliteStore | PostgresStore, s).writer.queue_max = 0  # full: the usage row is dropped
     assert s.record(record(1, cost=0.01)) is False
     assert s.dropped_by_kind == {"billing": 1, "audit": 0}
     await s.close()
