@@ -334,8 +334,10 @@ class Gateway:
                         detail={"model": model.id})
             raise
         record = _new_record(req, model.id, stream, wildcard=model.wildcard)
-        return Books(self.ledger, record, targets[0].pricing,
-                     admission, reservation, prompt_tokens, cap, cost, token_estimate=tokens)
+        books = Books(self.ledger, record, targets[0].pricing,
+                      admission, reservation, prompt_tokens, cap, cost, token_estimate=tokens)
+        store.journal(record, cost, prompt_tokens)  # charged at `cost` if we die now
+        return books
 
     async def _try_targets(self, req: ProxyRequest, targets: list[Target], books: Books,
                            headers: dict[str, str],

@@ -7,7 +7,7 @@ Never raw paths, ids or anything a client can invent.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -52,6 +52,11 @@ class Metrics:
         self.dropped = Gauge("anyrouter_usage_rows_dropped",
                              "Usage rows dropped because the queue was full (since start).",
                              registry=r)
+        self.dropped_by_kind = Counter("anyrouter_usage_rows_dropped_by_kind",
+                                       "Rows of the usage log dropped (queue full, closed, or "
+                                       "unstorable), by kind: billing (usage rows) or audit.",
+                                       ["kind"], registry=r)
+        self._dropped_seen: dict[str, int] = {}
         self.reloads = Counter("anyrouter_config_reloads", "Config reloads by result.",
                                ["result"], registry=r)
         self.config_loaded = Gauge("anyrouter_config_loaded_timestamp_seconds",
@@ -107,6 +112,14 @@ class Metrics:
                 self._child(self.tokens, model, provider, rec.key_name, direction).inc(count)
         if rec.cost:
             self._child(self.cost, model, rec.key_name).inc(rec.cost)
+
+    def dropped_rows(self, by_kind: Mapping[str, int]) -> None:
+        """Bring the dropped-rows counter up to the store's counts (at scrape time)."""
+        for kind, count in by_kind.items():
+            seen = self._dropped_seen.get(kind)
+            if seen is None or count > seen:
+                self._child(self.dropped_by_kind, kind).inc(count - (seen or 0))
+                self._dropped_seen[kind] = count
 
     def overspent(self, key_name: str, usd: float) -> None:
         self._child(self.overspend, key_name).inc(usd)

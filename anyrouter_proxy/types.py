@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 @dataclass(slots=True)
@@ -64,6 +65,15 @@ class GenerationRecord:
     # The wildcard entry (`groq/*`) that served `model`, if one did: the metrics label,
     # so that ids a client makes up under a wildcard do not multiply the series.
     wildcard: str | None = None
+
+
+class Interrupted(NamedTuple):
+    """A request a process had in flight when it died, charged by the next start (its
+    usage row: status `interrupted`, cost the amount it had reserved)."""
+
+    gen_id: str
+    key_name: str
+    cost: float
 
 
 # The proxied endpoints, by the client's dialect.

@@ -228,6 +228,7 @@ class StorageConfig:
     retention_days: int | None = None
     queue_max: int = 10000
     flush_interval_s: float = 0.2
+    audit_queue_max: int = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,11 @@ backend settles them in the background.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from ..config.model import Config, KeyConfig, ProviderConfig
+from ..types import Interrupted
 from .budget import BudgetStatus
 from .credits import CreditLedger
 from .ratelimit import Limiter
@@ -72,6 +73,11 @@ class Quota(Protocol):
 
     async def load_spend(self, spend_by_key: Mapping[str, float]) -> None: ...
 
+    async def charge_interrupted(self, charges: Sequence[Interrupted]) -> None:
+        """After `load_spend` at start: requests an earlier process died with, whose usage
+        rows the start has just written (each charge once, whatever the backend saw)."""
+        ...
+
     async def budget(self, key: KeyConfig) -> BudgetStatus | None:
         """The key's budget in its current period; None when it has none."""
         ...
@@ -128,6 +134,9 @@ class MemoryQuota:
 
     async def load_spend(self, spend_by_key: Mapping[str, float]) -> None:
         self.ledger.load_spend(spend_by_key)
+
+    async def charge_interrupted(self, charges: Sequence[Interrupted]) -> None:
+        pass  # load_spend's sums, read after the rows were written, hold them already
 
     async def budget(self, key: KeyConfig) -> BudgetStatus | None:
         return self.ledger.budget(key)

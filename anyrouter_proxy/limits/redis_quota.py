@@ -35,12 +35,21 @@ every replica that uses the same Redis and `state.key_prefix`:
   highest value this replica saw when Redis lost it.
 * Spend: Redis is the live truth while it is up. `load_spend` (the usage log's sums at
   start-up) writes a key's spend only where Redis has none (HSETNX): a replica starting
-  beside running ones does not overwrite live spend, and a Redis that lost its data is
-  rebuilt from the database. Each replica also keeps the highest spend it has seen per
-  key (the loaded sum, then every answer of Redis) and re-seeds a key that Redis lost
-  mid-run from it, so even a Redis restart without persistence does not refill a key
-  (spend settled after the replica's last look at that key can be missed, until a
-  restart rebuilds it from the database).
+  beside running ones does not overwrite live spend. Each replica also keeps the highest
+  spend it has seen per key (the loaded sum, then every answer of Redis) and re-seeds a
+  key that Redis lost from it until the spend is rebuilt.
+* Spend lost by Redis (a restart without persistence, FLUSHALL, eviction) is rebuilt
+  from the usage log. The spend marker (`<prefix>spend:marker`) is written with the
+  spend; the outbox task looks at it every `SPEND_CHECK_S` and at once when a settlement
+  finds its reservation gone. While it is gone, a settlement whose reservation vanished
+  still counts its spend (once per reservation). The replica that finds it gone first
+  rebuilds (lua/rebuild.lua): every key's spend becomes the usage log's sum plus this
+  replica's usage rows not yet written (`spend_source`, read at one instant with nothing
+  written meanwhile), settlements queued before that instant no longer add their spend
+  (their rows are in the sum), and its reservations still open are put back. Every other
+  replica, seeing a new marker, puts its own open reservations back. Exact for one
+  replica; with several, usage rows another replica had not yet written at the instant of
+  the rebuild may be missed.
 
 When Redis is unreachable (connection refused, timeout `state.timeout_s`, loading):
 `state.on_error.limits: open` (default) admits against this process's own buckets (the
@@ -79,6 +88,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..config.model import Budget, Config, KeyConfig, Limits, ProviderConfig
 from ..errors import RateLimited, ServiceUnavailable
+from ..types import Interrupted
 from .budget import BudgetStatus, Window, window
 from .credits import budget_exceeded, insufficient_credits
 from .quota import Held, MemoryQuota, Reserved
@@ -97,6 +107,7 @@ from .redis_scripts import (
     ADMIT,
     CREDIT_STATE,
     PEEK,
+    REBUILD,
     RESERVE,
     SCRIPTS,
     SETTLE,
@@ -117,10 +128,22 @@ OUTBOX_RETRY_S = 300.0  # a settlement not delivered within this is dropped (log
 DONE_TTL_S = 2 * OUTBOX_RETRY_S  # dedup window of spend recorded without a reservation
 CLOSE_GRACE_S = 5.0
 BUDGET_KEY_MARGIN_S = 3600.0  # a period's spend outlives the period (clock skew, late settles)
+SPEND_CHECK_S = 1.0  # how often the spend marker is looked at
+SPEND_RETRY_S = 10.0  # a rebuild that failed (the usage log unreadable) is tried again
+REBUILD_TIMEOUT_S = 30.0
 
 # What "Redis is unreachable" means here; other errors (a script bug) are logged too.
 UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 FAILED_OR_CANCELLED = (RedisError, OSError, TimeoutError, asyncio.CancelledError)
+
+
+# Spend per key as of one instant (the usage log plus rows not yet written); the callback
+# runs at that instant (Store.spend_snapshot).
+SpendSource = Callable[[Callable[[], None] | None], Awaitable[Mapping[str, float]]]
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _cap(value: int | None) -> int:
@@ -145,7 +168,8 @@ class RedisQuota:
     def __init__(self, config: Config, local: MemoryQuota, *, client: Redis | None = None,
                  retry_s: float = 1.0, warn_every_s: float = 10.0,
                  on_fallback: Callable[[str], None] | None = None,
-                 lease_s: float | None = None) -> None:
+                 lease_s: float | None = None,
+                 spend_source: SpendSource | None = None) -> None:
         state = config.state
         self.local = local
         self.prefix = state.key_prefix
@@ -188,6 +212,16 @@ class RedisQuota:
         self._done = 0  # ... and of the last one sent (or given up)
         self._closing = False
         self._closed = False
+        # Spend lost by Redis: the marker written with the spend and the last one seen,
+        # the reservations of this replica not yet settled in Redis (id -> key, units).
+        self.spend_source = spend_source
+        self._marker = f"{self.prefix}spend:marker"
+        self._epoch: str | None = None
+        self._open: dict[str, tuple[str, int]] = {}
+        self._check_at = 0.0
+        self._suspect = False
+        self._checked = asyncio.Event()  # replaced after each look at the marker
+        self._from_log: set[str] = set()  # keys whose spend load_spend wrote to Redis
         self._configure(config)
 
     # -- configuration --------------------------------------------------------------
@@ -549,6 +583,7 @@ class RedisQuota:
         if period is not None:
             self._saw_period(name, period.window, from_units(float(period_u)))
         if int(ok) == 1:
+            self._open[rid] = (name, to_units(amount))
             return RedisReserved(self, name, rid, amount, at, period)
         if int(ok) == 2:
             assert budget is not None and period is not None
@@ -568,7 +603,7 @@ class RedisQuota:
                 period: Period | None = None) -> None:
         if orphan and actual <= 0:
             return
-        keys: tuple[str, ...] = self._credit_keys(name)
+        keys: tuple[str, ...] = (*self._credit_keys(name), self._marker)
         args: tuple[str | int, ...] = (rid, to_units(actual), "1" if orphan else "0",
                                        math.ceil(DONE_TTL_S * 1000), self._floor(name))
         if period is not None:  # the cost counts in the period it was reserved in
@@ -676,7 +711,8 @@ class RedisQuota:
     async def load_spend(self, spend_by_key: Mapping[str, float]) -> None:
         """The usage log's spend per key, at start-up: kept as this replica's lower bound
         and written to Redis only where Redis has none (HSETNX; Redis is the live truth
-        while it is up, the database rebuilds what Redis lost)."""
+        while it is up) — or everywhere, when the spend marker says Redis lost its data
+        (or never had it)."""
         await self.local.load_spend(spend_by_key)
         for name, amount in spend_by_key.items():
             self._saw(name, float(amount))
@@ -684,16 +720,137 @@ class RedisQuota:
             async with self.client.pipeline(transaction=False) as pipe:
                 for script in SCRIPTS:  # now rather than on the first requests
                     pipe.script_load(script.text)
-                for name, amount in spend_by_key.items():
-                    pipe.hsetnx(self._credit_keys(name)[0], "spent",
-                                to_units(max(0.0, float(amount))))
-                await pipe.execute()
+                pipe.get(self._marker)
+                marker = _text((await pipe.execute())[-1])
+            rebuilt = False
+            if marker is None:
+                rebuilt, marker = await self._rebuild_spend(
+                    "claim", self._new_marker(), spend_by_key, {})
+            self._epoch = marker
+            if rebuilt:
+                self._from_log = set(spend_by_key)
+            else:
+                names = list(spend_by_key)
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for name in names:
+                        pipe.hsetnx(self._credit_keys(name)[0], "spent",
+                                    to_units(max(0.0, float(spend_by_key[name]))))
+                    written = await pipe.execute()
+                self._from_log = {name for name, new in zip(names, written, strict=True)
+                                  if new}
         except UNAVAILABLE as exc:
             self._failed(exc, "load_spend")
             log.warning("could not seed spend in Redis at start-up; each key is seeded "
                         "from the usage log on its first request instead")
         else:
             self._succeeded()
+        self._start_worker()
+
+    async def charge_interrupted(self, charges: Sequence[Interrupted]) -> None:
+        """Spend without a reservation, once per generation id; nothing for the keys whose
+        spend load_spend wrote from the usage log (the sums hold it). Budget periods are
+        left to their own seeding."""
+        for charge in charges:
+            if charge.key_name not in self._from_log:
+                self.settle_spend(charge.key_name, charge.gen_id, charge.cost, orphan=True)
+
+    # -- spend lost by Redis ---------------------------------------------------------
+
+    def _new_marker(self) -> str:
+        return f"{time.time():.3f}-{self._replica}"
+
+    def _spend_check_due(self) -> bool:
+        return (self.spend_source is not None and not self._closing and self.available
+                and (self._suspect or time.monotonic() >= self._check_at))
+
+    async def _check_spend(self) -> None:
+        """Has Redis lost the spend (no marker) or has another replica rebuilt it (a marker
+        this replica has not seen)? Then rebuild, or put this replica's reservations back."""
+        self._suspect = False
+        self._check_at = time.monotonic() + SPEND_CHECK_S
+        try:
+            async with asyncio.timeout(REBUILD_TIMEOUT_S):
+                marker = _text(await cast(Awaitable[Any], self.client.get(self._marker)))
+                if marker is None:
+                    marker = await self._claim()
+                if marker is not None and marker != self._epoch:
+                    await self._join(marker)
+        except UNAVAILABLE:  # looked at again in SPEND_CHECK_S; requests keep trying
+            self.errors += 1  # Redis themselves (not skipped for retry_s on its account)
+        except Exception as exc:  # the usage log unreadable, a script bug: later
+            self._check_at = time.monotonic() + SPEND_RETRY_S
+            log.warning("could not rebuild the spend in Redis (trying again in %g s): %s: %s",
+                        SPEND_RETRY_S, type(exc).__name__, exc)
+        else:
+            self._succeeded()
+        finally:
+            checked, self._checked = self._checked, asyncio.Event()
+            checked.set()
+
+    async def check_spend(self) -> None:
+        """Have the outbox task look at the spend marker now, and wait until it has (it
+        does so every SPEND_CHECK_S anyway)."""
+        if self.spend_source is None:
+            return
+        self._start_worker()
+        checked = self._checked
+        self._suspect = True
+        assert self._wake is not None
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):  # Redis being skipped: no look for now
+            async with asyncio.timeout(REBUILD_TIMEOUT_S):
+                await checked.wait()
+
+    async def _claim(self) -> str | None:
+        """Rebuild every key's spend from the usage log; the marker another replica wrote
+        first, or None when this replica did it."""
+        assert self.spend_source is not None
+        cut: dict[str, Any] = {}
+
+        def at_cut() -> None:
+            cut["seq"], cut["open"] = self._queued, dict(self._open)
+
+        spend = await self.spend_source(at_cut)
+        token = self._new_marker()
+        done, marker = await self._rebuild_spend("claim", token, spend, cut["open"])
+        if not done:
+            return marker
+        for op in self._outbox:  # their usage rows were in the sums
+            if op.kind == "s" and op.seq <= cut["seq"]:
+                op.args = (op.args[0], 0, *op.args[2:])
+        for name, amount in spend.items():
+            self._saw(name, amount)
+        self._epoch = token
+        log.warning("Redis had lost the spend of every key: rebuilt from the usage log "
+                    "(%d keys) and %d open reservations put back", len(spend),
+                    len(cut["open"]))
+        return None
+
+    async def _join(self, marker: str) -> None:
+        """Another replica rebuilt the spend: put this replica's open reservations back."""
+        done, _ = await self._rebuild_spend("join", marker, {}, dict(self._open))
+        if done:
+            self._epoch = marker
+            log.warning("Redis had lost its data and another replica rebuilt the spend; "
+                        "%d open reservations of this replica put back", len(self._open))
+
+    async def _rebuild_spend(self, mode: str, marker: str, spend: Mapping[str, float],
+                             held: Mapping[str, tuple[str, int]]) -> tuple[bool, str]:
+        """lua/rebuild.lua: (done, the marker now)."""
+        by_key: dict[str, list[tuple[str, int]]] = {}
+        for rid, (name, units) in held.items():
+            by_key.setdefault(name, []).append((rid, units))
+        keys = [self._marker]
+        args: list[str | int | float] = [mode, marker, self._lease_ms]
+        for name in {*spend, *by_key}:
+            keys += self._credit_keys(name)[:3]
+            reservations = by_key.get(name, [])
+            amount = spend.get(name)
+            args += [-1 if amount is None else to_units(max(0.0, amount)), len(reservations)]
+            for rid, units in reservations:
+                args += [rid, units]
+        done, now = await self._eval(REBUILD, keys, args)
+        return int(done) == 1, _text(now) or ""
 
     # -- the background outbox ----------------------------------------------------
 
@@ -706,18 +863,21 @@ class RedisQuota:
         self._outbox.append(Op(kind, owner, keys, args, time.monotonic(), self._queued,
                                 window))
         if len(self._outbox) > OUTBOX_MAX:
-            self._outbox.popleft()
+            self._forget(self._outbox.popleft())
             self._drop(1, "the queue of settlements for Redis is full")
         try:
             asyncio.get_running_loop()
         except RuntimeError:  # no loop (a synchronous caller): sent with the next one
             return
+        self._start_worker()
+        assert self._wake is not None
+        self._wake.set()
+
+    def _start_worker(self) -> None:
         if self._worker is None or self._worker.done():
             self._wake = asyncio.Event()
             self._progress = asyncio.Condition()
             self._worker = asyncio.create_task(self._flush_loop(), name="redis-quota-outbox")
-        assert self._wake is not None
-        self._wake.set()
 
     def _compensate(self, kind: str, owner: str, keys: tuple[str, ...],
                     args: tuple[str | int, ...]) -> None:
@@ -736,15 +896,25 @@ class RedisQuota:
         log.error("dropped %d settlement(s) for Redis: %s (limits recover by themselves; "
                   "spend stays in the usage log)", count, why)
 
+    def _forget(self, op: Op) -> None:
+        """A settlement sent or given up: its reservation is no longer this replica's."""
+        if op.kind == "s":
+            self._open.pop(str(op.args[0]), None)
+
     async def _flush_loop(self) -> None:
         assert self._wake is not None and self._progress is not None
         wake, progress = self._wake, self._progress
         while True:
+            if self._spend_check_due():
+                await self._check_spend()
             if not self._outbox:
                 if self._closing:
                     return
                 wake.clear()
-                await wake.wait()
+                with contextlib.suppress(TimeoutError):  # the spend marker is looked at
+                    async with asyncio.timeout(
+                            SPEND_CHECK_S if self.spend_source is not None else None):
+                        await wake.wait()
                 continue
             wait = self._down_until - time.monotonic()
             if wait > 0 and not self._closing:  # Redis is skipped for now; close() wakes
@@ -762,6 +932,9 @@ class RedisQuota:
                 cutoff = time.monotonic() - OUTBOX_RETRY_S
                 keep = [op for op in batch if op.created >= cutoff]
                 if len(keep) < len(batch):
+                    for op in batch:
+                        if op.created < cutoff:
+                            self._forget(op)
                     self._drop(len(batch) - len(keep), "Redis unreachable for too long")
                 self._outbox.extendleft(reversed(keep))
                 if self._closing:  # one last try at shutdown; close() drops the rest
@@ -770,6 +943,8 @@ class RedisQuota:
                     self._done = max(self._done, batch[-1].seq)
             else:
                 self._succeeded()
+                for op in batch:
+                    self._forget(op)
                 self._done = max(self._done, batch[-1].seq)
             async with progress:
                 progress.notify_all()
@@ -812,7 +987,10 @@ class RedisQuota:
         applied, spent, *period = (result.decode() if isinstance(result, bytes)
                                    else result).split()
         name = op.owner.removeprefix("key:")
-        if applied != "1" and op.args[2] == "0" and int(op.args[1]) > 0:
+        if applied == "2":  # its reservation went with Redis's data: look at once
+            self._suspect = True
+        elif applied != "1" and op.args[2] == "0" and int(op.args[1]) > 0:
+            self._suspect = True
             log.info("no reservation %s of key %s left to settle (settled by an earlier "
                      "try, or expired: then its spend is in the usage log only)",
                      op.args[0], name)
@@ -858,6 +1036,7 @@ class RedisQuota:
         if self._outbox:
             self._drop(len(self._outbox), "Redis unreachable at shutdown")
             self._outbox.clear()
+        self._open.clear()
         self._closed = True
         await self.client.aclose()
 

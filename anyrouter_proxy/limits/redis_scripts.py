@@ -24,7 +24,8 @@ PEEK = Script("peek")
 RESERVE = Script("reserve")
 SETTLE = Script("settle")
 CREDIT_STATE = Script("credit_state")
-SCRIPTS = (ADMIT, PEEK, RESERVE, SETTLE, CREDIT_STATE)
+REBUILD = Script("rebuild")
+SCRIPTS = (ADMIT, PEEK, RESERVE, SETTLE, CREDIT_STATE, REBUILD)
 
 
 def to_units(usd: float) -> int:

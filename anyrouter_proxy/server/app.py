@@ -62,7 +62,7 @@ def create_app(config: Config, *, http: Upstream | None = None,
     quota: Quota = local_quota
     if config.state.backend == "redis":  # shared by replicas; this process's as fallback
         from ..limits.redis_quota import RedisQuota
-        quota = RedisQuota(config, local_quota)
+        quota = RedisQuota(config, local_quota, spend_source=store.spend_snapshot)
     gateway = Gateway(config, http=upstream, mock=MockUpstream(), quota=quota,
                       ledger=Ledger(store, metrics))
     batches = BatchRunner(gateway, BatchStore(store))
@@ -74,7 +74,10 @@ def create_app(config: Config, *, http: Upstream | None = None,
         await gateway.open()
         await store.open()
         try:
+            # Requests an earlier process died with are charged before anything is read.
+            interrupted = await store.recover_interrupted()
             await gateway.quota.load_spend(await store.spend_by_key())  # never refills a key
+            await gateway.quota.charge_interrupted(interrupted)
             await _load_period_spend(gateway.quota, store)
         except BaseException:
             await store.close()  # its threads must not keep a failed start alive

@@ -143,8 +143,10 @@ async def health(request: web.Request) -> web.Response:
     body: dict[str, Any] = {
         "status": "ok" if serving else "unavailable",
         "providers": providers,
-        "usage_log": {"status": "degraded" if store.last_error else "ok",
+        # Degraded while writes fail, and for good once a row was dropped (since start).
+        "usage_log": {"status": "degraded" if store.last_error or store.dropped else "ok",
                       "queue_depth": store.queue_depth, "dropped": store.dropped,
+                      "dropped_by_kind": dict(store.dropped_by_kind),
                       "last_error": store.last_error},
         "state": {"backend": request.app[GATEWAY].config.state.backend,
                   "status": "ok" if await request.app[GATEWAY].quota.probe()
@@ -237,6 +239,7 @@ async def metrics(request: web.Request) -> web.Response:
                 app_metrics.budget_remaining.labels(name).set(status.remaining)
         app_metrics.queue_depth.set(store.queue_depth)
         app_metrics.dropped.set(store.dropped)
+        app_metrics.dropped_rows(store.dropped_by_kind)
         for provider, state in board.states().items():
             app_metrics.circuit.labels(provider).set(STATE_CODES[state])
 

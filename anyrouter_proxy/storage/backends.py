@@ -12,6 +12,8 @@ def build_store(storage: StorageConfig) -> Store:
         from .postgres import PostgresStore
 
         return PostgresStore(storage.dsn or "", queue_max=storage.queue_max,
-                             flush_interval_s=storage.flush_interval_s)
+                             flush_interval_s=storage.flush_interval_s,
+                             audit_queue_max=storage.audit_queue_max)
     return SqliteStore(storage.sqlite_path, queue_max=storage.queue_max,
-                       flush_interval_s=storage.flush_interval_s)
+                       flush_interval_s=storage.flush_interval_s,
+                       audit_queue_max=storage.audit_queue_max)

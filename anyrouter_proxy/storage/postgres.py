@@ -14,17 +14,26 @@ shared by both backends); they are rewritten to `$1..$n` here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
-from ..types import GenerationRecord
+from ..types import GenerationRecord, Interrupted
 from .activity import POSTGRES_MIGRATION
+from .journal import (
+    JOURNAL_TABLE,
+    RECOVERED_COLUMNS,
+    RECOVERED_VALUES,
+    journal_params,
+    log_recovered,
+    new_owner,
+)
 from .responses import RESPONSES_POSTGRES
 from .store import (
     GENERATION_COLUMNS,
@@ -39,7 +48,7 @@ from .store import (
     generation_params,
     read_setting,
 )
-from .writer import Item, QueuedWriter
+from .writer import AUDIT, BILLING, Item, QueuedWriter
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +100,23 @@ MIGRATIONS: tuple[str, ...] = (
 POSTGRES_MIGRATION + SETTINGS_TABLE,
 # 4 -> 5: stored responses (POST /responses with store), the proxy's conversation state.
 RESPONSES_POSTGRES,
+    # 5 -> 6: the reservation journal of requests in flight (journal.py).
+    JOURNAL_TABLE.format(real="DOUBLE PRECISION"),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serialises migrations of replicas starting together (any 64-bit constant: "anyrout" in hex).
 _MIGRATION_LOCK = 0x616E79726F7574
+# A process holds the advisory lock (_OWNER_LOCK, its journal owner id) for as long as it
+# runs (two-key locks: a key space apart from _MIGRATION_LOCK's); a free lock is a gone owner.
+_OWNER_LOCK = 0x6A726E6C  # "jrnl"
+# The journal rows of one gone owner become usage rows (the DELETE takes each row once,
+# even with several replicas recovering at the same time); those whose usage row made it
+# are only deleted.
+_RECOVER = f"""
+    WITH gone AS (DELETE FROM reservation_journal WHERE owner = $1 RETURNING *)
+    INSERT INTO generations ({RECOVERED_COLUMNS}) SELECT {RECOVERED_VALUES} FROM gone
+    ON CONFLICT (id) DO NOTHING RETURNING id, key_name, cost
+"""
 
 # INSERT OR REPLACE becomes an upsert: a generation recorded twice (cancelled at shutdown,
 # then finished) must not become a poison row that fails every retry of its batch.
@@ -160,7 +182,7 @@ class PostgresStore:
     def __init__(
         self, dsn: str, *, queue_max: int = 10000, flush_interval_s: float = 0.2,
         batch_max: int = 500, close_timeout_s: float = 10.0, connect_timeout_s: float = 10.0,
-        command_timeout_s: float = 30.0, pool_max: int = 4,
+        command_timeout_s: float = 30.0, pool_max: int = 4, audit_queue_max: int = 1000,
     ) -> None:
         self.dsn = dsn
         self.close_timeout_s = close_timeout_s
@@ -168,13 +190,20 @@ class PostgresStore:
         self.command_timeout_s = command_timeout_s
         self.pool_max = pool_max
         self.writer = QueuedWriter(self, queue_max=queue_max, flush_interval_s=flush_interval_s,
-                                   batch_max=batch_max, close_timeout_s=close_timeout_s)
+                                   batch_max=batch_max, close_timeout_s=close_timeout_s,
+                                   audit_queue_max=audit_queue_max)
+        self.owner = new_owner()  # this process's journal rows (journal.py)
         self.retention = Retention(self.prune, (Exception,), self._scrub)
         self._pool: Any = None  # asyncpg.Pool
+        self._owner_conn: Any = None  # holds this process's _OWNER_LOCK
 
     @property
     def dropped(self) -> int:
         return self.writer.dropped
+
+    @property
+    def dropped_by_kind(self) -> dict[str, int]:
+        return self.writer.dropped_by_kind
 
     @property
     def write_errors(self) -> int:
@@ -211,6 +240,7 @@ class PostgresStore:
                 "(check storage.dsn and that PostgreSQL is running and reachable)") from exc
         try:
             await self._migrate()
+            await self._hold_owner_lock()
         except BaseException:
             await self._close_connections()
             raise
@@ -220,6 +250,18 @@ class PostgresStore:
         await self.retention.close()
         await self.writer.close()
         await self._close_connections()
+
+    async def _hold_owner_lock(self) -> None:
+        try:
+            self._owner_conn = await asyncpg.connect(
+                self.dsn, timeout=self.connect_timeout_s,
+                command_timeout=self.command_timeout_s,
+                server_settings={"application_name": "anyrouter-proxy"})
+            await self._owner_conn.execute("SELECT pg_advisory_lock($1, $2)", _OWNER_LOCK,
+                                           self.owner)
+        except Exception as exc:
+            raise StoreError(f"cannot prepare usage database {self.where}: "
+                             f"{self._scrub(exc)}") from exc
 
     async def _migrate(self) -> None:
         try:
@@ -251,6 +293,12 @@ class PostgresStore:
                              f"{self._scrub(exc)}") from exc
 
     async def _close_connections(self) -> None:
+        owner_conn, self._owner_conn = self._owner_conn, None
+        if owner_conn is not None:
+            with contextlib.suppress(Exception):  # the lock goes with the session anyway
+                await asyncio.wait_for(owner_conn.close(), self.close_timeout_s)
+            if not owner_conn.is_closed():
+                owner_conn.terminate()
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -266,15 +314,21 @@ class PostgresStore:
             params = generation_params(rec)
         except (TypeError, ValueError):  # a bug upstream of us must not fail the request
             log.exception("usage record %s cannot be stored", rec.id)
-            self.writer.dropped += 1
+            self.writer.drop(BILLING)
             return False
-        return self.writer.enqueue(INSERT_GENERATION, params)
+        return self.writer.record(rec.id, params)
+
+    def journal(self, rec: GenerationRecord, reserved: float, prompt_estimate: int) -> bool:
+        """Journal a request whose books just opened (journal.py)."""
+        return self.writer.journal(
+            rec.id, journal_params(self.owner, rec, reserved, prompt_estimate))
 
     def audit(
         self, event: str, *, key_name: str | None = None, trace_id: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
-        return self.writer.enqueue(INSERT_AUDIT, audit_params(event, key_name, trace_id, detail))
+        return self.writer.enqueue(INSERT_AUDIT, audit_params(event, key_name, trace_id, detail),
+                                   kind=AUDIT)
 
     def enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
         return self.writer.enqueue(sql, params, bounded=bounded)
@@ -286,16 +340,15 @@ class PostgresStore:
 
     async def write_batch(self, items: Sequence[Item]) -> None:
         pool = self._require_pool()
-        groups: dict[str, list[tuple[Any, ...]]] = {}
-        for item in items:
-            groups.setdefault(to_postgres(item.sql), []).append(item.params)
-        if _UPSERT_GENERATION in groups:
-            # The roll-up's rows are locked in one order by every replica: no deadlocks.
-            groups[_UPSERT_GENERATION].sort(key=_rollup_order)
+        plan = [(to_postgres(sql), rows) for sql, rows in self.writer.plan(items)]
+        for sql, rows in plan:
+            if sql == _UPSERT_GENERATION:
+                # The roll-up's rows are locked in one order by every replica: no deadlocks.
+                rows.sort(key=_rollup_order)
         async with pool.acquire(timeout=self.connect_timeout_s) as conn:
             try:
                 async with conn.transaction():
-                    for sql, rows in groups.items():
+                    for sql, rows in plan:
                         await conn.executemany(sql, rows)
             except _PG_BAD_ROW_ERRORS as exc:
                 raise BadRowError(f"{type(exc).__name__}: {exc}") from exc
@@ -334,6 +387,41 @@ class PostgresStore:
             raise StoreError(f"cannot read spend from usage database {self.where}: "
                              f"{self._scrub(exc)}") from exc
         return {str(row["key_name"]): float(row["cost"]) for row in rows}
+
+    async def spend_snapshot(self, at_cut: Callable[[], None] | None = None
+                             ) -> dict[str, float]:
+        """Spend per key as of one instant, rows not yet written included (writer.py)."""
+        return await self.writer.spend_snapshot(self.spend_by_key, at_cut)
+
+    async def recover_interrupted(self) -> list[Interrupted]:
+        """At start, before serving: the requests that a process now gone had in flight
+        become usage rows with status `interrupted`, charged at their reservation."""
+        found = await self._recover_rows()
+        log_recovered(found)
+        return found
+
+    async def _recover_rows(self) -> list[Interrupted]:
+        """The journal rows of owners whose lock is free (their process is gone; several
+        replicas may share the database) become usage rows."""
+        pool = self._require_pool()
+        found: list[Interrupted] = []
+        try:
+            async with pool.acquire(timeout=self.connect_timeout_s) as conn:
+                owners = await conn.fetch(
+                    "SELECT DISTINCT owner FROM reservation_journal WHERE owner <> $1",
+                    self.owner)
+                for (owner,) in owners:
+                    async with conn.transaction():
+                        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, $2)",
+                                                   _OWNER_LOCK, int(owner)):
+                            continue  # alive: its requests are still running
+                        rows = await conn.fetch(_RECOVER, owner)
+                    found += [Interrupted(str(r["id"]), str(r["key_name"]), float(r["cost"]))
+                              for r in rows]
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot recover interrupted requests from usage database "
+                             f"{self.where}: {self._scrub(exc)}") from exc
+        return found
 
     async def spend_since(self, since: float) -> dict[str, float]:
         try:

@@ -16,18 +16,25 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from ..types import GenerationRecord
+from ..types import GenerationRecord, Interrupted
 from .activity import SQLITE_MIGRATION
+from .journal import (
+    JOURNAL_TABLE,
+    LiveLock,
+    journal_params,
+    log_recovered,
+    new_owner,
+    recover_sqlite,
+)
 from .responses import RESPONSES_SQLITE
 from .store import (
     INSERT_AUDIT,
-    INSERT_GENERATION,
     PRUNE_STATEMENTS,
     SETTINGS_TABLE,
     Retention,
@@ -37,11 +44,11 @@ from .store import (
     generation_params,
     read_setting,
 )
-from .writer import Item, QueuedWriter
+from .writer import AUDIT, BILLING, Item, QueuedWriter
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # MIGRATIONS[n] takes a database from user_version n to n + 1; later versions append.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -88,6 +95,8 @@ MIGRATIONS: tuple[str, ...] = (
     SQLITE_MIGRATION + SETTINGS_TABLE,
     # 4 -> 5: stored responses (POST /responses with store), the proxy's conversation state.
     RESPONSES_SQLITE,
+    # 5 -> 6: the reservation journal of requests in flight (journal.py).
+    JOURNAL_TABLE.format(real="REAL"),
 )
 
 _CARRY_SPEND = """
@@ -162,11 +171,15 @@ class SqliteStore:
     def __init__(
         self, path: Path, *, queue_max: int = 10000, flush_interval_s: float = 0.2,
         batch_max: int = 2000, busy_timeout_s: float = 5.0, close_timeout_s: float = 10.0,
+        audit_queue_max: int = 1000,
     ) -> None:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
         self.writer = QueuedWriter(self, queue_max=queue_max, flush_interval_s=flush_interval_s,
-                                   batch_max=batch_max, close_timeout_s=close_timeout_s)
+                                   batch_max=batch_max, close_timeout_s=close_timeout_s,
+                                   audit_queue_max=audit_queue_max)
+        self.owner = new_owner()  # this process's journal rows (journal.py)
+        self._live: LiveLock | None = None
         self.retention = Retention(self.prune, (sqlite3.Error,), str)
         self._wdb: aiosqlite.Connection | None = None
         self._rdb: aiosqlite.Connection | None = None
@@ -175,6 +188,10 @@ class SqliteStore:
     @property
     def dropped(self) -> int:
         return self.writer.dropped
+
+    @property
+    def dropped_by_kind(self) -> dict[str, int]:
+        return self.writer.dropped_by_kind
 
     @property
     def write_errors(self) -> int:
@@ -198,13 +215,20 @@ class SqliteStore:
         # Checking and migrating the file is done with plain sqlite3 in a thread first: a
         # failed aiosqlite connect leaves its worker thread finishing behind our back.
         await asyncio.to_thread(self._prepare)
-        self._wdb = await self._connect()
+        live = LiveLock(self.path, self.owner)  # this process runs: see journal.py
         try:
+            await asyncio.to_thread(live.hold)
+        except OSError as exc:
+            raise StoreError(f"cannot create a lock file beside {self.path}: {exc}") from exc
+        try:
+            self._wdb = await self._connect()
             self._rdb = await self._connect()
             self._adb = await self._connect()
         except BaseException:
             await self._close_connections()
+            live.release()
             raise
+        self._live = live
         self._rdb.row_factory = self._adb.row_factory = sqlite3.Row
         self.writer.start()
 
@@ -212,6 +236,9 @@ class SqliteStore:
         await self.retention.close()
         await self.writer.close()
         await self._close_connections()
+        if self._live is not None:
+            self._live.release()
+            self._live = None
 
     def _prepare(self) -> None:
         try:
@@ -268,15 +295,22 @@ class SqliteStore:
             params = generation_params(rec)
         except (TypeError, ValueError):  # a bug upstream of us must not fail the request
             log.exception("usage record %s cannot be stored", rec.id)
-            self.writer.dropped += 1
+            self.writer.drop(BILLING)
             return False
-        return self.writer.enqueue(INSERT_GENERATION, params)
+        return self.writer.record(rec.id, params)
+
+    def journal(self, rec: GenerationRecord, reserved: float, prompt_estimate: int) -> bool:
+        """Journal a request whose books just opened (`reserved` USD held): if the process
+        dies before its usage row is written, the next start charges it (journal.py)."""
+        return self.writer.journal(
+            rec.id, journal_params(self.owner, rec, reserved, prompt_estimate))
 
     def audit(
         self, event: str, *, key_name: str | None = None, trace_id: str | None = None,
         detail: Mapping[str, Any] | None = None,
     ) -> bool:
-        return self.writer.enqueue(INSERT_AUDIT, audit_params(event, key_name, trace_id, detail))
+        return self.writer.enqueue(INSERT_AUDIT, audit_params(event, key_name, trace_id, detail),
+                                   kind=AUDIT)
 
     async def report(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """An aggregate query (activity, dashboard) on a connection of its own, so that a
@@ -300,12 +334,10 @@ class SqliteStore:
         """One transaction of `items`, rows of one statement sent as few statements."""
         assert self._wdb is not None
         db = self._wdb
-        groups: dict[str, list[tuple[Any, ...]]] = {}
-        for item in items:
-            groups.setdefault(item.sql, []).append(item.params)
+        plan = self.writer.plan(items)
         await db.execute("BEGIN IMMEDIATE")
         try:
-            for sql, rows in groups.items():
+            for sql, rows in plan:
                 statements = multi_row(sql, rows)
                 if statements is None:
                     await db.executemany(sql, rows)
@@ -338,6 +370,30 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:  # garbled pages behind a valid header
             raise _open_error(self.path, exc) from exc
         return {str(name): float(total) for name, total in rows}
+
+    async def spend_snapshot(self, at_cut: Callable[[], None] | None = None
+                             ) -> dict[str, float]:
+        """Spend per key as of one instant, rows not yet written included (writer.py)."""
+        return await self.writer.spend_snapshot(self.spend_by_key, at_cut)
+
+    async def recover_interrupted(self) -> list[Interrupted]:
+        """At start, before serving: the requests that a process now gone had in flight
+        become usage rows with status `interrupted`, charged at their reservation."""
+        found = await asyncio.to_thread(self._recover)
+        log_recovered(found)
+        return found
+
+    def _recover(self) -> list[Interrupted]:
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_s)
+        except sqlite3.Error as exc:
+            raise _open_error(self.path, exc) from exc
+        try:
+            return recover_sqlite(db, self.path, self.owner)
+        except sqlite3.Error as exc:
+            raise _open_error(self.path, exc) from exc
+        finally:
+            db.close()
 
     async def spend_since(self, since: float) -> dict[str, float]:
         """USD per key of the usage rows created at or after `since` (Unix seconds): a

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..types import PROVIDER, GenerationRecord
+from ..types import PROVIDER, GenerationRecord, Interrupted
+from .journal import INTERRUPTED
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ class Store(Protocol):
     def transactions(self) -> int: ...
     @property
     def queue_depth(self) -> int: ...
+    @property
+    def dropped_by_kind(self) -> dict[str, int]:
+        """Rows dropped since start by kind: billing (usage rows) or audit."""
+        ...
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -79,6 +84,9 @@ class Store(Protocol):
     def enqueue(self, sql: str, params: tuple[Any, ...], *, bounded: bool = True) -> bool:
         """Queue any write (`?` placeholders); `bounded=False` for the few rows that must
         not be dropped when the queue is full (batch bookkeeping)."""
+        ...
+    def journal(self, rec: GenerationRecord, reserved: float, prompt_estimate: int) -> bool:
+        """Journal a request whose books just opened (journal.py)."""
         ...
     async def flush(self) -> None: ...
     async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -93,6 +101,14 @@ class Store(Protocol):
     async def setting(self, name: str, default: str) -> str: ...
 
     async def spend_by_key(self) -> dict[str, float]: ...
+    async def spend_snapshot(self, at_cut: Callable[[], None] | None = None
+                             ) -> dict[str, float]:
+        """Spend per key as of one instant: the usage log plus the usage rows not yet
+        written; `at_cut` runs at that instant."""
+        ...
+    async def recover_interrupted(self) -> list[Interrupted]:
+        """At start: the requests a gone process had in flight become usage rows."""
+        ...
     async def spend_since(self, since: float) -> dict[str, float]:
         """USD per key of the usage rows created at or after `since` (Unix seconds)."""
         ...
@@ -147,13 +163,24 @@ _SAME_NAME = (
 )
 
 
+def _status(row: Any) -> str:
+    """completed | cancelled | failed | interrupted (the process died with it in flight)."""
+    if row["error_code"] == INTERRUPTED:
+        return INTERRUPTED
+    if row["cancelled"]:
+        return "cancelled"
+    return "failed" if row["status_code"] >= 400 else "completed"
+
+
 def present(row: Any) -> dict[str, Any]:
-    """A row in OpenRouter's GET /generation shape (plus trace_id, usage_source, attempts)."""
+    """A row in OpenRouter's GET /generation shape (plus trace_id, usage_source, attempts,
+    status)."""
     created = datetime.fromtimestamp(row["created_at"], UTC)
     out: dict[str, Any] = {name: row[name] for name in _SAME_NAME}
     if out["usage_source"] == LEGACY_PROVIDER_SOURCE:  # a row stored before the rename
         out["usage_source"] = PROVIDER
     out.update(
+        status=_status(row),
         provider_name=row["provider"], total_cost=row["cost"], usage=row["cost"],
         operator_cost=row["operator_cost"],
         # One tokenizer count: OpenRouter's normalized and native counts are the same here.

@@ -44,6 +44,7 @@ from bench.serve_process import ServeProcess
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider, sha256
 from tests.fakes import Behaviour, FakeOpenAI
 from tests.net import free_port
+from tests.stalled_disk import locked
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals, /proc, prlimit")
 
@@ -145,18 +146,6 @@ async def proxy(config_factory: ConfigFactory, start_proxy: StartProxy,
         models={MODEL: {"routes": [{"provider": "openai", "model": "gpt-4o-mini"}]}}))
 
 
-@contextlib.contextmanager
-def locked(db_path: Path) -> Any:
-    """An exclusive write lock on the database, held by another connection."""
-    db = sqlite3.connect(db_path, timeout=0, isolation_level=None)
-    try:
-        db.execute("BEGIN EXCLUSIVE")
-        yield db
-    finally:
-        db.rollback()
-        db.close()
-
-
 async def test_locked_database_keeps_serving_and_catches_up(proxy: Proxy) -> None:
     base = proxy.url("")
     db_path = proxy.config.storage.sqlite_path
@@ -217,17 +206,23 @@ async def test_rows_beyond_the_queue_bound_are_dropped_and_counted(
             results = await asyncio.gather(*[chat(session, base) for _ in range(25)])
             assert all(status == 200 for status, *_ in results)  # serving never stops
             report = (await health(session, base))["usage_log"]
-            assert (report["queue_depth"], report["dropped"]) == (10, 15)
+            # Ten usage rows wait (plus the journal rows of requests whose batch is stuck).
+            assert report["queue_depth"] >= 10 and report["dropped"] == 15
+            assert report["dropped_by_kind"] == {"billing": 15, "audit": 0}
             assert await gauge(session, base, "anyrouter_usage_rows_dropped") == 15
-        await until(lambda: _queue_empty(session, base), 15, "queue drained")
+        await until(lambda: _queue_empty(session, base, after_drops=True), 15, "queue drained")
+        # A dropped row is money unaccounted for: the log stays degraded until a restart.
+        assert (await health(session, base))["usage_log"]["status"] == "degraded"
     rows = generation_ids(db_path)
     assert len(rows) == 10  # the queue bound: the first ten, the rest counted as dropped
     assert set(rows) == {gen_id for _, gen_id, _, _ in results[:10]}
 
 
-async def _queue_empty(session: aiohttp.ClientSession, base: str) -> bool:
+async def _queue_empty(session: aiohttp.ClientSession, base: str,
+                       after_drops: bool = False) -> bool:
     report = (await health(session, base))["usage_log"]
-    return bool(report["queue_depth"] == 0 and report["status"] == "ok")
+    return bool(report["queue_depth"] == 0 and report["last_error"] is None
+                and report["status"] == ("degraded" if after_drops else "ok"))
 
 
 # -- (a) a full disk: the serve process may not write a byte, then may again ---------------------
@@ -379,13 +374,17 @@ async def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path,
     assert len(old) > 50
     assert [r[1] for r in old if r[1] not in rows] == []
     assert integrity(db_path) == "ok"
-    # The database is usable by the next start (WAL recovered), with every row kept.
+    # The database is usable by the next start (WAL recovered), with every row kept; the
+    # requests the kill caught with a journal row and no usage row are charged as
+    # interrupted (500).
     async with ServeProcess.start(path) as again:
         async with aiohttp.ClientSession() as session:
             status, *_ = await chat(session, again.url(""))
             assert status == 200
         assert await again.stop() == 0
-    assert len(generation_ids(db_path)) == len(rows) + 1
+    after = generation_ids(db_path)
+    interrupted = {gen_id for gen_id, code in after.items() if gen_id not in rows and code == 500}
+    assert len(after) == len(rows) + len(interrupted) + 1
 
 
 # -- (d) a database the proxy cannot use is refused at start --------------------------------------

@@ -13,21 +13,24 @@
 --      without one (on a replica's local ledger while Redis was unreachable).
 --      KEYS: credit hash {spent, reserved}, reservations hash (id -> amount),
 --      reservation expiries (id -> ms), done set (ids of spend recorded without a
---      reservation, for a while). ARGV: id, real cost (units of 1e-10 USD, see
+--      reservation, for a while), then (optional) the spend marker (redis_quota.py; gone
+--      when Redis lost its data: then a reservation that vanished still has its spend
+--      counted, as spend without one). ARGV: id, real cost (units of 1e-10 USD, see
 --      reserve.lua), "1" when without a reservation, done ttl ms, spend floor (the
 --      highest spend the replica saw: where Redis has no spend, it lost its data, and
 --      the spend restarts from there).
 --      Idempotent: a reservation is settled once (its entry is removed), spend without
 --      one is recorded once per id within the done ttl.
---      A key with a budget adds a fifth key, the spend of the period the reservation
---      was made in (see reserve.lua), and two args: its floor and expiry (Unix ms); an
---      applied settlement then answers "1 spent period_spent".
+--      A key with a budget adds a sixth key (after the marker), the spend of the period
+--      the reservation was made in (see reserve.lua), and two args: its floor and expiry
+--      (Unix ms); an applied settlement then answers "1 spent period_spent".
 --
 -- ARGV: the number of operations, then per operation: kind, #keys, #args, args...
 -- KEYS: every operation's keys, one after the other.
--- Returns one entry per operation: 1 for t and r; for s "applied spent" (applied 1 or
--- 0 = nothing to do: already settled, or the reservation expired and its spend is in
--- the usage log only; spent -1 = none).
+-- Returns one entry per operation: 1 for t and r; for s "applied spent" (applied 1,
+-- 2 = counted though its reservation was gone with the marker, or 0 = nothing to do:
+-- already settled, or the reservation expired and its spend is in the usage log only;
+-- spent -1 = none).
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 
 local clock = redis.call('TIME')
@@ -76,14 +79,15 @@ end
 local function settle(keys, args)
   local id, actual, orphan = args[1], tonumber(args[2]), args[3] == '1'
   local ttl_ms, floor = tonumber(args[4]), tonumber(args[5])
-  if orphan then
+  local held = not orphan and redis.call('HGET', keys[2], id)
+  local lost = not held and keys[5] ~= nil and redis.call('EXISTS', keys[5]) == 0
+  if orphan or lost then
     redis.call('ZREMRANGEBYSCORE', keys[4], '-inf', now_ms)
     if redis.call('ZADD', keys[4], 'NX', now_ms + ttl_ms, id) == 0 then
       return '0 ' .. (redis.call('HGET', keys[1], 'spent') or '-1')
     end
     redis.call('PEXPIRE', keys[4], ttl_ms)
   else
-    local held = redis.call('HGET', keys[2], id)
     if not held then return '0 ' .. (redis.call('HGET', keys[1], 'spent') or '-1') end
     redis.call('HDEL', keys[2], id)
     redis.call('ZREM', keys[3], id)
@@ -95,7 +99,8 @@ local function settle(keys, args)
   local spent = tonumber(redis.call('HGET', keys[1], 'spent') or nil) or floor
   if spent > 0 or actual > 0 then redis.call('HSET', keys[1], 'spent', int(spent + actual)) end
   local period = ''
-  if keys[5] then period = add_to_period(keys[5], actual, args[6], args[7]) end
+  if keys[6] then period = add_to_period(keys[6], actual, args[6], args[7]) end
+  if lost and not orphan then return '2 ' .. int(spent + actual) .. period end
   return '1 ' .. int(spent + actual) .. period
 end
 

@@ -92,7 +92,7 @@ async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(
         assert new is not None and new["operator_cost"] == 0.25
     finally:
         await store.close()
-    assert rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 5
+    assert rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 6
 
 
 async def test_newer_schema_refuses_naming_both_versions(tmp_path: Path) -> None:
@@ -210,9 +210,10 @@ async def test_queue_full_drops_without_blocking(
     await s.open()
     with caplog.at_level(logging.WARNING, logger="anyrouter_proxy.storage.writer"):
         results = [s.record(make_record(i)) for i in range(5)]
-        assert s.audit("auth_failed") is False
+        assert s.audit("auth_failed") is True  # audit rows have a bound of their own
     assert results == [True, True, True, False, False]
-    assert (s.dropped, s.queue_depth) == (3, 3)
+    assert (s.dropped, s.queue_depth) == (2, 4)
+    assert s.dropped_by_kind == {"billing": 2, "audit": 0}
     assert len([r for r in caplog.records if "queue full" in r.message]) == 1  # rate-limited
     await s.flush()
     assert [r["id"] for r in rows(s.path)] == ["gen-0", "gen-1", "gen-2"]
@@ -346,7 +347,7 @@ async def test_get_generation_openrouter_shape(store: SqliteStore) -> None:
         "time_to_first_token": 57, "streamed": True, "cancelled": True,
         "finish_reason": "length", "status_code": 499, "error_code": "client_gone",
         "created_at": "2024-05-01T12:00:00.250Z", "endpoint": "messages", "trace_id": "trace-1",
-        "usage_source": "estimated",
+        "usage_source": "estimated", "status": "cancelled",
         "attempts": [{"provider": "openai", "status": 503, "latency_ms": 12.3},
                      {"provider": "anthropic", "status": "timeout", "latency_ms": 30000.0}],
     }
