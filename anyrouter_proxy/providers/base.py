@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -127,6 +127,20 @@ class Exchange(Protocol):
     def reply(self, data: Any, ctx: CallContext) -> Reply: ...
 
     def translator(self, ctx: CallContext) -> StreamTranslator: ...
+
+
+@runtime_checkable
+class FanOut(Protocol):
+    """An exchange that serves one request with several upstream calls (a model that
+    embeds one text per call): the gateway sends them concurrently, at most `concurrency`
+    at once, and hands every answer back in the order of the calls. Its `build` and
+    `reply` serve a request that takes one call."""
+
+    concurrency: int
+
+    def build_all(self, body: dict[str, Any], ctx: CallContext) -> list[UpstreamCall]: ...
+
+    def reply_all(self, answers: list[Any], ctx: CallContext) -> Reply: ...
 
 
 class TokenCounter(Protocol):
