@@ -115,6 +115,7 @@ class FakeBedrock:
         self.base_url = ""
         self.invoke_delay_s = 0.0  # InvokeModel: how long each call takes to answer
         self.in_flight = self.max_in_flight = 0  # InvokeModel calls being answered
+        self.invoke_cancelled = 0  # InvokeModel calls dropped by the client before the answer
 
     def then(self, *replies: Reply) -> FakeBedrock:
         self.script.extend(replies)
@@ -188,6 +189,9 @@ class FakeBedrock:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(self.invoke_delay_s)
+        except asyncio.CancelledError:
+            self.invoke_cancelled += 1
+            raise
         finally:
             self.in_flight -= 1
         if reply.body is not None:

@@ -4,6 +4,7 @@ which verifies every SigV4 signature and answers as Titan v1/v2 and Cohere v3/v4
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import sqlite3
 import struct
@@ -192,6 +193,30 @@ async def test_calls_run_concurrently_within_the_bound(sdk: openai.AsyncOpenAI,
     result = await sdk.embeddings.create(model=TITAN_V2, input=texts, encoding_format="float")
     assert [item.embedding for item in result.data] == [fake_vector(t, 1024) for t in texts]
     assert 1 < fake.max_in_flight <= FAN_OUT_CONCURRENCY
+
+
+async def test_a_client_that_leaves_cancels_every_call(proxy: Proxy,
+                                                      fake: FakeBedrock) -> None:
+    fake.invoke_delay_s = 5
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await session.post(f"{proxy.base_url}/embeddings", headers=auth(),
+                                   json={"model": TITAN_V2, "input": TEXTS})
+    for _ in range(50):
+        if fake.invoke_cancelled == FAN_OUT_CONCURRENCY:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.invoke_cancelled == FAN_OUT_CONCURRENCY  # those in flight, none after
+    assert len(fake.calls) == FAN_OUT_CONCURRENCY and fake.in_flight == 0
+    await proxy.flush()
+    db = sqlite3.connect(proxy.config.storage.sqlite_path)
+    try:
+        status, cancelled, cost = db.execute(
+            "SELECT status_code, cancelled, cost FROM generations").fetchone()
+    finally:
+        db.close()
+    assert (status, cancelled, cost) == (499, 1, 0)  # nothing answered: nothing charged
 
 
 # --- refusals -------------------------------------------------------------------------------
