@@ -56,7 +56,14 @@ from .limits.quota import NOTHING_HELD, Held, Quota
 from .output_cap import OutputCap, cap_upstream_body, output_cap
 from .pricing import estimate_prompt_tokens, worst_case_cost
 from .providers.aws_auth import AwsAuth
-from .providers.base import CallContext, Exchange, FanOut, StreamTranslator, UpstreamCall
+from .providers.base import (
+    CallContext,
+    Exchange,
+    FanOut,
+    StreamTranslator,
+    UpstreamCall,
+    as_fan_out,
+)
 from .providers.google_auth import VERTEX, GoogleTokens
 from .providers.registry import exchange_for, stream_decoder, token_counter_for
 from .responses_turn import Turn, prepare_turn
@@ -519,8 +526,9 @@ class Gateway:
 
     async def _complete(self, req: ProxyRequest, ctx: CallContext, exchange: Exchange,
                         books: Books, headers: dict[str, str]) -> Answer:
-        if isinstance(exchange, FanOut):
-            reply = exchange.reply_all(await self._fan_out(ctx, exchange, req.body, books), ctx)
+        fan_out = as_fan_out(exchange)
+        if fan_out is not None:
+            reply = fan_out.reply_all(await self._fan_out(ctx, fan_out, req.body, books), ctx)
         else:
             response = await self._send(ctx, exchange, req.body, books)
             reply = exchange.reply(await _read_json(response, ctx.provider), ctx)

@@ -12,7 +12,7 @@ import pytest
 
 from anyrouter_proxy.config.model import ProviderConfig, Route
 from anyrouter_proxy.errors import InvalidRequest, UpstreamError
-from anyrouter_proxy.providers.base import CallContext, FanOut
+from anyrouter_proxy.providers.base import CallContext, as_fan_out
 from anyrouter_proxy.providers.bedrock_embed_wire import (
     COHERE_V3,
     COHERE_V4,
@@ -23,7 +23,7 @@ from anyrouter_proxy.providers.bedrock_embed_wire import (
 )
 from anyrouter_proxy.providers.bedrock_embeddings import BedrockEmbeddings
 from anyrouter_proxy.providers.registry import exchange_for
-from anyrouter_proxy.types import EMBEDDINGS
+from anyrouter_proxy.types import CHAT, EMBEDDINGS
 
 BEDROCK = ProviderConfig(id="aws", kind="bedrock", base_url="https://bedrock", region="us-east-1",
                          headers={"X-Amzn-Bedrock-Trace": "ENABLED"})
@@ -37,7 +37,7 @@ def ctx(model: str) -> CallContext:
 
 def exchange() -> BedrockEmbeddings:
     found = exchange_for(EMBEDDINGS, "bedrock")
-    assert isinstance(found, BedrockEmbeddings) and isinstance(found, FanOut)
+    assert isinstance(found, BedrockEmbeddings) and as_fan_out(found) is found
     return found
 
 
@@ -188,6 +188,11 @@ def test_answers_that_do_not_fit_are_the_upstreams_fault(model: str,
     with pytest.raises(UpstreamError) as caught:
         exchange().reply_all(answers, context)
     assert caught.value.code == "upstream_invalid_response"
+
+
+def test_other_exchanges_are_not_fan_outs() -> None:
+    chat = exchange_for(CHAT, "bedrock")
+    assert chat is not None and as_fan_out(chat) is None
 
 
 def test_embeddings_do_not_stream() -> None:
