@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .embeddings_shape import float_vector
+from .embeddings_shape import float_vector, token_count
 from .shapes import bad_type, need_bool, opt_str, unsupported
 
 COHERE_INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
@@ -94,8 +94,7 @@ def _titan_answer(data: Any) -> Answer | None:
     vector = float_vector(data.get("embedding"))
     if vector is None:
         return None
-    count = data.get("inputTextTokenCount")
-    return Answer([vector], count if _is_count(count) else None)
+    return Answer([vector], token_count(data.get("inputTextTokenCount")))
 
 
 def _cohere_answer(data: Any) -> Answer | None:
@@ -112,12 +111,7 @@ def _cohere_answer(data: Any) -> Answer | None:
     meta = data.get("meta")
     billed = meta.get("billed_units") if isinstance(meta, dict) else None
     count = billed.get("input_tokens") if isinstance(billed, dict) else None
-    tokens = int(count) if isinstance(count, int | float) and _is_count(count) else None
-    return Answer([v for v in vectors if v is not None], tokens)
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return Answer([v for v in vectors if v is not None], token_count(count))
 
 
 COHERE_EXTRAS = ("input_type", "truncate")

@@ -10,11 +10,13 @@ provider's count, else the prompt estimate the request is then charged at.
 from __future__ import annotations
 
 import base64
+import math
 import struct
 from typing import Any
 
 from ..pricing import estimate_prompt_tokens
 from ..types import Usage
+from .anthropic_translate import MAX_TOKEN_COUNT
 from .base import CallContext, Reply
 from .shapes import bad_type, need_int, opt_str, unsupported
 
@@ -71,3 +73,11 @@ def float_vector(value: Any) -> list[float] | None:
             isinstance(v, int | float) and not isinstance(v, bool) for v in value):
         return None
     return [float(v) for v in value]
+
+
+def token_count(value: Any) -> int | None:
+    """A provider's token count, at most MAX_TOKEN_COUNT; None when it is not a count."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
+            or not math.isfinite(value):
+        return None
+    return min(int(value), MAX_TOKEN_COUNT)

@@ -18,7 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 from .base import CallContext, Reply, UpstreamCall, invalid_response
-from .embeddings_shape import embedding_options, embedding_texts, embeddings_reply, float_vector
+from .embeddings_shape import (
+    embedding_options,
+    embedding_texts,
+    embeddings_reply,
+    float_vector,
+    token_count,
+)
 from .gemini_relay import GeminiToOpenAIRelay
 from .google_wire import VERTEX, google_headers, method_path, model_resource
 from .shapes import need_body
@@ -79,9 +85,9 @@ def _vectors(data: dict[str, Any], ctx: CallContext) -> tuple[list[list[float]],
             raise invalid_response(ctx, "an embedding without its values")
         vectors.append(vector)
         stats = item.get("statistics")
-        count = stats.get("token_count") if isinstance(stats, dict) else None
-        if isinstance(count, int | float) and not isinstance(count, bool):
-            tokens = (tokens or 0) + int(count)
+        count = token_count(stats.get("token_count")) if isinstance(stats, dict) else None
+        if count is not None:
+            tokens = (tokens or 0) + count
     if not vectors:
         raise invalid_response(ctx, "no embeddings")
     return vectors, tokens

@@ -8,10 +8,14 @@ import base64
 import struct
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from anyrouter_proxy.config.model import ProviderConfig, Route
 from anyrouter_proxy.errors import InvalidRequest, UpstreamError
+from anyrouter_proxy.providers.anthropic_translate import MAX_TOKEN_COUNT
 from anyrouter_proxy.providers.base import CallContext, as_fan_out
 from anyrouter_proxy.providers.bedrock_embed_wire import (
     COHERE_V3,
@@ -198,3 +202,65 @@ def test_other_exchanges_are_not_fan_outs() -> None:
 def test_embeddings_do_not_stream() -> None:
     with pytest.raises(InvalidRequest):
         exchange().translator(ctx(TITAN))
+
+
+# -- any JSON in, only the documented errors out -----------------------------------------------
+
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+scalars = (st.none() | st.booleans() | st.integers(min_value=-2**64, max_value=2**64)
+           | st.floats(min_value=-1e300, max_value=1e300) | st.text(max_size=8))
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                           max_leaves=12)
+texts = st.text(max_size=6) | json_values
+requests = st.fixed_dictionaries({}, optional={
+    "input": st.lists(texts, max_size=4) | texts, "dimensions": st.sampled_from(
+        [256, 512, 1024, 1536]) | json_values, "encoding_format": st.sampled_from(
+        ["float", "base64"]) | json_values, "input_type": json_values, "truncate": json_values,
+    "normalize": json_values}) | json_values
+vectors = st.lists(st.floats(-1, 1) | json_values, max_size=3)
+counts = st.sampled_from([3, 0, -1, 1e300, 2**64, 2.5]) | json_values
+answers = st.lists(st.fixed_dictionaries({}, optional={
+    "embedding": vectors, "inputTextTokenCount": counts,
+    "embeddings": st.lists(vectors, max_size=3) | st.fixed_dictionaries(
+        {"float": st.lists(vectors, max_size=3)}) | json_values,
+    "meta": st.fixed_dictionaries({"billed_units": st.fixed_dictionaries(
+        {"input_tokens": counts})}) | json_values}) | json_values, max_size=3)
+MODELS = st.sampled_from([TITAN, "amazon.titan-embed-text-v1", COHERE, "cohere.embed-v4:0"])
+
+
+@FUZZ
+@given(MODELS, requests)
+def test_any_request_is_calls_or_a_400(model: str, body: Any) -> None:
+    try:
+        calls = exchange().build_all(body, ctx(model))
+    except InvalidRequest as exc:
+        assert exc.status == 400
+        return
+    assert calls and all(orjson.dumps(call.body) for call in calls)
+
+
+@FUZZ
+@given(MODELS, st.lists(st.text(max_size=4), min_size=1, max_size=3), answers)
+def test_any_answer_is_an_answer_or_a_502(model: str, inputs: list[str],
+                                          data: list[Any]) -> None:
+    context = ctx(model)
+    exchange().build_all({"input": inputs, "encoding_format": "base64"}, context)
+    try:
+        reply = exchange().reply_all(data, context)
+    except UpstreamError as exc:
+        assert exc.status == 502
+        return
+    assert len(reply.body["data"]) == len(inputs)
+    assert orjson.dumps(reply.body)
+    assert reply.usage is None or 0 <= reply.usage.prompt_tokens <= MAX_TOKEN_COUNT * 3
+
+
+@pytest.mark.parametrize("count", [1e300, 2**64])
+def test_absurd_counts_are_capped_and_serialise(count: float) -> None:
+    context = ctx(TITAN)
+    exchange().build_all({"input": "a"}, context)
+    reply = exchange().reply_all([{"embedding": [0.5], "inputTextTokenCount": count}], context)
+    assert reply.usage is not None and reply.usage.prompt_tokens == MAX_TOKEN_COUNT
+    assert orjson.dumps(reply.body)
