@@ -44,7 +44,7 @@ async def fake(aiohttp_server: Any) -> FakeBedrock:
 
 
 def embed_config(config_factory: ConfigFactory, fake: FakeBedrock, backup: FakeOpenAI,
-                 **server: Any) -> Config:
+                 credits: float = 1.0, **server: Any) -> Config:
     models: dict[str, Any] = {
         name: {"pricing": PRICING, "routes": [{"provider": "bedrock", "model": model}]}
         for name, model in ROUTES.items()}
@@ -54,7 +54,7 @@ def embed_config(config_factory: ConfigFactory, fake: FakeBedrock, backup: FakeO
     return config_factory(
         providers={"bedrock": bedrock_provider(fake), "backup": openai_provider(backup)},
         models=models, server={"retries": 0, **server},
-        keys={"alice": {"key_sha256": sha256(ALICE_KEY), "credits": 1.0}})
+        keys={"alice": {"key_sha256": sha256(ALICE_KEY), "credits": credits}})
 
 
 @pytest.fixture
@@ -121,6 +121,24 @@ async def test_one_row_and_one_charge_per_request(sdk: openai.AsyncOpenAI,
     tokens = sum(titan_tokens(t) for t in TEXTS)
     assert credits["total_usage"] == pytest.approx(tokens * PRICE / 1e6)
     assert rows(proxy) == 1
+
+
+async def test_the_reservation_is_the_prompt_estimate(
+        config_factory: ConfigFactory, fake: FakeBedrock, fake_openai: FakeOpenAI,
+        start_proxy: Callable[[Config], Awaitable[Proxy]]) -> None:
+    texts = ["word " * 600] * 4  # ~4,000 tokens estimated, fewer counted by Titan
+    worst = estimate_prompt_tokens({"input": texts}) * PRICE / 1e6
+    proxy = await start_proxy(embed_config(config_factory, fake, fake_openai,
+                                           credits=worst * 0.9))
+    async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=ALICE_KEY,
+                                  max_retries=0) as client:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.embeddings.create(model=TITAN_V2, input=texts)
+        assert caught.value.status_code == 402 and fake.calls == []
+        result = await client.embeddings.create(model=TITAN_V2, input=texts[:3])
+    assert result.usage.prompt_tokens == 3 * titan_tokens(texts[0])
+    credits = await get(proxy, "/api/v1/credits")
+    assert credits["total_usage"] == pytest.approx(result.usage.prompt_tokens * PRICE / 1e6)
 
 
 async def test_titan_v1_single_string_as_floats(sdk: openai.AsyncOpenAI,
