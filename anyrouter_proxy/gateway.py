@@ -559,10 +559,11 @@ class Gateway:
         try:
             return await gather_bounded([functools.partial(answer, call) for call in calls],
                                         exchange.concurrency)
-        except ProxyError:
-            answered = sum(1 for attempt in attempts[first:] if attempt.status == 200)
-            books.record.operator_cost += worst_case_cost(
-                ctx.pricing, math.ceil(books.prompt_estimate * answered / len(calls)), 0)
+        except ProxyError as exc:
+            if not slow_answer(exc, books.record.streamed):  # else all of it is counted
+                answered = sum(1 for attempt in attempts[first:] if attempt.status == 200)
+                books.record.operator_cost += worst_case_cost(
+                    ctx.pricing, math.ceil(books.prompt_estimate * answered / len(calls)), 0)
             raise
         finally:
             tried = attempts[first:]

@@ -101,6 +101,7 @@ class Reply:
     exception: tuple[str, str] = ("modelStreamErrorException", "The model stream failed")
     stop_after: int | None = None  # streams: end the body cleanly after N events
     split: int = 0  # streams: write the frames in pieces of this many bytes
+    delay_s: float | None = None  # InvokeModel: answer after this long (else invoke_delay_s)
 
 
 class FakeBedrock:
@@ -188,7 +189,7 @@ class FakeBedrock:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(self.invoke_delay_s)
+            await asyncio.sleep(self.invoke_delay_s if reply.delay_s is None else reply.delay_s)
         except asyncio.CancelledError:
             self.invoke_cancelled += 1
             raise

@@ -44,7 +44,8 @@ async def fake(aiohttp_server: Any) -> FakeBedrock:
 
 
 def embed_config(config_factory: ConfigFactory, fake: FakeBedrock, backup: FakeOpenAI,
-                 credits: float = 1.0, **server: Any) -> Config:
+                 credits: float = 1.0, timeouts: dict[str, float] | None = None,
+                 **server: Any) -> Config:
     models: dict[str, Any] = {
         name: {"pricing": PRICING, "routes": [{"provider": "bedrock", "model": model}]}
         for name, model in ROUTES.items()}
@@ -52,7 +53,8 @@ def embed_config(config_factory: ConfigFactory, fake: FakeBedrock, backup: FakeO
         {"provider": "bedrock", "model": ROUTES[TITAN_V2]},
         {"provider": "backup", "model": "text-embedding-3-small"}]}
     return config_factory(
-        providers={"bedrock": bedrock_provider(fake), "backup": openai_provider(backup)},
+        providers={"bedrock": bedrock_provider(fake, timeouts=timeouts),
+                   "backup": openai_provider(backup)},
         models=models, server={"retries": 0, **server},
         keys={"alice": {"key_sha256": sha256(ALICE_KEY), "credits": credits}})
 
@@ -315,6 +317,26 @@ async def test_throttled_call_is_retried_whole(
     tokens = sum(titan_tokens(t) for t in TEXTS[:2])
     assert row["tokens_prompt"] == tokens
     assert row["total_cost"] == pytest.approx(tokens * PRICE / 1e6)
+
+
+async def test_a_slow_call_is_not_sent_again_and_counted_once(
+        config_factory: ConfigFactory, fake: FakeBedrock, fake_openai: FakeOpenAI,
+        start_proxy: Callable[[Config], Awaitable[Proxy]]) -> None:
+    proxy = await start_proxy(embed_config(config_factory, fake, fake_openai, retries=2,
+                                           timeouts={"first_byte_s": 0.2}))
+    fake.then(Reply(), Reply(), Reply(), Reply(), Reply(delay_s=2))  # the fifth is slow
+    async with openai.AsyncOpenAI(base_url=proxy.base_url, api_key=ALICE_KEY,
+                                  max_retries=0) as client:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.embeddings.create(model=TITAN_V2, input=TEXTS)
+    assert caught.value.status_code == 504
+    assert len(fake.calls) == len(TEXTS)  # abandoned, never sent again
+    gen_id = caught.value.response.headers["X-AnyRouter-Generation-Id"]
+    row = await get(proxy, f"/api/v1/generation/{gen_id}")
+    assert (row["total_cost"], [a["status"] for a in row["attempts"]]) == (0, ["timeout"])
+    # Its upstream cost is counted once: the whole request's worst case.
+    estimate = estimate_prompt_tokens({"input": TEXTS})
+    assert row["operator_cost"] == pytest.approx(estimate * PRICE / 1e6)
 
 
 async def test_access_denied_is_502(sdk: openai.AsyncOpenAI, fake: FakeBedrock) -> None:
