@@ -1,5 +1,5 @@
-"""AWS event streams parsed with botocore into events; the encoder the fakes use (bench/eventstream.py)
-checked against botocore's own parser."""
+"""AWS event streams parsed with botocore into events; the encoder the fakes use
+(bench/eventstream.py) checked against botocore's own parser."""
 
 from __future__ import annotations
 
