@@ -1,11 +1,13 @@
-"""The AnyRouter proxy benchmark: `make bench` (full, ~6 min) or `make bench-quick` (< 2 min).
+"""The AnyRouter proxy benchmark: `make bench` (full, ~9 min) or `make bench-quick` (< 3 min).
 
-Starts bench/upstream.py (a fast fake OpenAI + Anthropic upstream) and the proxy
-(`anyrouter-proxy serve --config bench/config.yaml`: a key with limits and credits, the
-usage log on, metrics on) as subprocesses, the proxy pinned alone to core 0 and the
-upstream and the load generators to core 1 (where `taskset` exists and there are two
-cores). Then, in one run, for each scenario: "direct to upstream", then "through the
-proxy", back to back, with the same load and the same request:
+Starts bench/upstream.py (a fast fake upstream: OpenAI, Anthropic and the native kinds'
+wire formats) and the proxy (`anyrouter-proxy serve --config bench/config.yaml`: a key
+with limits and credits, the usage log on, metrics on) as subprocesses, the proxy pinned
+alone to core 0 and the upstream and the load generators to core 1 (where `taskset`
+exists and there are two cores); for the native kinds a second proxy, the same but for
+its providers (bench/config-kinds.yaml), on core 0 too. Then, in one run, for each
+scenario: "direct to upstream", then "through the proxy", back to back, with the same
+load and the same request:
 
     chat_c1 / chat_c16 / chat_c64  non-stream chat completion (wrk), concurrency 1/16/64
     stream_c16                     54-event SSE stream, unpaced (asyncio SSE client)
@@ -13,17 +15,30 @@ proxy", back to back, with the same load and the same request:
                                    first event, 5 ms between events; the 8 clients start
                                    spread over one stream's length, and direct and proxy
                                    alternate over three rounds (medians of the rounds)
+    stream_paced_256               256 clients start together (a burst of users), the
+                                   upstream paced at 50 tokens/s (100 ms, then 20 ms
+                                   between events): CPU per stream and per event, the
+                                   added time to the first event (the first wave apart),
+                                   RSS peak, the streams one core carries
     embeddings_c16                 embeddings, 1536 floats (wrk)
     messages_stream_c16            Anthropic /messages stream (asyncio SSE client)
     chat_anthropic_stream_c16      chat stream translated from the /messages stream
     responses_stream_c16           POST /responses translated from the chat stream above
     responses_stored_stream_c16    the same, each response stored (store: true)
     responses_messages_stream_c16  POST /responses translated from the /messages stream
+    stream_azure_c16 / stream_gemini_c16 / stream_vertex_c16 / stream_bedrock_c16
+                                   the chat stream from each native kind's own wire
+                                   format (Azure OpenAI SSE, streamGenerateContent SSE
+                                   with a key or an OAuth token, Bedrock ConverseStream
+                                   event-stream frames, SigV4-signed); their CPU per
+                                   stream and the responses_* ones' as a multiple of
+                                   stream_c16's
 
 Reports RPS, p50/p90/p99, the latency the proxy adds (proxy minus direct), the proxy's
 CPU per request (utime+stime of its pid from /proc, all threads), errors, the proxy's RSS
 (idle after start, peak during chat_c64, idle after the load) and its start-up time
-(spawn to the first 200 on /health). A Markdown table on stdout; JSON in
+(spawn to the first 200 on /health); for streams also the CPU per event and the RSS peak
+of each scenario (a second table). A Markdown table on stdout; JSON in
 bench/results/latest.json. `--profile` then runs chat_c16 once more under py-spy and
 prints where the proxy's CPU goes.
 
@@ -140,6 +155,7 @@ class Scenario:
     direct: Side
     proxy: Side
     stagger_s: float = 0.0  # spread the clients' first requests over this long
+    settle_s: float = 0.0  # not measured until the clients have run this long
     rounds: int = 1  # > 1: direct and proxy alternate, each round `duration * share`
     share: float = 1.0
     kinds: bool = False  # served by the second proxy (bench/config-kinds.yaml)
@@ -152,6 +168,11 @@ class Scenario:
 # length (both sides alike), they arrive evenly. Three alternating rounds per side damp
 # the noise of this low-load, sub-millisecond measurement.
 PACED_STREAM_S = (PACED_TTFT_MS + 53 * PACED_CHUNK_MS) / 1000
+# The burst's first wave (256 new connections and requests in the same instant) queues
+# in the proxy for as long as it takes to admit them all: its figures are kept apart
+# (first_ttft_ms), and latencies are measured from the second wave on, once the clients
+# have run one stream's length. CPU counts every stream served, the first wave's too.
+BURST_STREAM_S = (PACED_TTFT_MS + 53 * BURST_CHUNK_MS) / 1000
 # The native kinds' streams read directly (the direct side): each kind's credential, and
 # for the ones that are not OpenAI SSE, what marks an event and the stream's end.
 GEMINI_PATH = "/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
@@ -214,7 +235,7 @@ def scenarios() -> list[Scenario]:
         Side(f"/paced/{PACED_TTFT_MS}/{BURST_CHUNK_MS}/v1/chat/completions",
              chat_body("gpt-4o-mini", True)),
         Side("/api/v1/chat/completions", chat_body("openai/gpt-4o-mini-paced-20", True),
-             auth)))
+             auth), settle_s=BURST_STREAM_S * 1.25))
     out.append(Scenario("embeddings_c16", "embeddings c16", "wrk", 16,
                         Side("/v1/embeddings", embeddings_body("text-embedding-3-small")),
                         Side("/api/v1/embeddings",
@@ -500,20 +521,23 @@ class Bench:
             res = self.run_wrk(url, body, side.headers, sc.concurrency, duration)
         else:
             res = self.run_sse(url, body, side, sc.concurrency, duration,
-                               plain=sc.tool == "wrk", stagger=sc.stagger_s)
+                               plain=sc.tool == "wrk", stagger=sc.stagger_s,
+                               settle=sc.settle_s)
         wall = time.perf_counter() - t0
         p1, u1, c1 = cpu_ticks(proxy.pid), cpu_ticks(self.upstream.pid), children_cpu_s()
         k1 = core_times(self.proxy_core)
         proxy_cpu = (p1 - p0) / CLK_TCK
         up_cpu = (u1 - u0) / CLK_TCK
         load_cpu = c1 - c0
-        served = res["requests"] + res.get("status_errors", 0)
+        # all the proxy served in the window (the SSE client's own unmeasured start too)
+        served = res.get("completed", res["requests"] + res.get("status_errors", 0))
         res["wall_s"] = round(wall, 3)
         res["proxy_cpu_s"] = round(proxy_cpu, 3)
         res["proxy_cpu_ms_per_req"] = (round(proxy_cpu * 1000 / served, 4)
                                        if served and side_name == "proxy" else None)
-        if res.get("events") and side_name == "proxy":  # the streams' events, all of them
-            res["proxy_cpu_us_per_event"] = round(proxy_cpu * 1e6 / res["events"], 2)
+        if res.get("events") and served and side_name == "proxy":
+            per_stream = res["events"] / res["requests"]  # the measured streams' events
+            res["proxy_cpu_us_per_event"] = round(proxy_cpu * 1e6 / served / per_stream, 2)
         res["proxy_cpu_pct"] = round(100 * proxy_cpu / wall, 1)
         res["upstream_cpu_pct"] = round(100 * up_cpu / wall, 1)
         res["loadgen_cpu_pct"] = round(100 * load_cpu / wall, 1)
@@ -550,11 +574,14 @@ class Bench:
                 "latency_ms": lat}
 
     def run_sse(self, url: str, body: Path, side: Side, conc: int, duration: float,
-                plain: bool = False, stagger: float = 0.0) -> dict[str, Any]:
+                plain: bool = False, stagger: float = 0.0, settle: float = 0.0
+                ) -> dict[str, Any]:
         argv = [sys.executable, str(BENCH / "sseload.py"), "--url", url, "--body-file",
                 str(body), "-c", str(conc), "-d", str(duration)]
         if stagger:  # measured once every client has started
-            argv += ["--stagger", str(stagger), "--warmup", str(stagger)]
+            argv += ["--stagger", str(stagger)]
+        if stagger or settle:
+            argv += ["--warmup", str(max(stagger, settle))]
         for h in side.headers:
             argv += ["--header", h]
         if side.event_marker:
@@ -619,7 +646,7 @@ def merge_rounds(rs: list[dict[str, Any]]) -> dict[str, Any]:
         return round(statistics.median(values), 3) if values else None
 
     out: dict[str, Any] = dict(rs[-1])
-    for k in ("requests", "errors", "status_errors", "events"):
+    for k in ("requests", "completed", "errors", "status_errors", "events"):
         out[k] = sum(r.get(k, 0) for r in rs)
     kinds: dict[str, int] = defaultdict(int)
     for r in rs:
@@ -631,28 +658,29 @@ def merge_rounds(rs: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("rps", "proxy_cpu_pct", "upstream_cpu_pct", "loadgen_cpu_pct", "load_core_pct",
               "proxy_core_steal_pct", "proxy_core_other_pct"):
         out[k] = med([r.get(k) for r in rs])
-    for group in ("latency_ms", "ttft_ms", "ttfb_ms"):
+    for group in ("latency_ms", "ttft_ms", "ttfb_ms", "first_ttft_ms"):
         if group in rs[0]:
             out[group] = {p: med([r[group].get(p) for r in rs]) for p in rs[0][group]}
-    served = out["requests"] + out["status_errors"]
+    served = out["completed"] or out["requests"] + out["status_errors"]
     if rs[0].get("proxy_cpu_ms_per_req") is not None and served:
         out["proxy_cpu_ms_per_req"] = round(out["proxy_cpu_s"] * 1000 / served, 4)
-    if rs[0].get("proxy_cpu_us_per_event") is not None and out["events"]:
-        out["proxy_cpu_us_per_event"] = round(out["proxy_cpu_s"] * 1e6 / out["events"], 2)
+    if rs[0].get("proxy_cpu_us_per_event") is not None and out["events"] and served:
+        out["proxy_cpu_us_per_event"] = round(
+            out["proxy_cpu_s"] * 1e6 / served / (out["events"] / out["requests"]), 2)
     out["rounds"] = [{k: r.get(k) for k in ("requests", "rps", "latency_ms", "ttft_ms",
                                             "proxy_cpu_ms_per_req")} for r in rs]
     return out
 
 
-def stream_figures(proxy: dict[str, Any]) -> dict[str, Any]:
-    """Per stream through the proxy: CPU, CPU per event, and how many such streams one
-    core carries (a stream's duration over the CPU it costs: a core's worth of them
-    running at once)."""
+def stream_figures(proxy: dict[str, Any], paced: bool) -> dict[str, Any]:
+    """Per stream through the proxy: CPU, CPU per event, and for paced streams how many
+    such streams one core carries at once (a stream's duration over the CPU it costs)."""
     cpu_ms = proxy.get("proxy_cpu_ms_per_req")
     stream_ms = proxy.get("latency_ms", {}).get("p50")
     return {"cpu_ms_per_stream": cpu_ms,
             "cpu_us_per_event": proxy.get("proxy_cpu_us_per_event"),
-            "streams_per_core": round(stream_ms / cpu_ms) if cpu_ms and stream_ms else None}
+            "streams_per_core": round(stream_ms / cpu_ms) if paced and cpu_ms and stream_ms
+            else None}
 
 
 def compare_streams(results: dict[str, Any]) -> None:
@@ -770,6 +798,14 @@ def markdown(result: dict[str, Any]) -> str:
                 fmt(ad.get("ttft_p50"), 3, True), fmt(ad.get("ttft_p99"), 3, True),
                 fmt(s.get("proxy_rss_peak_mb"), 1), fmt(s.get("streams_per_core"), 0)])
                 + " |")
+        for _key, s in streams:
+            ad = s.get("added_ms", {})
+            if "first_ttft_p50" in ad:
+                lines += ["", f"{s['title']}: the first wave ({s['concurrency']} new "
+                          "connections and requests at once, not in the rows above) added "
+                          f"{fmt(ad['first_ttft_p50'], 3, True)} ms p50, "
+                          f"{fmt(ad['first_ttft_p99'], 3, True)} ms p99 to the time to the "
+                          "first event."]
     rss, st = result["rss_mb"], result["startup_s"]
     noisy = [f"{k} ({s['proxy']['proxy_core_other_pct']:.0f}%)"
              for k, s in result["scenarios"].items()
@@ -947,7 +983,8 @@ def machine() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    duration = args.duration or (5.0 if args.quick else 20.0)
+    # 16 scenarios x 2 sides: 12 s (3 s quick) per side keeps the run under 10 (3) minutes
+    duration = args.duration or (3.0 if args.quick else 12.0)
     warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0)
     wrk_note = ensure_wrk()
     if wrk_note:
@@ -1020,7 +1057,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if sc.tool == "sse":
                 entry["added_ms"]["ttft_p50"] = added(p, d, "ttft_ms", "p50")
                 entry["added_ms"]["ttft_p99"] = added(p, d, "ttft_ms", "p99")
-                entry.update(stream_figures(p))
+                if sc.settle_s:  # the first wave, not in the figures above
+                    entry["added_ms"]["first_ttft_p50"] = added(p, d, "first_ttft_ms", "p50")
+                    entry["added_ms"]["first_ttft_p99"] = added(p, d, "first_ttft_ms", "p99")
+                entry.update(stream_figures(p, paced=sc.direct.path.startswith("/paced/")))
             peak = sampler.peaks.get(f"{sc.key}/proxy")
             entry["proxy_rss_peak_mb"] = round(peak / 1024, 1) if peak else None
             results[sc.key] = entry
@@ -1119,7 +1159,7 @@ def _git_commit() -> str | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="AnyRouter proxy benchmark (see bench/run.py)")
-    ap.add_argument("--quick", action="store_true", help="5 s per side per scenario (< 2 min)")
+    ap.add_argument("--quick", action="store_true", help="3 s per side per scenario (< 3 min)")
     ap.add_argument("--duration", type=float, help="seconds per side per scenario")
     ap.add_argument("--warmup", type=float, help="unmeasured seconds before each side")
     ap.add_argument("--only", nargs="+", metavar="SCENARIO",

@@ -215,7 +215,9 @@ async def run(host: str, port: int, request: bytes, concurrency: int, duration: 
               markers: Markers | None = None) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     ok: list[Result] = []
+    firsts: list[float] = []  # each client's first response: time to its first event
     errors: dict[str, int] = {}
+    completed = 0  # every response, measured or not (what the server served)
     measuring = False
     t_start = 0.0
     marks = markers or Markers()
@@ -225,7 +227,9 @@ async def run(host: str, port: int, request: bytes, concurrency: int, duration: 
             errors[kind] = errors.get(kind, 0) + 1
 
     async def worker(deadline: float, delay: float) -> None:
+        nonlocal completed
         client: Client | None = None
+        first = True
         await asyncio.sleep(delay)
         while time.perf_counter() < deadline:
             if client is None or client.transport is None or client.transport.is_closing():
@@ -245,6 +249,10 @@ async def run(host: str, port: int, request: bytes, concurrency: int, duration: 
                     client.transport.close()
                 client = None
                 continue
+            completed += 1
+            if first and res.ttft is not None:
+                firsts.append(res.ttft)
+            first = False
             if not (measuring and started_measuring):
                 continue
             if res.status != 200:
@@ -268,11 +276,12 @@ async def run(host: str, port: int, request: bytes, concurrency: int, duration: 
     n_err = sum(errors.values())
     events = [r.events for r in ok]
     return {
-        "requests": len(ok), "errors": n_err, "error_kinds": errors,
+        "requests": len(ok), "completed": completed, "errors": n_err, "error_kinds": errors,
         "elapsed_s": round(elapsed, 3), "rps": round(len(ok) / elapsed, 1) if elapsed else 0,
         "latency_ms": summary_ms([r.total for r in ok]),
         "ttft_ms": summary_ms([r.ttft for r in ok if r.ttft is not None]),
         "ttfb_ms": summary_ms([r.ttfb for r in ok if r.ttfb is not None]),
+        "first_ttft_ms": summary_ms(firsts),
         "events": sum(events),
         "events_per_response": {"min": min(events) if events else None,
                                 "max": max(events) if events else None},
