@@ -1036,7 +1036,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for rnd in range(sc.rounds):
                 for side in ("direct", "proxy") if rnd % 2 == 0 else ("proxy", "direct"):
                     sampler.phase = f"{sc.key}/{side}/warmup"
-                    if warmup and rnd == 0:  # later rounds find it warm
+                    # later rounds find it warm; a burst's own first wave is its warm-up
+                    if warmup and rnd == 0 and not sc.settle_s:
                         w = bench.measure(sc, side, warmup)
                         if side == "proxy":
                             proxied += w["requests"] + w.get("status_errors", 0)
