@@ -4,10 +4,10 @@ with one indexed query, however long the conversation that holds it.
 
 A stored response indexes the items it brought: the input items its own request sent
 (not the earlier turns it continued with `previous_response_id`, nor the items it resolved
-from references, which their own response indexes) and its output items. The rows go with
-their response: deleted with it, pruned with it by retention. An id may have several rows
-(a client that sends an item again, an upstream that reuses ids): a lookup takes the
-newest of the key's own.
+from references) and its output items. One row per key and id: an item brought again (a
+client that sends the whole conversation each turn, an upstream that reuses ids) belongs
+to the latest response that brought it, so the table grows with the items, not with the
+turns. A row goes with its response: deleted with it, pruned with it by retention.
 """
 
 from __future__ import annotations
@@ -21,70 +21,73 @@ from ..config.model import KeyConfig
 
 _TABLE = """
 CREATE TABLE response_items (
-    item_id TEXT NOT NULL, response_id TEXT NOT NULL, key_name TEXT NOT NULL,
+    item_id TEXT NOT NULL, key_name TEXT NOT NULL, response_id TEXT NOT NULL,
     created_at {time} NOT NULL,  -- the response's, so that retention prunes both alike
-    item TEXT NOT NULL  -- JSON: the item as stored, encrypted reasoning too
+    item TEXT NOT NULL,  -- JSON: the item as stored, encrypted reasoning too
+    PRIMARY KEY (item_id, key_name)  -- item_id first: an admin key's lookup uses it too
 );
-CREATE INDEX response_items_id ON response_items (item_id);
 CREATE INDEX response_items_response ON response_items (response_id);
 CREATE INDEX response_items_created ON response_items (created_at);
 """
 # Responses stored before this migration: their output items (what references name).
 _BACKFILL_SQLITE = """
-INSERT INTO response_items (item_id, response_id, key_name, created_at, item)
-SELECT json_extract(value, '$.id'), responses.id, key_name, created_at, value
+INSERT OR IGNORE INTO response_items (item_id, key_name, response_id, created_at, item)
+SELECT json_extract(value, '$.id'), key_name, responses.id, created_at, value
 FROM responses, json_each(responses.output_items)
 WHERE json_type(value, '$.id') = 'text';
 """
 _BACKFILL_POSTGRES = """
-INSERT INTO response_items (item_id, response_id, key_name, created_at, item)
-SELECT item ->> 'id', r.id, r.key_name, r.created_at, item::text
+INSERT INTO response_items (item_id, key_name, response_id, created_at, item)
+SELECT item ->> 'id', r.key_name, r.id, r.created_at, item::text
 FROM responses r, json_array_elements(r.output_items::json) AS item
-WHERE json_typeof(item -> 'id') = 'string';
+WHERE json_typeof(item -> 'id') = 'string'
+ON CONFLICT DO NOTHING;
 """
 RESPONSE_ITEMS_SQLITE = _TABLE.format(time="REAL") + _BACKFILL_SQLITE
 RESPONSE_ITEMS_POSTGRES = _TABLE.format(time="DOUBLE PRECISION") + _BACKFILL_POSTGRES
-_INSERT = ("INSERT INTO response_items (item_id, response_id, key_name, created_at, item) "
-           "VALUES ")
+_INSERT = "INSERT INTO response_items (item_id, key_name, response_id, created_at, item) VALUES "
+_UPSERT = (" ON CONFLICT (item_id, key_name) DO UPDATE SET response_id = excluded.response_id,"
+           " created_at = excluded.created_at, item = excluded.item")
 DELETE_ITEMS = "DELETE FROM response_items WHERE response_id = ?"
-IDS_PER_QUERY = 200  # placeholders of one lookup (both backends take far more)
-ITEMS_PER_INSERT = 256  # rows of one INSERT (5 parameters each, within both backends' limits)
+IDS_PER_QUERY = 200  # placeholders of one lookup (well within both backends' limits)
+ITEMS_PER_INSERT = 128  # rows of one INSERT: 640 parameters, within even an old SQLite's 999
 
 
 def insert_statements(response_id: str, key_name: str, created_at: float,
                       items: Sequence[dict[str, Any]]) -> list[tuple[str, tuple[Any, ...]]]:
-    """The INSERTs of a response's items (those with an id): one statement for the usual
-    few, so that they take one place in the writer's queue, not one each."""
-    rows = [(item["id"], response_id, key_name, created_at, orjson.dumps(item).decode())
-            for item in items if isinstance(item.get("id"), str) and item["id"]]
+    """The upserts of a response's items (those with an id; of one id, the last): one
+    statement for the usual few, so that they take one place in the writer's queue."""
+    latest = {item["id"]: item for item in items
+              if isinstance(item.get("id"), str) and item["id"]}
+    rows = [(item_id, key_name, response_id, created_at, orjson.dumps(item).decode())
+            for item_id, item in latest.items()]
     statements = []
     for start in range(0, len(rows), ITEMS_PER_INSERT):
         chunk = rows[start:start + ITEMS_PER_INSERT]
-        statements.append((_INSERT + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
+        statements.append((_INSERT + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)) + _UPSERT,
                            tuple(value for row in chunk for value in row)))
     return statements
 
 
-def lookup_queries(ids: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
-    """The SELECTs that find every row of `ids`, a bounded number of ids each."""
+def lookup_queries(ids: Sequence[str], key: KeyConfig) -> list[tuple[str, tuple[str, ...]]]:
+    """The SELECTs that find the rows of `ids` that `key` may use (its own; every key's
+    for an admin key), a bounded number of ids each."""
     queries = []
     for start in range(0, len(ids), IDS_PER_QUERY):
         chunk = tuple(ids[start:start + IDS_PER_QUERY])
-        queries.append((
-            "SELECT item_id, key_name, created_at, item FROM response_items "
-            f"WHERE item_id IN ({', '.join('?' * len(chunk))})", chunk))
+        sql = ("SELECT item_id, key_name, created_at, item FROM response_items "
+               f"WHERE item_id IN ({', '.join('?' * len(chunk))})")
+        queries.append((sql, chunk) if key.admin else (sql + " AND key_name = ?",
+                                                       (*chunk, key.name)))
     return queries
 
 
 def pick_items(rows: Iterable[Any], key: KeyConfig) -> dict[str, dict[str, Any]]:
-    """Per id, the item `key` may use: its own newest; for an admin key, else the newest
-    of any key (admin keys read every key's responses)."""
+    """Per id, the item `key` uses: its own; for an admin key, else the newest of another
+    key's (admin keys read every key's responses)."""
     best: dict[str, tuple[bool, float, str]] = {}
     for row in rows:
-        own = row["key_name"] == key.name
-        if not own and not key.admin:
-            continue
-        rank = (own, float(row["created_at"]), row["item"])
+        rank = (row["key_name"] == key.name, float(row["created_at"]), row["item"])
         if row["item_id"] not in best or rank[:2] > best[row["item_id"]][:2]:
             best[row["item_id"]] = rank
     return {item_id: orjson.loads(rank[2]) for item_id, rank in best.items()}

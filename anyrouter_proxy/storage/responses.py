@@ -88,7 +88,7 @@ class ResponseStore:
         return found
 
     async def _items(self, ids: list[str], key: KeyConfig) -> dict[str, dict[str, Any]]:
-        rows = [row for sql, params in lookup_queries(ids)
+        rows = [row for sql, params in lookup_queries(ids, key)
                 for row in await self.store.fetch(sql, params)]
         return pick_items(rows, key)
 

@@ -16,6 +16,7 @@ import pytest
 from anyrouter_proxy.config.model import KeyConfig, Limits
 from anyrouter_proxy.storage.postgres import MIGRATIONS as postgres_migrations
 from anyrouter_proxy.storage.postgres import PostgresStore
+from anyrouter_proxy.storage.response_items import lookup_queries
 from anyrouter_proxy.storage.responses import ResponseStore
 from anyrouter_proxy.storage.sqlite import MIGRATIONS as sqlite_migrations
 from anyrouter_proxy.storage.sqlite import SqliteStore
@@ -84,7 +85,7 @@ async def test_retention_prunes_old_responses(store: Store, monkeypatch: pytest.
     monkeypatch.setattr(time, "time", lambda: now)
     responses.keep("gen-new", "alice", INPUT, OUTPUT, {"id": "gen-new"}, new_items=[])
     await store.flush()
-    assert await store.prune(7) == 1 + 3  # the response and its three items
+    assert await store.prune(7) == 1 + 1  # it, and the one item that only it brought
     assert await responses.get("gen-old", ALICE) is None
     assert await responses.get("gen-new", ALICE) is not None
     assert await responses.items(["msg_1", "rs_1"], ALICE) == {"rs_1": OUTPUT[0]}  # gen-new's
@@ -118,16 +119,23 @@ async def test_items_are_the_keys_own_an_admin_uses_all(store: Store) -> None:
                                                                  "msg_2": mine}
 
 
-async def test_the_newest_item_of_an_id_wins(store: Store,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_item_brought_again_belongs_to_the_latest_response(store: Store) -> None:
+    """A client that sends the whole conversation each turn: one row per item, not per
+    turn, and the latest response that brought an item holds it."""
     responses = ResponseStore(store)
-    now = time.time()
-    newer = {**OUTPUT[1], "content": [{"type": "output_text", "text": "again"}]}
-    monkeypatch.setattr(time, "time", lambda: now + 5)
-    responses.keep("gen-2", "alice", [], [newer], {"id": "gen-2"}, new_items=[])
-    monkeypatch.setattr(time, "time", lambda: now)
     responses.keep("gen-1", "alice", INPUT, OUTPUT, {"id": "gen-1"}, new_items=INPUT)
-    assert (await responses.items(["msg_2"], ALICE))["msg_2"] == newer
+    again = {**OUTPUT[1], "content": [{"type": "output_text", "text": "again"}]}
+    resent = [*INPUT, OUTPUT[0], again, again]
+    responses.keep("gen-2", "alice", resent, [], {"id": "gen-2"}, new_items=resent)
+    assert (await responses.items(["msg_2"], ALICE))["msg_2"] == again
+    rows = await store.fetch("SELECT item_id, response_id FROM response_items")
+    assert sorted((r["item_id"], r["response_id"]) for r in rows) == [
+        ("msg_1", "gen-2"), ("msg_2", "gen-2"), ("rs_1", "gen-2")]
+    await responses.delete("gen-1")
+    assert set(await responses.items(["msg_1", "rs_1", "msg_2"], ALICE)) == {
+        "msg_1", "rs_1", "msg_2"}
+    await responses.delete("gen-2")
+    assert await responses.items(["msg_1", "rs_1", "msg_2"], ALICE) == {}
 
 
 async def test_deleted_items_are_gone(store: Store) -> None:
@@ -181,3 +189,14 @@ async def test_responses_stored_before_the_item_index_find_their_output_items(
     finally:
         await usage.close()
     assert found == {"rs_1": OUTPUT[0], "msg_2": OUTPUT[1]}  # its output, as it was stored
+
+
+def test_a_lookup_searches_the_item_index(tmp_path: Path) -> None:
+    """An id (and key) found through the primary key, not a walk of every item."""
+    with sqlite3.connect(tmp_path / "plan.db") as db:
+        for step in sqlite_migrations:
+            db.executescript(step)
+        plans = [" ".join(str(row[-1]) for row in db.execute("EXPLAIN QUERY PLAN " + sql, params))
+                 for key in (ALICE, ROOT) for sql, params in lookup_queries(["a", "b"], key)]
+    db.close()
+    assert all("USING INDEX sqlite_autoindex_response_items_1" in plan for plan in plans), plans
