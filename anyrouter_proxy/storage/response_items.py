@@ -46,8 +46,11 @@ ON CONFLICT DO NOTHING;
 RESPONSE_ITEMS_SQLITE = _TABLE.format(time="REAL") + _BACKFILL_SQLITE
 RESPONSE_ITEMS_POSTGRES = _TABLE.format(time="DOUBLE PRECISION") + _BACKFILL_POSTGRES
 _INSERT = "INSERT INTO response_items (item_id, key_name, response_id, created_at, item) VALUES "
+# The newer response wins even when the writer runs a batch's statements grouped, not in
+# the order they were queued.
 _UPSERT = (" ON CONFLICT (item_id, key_name) DO UPDATE SET response_id = excluded.response_id,"
-           " created_at = excluded.created_at, item = excluded.item")
+           " created_at = excluded.created_at, item = excluded.item"
+           " WHERE excluded.created_at >= response_items.created_at")
 DELETE_ITEMS = "DELETE FROM response_items WHERE response_id = ?"
 IDS_PER_QUERY = 200  # placeholders of one lookup (well within both backends' limits)
 ITEMS_PER_INSERT = 128  # rows of one INSERT: 640 parameters, within even an old SQLite's 999

@@ -200,3 +200,17 @@ def test_a_lookup_searches_the_item_index(tmp_path: Path) -> None:
                  for key in (ALICE, ROOT) for sql, params in lookup_queries(["a", "b"], key)]
     db.close()
     assert all("USING INDEX sqlite_autoindex_response_items_1" in plan for plan in plans), plans
+
+
+async def test_the_newer_response_holds_an_item_whatever_the_write_order(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    responses = ResponseStore(store)
+    now = time.time()
+    newer = {**OUTPUT[1], "content": [{"type": "output_text", "text": "newer"}]}
+    monkeypatch.setattr(time, "time", lambda: now + 5)
+    responses.keep("gen-2", "alice", [], [newer], {"id": "gen-2"}, new_items=[])
+    await store.flush()
+    monkeypatch.setattr(time, "time", lambda: now)
+    responses.keep("gen-1", "alice", INPUT, OUTPUT, {"id": "gen-1"}, new_items=INPUT)
+    assert (await responses.items(["msg_2", "msg_1"], ALICE)) == {"msg_2": newer,
+                                                                   "msg_1": INPUT[0]}
