@@ -7,7 +7,9 @@ falling back to a normal answer when the script is empty.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -246,11 +248,25 @@ class FakeOpenAI:
         if behaviour.status != 200 or behaviour.body is not None:
             return _raw_or_json(behaviour)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        data = [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]}
+        data = [{"object": "embedding", "index": i,
+                 "embedding": _encoded(embedding_values(i), body.get("encoding_format"))}
                 for i in range(len(inputs))]
         self.completed += 1
         return web.json_response({"object": "list", "data": data, "model": body["model"],
                                   "usage": EMBEDDING_USAGE})
+
+
+def embedding_values(index: int) -> list[float]:
+    """The vector the fake embeds input `index` as."""
+    return [0.1 * (index + 1), 0.2, 0.3]
+
+
+def _encoded(values: list[float], encoding_format: Any) -> Any:
+    """As OpenAI answers: floats, or with "base64" little-endian float32 bytes in base64
+    (what the Node SDK asks for by default)."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+    return values
 
 
 def _wants_tool_call(body: dict[str, Any]) -> bool:
