@@ -219,6 +219,21 @@ async def test_ai_sdk(proxy: Proxy, provider: str) -> None:
     assert loop["finishReasons"] == ["tool-calls", "stop"] and loop["text"]
 
 
+async def test_ai_sdk_responses_on_a_translated_model(proxy: Proxy,
+                                                     fake_anthropic: FakeAnthropic) -> None:
+    """openai(id) on a model the proxy serves through Messages. The SDK sends an earlier
+    answer's text back as an item_reference unless providerOptions.openai.store is false,
+    and references run only on native Responses providers: with store false the loop works."""
+    text, loop = await run_node(
+        *(Call("aisdk", case, ai_sdk_input(proxy, "responses", model=CLAUDE, store=False))
+          for case in ("text", "toolLoop")))
+    assert result(text)["text"] == ANSWER
+    loop = result(loop)
+    assert loop["calls"] == ["Paris"] and loop["finishReasons"] == ["tool-calls", "stop"]
+    resent = fake_anthropic.requests[-1].body["messages"][1]["content"]
+    assert resent[0] == {"type": "text", "text": ANSWER}  # the first answer, sent whole
+
+
 # -- errors as each SDK types them -------------------------------------------------------------
 
 def every_client(proxy: Proxy, key: str, **extra: Any) -> list[Call]:

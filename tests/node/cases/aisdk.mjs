@@ -16,6 +16,9 @@ function settings(input) {
   return {
     model: languageModel(input),
     ...(input.maxRetries === undefined ? {} : { maxRetries: input.maxRetries }),
+    // store: false makes the Responses provider send earlier output items whole, not as
+    // item_reference.
+    ...(input.store === undefined ? {} : { providerOptions: { openai: { store: input.store } } }),
   };
 }
 
