@@ -92,9 +92,10 @@ def assert_provider_keys_only(fake: FakeOpenAI | FakeAnthropic) -> None:
 
 # -- openai ------------------------------------------------------------------------------------
 
-async def test_openai_chat_and_stream(proxy: Proxy, fake_openai: FakeOpenAI) -> None:
-    whole, streamed = await run_node(Call("openai", "chat", openai_input(proxy)),
-                                     Call("openai", "chatStream", openai_input(proxy)))
+async def test_openai_chat_stream_and_models(proxy: Proxy, fake_openai: FakeOpenAI) -> None:
+    whole, streamed, models = await run_node(Call("openai", "chat", openai_input(proxy)),
+                                             Call("openai", "chatStream", openai_input(proxy)),
+                                             Call("openai", "models", openai_input(proxy)))
     whole = result(whole)
     assert whole["content"] == ANSWER and whole["model"] == GPT
     assert whole["id"].startswith("gen-") and whole["generationHeader"] == whole["id"]
@@ -105,6 +106,9 @@ async def test_openai_chat_and_stream(proxy: Proxy, fake_openai: FakeOpenAI) -> 
     assert streamed["models"] == [GPT]
     assert streamed["usage"]["completion_tokens"] == 3
     assert [r.body["model"] for r in fake_openai.requests] == ["gpt-4o-mini"] * 2
+    models = result(models)
+    assert sorted(models["ids"]) == sorted([GPT, EMBED, NATIVE, CLAUDE])
+    assert models["retrieved"] == GPT and models["pricing"]["prompt"] == "0.00000015"
     assert_provider_keys_only(fake_openai)
 
 

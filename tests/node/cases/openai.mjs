@@ -151,3 +151,12 @@ export async function chatOnce(input) {
   });
   return { content: completion.choices[0].message.content };
 }
+
+// The model list, and one model whose id holds a slash (the SDK percent-encodes it).
+export async function models(input) {
+  const sdk = client(input);
+  const ids = [];
+  for await (const model of sdk.models.list()) ids.push(model.id);
+  const model = await sdk.models.retrieve(input.model);
+  return { ids, retrieved: model.id, pricing: model.pricing };
+}
