@@ -9,7 +9,9 @@ like any OpenAI-compatible upstream.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import struct
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -144,11 +146,19 @@ def _tool_deltas(call: ToolCall, pieces: list[str]) -> list[dict[str, Any]]:
 def _embeddings(request: Mapping[str, Any]) -> dict[str, Any]:
     inputs = request.get("input")
     items = inputs if isinstance(inputs, list) else [inputs]
+    # The Node openai SDK asks for base64 unless told otherwise, as OpenAI allows.
+    base64_out = request.get("encoding_format") == "base64"
     data = []
     for i, item in enumerate(items):
         digest = hashlib.sha256(str(item).encode()).digest()
         vector = [round(b / 255 * 2 - 1, 6) for b in digest[:EMBEDDING_DIMENSIONS]]
-        data.append({"object": "embedding", "index": i, "embedding": vector})
+        data.append({"object": "embedding", "index": i,
+                     "embedding": _base64(vector) if base64_out else vector})
     tokens = sum(_count_tokens(str(item)) for item in items)
     return {"object": "list", "data": data, "model": request.get("model", "echo"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def _base64(values: list[float]) -> str:
+    """OpenAI's base64 embeddings: little-endian float32 bytes."""
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
