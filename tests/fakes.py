@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonschema
 from aiohttp import web
 
 from tests.anthropic_wire import (
@@ -31,6 +32,7 @@ USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16,
          "prompt_tokens_details": {"cached_tokens": 3},
          "completion_tokens_details": {"reasoning_tokens": 0}}
 EMBEDDING_USAGE = {"prompt_tokens": 4, "total_tokens": 4}
+WEATHER_ARGUMENTS = '{"city": "Paris"}'
 
 
 @dataclass
@@ -118,7 +120,7 @@ class FakeOpenAI:
             choice["message"] = {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "call_1", "type": "function", "function": {
                     "name": body["tools"][0]["function"]["name"],
-                    "arguments": '{"city": "Paris"}'}}]}
+                    "arguments": tool_arguments(body)}}]}
         elif chat:
             choice["message"] = {"role": "assistant",
                                  "content": behaviour.content or openai_answer(body),
@@ -156,7 +158,9 @@ class FakeOpenAI:
         finish = "stop"
         if chat and _wants_tool_call(body):
             name = body["tools"][0]["function"]["name"]
-            pieces = ['{"ci', 'ty": "Pa', 'ris"}']
+            arguments = tool_arguments(body)
+            pieces = ['{"ci', 'ty": "Pa', 'ris"}'] if arguments == WEATHER_ARGUMENTS \
+                else fragments(arguments)
             for n, piece in enumerate(pieces):
                 call: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
                 if n == 0:
@@ -267,6 +271,17 @@ def _encoded(values: list[float], encoding_format: Any) -> Any:
     if encoding_format == "base64":
         return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
     return values
+
+
+def tool_arguments(body: dict[str, Any]) -> str:
+    """The fake's call of the first tool: {"city": "Paris"} where its schema takes that,
+    else an instance of its schema (a "json" tool standing for structured output)."""
+    schema = body["tools"][0]["function"].get("parameters") or {}
+    try:
+        jsonschema.validate(json.loads(WEATHER_ARGUMENTS), schema)
+    except jsonschema.ValidationError:
+        return json.dumps(sample_instance(schema))
+    return WEATHER_ARGUMENTS
 
 
 def _wants_tool_call(body: dict[str, Any]) -> bool:

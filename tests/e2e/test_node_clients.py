@@ -73,6 +73,9 @@ def anthropic_input(proxy: Proxy, model: str = CLAUDE, key: str = ALICE_KEY,
 
 
 AI_SDK_MODELS = {"chat": GPT, "responses": NATIVE, "anthropic": CLAUDE}
+# Each AI SDK provider on the model of its own wire, and two across wires.
+AI_SDK_ROUTES = {**{provider: (provider, model) for provider, model in AI_SDK_MODELS.items()},
+                 "chat-to-claude": ("chat", CLAUDE), "anthropic-to-gpt": ("anthropic", GPT)}
 
 
 def ai_sdk_input(proxy: Proxy, provider: str, key: str = ALICE_KEY,
@@ -186,31 +189,37 @@ async def test_anthropic_create_and_stream(proxy: Proxy, fake_anthropic: FakeAnt
         assert_provider_keys_only(fake_anthropic)
 
 
-async def test_anthropic_count_tokens(proxy: Proxy, fake_anthropic: FakeAnthropic) -> None:
-    (outcome,) = await run_node(Call("anthropic", "countTokens", anthropic_input(proxy)))
-    assert result(outcome) == {"input_tokens": 42}
+async def test_anthropic_count_tokens_and_auth_token(proxy: Proxy,
+                                                    fake_anthropic: FakeAnthropic) -> None:
+    counted, bearer = await run_node(
+        Call("anthropic", "countTokens", anthropic_input(proxy)),
+        # authToken (ANTHROPIC_AUTH_TOKEN) sends the key as a Bearer token, not x-api-key.
+        Call("anthropic", "createOnce", anthropic_input(proxy, key="", authToken=ALICE_KEY)))
+    assert result(counted) == {"input_tokens": 42}
+    assert result(bearer)["content"] == [{"type": "text", "text": ANSWER}]
     assert fake_anthropic.requests[0].path == "/v1/messages/count_tokens"
     assert fake_anthropic.requests[0].body["model"] == "claude-sonnet-4-20250514"
 
 
 # -- the AI SDK ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("provider", list(AI_SDK_MODELS))
-async def test_ai_sdk(proxy: Proxy, provider: str) -> None:
+@pytest.mark.parametrize("route", list(AI_SDK_ROUTES))
+async def test_ai_sdk(proxy: Proxy, route: str) -> None:
     """generateText, streamText, generateObject (a zod schema) and a tool loop with
     openai.chat(id), openai(id) (the Responses API) and anthropic(id)."""
+    provider, model = AI_SDK_ROUTES[route]
     text, stream, obj, loop = await run_node(
-        *(Call("aisdk", case, ai_sdk_input(proxy, provider))
+        *(Call("aisdk", case, ai_sdk_input(proxy, provider, model=model))
           for case in ("text", "stream", "object", "toolLoop")))
-    expected = RESPONSES_TEXT if provider == "responses" else ANSWER
     text = result(text)
-    assert text["text"] == expected and text["finishReason"] == "stop"
+    assert text["text"] == (RESPONSES_TEXT if model == NATIVE else ANSWER)
+    assert text["finishReason"] == "stop"
     assert text["usage"]["inputTokens"] > 0 and text["usage"]["outputTokens"] > 0
     assert text["generationHeader"].startswith("gen-")
-    # OpenAI-shaped answers carry the generation id; /messages passed through keeps msg_.
+    # OpenAI-shaped answers carry the generation id, Messages ones an msg_ id.
     assert text["responseId"] == text["generationHeader"] if provider != "anthropic" \
         else text["responseId"].startswith("msg_")
-    assert text["responseModel"] == AI_SDK_MODELS[provider]
+    assert text["responseModel"] == model
     stream = result(stream)
     assert stream["text"] == "".join(stream["deltas"]) and len(stream["deltas"]) > 1
     assert stream["finishReason"] == "stop" and stream["usage"]["outputTokens"] > 0

@@ -8,8 +8,13 @@ const WEATHER_TOOL = {
   input_schema: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
 };
 
-function client({ baseURL, apiKey, maxRetries }) {
-  return new Anthropic({ baseURL, apiKey, ...(maxRetries === undefined ? {} : { maxRetries }) });
+// With `authToken` the key goes as a Bearer token (ANTHROPIC_AUTH_TOKEN) instead.
+function client({ baseURL, apiKey, authToken, maxRetries }) {
+  return new Anthropic({
+    baseURL,
+    ...(authToken === undefined ? { apiKey } : { apiKey: null, authToken }),
+    ...(maxRetries === undefined ? {} : { maxRetries }),
+  });
 }
 
 export async function create(input) {
