@@ -1,4 +1,4 @@
-// Helpers shared by run.mjs and the cases.
+// Error and header shapes shared by run.mjs and the cases.
 
 // What a test checks of an error: its class chain (RateLimitError < APIError < ...) and the
 // fields the three SDKs put on it.

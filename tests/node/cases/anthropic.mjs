@@ -21,7 +21,7 @@ export async function create(input) {
   const { data, response } = await client(input).messages.create({
     model: input.model,
     max_tokens: 100,
-    system: 'Be brief',
+    system: 'Be concise',
     messages: [{ role: 'user', content: 'Hello' }],
   }).withResponse();
   return {
@@ -34,7 +34,7 @@ export async function create(input) {
   };
 }
 
-// The SDK's stream helper with a tool: text events, the assembled tool_use input, then the
+// The SDK's messages.stream() with a tool: text events, the assembled tool_use input, then the
 // tool result sent back and answered.
 export async function stream(input) {
   const sdk = client(input);

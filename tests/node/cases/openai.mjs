@@ -48,7 +48,7 @@ export async function chatStream(input) {
 }
 
 // The model calls the tool, the caller runs it and sends the result back, the model answers:
-// once as whole answers, once streamed (the SDK's own stream helper assembles the call).
+// once as whole answers, once streamed (the SDK's chat.completions.stream() assembles the call).
 export async function toolRoundTrip(input) {
   const sdk = client(input);
   const messages = [{ role: 'user', content: 'Weather in Paris?' }];
@@ -91,7 +91,7 @@ export async function embeddings(input) {
 
 export async function responses(input) {
   const response = await client(input).responses.create({
-    model: input.model, input: 'Say hello', instructions: 'Be brief',
+    model: input.model, input: 'Say hello', instructions: 'Be concise',
   });
   return {
     id: response.id,
