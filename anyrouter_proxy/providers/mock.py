@@ -9,9 +9,7 @@ like any OpenAI-compatible upstream.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import struct
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -20,6 +18,7 @@ import orjson
 
 from ..config.model import ProviderConfig
 from ..sse import DONE_EVENT, encode_event
+from .embeddings_shape import pack_base64
 from .mock_answer import ECHO, ECHO_CHARS, MockAnswer, ToolCall, compose_answer, last_user_text
 
 EMBEDDING_DIMENSIONS = 8
@@ -153,12 +152,7 @@ def _embeddings(request: Mapping[str, Any]) -> dict[str, Any]:
         digest = hashlib.sha256(str(item).encode()).digest()
         vector = [round(b / 255 * 2 - 1, 6) for b in digest[:EMBEDDING_DIMENSIONS]]
         data.append({"object": "embedding", "index": i,
-                     "embedding": _base64(vector) if base64_out else vector})
+                     "embedding": pack_base64(vector) if base64_out else vector})
     tokens = sum(_count_tokens(str(item)) for item in items)
     return {"object": "list", "data": data, "model": request.get("model", "echo"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-
-
-def _base64(values: list[float]) -> str:
-    """OpenAI's base64 embeddings: little-endian float32 bytes."""
-    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
