@@ -141,14 +141,15 @@ async def test_openai_embeddings_base64_by_default(proxy: Proxy,
 
 
 @pytest.mark.parametrize("model", [NATIVE, GPT, CLAUDE], ids=["native", "chat", "anthropic"])
-async def test_openai_responses(proxy: Proxy, model: str) -> None:
-    """responses.create, whole and streamed, and a function call answered with
-    previous_response_id, on a native Responses provider and translated to chat and
-    Messages."""
-    whole, streamed, tools = await run_node(
+async def test_openai_responses_and_parse(proxy: Proxy, model: str) -> None:
+    """responses.create, whole and streamed, a function call answered with
+    previous_response_id, and chat.completions.parse / responses.parse with a zod schema,
+    on a native Responses provider and translated to chat and Messages."""
+    whole, streamed, tools, parsed = await run_node(
         Call("openai", "responses", openai_input(proxy, model)),
         Call("openai", "responsesStream", openai_input(proxy, model)),
-        Call("openai", "responsesToolRoundTrip", openai_input(proxy, model)))
+        Call("openai", "responsesToolRoundTrip", openai_input(proxy, model)),
+        Call("openai", "parse", openai_input(proxy, model)))
     text = RESPONSES_TEXT if model == NATIVE else ANSWER
     streamed_text = {NATIVE: RESPONSES_TEXT, GPT: "tok0 tok1 tok2 ", CLAUDE: ANSWER}[model]
     whole = result(whole)
@@ -163,6 +164,10 @@ async def test_openai_responses(proxy: Proxy, model: str) -> None:
     tools = result(tools)
     assert tools["call"] == {"name": "get_weather", "arguments": {"city": "Paris"}}
     assert tools["answer"] and all(i.startswith("gen-") for i in tools["ids"])
+    parsed = result(parsed)
+    for answer in (parsed["chat"], parsed["responses"]):
+        assert set(answer) == {"city", "temperature", "sunny"}
+        assert isinstance(answer["sunny"], bool)
 
 
 # -- @anthropic-ai/sdk ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 // The openai package (OpenAI's Node SDK) as its README sets it up, with baseURL the proxy's.
 import OpenAI from 'openai';
+import { zodResponseFormat, zodTextFormat } from 'openai/helpers/zod';
+import { z } from 'zod';
 
 const WEATHER_TOOL = {
   type: 'function',
@@ -159,4 +161,20 @@ export async function models(input) {
   for await (const model of sdk.models.list()) ids.push(model.id);
   const model = await sdk.models.retrieve(input.model);
   return { ids, retrieved: model.id, pricing: model.pricing };
+}
+
+const WEATHER = z.object({ city: z.string(), temperature: z.number(), sunny: z.boolean() });
+
+// Structured output with a zod schema, as the SDK's README shows it: chat.completions.parse
+// and responses.parse fill `parsed` / `output_parsed`.
+export async function parse(input) {
+  const sdk = client(input);
+  const messages = [{ role: 'user', content: 'The weather in Paris' }];
+  const chat = await sdk.chat.completions.parse({
+    model: input.model, messages, response_format: zodResponseFormat(WEATHER, 'weather'),
+  });
+  const response = await sdk.responses.parse({
+    model: input.model, input: messages, text: { format: zodTextFormat(WEATHER, 'weather') },
+  });
+  return { chat: chat.choices[0].message.parsed, responses: response.output_parsed };
 }
