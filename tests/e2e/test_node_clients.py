@@ -130,14 +130,18 @@ async def test_openai_tool_round_trip(proxy: Proxy, fake_openai: FakeOpenAI) -> 
 
 async def test_openai_embeddings_base64_by_default(proxy: Proxy,
                                                    fake_openai: FakeOpenAI) -> None:
-    (outcome,) = await run_node(Call("openai", "embeddings", openai_input(proxy, EMBED)))
+    outcome, ai_sdk = await run_node(Call("openai", "embeddings", openai_input(proxy, EMBED)),
+                                     Call("aisdk", "embeddings", openai_input(proxy, EMBED)))
     embedded = result(outcome)
-    # The SDK asked for base64 and decoded the float32 bytes the upstream sent through us.
-    assert [r.body.get("encoding_format") for r in fake_openai.requests] == ["base64", "float"]
+    # The SDK asked for base64 and decoded the float32 bytes the upstream sent through us;
+    # the AI SDK asks for floats.
+    assert [r.body.get("encoding_format") for r in fake_openai.requests] == \
+        ["base64", "float", "float"]
     assert embedded["areArrays"] and embedded["model"] == EMBED
-    for got in (embedded["vectors"], embedded["floatVectors"]):
-        assert got == [pytest.approx(embedding_values(i), rel=1e-6) for i in range(2)]
+    expected = [pytest.approx(embedding_values(i), rel=1e-6) for i in range(2)]
+    assert embedded["vectors"] == expected and embedded["floatVectors"] == expected
     assert embedded["usage"]["prompt_tokens"] == 4
+    assert result(ai_sdk) == {"embeddings": expected, "tokens": 4}
 
 
 @pytest.mark.parametrize("model", [NATIVE, GPT, CLAUDE], ids=["native", "chat", "anthropic"])

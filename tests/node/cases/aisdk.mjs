@@ -3,7 +3,9 @@
 // Messages. `input.provider` picks one of the three.
 import { createAnthropic } from '@ai-sdk/anthropic';
 import { createOpenAI } from '@ai-sdk/openai';
-import { generateObject, generateText, stepCountIs, streamText, tool } from 'ai';
+import {
+  embedMany, generateObject, generateText, stepCountIs, streamText, tool,
+} from 'ai';
 import { z } from 'zod';
 
 function languageModel({ provider, baseURL, apiKey, model }) {
@@ -80,4 +82,10 @@ export async function toolLoop(input) {
     finishReasons: result.steps.map((step) => step.finishReason),
     text: result.text,
   };
+}
+
+export async function embeddings(input) {
+  const openai = createOpenAI({ baseURL: input.baseURL, apiKey: input.apiKey });
+  const result = await embedMany({ model: openai.embedding(input.model), values: ['a', 'b'] });
+  return { embeddings: result.embeddings, tokens: result.usage.tokens };
 }
