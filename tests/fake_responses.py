@@ -17,6 +17,8 @@ import json
 import time
 from typing import Any
 
+from tests.schema_sample import fragments, sample_instance
+
 REASONING_SUMMARY = "Thinking about it."
 ENCRYPTED_PREFIX = "gAAAA-fake-encrypted-"  # what this fake writes in encrypted_content
 TEXT_PIECES = ("Hello ", "from the ", "fake Responses API!")
@@ -45,6 +47,14 @@ def responses_problem(body: dict[str, Any]) -> str | None:
     return None
 
 
+def structured_pieces(body: dict[str, Any]) -> tuple[str, ...] | None:
+    """For text.format json_schema: an instance of the schema, as JSON in a few pieces."""
+    fmt = (body.get("text") or {}).get("format") or {}
+    if fmt.get("type") != "json_schema":
+        return None
+    return tuple(fragments(json.dumps(sample_instance(fmt.get("schema") or {}))))
+
+
 class FakeResponse:
     """One answer: its items, built as the stream goes, and the events that build them."""
 
@@ -53,7 +63,8 @@ class FakeResponse:
         self.body = body
         self.id = response_id
         self.seq = 0
-        self.text_pieces = (text,) if text is not None else TEXT_PIECES
+        self.text_pieces = (text,) if text is not None else structured_pieces(body) \
+            or TEXT_PIECES
         self.usage_override = usage
         self.reasoning = isinstance(body.get("reasoning"), dict) and \
             body["reasoning"].get("effort") not in (None, "none")
