@@ -241,13 +241,16 @@ async def test_ai_sdk(proxy: Proxy, route: str) -> None:
     assert loop["finishReasons"] == ["tool-calls", "stop"] and loop["text"]
 
 
-async def test_ai_sdk_responses_on_a_translated_model(proxy: Proxy,
-                                                     fake_anthropic: FakeAnthropic) -> None:
-    """openai(id) on a model the proxy serves through Messages. The SDK sends an earlier
-    answer's text back as an item_reference unless providerOptions.openai.store is false,
-    and references run only on native Responses providers: with store false the loop works."""
+@pytest.mark.parametrize("store", [None, False], ids=["default-store", "store-false"])
+async def test_ai_sdk_responses_on_a_translated_model(proxy: Proxy, fake_anthropic: FakeAnthropic,
+                                                     store: bool | None) -> None:
+    """openai(id) on a model the proxy serves through Messages. With its default store the
+    SDK sends an earlier answer back as an item_reference, which the proxy resolves from the
+    response it stored; with store false it sends the item itself. Either way the upstream
+    gets the first answer whole."""
     text, loop = await run_node(
-        *(Call("aisdk", case, ai_sdk_input(proxy, "responses", model=CLAUDE, store=False))
+        *(Call("aisdk", case, ai_sdk_input(proxy, "responses", model=CLAUDE,
+                                           **({} if store is None else {"store": store})))
           for case in ("text", "toolLoop")))
     assert result(text)["text"] == ANSWER
     loop = result(loop)
