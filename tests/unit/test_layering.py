@@ -24,6 +24,7 @@ LAYERS = {
     "output_estimate": PURE, "billed_extras": PURE, "metrics": PURE, "logs": PURE,
     "error_bodies": PURE,
     "providers": SERVICES, "limits": SERVICES, "storage": SERVICES, "upstream": SERVICES,
+    "http1": SERVICES,
     "gateway": REQUEST_PATH, "accounting": REQUEST_PATH, "stream_session": REQUEST_PATH,
     "batch": REQUEST_PATH, "responses_turn": REQUEST_PATH,
     "server": SERVER,
