@@ -201,9 +201,10 @@ class Pool:
 
     def _head(self, target: str, headers: Mapping[str, str], length: int) -> bytes:
         names = {name.lower() for name in headers}
-        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items()
-                        if name.lower() not in FRAMING)
-        if lines.count("\n") != lines.count("\r\n") or lines.count("\r") != lines.count("\n"):
+        sent = [f"{name}: {value}\r\n" for name, value in headers.items()
+                if name.lower() not in FRAMING]
+        lines = "".join(sent)
+        if lines.count("\n") != len(sent) or lines.count("\r") != len(sent):
             raise InvalidHeader("a request header holds a line break")
         defaults = "".join(line for name, line in DEFAULT_HEADERS.items() if name not in names)
         ctype = "" if "content-type" in names else "Content-Type: application/octet-stream\r\n"

@@ -43,7 +43,7 @@ class Response:
     """The answer to one request: `status` and `headers` once `head()` returned."""
 
     __slots__ = ("_buffered", "_chunks", "_conn", "_decoder", "_done", "_error",
-                 "_errors", "_extra", "_head_bytes", "_head_deadline", "_idle", "_loop",
+                 "_errors", "_extra", "_head_bytes", "_head_deadline", "_idle", "_keep", "_loop",
                  "_max_body", "_parser", "_paused", "_raw", "_rearm", "_since", "_timer",
                  "_total", "_until_eof", "_waiter", "has_head", "headers", "received",
                  "status")
@@ -68,6 +68,7 @@ class Response:
         self._buffered = 0
         self._paused = False
         self._done = False  # the whole body arrived
+        self._keep = False  # the upstream keeps the connection open after this answer
         self._extra = False  # bytes after the end of the answer: the connection is unusable
         self._until_eof = False  # a body without a length: it ends when the connection does
         self._decoder: _Decoder | None = None
@@ -265,6 +266,9 @@ class Response:
             self._extra = True
             return
         self._done = True
+        # Asked now: once this callback returns, the parser has moved on to the next
+        # message and answers for that one.
+        self._keep = self._parser.should_keep_alive()
         self._cancel_timer()
 
     def _finish(self) -> None:
@@ -277,7 +281,7 @@ class Response:
             self._paused = False
             if conn.transport is not None:
                 conn.transport.resume_reading()
-        conn.finished(self, keep=not self._extra and self._parser.should_keep_alive())
+        conn.finished(self, keep=self._keep and not self._extra)
 
     def _resume(self) -> None:
         self._paused = False
