@@ -211,7 +211,7 @@ class Pool:
         host = self.origin.host_header if "host" not in names else \
             next(f"Host: {v}\r\n" for k, v in headers.items() if k.lower() == "host")
         return (f"POST {target} HTTP/1.1\r\n{host}{defaults}{lines}{ctype}"
-                f"Content-Length: {length}\r\n\r\n").encode()
+                f"Content-Length: {length}\r\n\r\n").encode("utf-8", "surrogateescape")
 
     # -- connections ---------------------------------------------------------------------
 
