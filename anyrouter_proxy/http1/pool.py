@@ -31,8 +31,15 @@ from .response import Response
 
 KEEPALIVE_S = 15.0  # an idle connection older than this is closed, not reused
 MAX_TARGETS = 1024  # request targets cached per pool (a provider uses a handful)
-DEFAULT_HEADERS = {"accept": "Accept: */*\r\n",
-                   "accept-encoding": "Accept-Encoding: gzip, deflate\r\n"}
+# What goes out unless the caller's headers say otherwise (aiohttp's defaults).
+DEFAULT_HEADERS = (("accept", "Accept: */*\r\n"),
+                   ("accept-encoding", "Accept-Encoding: gzip, deflate\r\n"),
+                   ("content-type", "Content-Type: application/octet-stream\r\n"))
+DEFAULTED = {name: 1 << i for i, (name, _) in enumerate(DEFAULT_HEADERS)}
+# For each set of defaulted names the caller gave: the default lines left, how many.
+DEFAULTS = [("".join(line for i, (_, line) in enumerate(DEFAULT_HEADERS) if not seen & 1 << i),
+             sum(1 for i in range(len(DEFAULT_HEADERS)) if not seen & 1 << i))
+            for seen in range(1 << len(DEFAULT_HEADERS))]
 FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
@@ -200,18 +207,27 @@ class Pool:
         return target
 
     def _head(self, target: str, headers: Mapping[str, str], length: int) -> bytes:
-        names = {name.lower() for name in headers}
-        sent = [f"{name}: {value}\r\n" for name, value in headers.items()
-                if name.lower() not in FRAMING]
-        lines = "".join(sent)
-        if lines.count("\n") != len(sent) or lines.count("\r") != len(sent):
+        seen = 0
+        host = self.origin.host_header
+        lines = []
+        for name, value in headers.items():
+            lower = name.lower()
+            bit = DEFAULTED.get(lower)
+            if bit is not None:
+                seen |= bit
+            elif lower in FRAMING:  # ours to set (a Host given is kept)
+                if lower == "host":
+                    host = f"Host: {value}\r\n"
+                continue
+            lines.append(f"{name}: {value}\r\n")
+        defaults, count = DEFAULTS[seen]
+        head = (f"POST {target} HTTP/1.1\r\n{host}{defaults}{''.join(lines)}"
+                f"Content-Length: {length}\r\n\r\n")
+        expected = len(lines) + count + 4  # request line, Host, Content-Length, blank line
+        if head.count("\n") != expected or head.count("\r") != expected:
             raise InvalidHeader("a request header holds a line break")
-        defaults = "".join(line for name, line in DEFAULT_HEADERS.items() if name not in names)
-        ctype = "" if "content-type" in names else "Content-Type: application/octet-stream\r\n"
-        host = self.origin.host_header if "host" not in names else \
-            next(f"Host: {v}\r\n" for k, v in headers.items() if k.lower() == "host")
-        return (f"POST {target} HTTP/1.1\r\n{host}{defaults}{lines}{ctype}"
-                f"Content-Length: {length}\r\n\r\n").encode("utf-8", "surrogateescape")
+        # The bytes a client sent in a forwarded header go out as they came.
+        return head.encode("utf-8", "surrogateescape")
 
     # -- connections ---------------------------------------------------------------------
 
