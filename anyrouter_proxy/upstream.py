@@ -25,7 +25,9 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a non-stream answer larger than this is
 
 class UpstreamResponse(Protocol):
     status: int
-    headers: Mapping[str, str]
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
     async def read(self) -> bytes: ...
 

@@ -12,6 +12,7 @@ its connection goes back to the pool at once, before anyone reads the body.
 from __future__ import annotations
 
 import asyncio
+import re
 import zlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -36,20 +37,24 @@ if TYPE_CHECKING:
 HIGH_WATER = 256 * 1024  # body bytes buffered before the socket is paused
 MAX_HEAD_BYTES = 64 * 1024  # a status line and headers longer than this are refused
 DECODE_STEP = 1 << 20  # decompressed bytes per read at most (a gzip bomb stays small)
-NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+_ENCODING = re.compile(rb"\ncontent-encoding:[ \t]*([^\r]*)")
+_CHUNKED = re.compile(rb"\ntransfer-encoding:[^\r]*chunked")
 
 
 class Response:
     """The answer to one request: `status` and `headers` once `head()` returned."""
 
     __slots__ = ("_buffered", "_chunks", "_conn", "_decoder", "_done", "_error",
-                 "_errors", "_extra", "_head_bytes", "_head_deadline", "_idle", "_keep", "_loop",
-                 "_max_body", "_parser", "_paused", "_raw", "_rearm", "_since", "_timer",
-                 "_total", "_until_eof", "_waiter", "has_head", "headers", "received",
-                 "status")
+                 "_errors", "_extra", "_head", "_head_bytes", "_head_deadline", "_headers",
+                 "_idle", "_interim", "_keep", "_loop", "_max_body", "_parser", "_paused",
+                 "_rearm", "_seen", "_since", "_timer", "_total", "_until_eof", "_waiter",
+                 "has_head", "received", "status")
 
-    # Parser callbacks not used (looked up once per parser; None is the cheap "no").
-    on_message_begin = on_status = on_url = on_chunk_header = on_chunk_complete = None
+    # Parser callbacks not used (looked up once per parser; None is the cheap "no"). The
+    # headers are not taken one callback each: they are read from the head's bytes, and
+    # only when someone asks for them (an error answer's Retry-After).
+    on_message_begin = on_status = on_url = on_header = on_chunk_header = None
+    on_chunk_complete = None
 
     def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop, errors: ErrorMap,
                  max_body: int, head_deadline: float, idle_s: float, total: float) -> None:
@@ -58,9 +63,11 @@ class Response:
         self._errors = errors
         self._max_body = max_body
         self._parser = HttpResponseParser(self)
-        self._raw: list[tuple[str, str]] = []
+        self._seen: list[bytes] = []  # what arrived until the head was whole
+        self._interim = 0  # interim answers (100 Continue) before the real one
+        self._head = b""  # the header lines of the answer
+        self._headers: Mapping[str, str] | None = None
         self.status = 0
-        self.headers: Mapping[str, str] = NO_HEADERS  # case-insensitive
         self.has_head = False
         self.received = False  # a byte of the answer arrived
         self._head_bytes = 0
@@ -115,6 +122,18 @@ class Response:
             self.close()
             raise self._errors(exc, False) from exc
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The answer's headers, case-insensitive (the first of a repeated name)."""
+        if self._headers is None:
+            pairs = []
+            for line in self._head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                pairs.append((name.decode("utf-8", "surrogateescape"),
+                              value.strip(b" \t").decode("utf-8", "surrogateescape")))
+            self._headers = CIMultiDictProxy(CIMultiDict(pairs))
+        return self._headers
 
     def chunks(self) -> Response:
         """The body as it arrives (each item all that had arrived), then the end."""
@@ -188,6 +207,8 @@ class Response:
 
     def feed(self, data: bytes) -> None:
         self.received = True
+        if not self.has_head:
+            self._seen.append(data)
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade:
@@ -224,28 +245,31 @@ class Response:
             return
         self._fail(Disconnected("the upstream closed the connection early"))
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw.append((name.decode("utf-8", "surrogateescape"),
-                          value.decode("utf-8", "surrogateescape")))
-
     def on_headers_complete(self) -> None:
         if self.has_head:
             self._extra = True
             return
         status = self._parser.get_status_code()
         if status < 200:  # an interim answer (100 Continue): the real one follows
-            self._raw = []
+            self._interim += 1
             return
-        headers = CIMultiDict(self._raw)
-        self.headers = CIMultiDictProxy(headers)
+        seen = self._seen
+        raw = seen[0] if len(seen) == 1 else b"".join(seen)
+        self._seen = []
+        start = 0
+        for _ in range(self._interim):
+            start = raw.index(b"\r\n\r\n", start) + 4
+        # The status line and the header lines; the parser has checked their syntax.
+        head = self._head = raw[start:raw.index(b"\r\n\r\n", start)]
         self.status = status
         self.has_head = True
         self._rearm = True
-        encoding = headers.get("Content-Encoding")
-        if encoding is not None:
-            self._decoder = _Decoder.of(encoding)
-        self._until_eof = status not in (204, 304) and "Content-Length" not in headers \
-            and "chunked" not in headers.get("Transfer-Encoding", "").lower()
+        lowered = head.lower()
+        if b"\ncontent-encoding:" in lowered:
+            found = _ENCODING.search(lowered)
+            self._decoder = _Decoder.of(found[1].decode("latin-1")) if found else None
+        self._until_eof = status not in (204, 304) \
+            and b"\ncontent-length:" not in lowered and not _CHUNKED.search(lowered)
 
     def on_body(self, body: bytes) -> None:
         if self._done:
