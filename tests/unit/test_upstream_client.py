@@ -221,14 +221,31 @@ async def test_close_delimited_body_ends_with_the_connection(client: HttpUpstrea
         await server.close()
 
 
+async def test_framing_is_read_from_the_header_names_not_their_values(
+        client: HttpUpstream) -> None:
+    async def misleading(reader: Reader, writer: Writer, server: Server) -> bool:
+        await server.send(writer, b"HTTP/1.1 200 OK\r\nX-Note: chunked\r\n"
+                          b"X-Other: content-length: 3\r\nConnection: close\r\n\r\nall of it")
+        return False
+
+    server = await served(misleading)
+    try:
+        assert await post(client, server.url()) == b"all of it"
+    finally:
+        await server.close()
+
+
 async def test_interim_100_continue_is_skipped(client: HttpUpstream) -> None:
     async def cont(reader: Reader, writer: Writer, server: Server) -> bool:
-        await server.send(writer, b"HTTP/1.1 100 Continue\r\n\r\n")
-        return await answer(b"after")(reader, writer, server)
+        await server.send(writer, b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n")
+        return await answer(b"after", b"X-Final: 2\r\n")(reader, writer, server)
 
     server = await served(cont)
     try:
-        assert await post(client, server.url()) == b"after"
+        response = await client.send(provider(server.url()), "/x", b"", {})
+        assert (response.status, await response.read()) == (200, b"after")
+        assert response.headers["x-final"] == "2" and "X-Interim" not in response.headers
+        response.close()
     finally:
         await server.close()
 
