@@ -7,7 +7,8 @@ It answers with a function call to the first tool when the request has tools and
 input does not end with a function_call_output, else with text; with `reasoning` it
 reasons first (reasoning tokens in the usage, encrypted_content when asked for with
 `include`). It refuses what OpenAI refuses of a self-contained call: a previous_response_id
-or store: true (it keeps nothing), and a reasoning item it did not write.
+or store: true (it keeps nothing), an item reference (nothing to find it in), and a
+reasoning item it did not write.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def responses_problem(body: dict[str, Any]) -> str | None:
         return "this fake keeps nothing: store must be false"
     items = body.get("input")
     for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and (item.get("type") == "item_reference" or (
+                "type" not in item and "role" not in item)):
+            return (f"Item with id '{item.get('id')}' not found. Items are not persisted "
+                    "when `store` is set to false.")
         if isinstance(item, dict) and item.get("type") == "reasoning":
             encrypted = item.get("encrypted_content")
             if not isinstance(encrypted, str) or not encrypted.startswith(ENCRYPTED_PREFIX):
