@@ -81,14 +81,14 @@ class HttpUpstream:
     async def send(self, provider: ProviderConfig, path: str, body: bytes,
                    headers: Mapping[str, str]) -> UpstreamResponse:
         known = self._by_provider.get(id(provider))
-        pool = known[1] if known is not None and known[0] is provider \
-            and not known[1].closed else self._pool(provider)
         timeouts = provider.timeouts
         try:
+            pool = known[1] if known is not None and known[0] is provider \
+                and not known[1].closed else self._pool(provider)
             return await pool.post(path, headers, body, first_byte_s=timeouts.first_byte_s,
                                    idle_s=timeouts.idle_s, total_s=timeouts.total_s)
         except http1.HttpError as exc:
-            raise pool.errors(exc, False) from exc
+            raise ErrorMap(provider)(exc, False) from exc
 
     def retire(self, providers: Iterable[ProviderConfig]) -> None:
         """After a reload: pools of providers gone or changed take no new requests and

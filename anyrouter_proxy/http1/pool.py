@@ -59,7 +59,7 @@ class Origin:
     def __init__(self, base_url: str) -> None:
         url = URL(base_url)
         if url.scheme not in ("http", "https") or not url.raw_host:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
+            raise ConnectFailed("the base URL is not an http(s) URL")
         self.tls = url.scheme == "https"
         self.host = url.raw_host
         self.port = url.port or (443 if self.tls else 80)

@@ -519,6 +519,11 @@ async def test_connection_refused(client: HttpUpstream) -> None:
         await post(client, url)
 
 
+async def test_a_base_url_that_is_not_http_is_an_upstream_error(client: HttpUpstream) -> None:
+    with pytest.raises(UpstreamError, match="up: connection failed"):
+        await post(client, "ftp://127.0.0.1/v1")
+
+
 async def test_reset_mid_body(client: HttpUpstream) -> None:
     async def reset(reader: Reader, writer: Writer, server: Server) -> bool:
         await server.send(writer, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"a\"")
