@@ -1,6 +1,7 @@
-"""Imports point one way: errors/types -> config -> pure modules -> providers, limits,
-storage, upstream -> the request path (gateway) -> server -> cli. Read from the source
-with ast, so a new module that imports against the direction fails here."""
+"""Imports point one way: errors/types -> config -> pure modules -> the HTTP client
+(http1) -> providers, limits, storage, upstream -> the request path (gateway) -> server ->
+cli. Read from the source with ast, so a new module that imports against the direction
+fails here."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "anyrouter_proxy"
 TESTS = Path(__file__).resolve().parents[1]
 BENCH = PACKAGE.parent / "bench"
 
-LEAVES, CONFIG, PURE, SERVICES, REQUEST_PATH, SERVER, CLI = range(7)
+LEAVES, CONFIG, PURE, NETWORK, SERVICES, REQUEST_PATH, SERVER, CLI = range(8)
 # Top-level modules by layer; a subpackage's layer is that of its first name.
 LAYERS = {
     "errors": LEAVES, "types": LEAVES, "ids": LEAVES,
@@ -23,6 +24,7 @@ LAYERS = {
     "deprecation": PURE, "exposure": PURE, "output_cap": PURE, "pricing": PURE,
     "output_estimate": PURE, "billed_extras": PURE, "metrics": PURE, "logs": PURE,
     "error_bodies": PURE, "fan_out": PURE,
+    "http1": NETWORK,
     "providers": SERVICES, "limits": SERVICES, "storage": SERVICES, "upstream": SERVICES,
     "gateway": REQUEST_PATH, "accounting": REQUEST_PATH, "stream_session": REQUEST_PATH,
     "batch": REQUEST_PATH, "responses_turn": REQUEST_PATH,
