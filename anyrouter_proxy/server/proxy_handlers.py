@@ -55,8 +55,8 @@ def proxy_handler(endpoint: str) -> Handler:
         req = ProxyRequest(endpoint, body, key, ctx.trace_id, forced,
                            client_headers=_forwardable(request))
         ctx.proxied = req
-        metrics = request.app[METRICS]
-        metrics.in_flight.inc()
+        series = request.app[METRICS].series
+        series.in_flight += 1
         try:
             if body.get("stream") is True and server.sse_keepalive:
                 return await _stream_with_keepalive(request, req,
@@ -67,7 +67,7 @@ def proxy_handler(endpoint: str) -> Handler:
                                     headers=result.headers, content_type="application/json")
             return await _relay(request, result)
         finally:
-            metrics.in_flight.dec()
+            series.in_flight -= 1
 
     return handle
 
@@ -82,13 +82,13 @@ async def _relay(request: web.Request, session: StreamSession,
         except BaseException:
             await session.abandon()
             raise
-    streams = request.app[METRICS].streams
-    streams.inc()
+    series = request.app[METRICS].series
+    series.streams += 1
     try:
         with contextlib.suppress(ConnectionError):
             await session.relay(response.write, response.write_eof)
     finally:
-        streams.dec()
+        series.streams -= 1
     return response
 
 
