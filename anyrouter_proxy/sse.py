@@ -81,6 +81,8 @@ class SSEDecoder:
 
 
 def _parse_block(block: bytes) -> SSEEvent | None:
+    if block.startswith(b"data: ") and b"\n" not in block:  # one data line: most events
+        return SSEEvent(block[6:].decode("utf-8", "replace"))
     data: list[str] = []
     event: str | None = None
     for line in block.decode("utf-8", "replace").split("\n"):

@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 from aiohttp.typedefs import Handler
 
 from ..config.wildcards import resolve_model
@@ -20,6 +21,7 @@ from ..types import MESSAGES
 from .inbound import authenticate, read_json
 from .middlewares import decorate
 from .state import GATEWAY, METRICS, context
+from .stream_sink import StreamSink
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +84,13 @@ async def _relay(request: web.Request, session: StreamSession,
         except BaseException:
             await session.abandon()
             raise
+    writer = await response.prepare(request)  # already prepared: aiohttp's writer
+    assert isinstance(writer, StreamWriter)
     series = request.app[METRICS].series
     series.streams += 1
     try:
         with contextlib.suppress(ConnectionError):
-            await session.relay(response.write, response.write_eof)
+            await session.relay(StreamSink(response, writer))
     finally:
         series.streams -= 1
     return response
