@@ -52,12 +52,14 @@ class SSEDecoder:
         if self._pending_cr:
             chunk = b"\r" + chunk
             self._pending_cr = False
-        if b"\r" in chunk:
+        # find() rather than `in`: on bytes, `in` first tries the needle as an integer and
+        # builds (then drops) a TypeError, which costs more than the search.
+        if chunk.find(b"\r") != -1:
             if chunk.endswith(b"\r"):  # might be half of a CRLF split across chunks
                 chunk, self._pending_cr = chunk[:-1], True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         last = self._parts[-1][-1:] if self._parts else b""
-        if (last + chunk[:1] != b"\n\n") and b"\n\n" not in chunk:
+        if (last + chunk[:1] != b"\n\n") and chunk.find(b"\n\n") == -1:
             if chunk:
                 self._parts.append(chunk)
                 self._size += len(chunk)
@@ -81,7 +83,7 @@ class SSEDecoder:
 
 
 def _parse_block(block: bytes) -> SSEEvent | None:
-    if block.startswith(b"data: ") and b"\n" not in block:  # one data line: most events
+    if block.startswith(b"data: ") and block.find(b"\n") == -1:  # one data line: most events
         return SSEEvent(block[6:].decode("utf-8", "replace"))
     data: list[str] = []
     event: str | None = None
