@@ -540,7 +540,8 @@ class Gateway:
             usage["cost"] = cost
         if req.turn is not None and req.turn.store and reply.output_items is not None:
             self.responses.keep(req.gen_id, req.key.name, req.turn.input_items,
-                                reply.output_items, reply.body)
+                                reply.output_items, reply.body,
+                                new_items=req.turn.new_items)
         return Answer(200, orjson.dumps(reply.body), headers)
 
     async def _fan_out(self, ctx: CallContext, exchange: FanOut, body: dict[str, Any],
@@ -611,7 +612,8 @@ class Gateway:
             items = getattr(translator, "output_items", None)
             response = getattr(translator, "response", None)
             if isinstance(items, list) and isinstance(response, dict) and response:
-                responses.keep(req.gen_id, key_name, turn.input_items, items, response)
+                responses.keep(req.gen_id, key_name, turn.input_items, items, response,
+                               new_items=turn.new_items)
 
         return keep
 

@@ -17,8 +17,6 @@ import datetime as dt
 import json
 import os
 import re
-import struct
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from bench.eventstream import event_frame, exception_frame
 from tests.fake_bedrock_embed import invoke
 
 DATA = Path(__file__).parent / "data" / "bedrock"
@@ -51,29 +50,6 @@ _CODERAL = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 
 def golden(name: str) -> Any:
     return json.loads((DATA / name).read_text())
-
-
-# --- the event-stream framing ---------------------------------------------------------------
-
-def encode_frame(headers: dict[str, str], payload: bytes) -> bytes:
-    """One event-stream message: prelude (total and headers lengths, CRC32), string headers
-    (type 7), payload, message CRC32; big-endian throughout."""
-    raw_headers = b"".join(
-        bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(value.encode()))
-        + value.encode() for name, value in headers.items())
-    prelude = struct.pack(">II", 16 + len(raw_headers) + len(payload), len(raw_headers))
-    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + raw_headers + payload
-    return message + struct.pack(">I", zlib.crc32(message))
-
-
-def event_frame(event: str, data: dict[str, Any]) -> bytes:
-    return encode_frame({":event-type": event, ":content-type": "application/json",
-                         ":message-type": "event"}, json.dumps(data).encode())
-
-
-def exception_frame(exception: str, message: str) -> bytes:
-    return encode_frame({":exception-type": exception, ":content-type": "application/json",
-                         ":message-type": "exception"}, json.dumps({"message": message}).encode())
 
 
 # --- the fake ---------------------------------------------------------------------------------

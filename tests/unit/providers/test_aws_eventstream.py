@@ -1,5 +1,5 @@
-"""AWS event streams parsed with botocore into events; the test encoder (tests/fake_bedrock.py)
-checked against botocore's own parser."""
+"""AWS event streams parsed with botocore into events; the encoder the fakes use
+(bench/eventstream.py) checked against botocore's own parser."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from botocore.eventstream import EventStreamBuffer
 
 from anyrouter_proxy.errors import UpstreamError
 from anyrouter_proxy.providers.aws_eventstream import EventStreamDecoder
-from tests.fake_bedrock import encode_frame, event_frame, exception_frame, golden
+from bench.eventstream import encode_frame, event_frame, exception_frame
+from tests.fake_bedrock import golden
 
 
 def test_the_test_encoder_is_what_botocore_parses() -> None:
