@@ -1,4 +1,10 @@
-"""Prometheus metrics (prometheus-client), one registry per app, label children cached.
+"""Prometheus metrics, one registry per app.
+
+The per-request series (requests, latencies, tokens, cost, in-flight gauges) are plain
+dicts and ints added to on the event loop and turned into metric families only when
+/metrics is scraped: prometheus-client takes a lock on every increment and walks the
+buckets in Python on every observation, which cost a few percent of a request. The rare
+ones (reloads, rejections, scrape-time gauges) stay prometheus-client collectors.
 
 Labels stay low-cardinality: endpoint, model, provider, key name, status class, outcome.
 Never raw paths, ids or anything a client can invent.
@@ -7,10 +13,20 @@ Never raw paths, ids or anything a client can invent.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import metrics as prometheus_metrics
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from .types import GenerationRecord
 
@@ -19,31 +35,132 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 
                    300, 600)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
 
+Labels = tuple[str, ...]
+_le: Callable[[float], str] = floatToGoString  # a bound as prometheus-client writes `le`
+
+
+def _created_series() -> bool:
+    """prometheus-client's own switch (PROMETHEUS_DISABLE_CREATED_SERIES)."""
+    return bool(getattr(prometheus_metrics, "_use_created", True))
+
+
+class Tally:
+    """A labelled counter: exposed as prometheus-client exposes a Counter (`_total`,
+    `_created` when the series first counted)."""
+
+    __slots__ = ("created", "doc", "labelnames", "name", "values")
+
+    def __init__(self, name: str, doc: str, labelnames: Labels) -> None:
+        self.name, self.doc, self.labelnames = name, doc, labelnames
+        self.values: dict[Labels, float] = {}
+        self.created: dict[Labels, float] = {}
+
+    def inc(self, labels: Labels, amount: float = 1.0) -> None:
+        values = self.values
+        if labels in values:
+            values[labels] += amount
+        else:
+            values[labels] = float(amount)
+            self.created[labels] = time.time()
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+        created = self.created if _created_series() else {}
+        for labels, value in self.values.items():
+            family.add_metric(labels, value, created=created.get(labels))
+        return family
+
+
+class Spread:
+    """A labelled histogram: a count per bucket and the sum, cumulated at scrape time into
+    what prometheus-client's Histogram exposes (`_bucket`, `_count`, `_sum`, `_created`)."""
+
+    __slots__ = ("bounds", "created", "doc", "labelnames", "les", "name", "series")
+
+    def __init__(self, name: str, doc: str, labelnames: Labels,
+                 buckets: tuple[float, ...]) -> None:
+        self.name, self.doc, self.labelnames = name, doc, labelnames
+        self.bounds = tuple(float(b) for b in buckets)
+        self.les = [_le(b) for b in self.bounds] + ["+Inf"]
+        self.series: dict[Labels, list[float]] = {}  # per bucket (not cumulated), then sum
+        self.created: dict[Labels, float] = {}
+
+    def observe(self, labels: Labels, value: float) -> None:
+        counts = self.series.get(labels)
+        if counts is None:
+            counts = self.series[labels] = [0.0] * (len(self.bounds) + 2)
+            self.created[labels] = time.time()
+        counts[bisect_left(self.bounds, value)] += 1  # the first bound >= value, as `le`
+        counts[-1] += value
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        with_created = _created_series()
+        for labels, counts in self.series.items():
+            cumulated, total = [], 0.0
+            for le, count in zip(self.les, counts, strict=False):
+                total += count
+                cumulated.append((le, total))
+            family.add_metric(labels, cumulated, counts[-1])
+            if with_created:
+                family.samples.append(Sample(self.name + "_created",
+                                             dict(zip(self.labelnames, labels, strict=True)),
+                                             self.created[labels], None, None))
+        return family
+
+
+class RequestSeries:
+    """The series every proxied request adds to, as one collector of the registry."""
+
+    def __init__(self) -> None:
+        self.requests = Tally("anyrouter_requests", "Proxied requests by outcome.",
+                              ("endpoint", "model", "provider", "key", "status_class"))
+        self.duration = Spread("anyrouter_request_duration_seconds",
+                               "Proxied request duration, end to end.", ("endpoint", "model"),
+                               LATENCY_BUCKETS)
+        self.ttft = Spread("anyrouter_time_to_first_token_seconds",
+                           "Time to the first streamed event.", ("model", "provider"),
+                           TTFT_BUCKETS)
+        self.attempts = Spread("anyrouter_upstream_attempt_duration_seconds",
+                               "One upstream attempt, by provider and outcome.",
+                               ("provider", "outcome"), LATENCY_BUCKETS)
+        self.tokens = Tally("anyrouter_tokens", "Tokens by direction.",
+                            ("model", "provider", "key", "direction"))
+        self.cost = Tally("anyrouter_cost_usd", "Cost in USD.", ("model", "key"))
+        self.in_flight = 0
+        self.streams = 0
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self.requests.name, self.requests.doc),
+                HistogramMetricFamily(self.duration.name, self.duration.doc),
+                HistogramMetricFamily(self.ttft.name, self.ttft.doc),
+                HistogramMetricFamily(self.attempts.name, self.attempts.doc),
+                CounterMetricFamily(self.tokens.name, self.tokens.doc),
+                CounterMetricFamily(self.cost.name, self.cost.doc),
+                GaugeMetricFamily("anyrouter_in_flight_requests", ""),
+                GaugeMetricFamily("anyrouter_in_flight_streams", "")]
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.requests.family()
+        yield self.duration.family()
+        yield self.ttft.family()
+        yield self.attempts.family()
+        yield self.tokens.family()
+        yield self.cost.family()
+        yield GaugeMetricFamily("anyrouter_in_flight_requests", "Proxied requests in flight.",
+                                value=self.in_flight)
+        yield GaugeMetricFamily("anyrouter_in_flight_streams", "Streams in flight.",
+                                value=self.streams)
+
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("anyrouter_requests", "Proxied requests by outcome.",
-                                ["endpoint", "model", "provider", "key", "status_class"],
-                                registry=r)
-        self.duration = Histogram("anyrouter_request_duration_seconds",
-                                  "Proxied request duration, end to end.",
-                                  ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("anyrouter_time_to_first_token_seconds",
-                              "Time to the first streamed event.", ["model", "provider"],
-                              buckets=TTFT_BUCKETS, registry=r)
-        self.attempts = Histogram("anyrouter_upstream_attempt_duration_seconds",
-                                  "One upstream attempt, by provider and outcome.",
-                                  ["provider", "outcome"], buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("anyrouter_tokens", "Tokens by direction.",
-                              ["model", "provider", "key", "direction"], registry=r)
-        self.cost = Counter("anyrouter_cost_usd", "Cost in USD.", ["model", "key"], registry=r)
+        self.series = RequestSeries()
+        r.register(self.series)
         self.rejections = Counter("anyrouter_rejections", "Requests refused by a limit.",
                                   ["key", "reason"], registry=r)
-        self.in_flight = Gauge("anyrouter_in_flight_requests", "Proxied requests in flight.",
-                               registry=r)
-        self.streams = Gauge("anyrouter_in_flight_streams", "Streams in flight.", registry=r)
         self.circuit = Gauge("anyrouter_circuit_state",
                              "Circuit breaker per provider: 0 closed, 1 half-open, 2 open.",
                              ["provider"], registry=r)
@@ -89,29 +206,30 @@ class Metrics:
         return child
 
     def observe(self, rec: GenerationRecord) -> None:
+        series = self.series
         provider = rec.provider or "none"
-        status_class = f"{rec.status_code // 100}xx"
         model = rec.wildcard or rec.model  # a wildcard's ids count under the wildcard
-        self._child(self.requests, rec.endpoint, model, provider, rec.key_name,
-                    status_class).inc()
+        key_name = rec.key_name
+        series.requests.inc((rec.endpoint, model, provider, key_name,
+                             f"{rec.status_code // 100}xx"))
         if not rec.attempts:  # refused before routing: counted, but no latency to speak of
             return
-        self._child(self.duration, rec.endpoint, model).observe(rec.latency_ms / 1000)
+        series.duration.observe((rec.endpoint, model), rec.latency_ms / 1000)
         if rec.ttft_ms is not None:
-            self._child(self.ttft, model, provider).observe(rec.ttft_ms / 1000)
+            series.ttft.observe((model, provider), rec.ttft_ms / 1000)
         for attempt in rec.attempts:
             outcome = "ok" if attempt.status == 200 else str(attempt.status)
-            self._child(self.attempts, attempt.provider, outcome).observe(
-                attempt.latency_ms / 1000)
+            series.attempts.observe((attempt.provider, outcome), attempt.latency_ms / 1000)
         usage = rec.usage
+        tokens = series.tokens
         for direction, count in (("prompt", usage.prompt_tokens),
                                  ("completion", usage.completion_tokens),
                                  ("cached", usage.cached_tokens),
                                  ("reasoning", usage.reasoning_tokens)):
             if count:
-                self._child(self.tokens, model, provider, rec.key_name, direction).inc(count)
+                tokens.inc((model, provider, key_name, direction), count)
         if rec.cost:
-            self._child(self.cost, model, rec.key_name).inc(rec.cost)
+            series.cost.inc((model, key_name), rec.cost)
 
     def dropped_rows(self, by_kind: Mapping[str, int]) -> None:
         """Bring the dropped-rows counter up to the store's counts (at scrape time)."""

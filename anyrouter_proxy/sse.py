@@ -52,35 +52,38 @@ class SSEDecoder:
         if self._pending_cr:
             chunk = b"\r" + chunk
             self._pending_cr = False
-        if b"\r" in chunk:
+        # find() rather than `in`: on bytes, `in` first tries the needle as an integer and
+        # builds (then drops) a TypeError, which costs more than the search.
+        if chunk.find(b"\r") != -1:
             if chunk.endswith(b"\r"):  # might be half of a CRLF split across chunks
                 chunk, self._pending_cr = chunk[:-1], True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        last = self._parts[-1][-1:] if self._parts else b""
-        if (last + chunk[:1] != b"\n\n") and b"\n\n" not in chunk:
-            if chunk:
-                self._parts.append(chunk)
-                self._size += len(chunk)
-                if self._size > MAX_EVENT_BYTES:
-                    raise EventTooLarge(f"a stream event exceeds {MAX_EVENT_BYTES} bytes")
-            return []
-        previous = self._size
-        buffer = b"".join(self._parts) + chunk if self._parts else chunk
-        events: list[SSEEvent] = []
-        start = 0
-        search = max(0, previous - 1)  # only the new bytes (and one before, for a split)
-        while (end := buffer.find(b"\n\n", search)) != -1:
-            event = _parse_block(buffer[start:end])
-            if event is not None:
-                events.append(event)
-            start = search = end + 2
-        rest = buffer[start:]
+        parts = self._parts
+        if parts:  # an event continues: only the new bytes (and one before) can end it
+            if parts[-1][-1:] + chunk[:1] != b"\n\n" and chunk.find(b"\n\n") == -1:
+                return self._keep(chunk)
+            chunk = b"".join(parts) + chunk
+        blocks = chunk.split(b"\n\n")
+        rest = blocks.pop()
+        if not blocks:  # no event ends in these bytes
+            return self._keep(rest)
         self._parts = [rest] if rest else []
         self._size = len(rest)
-        return events
+        return [event for block in blocks if (event := _parse_block(block)) is not None]
+
+    def _keep(self, chunk: bytes) -> list[SSEEvent]:
+        """Bytes of an event still unfinished."""
+        if chunk:
+            self._parts.append(chunk)
+            self._size += len(chunk)
+            if self._size > MAX_EVENT_BYTES:
+                raise EventTooLarge(f"a stream event exceeds {MAX_EVENT_BYTES} bytes")
+        return []
 
 
 def _parse_block(block: bytes) -> SSEEvent | None:
+    if block.startswith(b"data: ") and block.find(b"\n") == -1:  # one data line: most events
+        return SSEEvent(block[6:].decode("utf-8", "replace"))
     data: list[str] = []
     event: str | None = None
     for line in block.decode("utf-8", "replace").split("\n"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import orjson
@@ -25,7 +25,20 @@ from .upstream import UpstreamResponse
 
 log = logging.getLogger(__name__)
 
-Write = Callable[[bytes], Awaitable[None]]
+
+class Sink(Protocol):
+    """Where a stream's bytes go (the client's connection, server/stream_sink.py)."""
+
+    async def write(self, data: bytes) -> None:
+        """The first bytes (the response's headers go with them)."""
+
+    def send(self, data: bytes) -> bool:
+        """Later bytes, on the wire at once; True when the client is behind: drain."""
+
+    async def drain(self) -> None: ...
+
+    async def end(self, data: bytes) -> None:
+        """The last bytes, with the end of the body."""
 
 
 class Outcome(Protocol):
@@ -104,18 +117,20 @@ class StreamSession:
         self._outcome = outcome
         self._completed = completed  # told once the answer is whole, before its end goes out
 
-    async def relay(self, write: Write, end: Write) -> None:
-        """Write the whole stream, then `end` with its last bytes (the normal end or an
-        error event) in the same write as the end of the body."""
-        translator, books = self._translator, self._books
+    async def relay(self, sink: Sink) -> None:
+        """Write the whole stream, then end it with its last bytes (the normal end or an
+        error event) in the same write as the end of the body. The events of one upstream
+        read leave in one write, which awaits only when the client is behind."""
+        translator, books, decoder = self._translator, self._books, self._decoder
+        send, end = sink.send, sink.end
         try:
-            await write(b"".join(self._pending))
+            await sink.write(b"".join(self._pending))
             if self._failure is not None:
                 raise self._failure
             async for chunk in self._chunks:
-                out, failure = translate(chunk, self._decoder, translator)
-                if out:
-                    await write(b"".join(out))
+                out, failure = translate(chunk, decoder, translator)
+                if out and send(b"".join(out)):
+                    await sink.drain()
                 if failure is not None:
                     raise failure
             tail = translator.finish()

@@ -13,7 +13,7 @@ from ..errors import UpstreamError
 from ..output_cap import cap_openai_body
 from ..output_estimate import openai_choice_tokens
 from ..redaction import redact_error
-from ..sse import DONE_EVENT, SSEEvent, encode_event
+from ..sse import DONE, DONE_EVENT, SSEEvent, encode_event
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, ENDPOINT_PATHS, PARTIAL, PROVIDER, Usage
 from .anthropic_client import (
     anthropic_to_openai_request,
@@ -152,7 +152,7 @@ class OpenAIStreamRelay:
 
     def feed(self, event: SSEEvent) -> list[bytes]:
         chunk = self._chunk(event)
-        return [] if chunk is None else [encode_event(orjson.dumps(chunk))]
+        return [] if chunk is None else [b"data: " + orjson.dumps(chunk) + b"\n\n"]
 
     def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
         """The chunks `feed` would send, as dicts (for a relay that re-translates them)."""
@@ -166,18 +166,19 @@ class OpenAIStreamRelay:
 
     def _chunk(self, event: SSEEvent) -> dict[str, Any] | None:
         """Book one upstream event; the chunk to send on, if any."""
-        if event.is_done:
+        ctx = self._ctx
+        if event.data == DONE:
             self._done = True
             if self.usage is not None:
                 self.usage.source = PROVIDER
             return None
-        chunk = event_data(event, self._ctx)
+        chunk = event_data(event, ctx)
         if "error" in chunk:
-            raise stream_error(chunk["error"], self._ctx)
+            raise stream_error(chunk["error"], ctx)
         if self.upstream_id is None and isinstance(chunk.get("id"), str):
             self.upstream_id = chunk["id"]
-        chunk["id"] = self._ctx.gen_id
-        chunk["model"] = self._ctx.model
+        chunk["id"] = ctx.gen_id
+        chunk["model"] = ctx.model
         choices = chunk.get("choices")
         if choices and isinstance(choices, list):
             self.output_tokens += openai_choice_tokens(choices)

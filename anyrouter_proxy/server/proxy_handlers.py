@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 from aiohttp.typedefs import Handler
 
 from ..config.wildcards import resolve_model
@@ -20,6 +21,7 @@ from ..types import MESSAGES
 from .inbound import authenticate, read_json
 from .middlewares import decorate
 from .state import GATEWAY, METRICS, context
+from .stream_sink import StreamSink
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,8 @@ def proxy_handler(endpoint: str) -> Handler:
         req = ProxyRequest(endpoint, body, key, ctx.trace_id, forced,
                            client_headers=_forwardable(request))
         ctx.proxied = req
-        metrics = request.app[METRICS]
-        metrics.in_flight.inc()
+        series = request.app[METRICS].series
+        series.in_flight += 1
         try:
             if body.get("stream") is True and server.sse_keepalive:
                 return await _stream_with_keepalive(request, req,
@@ -67,7 +69,7 @@ def proxy_handler(endpoint: str) -> Handler:
                                     headers=result.headers, content_type="application/json")
             return await _relay(request, result)
         finally:
-            metrics.in_flight.dec()
+            series.in_flight -= 1
 
     return handle
 
@@ -82,13 +84,15 @@ async def _relay(request: web.Request, session: StreamSession,
         except BaseException:
             await session.abandon()
             raise
-    streams = request.app[METRICS].streams
-    streams.inc()
+    writer = await response.prepare(request)  # already prepared: aiohttp's writer
+    assert isinstance(writer, StreamWriter)
+    series = request.app[METRICS].series
+    series.streams += 1
     try:
         with contextlib.suppress(ConnectionError):
-            await session.relay(response.write, response.write_eof)
+            await session.relay(StreamSink(response, writer))
     finally:
-        streams.dec()
+        series.streams -= 1
     return response
 
 

@@ -13,6 +13,7 @@ import pytest
 from anyrouter_proxy.config.model import Config
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider
 from tests.fakes import Behaviour, FakeOpenAI
+from tests.served import raw_connect, read_until_closed
 
 StartProxy = Callable[[Config], Awaitable[Proxy]]
 CHAT = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -265,3 +266,47 @@ async def test_failure_after_keepalive_is_an_error_event(
     error = json.loads(blocks[-2].removeprefix(b"data: "))
     assert error["error"]["code"] == "upstream_timeout"
     assert blocks[-1] == b"data: [DONE]"
+
+
+async def test_a_stream_to_an_http_1_0_client_is_its_events_until_the_close(
+        openai_proxy: Proxy, fake_openai: FakeOpenAI) -> None:
+    """No chunked framing for HTTP/1.0: the events as they are, the close ends the body;
+    and an HTTP/1.1 client's chunked body decodes to the same events."""
+    fake_openai.then(Behaviour(chunks=5, chunk_delay_s=0.01))
+    fake_openai.then(Behaviour(chunks=5, chunk_delay_s=0.01))
+    payload = json.dumps({**CHAT, "stream": True}).encode()
+    bodies = {}
+    for version in ("1.0", "1.1"):
+        sock = await raw_connect(openai_proxy.server.port)
+        try:
+            await asyncio.get_running_loop().sock_sendall(sock, (
+                f"POST /api/v1/chat/completions HTTP/{version}\r\nHost: proxy\r\n"
+                f"Authorization: Bearer {ALICE_KEY}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+            ).encode() + payload)
+            head, _, body = (await read_until_closed(sock, 10)).partition(b"\r\n\r\n")
+        finally:
+            sock.close()
+        assert head.startswith(f"HTTP/{version} 200 ".encode())
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        assert chunked is (version == "1.1")
+        bodies[version] = dechunk(body) if chunked else body
+    for body in bodies.values():
+        events = [e for e in body.split(b"\n\n") if e]
+        assert events[-1] == b"data: [DONE]"
+        assert b"".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "").encode()
+                        for e in events[:-1] if b'"choices":[{' in e) == \
+            b"tok0 tok1 tok2 tok3 tok4 "
+
+
+def dechunk(body: bytes) -> bytes:
+    out, rest = b"", body
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert rest == b"\r\n"
+            return out
+        out, rest = out + rest[:size], rest[size:]
+        assert rest.startswith(b"\r\n")
+        rest = rest[2:]

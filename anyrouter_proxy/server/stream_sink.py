@@ -1,0 +1,45 @@
+"""A relayed stream's bytes onto the client's connection, with as little as possible per
+event: the first write goes through aiohttp (the headers leave with it, in one write),
+every later one straight onto the transport in the answer's framing (chunked, or raw for
+an HTTP/1.0 client), awaiting only while the client is behind (the transport above its
+high-water mark: when server/protocol.py's write timeout runs), and the end through
+aiohttp again (the last chunk and the terminator in one write, its state closed as usual).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.http_writer import StreamWriter
+
+
+class StreamSink:
+    __slots__ = ("_chunked", "_response", "_writer")
+
+    def __init__(self, response: web.StreamResponse, writer: StreamWriter) -> None:
+        self._response = response
+        self._writer = writer  # aiohttp's writer of this answer (never compressed)
+        self._chunked = writer.chunked
+
+    async def write(self, data: bytes) -> None:
+        """The first bytes: the headers go with them."""
+        await self._response.write(data)
+
+    def send(self, data: bytes) -> bool:
+        """Put `data` on the wire now (after `write`); True when the client is behind and
+        `drain` is due. Raises ConnectionResetError once the client has gone, as aiohttp's
+        own write does."""
+        writer = self._writer
+        protocol = writer.protocol
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        writer.output_size += len(data)
+        return protocol.writing_paused
+
+    async def drain(self) -> None:
+        """Wait until the client takes what was sent (ConnectionError if it goes)."""
+        await self._writer.drain()
+
+    async def end(self, data: bytes) -> None:
+        await self._response.write_eof(data)
