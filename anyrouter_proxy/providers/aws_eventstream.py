@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from zlib import crc32
 
@@ -45,7 +46,6 @@ HEADER_CACHE_SIZE = 256  # distinct headers blocks remembered (a stream uses a h
 
 HeaderValue = bool | int | bytes | str
 Headers = Mapping[str, HeaderValue]
-Message = tuple[Headers, bytes]  # (headers, payload)
 
 _PRELUDE = struct.Struct(">III")
 _CRC = struct.Struct(">I")
@@ -59,6 +59,18 @@ _BYTES, _STRING, _UUID = 6, 7, 9
 
 class InvalidFrame(ValueError):
     """The bytes are not a well-formed event-stream message."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeadersBlock:
+    """One message's headers, and the SSEEvent.event they make (None: an error message,
+    whose event data comes from its headers)."""
+
+    headers: Headers
+    event: str | None
+
+
+Message = tuple[HeadersBlock, bytes]  # (headers, payload)
 
 
 class EventStreamDecoder:
@@ -77,7 +89,9 @@ class EventStreamDecoder:
             raise UpstreamError(f"The upstream event stream is invalid: {exc}",
                                 code="upstream_invalid_response") from None
         self._data = data[used:] if used else data
-        return [_event(headers, payload) for headers, payload in messages]
+        return [SSEEvent(payload.decode("utf-8", "replace"), block.event)
+                if block.event is not None else _error_event(block.headers, payload)
+                for block, payload in messages]
 
 
 def split_messages(data: bytes) -> tuple[list[Message], int]:
@@ -105,20 +119,13 @@ def split_messages(data: bytes) -> tuple[list[Message], int]:
         if crc32(data[start + 8:crc_at], prelude_crc) != _CRC.unpack_from(data, crc_at)[0]:
             raise InvalidFrame("the message's checksum does not match")
         payload_at = start + PRELUDE_BYTES + headers_length
-        messages.append((_headers(data[start + PRELUDE_BYTES:payload_at]),
+        messages.append((_headers_block(data[start + PRELUDE_BYTES:payload_at]),
                          data[payload_at:crc_at]))
         start = end
     return messages, start
 
 
-def _event(headers: Headers, payload: bytes) -> SSEEvent:
-    kind = headers.get(":message-type", "event")
-    if kind == "event":
-        return SSEEvent(payload.decode("utf-8", "replace"), str(headers.get(":event-type", "")))
-    if kind == "exception":
-        name = str(headers.get(":exception-type", ""))
-        return SSEEvent(payload.decode("utf-8", "replace"),
-                        name if name.endswith(EXCEPTION_SUFFIX) else ERROR_EVENT)
+def _error_event(headers: Headers, payload: bytes) -> SSEEvent:
     detail = {"code": str(headers.get(":error-code", "")),
               "message": str(headers.get(":error-message", "")
                              or payload.decode("utf-8", "replace"))}
@@ -126,12 +133,19 @@ def _event(headers: Headers, payload: bytes) -> SSEEvent:
 
 
 @lru_cache(maxsize=HEADER_CACHE_SIZE)
-def _headers(raw: bytes) -> Headers:
+def _headers_block(raw: bytes) -> HeadersBlock:
     """A headers block (cached by its bytes: the result is shared, never changed)."""
     try:
-        return _parse_headers(raw)
+        headers = _parse_headers(raw)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise InvalidFrame(f"malformed headers ({exc})") from None
+    kind = headers.get(":message-type", "event")
+    if kind == "event":
+        return HeadersBlock(headers, str(headers.get(":event-type", "")))
+    if kind == "exception":
+        name = str(headers.get(":exception-type", ""))
+        return HeadersBlock(headers, name if name.endswith(EXCEPTION_SUFFIX) else ERROR_EVENT)
+    return HeadersBlock(headers, None)
 
 
 def _parse_headers(raw: bytes) -> dict[str, HeaderValue]:

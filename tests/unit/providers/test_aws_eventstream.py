@@ -146,7 +146,7 @@ def lean_outcome(chunks: Iterable[bytes]) -> Outcome:
             got, used = split_messages(data)
         except InvalidFrame:
             return messages, True
-        messages.append([(dict(headers), payload) for headers, payload in got])
+        messages.append([(dict(block.headers), payload) for block, payload in got])
         data = data[used:]
     return messages, False
 
@@ -240,9 +240,9 @@ def test_valid_header_blocks_of_every_type_are_read() -> None:
     data = frame_of(b"".join(encode_header(k, v) for k, v in header.items()), b"{}")
     got, used = split_messages(data)
     assert used == len(data)
-    assert [(dict(headers), payload) for headers, payload in got] == [
+    assert [(dict(block.headers), payload) for block, payload in got] == [
         ({name: value for name, (_, value) in header.items()}, b"{}")]
-    assert botocore_outcome([data])[0] == ([[(dict(got[0][0]), b"{}")]], False)
+    assert botocore_outcome([data])[0] == ([[(dict(got[0][0].headers), b"{}")]], False)
 
 
 @pytest.mark.parametrize("raw", [
