@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import fnmatch
+import functools
 import hashlib
 import hmac
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +48,7 @@ from .failures import (
     upstream_failure,
     worth_retrying,
 )
+from .fan_out import gather_bounded
 from .health import BreakerPolicy, HealthBoard
 from .ids import new_generation_id
 from .limits.connection_shares import SHARE_SKIP, ConnectionShares, Share, share_exhausted
@@ -53,7 +56,14 @@ from .limits.quota import NOTHING_HELD, Held, Quota
 from .output_cap import OutputCap, cap_upstream_body, output_cap
 from .pricing import estimate_prompt_tokens, worst_case_cost
 from .providers.aws_auth import AwsAuth
-from .providers.base import CallContext, Exchange, StreamTranslator
+from .providers.base import (
+    CallContext,
+    Exchange,
+    FanOut,
+    StreamTranslator,
+    UpstreamCall,
+    as_fan_out,
+)
 from .providers.google_auth import VERTEX, GoogleTokens
 from .providers.registry import exchange_for, stream_decoder, token_counter_for
 from .responses_turn import Turn, prepare_turn
@@ -473,7 +483,10 @@ class Gateway:
 
     async def _send(self, ctx: CallContext, exchange: Exchange, body: dict[str, Any],
                     books: Books) -> UpstreamResponse:
-        call = exchange.build(body, ctx)
+        return await self._send_call(ctx, exchange.build(body, ctx), books)
+
+    async def _send_call(self, ctx: CallContext, call: UpstreamCall,
+                         books: Books) -> UpstreamResponse:
         if ctx.output is not None:  # whatever the exchange built, never more than reserved
             cap_upstream_body(call.path, call.body, ctx.output)
         payload = _encode_body(call.body)
@@ -513,18 +526,12 @@ class Gateway:
 
     async def _complete(self, req: ProxyRequest, ctx: CallContext, exchange: Exchange,
                         books: Books, headers: dict[str, str]) -> Answer:
-        response = await self._send(ctx, exchange, req.body, books)
-        try:
-            raw = await response.read()
-        finally:
-            response.close()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(f"Provider {ctx.provider.id} sent an invalid response: not JSON",
-                                code="upstream_invalid_response",
-                                metadata={"provider_name": ctx.provider.id}) from None
-        reply = exchange.reply(data, ctx)
+        fan_out = as_fan_out(exchange)
+        if fan_out is not None:
+            reply = fan_out.reply_all(await self._fan_out(ctx, fan_out, req.body, books), ctx)
+        else:
+            response = await self._send(ctx, exchange, req.body, books)
+            reply = exchange.reply(await _read_json(response, ctx.provider), ctx)
         books.record.upstream_id = reply.upstream_id
         books.record.finish_reason = reply.finish_reason
         cost = books.close(usage=reply.usage, completion_estimate=reply.output_tokens)
@@ -533,8 +540,38 @@ class Gateway:
             usage["cost"] = cost
         if req.turn is not None and req.turn.store and reply.output_items is not None:
             self.responses.keep(req.gen_id, req.key.name, req.turn.input_items,
-                                reply.output_items, reply.body)
+                                reply.output_items, reply.body,
+                                new_items=req.turn.new_items)
         return Answer(200, orjson.dumps(reply.body), headers)
+
+    async def _fan_out(self, ctx: CallContext, exchange: FanOut, body: dict[str, Any],
+                       books: Books) -> list[Any]:
+        """Every call of a fan-out exchange, at most its `concurrency` at once, answers in
+        call order. Together they are one attempt of the route (one entry in the row's
+        attempts): a failed call fails it, and the calls that had answered, billed upstream
+        but not to the client, are counted as the operator's cost."""
+        calls = exchange.build_all(body, ctx)
+        attempts = books.record.attempts
+        first, started = len(attempts), time.perf_counter()
+
+        async def answer(call: UpstreamCall) -> Any:
+            return await _read_json(await self._send_call(ctx, call, books), ctx.provider)
+
+        try:
+            return await gather_bounded([functools.partial(answer, call) for call in calls],
+                                        exchange.concurrency)
+        except ProxyError as exc:
+            if not slow_answer(exc, books.record.streamed):  # else all of it is counted
+                answered = sum(1 for attempt in attempts[first:] if attempt.status == 200)
+                books.record.operator_cost += worst_case_cost(
+                    ctx.pricing, math.ceil(books.prompt_estimate * answered / len(calls)), 0)
+            raise
+        finally:
+            tried = attempts[first:]
+            if tried:
+                del attempts[first:]
+                status = next((a.status for a in tried if a.status != 200), 200)
+                attempts.append(Attempt(ctx.provider.id, status, _ms_since(started)))
 
     async def _open_stream(self, req: ProxyRequest, ctx: CallContext, exchange: Exchange,
                            books: Books, headers: dict[str, str]) -> StreamSession:
@@ -575,7 +612,8 @@ class Gateway:
             items = getattr(translator, "output_items", None)
             response = getattr(translator, "response", None)
             if isinstance(items, list) and isinstance(response, dict) and response:
-                responses.keep(req.gen_id, key_name, turn.input_items, items, response)
+                responses.keep(req.gen_id, key_name, turn.input_items, items, response,
+                               new_items=turn.new_items)
 
         return keep
 
@@ -636,6 +674,20 @@ def _new_record(req: ProxyRequest, model_id: str, streamed: bool,
                                   model=model_id, trace_id=req.trace_id, streamed=streamed,
                                   **fields)
     return req.record
+
+
+async def _read_json(response: UpstreamResponse, provider: ProviderConfig) -> Any:
+    """A whole upstream answer, parsed; one that is not JSON is the upstream's fault."""
+    try:
+        raw = await response.read()
+    finally:
+        response.close()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"Provider {provider.id} sent an invalid response: not JSON",
+                            code="upstream_invalid_response",
+                            metadata={"provider_name": provider.id}) from None
 
 
 def _encode_body(body: dict[str, Any]) -> bytes:

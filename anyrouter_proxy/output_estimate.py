@@ -78,7 +78,8 @@ def anthropic_delta_tokens(delta: Any) -> int:
     """One content_block_delta's `delta` (text, thinking, tool input JSON)."""
     if delta.__class__ is not dict:
         return 0
-    name = ANTHROPIC_DELTA_FIELDS.get(delta.get("type"))  # type: ignore[arg-type]
+    kind = delta.get("type")  # a hostile upstream may send any JSON here, unhashable too
+    name = ANTHROPIC_DELTA_FIELDS.get(kind) if kind.__class__ is str else None
     value = delta.get(name) if name is not None else None
     return text_tokens(value) if value.__class__ is str else 0
 

@@ -7,6 +7,12 @@ count), the time to the end of the response, and whether the stream ended normal
 (`[DONE]` or `message_stop`, no error event). A raw asyncio.Protocol on uvloop, so that
 it costs little CPU next to the upstream on the load core. Prints one JSON object.
 
+Streams that are not OpenAI/Anthropic SSE (a provider's native stream, read directly):
+`--event-marker` counts events by another marker (e.g. `:event-type`, a header name in
+every AWS event-stream frame) and `--end-marker` says what only the last event holds
+(e.g. `finishReason`, `metadata`). The clients all start at once unless `--stagger`;
+the open-files limit is raised to its hard limit, for hundreds of connections.
+
     python bench/sseload.py --url http://127.0.0.1:8080/api/v1/chat/completions \
         --body-file body.json --header "Authorization: Bearer sk-..." -c 16 -d 5
 """
@@ -15,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import resource
 import sys
 import time
 from typing import Any
@@ -38,11 +46,22 @@ class Result:
         self.error_event = False
 
 
+class Markers:
+    """What counts as an event, and what only the stream's last events hold."""
+
+    __slots__ = ("end", "event")
+
+    def __init__(self, event: bytes = b"data:", end: tuple[bytes, ...] = END_MARKERS) -> None:
+        self.event = event
+        self.end = end
+
+
 class Client(asyncio.Protocol):
     """One keep-alive connection; `request()` returns a future of the Result."""
 
-    def __init__(self, request: bytes) -> None:
+    def __init__(self, request: bytes, markers: Markers) -> None:
         self.request_bytes = request
+        self.markers = markers
         self.transport: asyncio.Transport | None = None
         self.lost = asyncio.get_running_loop().create_future()
         self.fut: asyncio.Future[Result] | None = None
@@ -152,13 +171,14 @@ class Client(asyncio.Protocol):
         if res.ttfb is None:
             res.ttfb = now - self.t0
         window = self.tail + data
-        new_events = window.count(b"data:") - self.tail.count(b"data:")
+        marker = self.markers.event
+        new_events = window.count(marker) - self.tail.count(marker)
         if new_events:
             if res.ttft is None:
                 res.ttft = now - self.t0
             res.events += new_events
             if not res.ended:
-                res.ended = any(m in window for m in END_MARKERS)
+                res.ended = any(m in window for m in self.markers.end)
             if b'{"error"' in window or b"event: error" in window \
                     or b"event: response.failed" in window:
                 res.error_event = True
@@ -191,25 +211,31 @@ def summary_ms(values: list[float]) -> dict[str, float | None]:
 
 
 async def run(host: str, port: int, request: bytes, concurrency: int, duration: float,
-              warmup: float, stream: bool, stagger: float = 0.0) -> dict[str, Any]:
+              warmup: float, stream: bool, stagger: float = 0.0,
+              markers: Markers | None = None) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     ok: list[Result] = []
+    firsts: list[float] = []  # each client's first response: time to its first event
     errors: dict[str, int] = {}
+    completed = 0  # every response, measured or not (what the server served)
     measuring = False
     t_start = 0.0
+    marks = markers or Markers()
 
     def error(kind: str) -> None:
         if measuring:
             errors[kind] = errors.get(kind, 0) + 1
 
     async def worker(deadline: float, delay: float) -> None:
+        nonlocal completed
         client: Client | None = None
+        first = True
         await asyncio.sleep(delay)
         while time.perf_counter() < deadline:
             if client is None or client.transport is None or client.transport.is_closing():
                 try:
-                    _, client = await loop.create_connection(lambda: Client(request),
-                                                             host, port)
+                    _, client = await loop.create_connection(
+                        lambda: Client(request, marks), host, port)
                 except OSError:
                     error("connect")
                     await asyncio.sleep(0.05)
@@ -223,6 +249,10 @@ async def run(host: str, port: int, request: bytes, concurrency: int, duration: 
                     client.transport.close()
                 client = None
                 continue
+            completed += 1
+            if first and res.ttft is not None:
+                firsts.append(res.ttft)
+            first = False
             if not (measuring and started_measuring):
                 continue
             if res.status != 200:
@@ -246,14 +276,26 @@ async def run(host: str, port: int, request: bytes, concurrency: int, duration: 
     n_err = sum(errors.values())
     events = [r.events for r in ok]
     return {
-        "requests": len(ok), "errors": n_err, "error_kinds": errors,
+        "requests": len(ok), "completed": completed, "errors": n_err, "error_kinds": errors,
         "elapsed_s": round(elapsed, 3), "rps": round(len(ok) / elapsed, 1) if elapsed else 0,
         "latency_ms": summary_ms([r.total for r in ok]),
         "ttft_ms": summary_ms([r.ttft for r in ok if r.ttft is not None]),
         "ttfb_ms": summary_ms([r.ttfb for r in ok if r.ttfb is not None]),
+        "first_ttft_ms": summary_ms(firsts),
+        "events": sum(events),
         "events_per_response": {"min": min(events) if events else None,
                                 "max": max(events) if events else None},
     }
+
+
+def raise_fd_limit() -> None:
+    """One socket per client, and the default soft limit is often 1024: up to the hard
+    limit (or 65536 where that is unlimited)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def build_request(url: str, body: bytes, headers: list[str]) -> tuple[str, int, bytes]:
@@ -278,7 +320,15 @@ def main() -> None:
     ap.add_argument("--stagger", type=float, default=0.0,
                     help="spread the clients' first requests over this many seconds")
     ap.add_argument("--plain", action="store_true", help="not a stream: no end marker check")
+    ap.add_argument("--event-marker", default="data:", help="what each event holds once")
+    ap.add_argument("--end-marker", action="append",
+                    help="what only the stream's end holds (repeatable; default: [DONE], "
+                         "message_stop or response.completed)")
     args = ap.parse_args()
+    raise_fd_limit()
+    markers = Markers(args.event_marker.encode(),
+                      tuple(m.encode() for m in args.end_marker) if args.end_marker
+                      else END_MARKERS)
     try:
         import uvloop
         uvloop.install()
@@ -288,7 +338,7 @@ def main() -> None:
         body = f.read()
     host, port, request = build_request(args.url, body, args.header)
     out = asyncio.run(run(host, port, request, args.concurrency, args.duration, args.warmup,
-                          not args.plain, args.stagger))
+                          not args.plain, args.stagger, markers))
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 

@@ -15,6 +15,19 @@ never is the bottleneck. It is not a test fake: it checks nothing and records no
                                 content_block_stop, message_delta, message_stop
     GET  /health                200 "ok"
 
+The native provider kinds, streams only, each checking its credential (a wrong one is
+401; see bench/native_wire.py for the wire formats and the credentials):
+
+    POST /openai/v1/chat/completions                      Azure OpenAI (v1 API)
+    POST /v1beta/models/M:streamGenerateContent?alt=sse   Gemini API
+    POST /v1/projects/P/locations/L/publishers/google/models/M:streamGenerateContent?alt=sse
+                                                          Vertex AI (bearer from /token)
+    POST /token                                           the OAuth token endpoint (a
+                                                          service account's JWT grant)
+    POST /model/ID/converse-stream                        Bedrock ConverseStream (SigV4:
+                                                          the access key is checked, the
+                                                          signature is not)
+
 Pacing: prefix any path with /paced/<ttft_ms>/<chunk_ms>, e.g.
 /paced/100/5/v1/chat/completions: the stream's first event comes <ttft_ms> after the
 response headers, and each following event <chunk_ms> after the one before (the finish,
@@ -30,6 +43,8 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 try:
@@ -46,6 +61,20 @@ except ImportError:  # pragma: no cover - orjson is a dependency of the proxy
 
     def _dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode()
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+
+from bench.native_wire import (
+    AWS_ACCESS_KEY,
+    AZURE_KEY,
+    EVENT_STREAM,
+    GEMINI_KEY,
+    VERTEX_TOKEN,
+    azure_stream_events,
+    converse_stream_frames,
+    gemini_stream_events,
+    token_answer,
+)
 
 CREATED = 1735689600
 ANSWER_16 = ("The capital of France is Paris, a city known for art, food and the "
@@ -180,6 +209,25 @@ BAD_REQUEST = _http("400 Bad Request", b"application/json",
                     b'{"error":{"message":"bad request body","type":"invalid_request_error",'
                     b'"code":"invalid_json","param":null}}')
 HEALTH = _http("200 OK", b"text/plain", b"ok")
+UNAUTHORIZED = _http("401 Unauthorized", b"application/json",
+                     b'{"error":{"code":401,"message":"bad credentials","status":'
+                     b'"UNAUTHENTICATED"}}')
+TOKEN = _http("200 OK", b"application/json", token_answer())
+EVENT_STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: " + EVENT_STREAM
+                     + b"\r\nx-amzn-RequestId: 6b4ba1b4-0000-4000-8000-benchbench00"
+                     b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+# Each native kind's route: (kind, path prefix, path suffix, the request head must hold
+# this credential; head and path are lower-cased)
+NATIVE = (
+    ("azure", "/openai/v1/chat/completions", "", b"\r\napi-key: " + AZURE_KEY.lower().encode()),
+    ("gemini", "/v1beta/models/", ":streamgeneratecontent",
+     b"\r\nx-goog-api-key: " + GEMINI_KEY.lower().encode()),
+    ("vertex", "/v1/projects/", ":streamgeneratecontent",
+     b"\r\nauthorization: bearer " + VERTEX_TOKEN.lower().encode()),
+    ("bedrock", "/model/", "/converse-stream",
+     b"\r\nauthorization: aws4-hmac-sha256 credential=" + AWS_ACCESS_KEY.lower().encode()
+     + b"/"),
+)
 
 
 class Bodies:
@@ -212,14 +260,26 @@ class Bodies:
             if not flags[0]:
                 return _http("200 OK", b"application/json", messages_nonstream(model))
             return self._stream(messages_stream_events(model, self.chunks), 3)
+        if kind == "azure":
+            return self._stream(azure_stream_events(
+                model, self.chunks, _usage(self.chunks) if flags[0] else None),
+                3 if flags[0] else 2)
+        if kind in ("gemini", "vertex"):
+            return self._stream(gemini_stream_events(model, self.chunks, PROMPT_TOKENS,
+                                                     vertex=kind == "vertex"), 1)
+        if kind == "bedrock":
+            return self._stream(converse_stream_frames(self.chunks, PROMPT_TOKENS), 3,
+                                EVENT_STREAM_HEAD)
         raise KeyError(kind)
 
     @staticmethod
-    def _stream(events: list[bytes], n_tail: int) -> tuple[bytes, list[bytes], list[bytes]]:
-        """(the whole response in one buffer, then for pacing: the chunk-framed content
-        events, and the tail events that go out together at the end)"""
+    def _stream(events: list[bytes], n_tail: int, head: bytes = SSE_HEAD
+                ) -> tuple[bytes, bytes, list[bytes], list[bytes]]:
+        """(the whole response in one buffer, then for pacing: the response head, the
+        chunk-framed content events, and the tail events that go out together at the end)"""
         framed = [_chunk(e) for e in events]
-        return SSE_HEAD + b"".join(framed) + CHUNK_END, framed[:-n_tail], framed[-n_tail:]
+        return (head + b"".join(framed) + CHUNK_END, head, framed[:-n_tail],
+                framed[-n_tail:])
 
 
 # --------------------------------------------------------------------------- server
@@ -281,12 +341,12 @@ class UpstreamProtocol(asyncio.Protocol):
             sp2 = head.find(b" ", sp1 + 1)
             method = head[:sp1]
             path = head[sp1 + 1:sp2].split(b"?", 1)[0].decode("latin-1")
-            self._respond(method, path, body)
+            self._respond(method, path, head, body)
             if close:
                 transport.close()
                 return
 
-    def _respond(self, method: bytes, path: str, body: bytes) -> None:
+    def _respond(self, method: bytes, path: str, head: bytes, body: bytes) -> None:
         transport = self.transport
         assert transport is not None
         ttft_ms = chunk_ms = 0.0
@@ -300,19 +360,36 @@ class UpstreamProtocol(asyncio.Protocol):
         if method == b"get":
             transport.write(HEALTH if path in ("/health", "/") else NOT_FOUND)
             return
-        kind = _KINDS.get(path)
-        if kind is None:
-            transport.write(NOT_FOUND)
+        if path == "/token":
+            transport.write(TOKEN)
             return
+        kind = _KINDS.get(path)
+        model = ""
+        if kind is None:
+            for name, prefix, suffix, credential in NATIVE:
+                if path.startswith(prefix) and path.endswith(suffix):
+                    if credential not in head:
+                        transport.write(UNAUTHORIZED)
+                        return
+                    kind, model = name, _native_model(path, prefix, suffix)
+                    break
+            else:
+                transport.write(NOT_FOUND)
+                return
         try:
             req = _loads(body)
-            model = str(req.get("model", "bench"))
+            model = model or str(req.get("model", "bench"))
         except Exception:
             transport.write(BAD_REQUEST)
             return
-        if kind == "embeddings":
+        if kind in ("gemini", "vertex", "bedrock"):
+            key: tuple[Any, ...] = (kind, model)
+        elif kind == "azure":
+            opts = req.get("stream_options")
+            key = (kind, model, isinstance(opts, dict) and opts.get("include_usage") is True)
+        elif kind == "embeddings":
             inp = req.get("input")
-            key: tuple[Any, ...] = (kind, model, len(inp) if isinstance(inp, list)
+            key = (kind, model, len(inp) if isinstance(inp, list)
                                     and inp and not isinstance(inp[0], int) else 1)
         elif kind == "messages":
             key = (kind, model, req.get("stream") is True)
@@ -346,8 +423,8 @@ class UpstreamProtocol(asyncio.Protocol):
                 await until(ttft)
                 transport.write(out)
             else:
-                _, head, rest = out
-                transport.write(SSE_HEAD)
+                _, response_head, head, rest = out
+                transport.write(response_head)
                 # content events one by one; the tail (finish/usage/[DONE] or
                 # content_block_stop/message_delta/message_stop) in one go
                 for i, part in enumerate(head):
@@ -381,6 +458,12 @@ def _dechunk(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
             return None
         out += buf[pos:pos + size]
         pos += size + 2
+
+
+def _native_model(path: str, prefix: str, suffix: str) -> str:
+    """The model of a native route's path: Bedrock's model id, or Google's model name."""
+    inner = path[len(prefix):len(path) - len(suffix)]
+    return inner.rsplit("/", 1)[-1]
 
 
 _KINDS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",

@@ -11,6 +11,8 @@
 #   wrk            tests/e2e/test_bench.py runs `make bench`'s script for one second
 #   chromium       tests/e2e/test_dashboard_browser.py drives it with Playwright for Python
 #                  (Playwright's own browser download is never used)
+#   nodejs, npm    tests/e2e/test_node_clients.py runs the official JavaScript SDKs
+#                  (tests/node, installed there by `npm ci`); Node.js 18 or newer
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +32,8 @@ have redis-server || missing+=(redis-server)
 have promtool || missing+=(prometheus)
 have wrk || missing+=(wrk)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+have node || missing+=(nodejs)
+have npm || missing+=(npm)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -1,5 +1,6 @@
-"""A fake Bedrock Runtime (Converse, ConverseStream) over real HTTP, written from AWS's API
-reference: rest-json answers, errors as `{"message"}` with `x-amzn-ErrorType`, streams in
+"""A fake Bedrock Runtime (Converse, ConverseStream, and InvokeModel for the text embedding
+models of `fake_bedrock_embed.py`) over real HTTP, written from AWS's API reference:
+rest-json answers, errors as `{"message"}` with `x-amzn-ErrorType`, streams in
 the binary event-stream framing (`application/vnd.amazon.eventstream`, CRC32s).
 
 Like AWS, it checks every request's auth before anything else: a SigV4 signature is
@@ -16,8 +17,6 @@ import datetime as dt
 import json
 import os
 import re
-import struct
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,9 @@ from aiohttp import web
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from bench.eventstream import event_frame, exception_frame
+from tests.fake_bedrock_embed import invoke
 
 DATA = Path(__file__).parent / "data" / "bedrock"
 REGION = "us-east-1"
@@ -48,29 +50,6 @@ _CODERAL = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 
 def golden(name: str) -> Any:
     return json.loads((DATA / name).read_text())
-
-
-# --- the event-stream framing ---------------------------------------------------------------
-
-def encode_frame(headers: dict[str, str], payload: bytes) -> bytes:
-    """One event-stream message: prelude (total and headers lengths, CRC32), string headers
-    (type 7), payload, message CRC32; big-endian throughout."""
-    raw_headers = b"".join(
-        bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(value.encode()))
-        + value.encode() for name, value in headers.items())
-    prelude = struct.pack(">II", 16 + len(raw_headers) + len(payload), len(raw_headers))
-    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + raw_headers + payload
-    return message + struct.pack(">I", zlib.crc32(message))
-
-
-def event_frame(event: str, data: dict[str, Any]) -> bytes:
-    return encode_frame({":event-type": event, ":content-type": "application/json",
-                         ":message-type": "event"}, json.dumps(data).encode())
-
-
-def exception_frame(exception: str, message: str) -> bytes:
-    return encode_frame({":exception-type": exception, ":content-type": "application/json",
-                         ":message-type": "exception"}, json.dumps({"message": message}).encode())
 
 
 # --- the fake ---------------------------------------------------------------------------------
@@ -98,6 +77,7 @@ class Reply:
     exception: tuple[str, str] = ("modelStreamErrorException", "The model stream failed")
     stop_after: int | None = None  # streams: end the body cleanly after N events
     split: int = 0  # streams: write the frames in pieces of this many bytes
+    delay_s: float | None = None  # InvokeModel: answer after this long (else invoke_delay_s)
 
 
 class FakeBedrock:
@@ -110,6 +90,9 @@ class FakeBedrock:
         self.rejected: list[str] = []  # why requests were refused before being served
         self.script: deque[Reply] = deque()
         self.base_url = ""
+        self.invoke_delay_s = 0.0  # InvokeModel: how long each call takes to answer
+        self.in_flight = self.max_in_flight = 0  # InvokeModel calls being answered
+        self.invoke_cancelled = 0  # InvokeModel calls dropped by the client before the answer
 
     def then(self, *replies: Reply) -> FakeBedrock:
         self.script.extend(replies)
@@ -119,6 +102,7 @@ class FakeBedrock:
         app = web.Application()
         app.router.add_post("/model/{model_id:.+}/converse", self._converse)
         app.router.add_post("/model/{model_id:.+}/converse-stream", self._converse_stream)
+        app.router.add_post("/model/{model_id:.+}/invoke", self._invoke)
         return app
 
     async def _receive(self, request: web.Request) -> tuple[Call | web.Response, Reply]:
@@ -173,6 +157,26 @@ class FakeBedrock:
             return web.json_response(reply.body)
         return web.json_response(golden("converse_tool_use.json" if _wants_tool(call.body)
                                         else "converse_text.json"))
+
+    async def _invoke(self, request: web.Request) -> web.Response:
+        call, reply = await self._receive(request)
+        if isinstance(call, web.Response):
+            return call
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.invoke_delay_s if reply.delay_s is None else reply.delay_s)
+        except asyncio.CancelledError:
+            self.invoke_cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        if reply.body is not None:
+            return web.json_response(reply.body)
+        answer = invoke(call.model, call.body)
+        if isinstance(answer, tuple):
+            return error(*answer)
+        return web.json_response(answer, headers={"x-amzn-RequestId": "fake-invoke-request"})
 
     async def _converse_stream(self, request: web.Request) -> web.StreamResponse:
         call, reply = await self._receive(request)

@@ -7,7 +7,8 @@ It answers with a function call to the first tool when the request has tools and
 input does not end with a function_call_output, else with text; with `reasoning` it
 reasons first (reasoning tokens in the usage, encrypted_content when asked for with
 `include`). It refuses what OpenAI refuses of a self-contained call: a previous_response_id
-or store: true (it keeps nothing), and a reasoning item it did not write.
+or store: true (it keeps nothing), an item reference (nothing to find it in), and a
+reasoning item it did not write.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+
+from tests.schema_sample import fragments, sample_instance
 
 REASONING_SUMMARY = "Thinking about it."
 ENCRYPTED_PREFIX = "gAAAA-fake-encrypted-"  # what this fake writes in encrypted_content
@@ -30,6 +33,10 @@ def responses_problem(body: dict[str, Any]) -> str | None:
         return "this fake keeps nothing: store must be false"
     items = body.get("input")
     for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and (item.get("type") == "item_reference" or (
+                "type" not in item and "role" not in item)):
+            return (f"Item with id '{item.get('id')}' not found. Items are not persisted "
+                    "when `store` is set to false.")
         if isinstance(item, dict) and item.get("type") == "reasoning":
             encrypted = item.get("encrypted_content")
             if not isinstance(encrypted, str) or not encrypted.startswith(ENCRYPTED_PREFIX):
@@ -40,6 +47,14 @@ def responses_problem(body: dict[str, Any]) -> str | None:
     return None
 
 
+def structured_pieces(body: dict[str, Any]) -> tuple[str, ...] | None:
+    """For text.format json_schema: an instance of the schema, as JSON in a few pieces."""
+    fmt = (body.get("text") or {}).get("format") or {}
+    if fmt.get("type") != "json_schema":
+        return None
+    return tuple(fragments(json.dumps(sample_instance(fmt.get("schema") or {}))))
+
+
 class FakeResponse:
     """One answer: its items, built as the stream goes, and the events that build them."""
 
@@ -48,7 +63,8 @@ class FakeResponse:
         self.body = body
         self.id = response_id
         self.seq = 0
-        self.text_pieces = (text,) if text is not None else TEXT_PIECES
+        self.text_pieces = (text,) if text is not None else structured_pieces(body) \
+            or TEXT_PIECES
         self.usage_override = usage
         self.reasoning = isinstance(body.get("reasoning"), dict) and \
             body["reasoning"].get("effort") not in (None, "none")

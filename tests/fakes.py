@@ -7,12 +7,15 @@ falling back to a normal answer when the script is empty.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonschema
 from aiohttp import web
 
 from tests.anthropic_wire import (
@@ -29,6 +32,7 @@ USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16,
          "prompt_tokens_details": {"cached_tokens": 3},
          "completion_tokens_details": {"reasoning_tokens": 0}}
 EMBEDDING_USAGE = {"prompt_tokens": 4, "total_tokens": 4}
+WEATHER_ARGUMENTS = '{"city": "Paris"}'
 
 
 @dataclass
@@ -116,7 +120,7 @@ class FakeOpenAI:
             choice["message"] = {"role": "assistant", "content": None, "tool_calls": [
                 {"id": "call_1", "type": "function", "function": {
                     "name": body["tools"][0]["function"]["name"],
-                    "arguments": '{"city": "Paris"}'}}]}
+                    "arguments": tool_arguments(body)}}]}
         elif chat:
             choice["message"] = {"role": "assistant",
                                  "content": behaviour.content or openai_answer(body),
@@ -154,7 +158,9 @@ class FakeOpenAI:
         finish = "stop"
         if chat and _wants_tool_call(body):
             name = body["tools"][0]["function"]["name"]
-            pieces = ['{"ci', 'ty": "Pa', 'ris"}']
+            arguments = tool_arguments(body)
+            pieces = ['{"ci', 'ty": "Pa', 'ris"}'] if arguments == WEATHER_ARGUMENTS \
+                else fragments(arguments)
             for n, piece in enumerate(pieces):
                 call: dict[str, Any] = {"index": 0, "function": {"arguments": piece}}
                 if n == 0:
@@ -246,11 +252,36 @@ class FakeOpenAI:
         if behaviour.status != 200 or behaviour.body is not None:
             return _raw_or_json(behaviour)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        data = [{"object": "embedding", "index": i, "embedding": [0.1 * (i + 1), 0.2, 0.3]}
+        data = [{"object": "embedding", "index": i,
+                 "embedding": _encoded(embedding_values(i), body.get("encoding_format"))}
                 for i in range(len(inputs))]
         self.completed += 1
         return web.json_response({"object": "list", "data": data, "model": body["model"],
                                   "usage": EMBEDDING_USAGE})
+
+
+def embedding_values(index: int) -> list[float]:
+    """The vector the fake embeds input `index` as."""
+    return [0.1 * (index + 1), 0.2, 0.3]
+
+
+def _encoded(values: list[float], encoding_format: Any) -> Any:
+    """As OpenAI answers: floats, or with "base64" little-endian float32 bytes in base64
+    (what the Node SDK asks for by default)."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+    return values
+
+
+def tool_arguments(body: dict[str, Any]) -> str:
+    """The fake's call of the first tool: {"city": "Paris"} where its schema takes that,
+    else an instance of its schema (a "json" tool standing for structured output)."""
+    schema = body["tools"][0]["function"].get("parameters") or {}
+    try:
+        jsonschema.validate(json.loads(WEATHER_ARGUMENTS), schema)
+    except jsonschema.ValidationError:
+        return json.dumps(sample_instance(schema))
+    return WEATHER_ARGUMENTS
 
 
 def _wants_tool_call(body: dict[str, Any]) -> bool:

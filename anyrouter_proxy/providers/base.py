@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -127,6 +127,25 @@ class Exchange(Protocol):
     def reply(self, data: Any, ctx: CallContext) -> Reply: ...
 
     def translator(self, ctx: CallContext) -> StreamTranslator: ...
+
+
+class FanOut(Protocol):
+    """An exchange that serves one request with several upstream calls (a model that
+    embeds one text per call): the gateway sends them concurrently, at most `concurrency`
+    at once, and hands every answer back in the order of the calls. Its `build` and
+    `reply` serve a request that takes one call."""
+
+    concurrency: int
+
+    def build_all(self, body: dict[str, Any], ctx: CallContext) -> list[UpstreamCall]: ...
+
+    def reply_all(self, answers: list[Any], ctx: CallContext) -> Reply: ...
+
+
+def as_fan_out(exchange: Exchange) -> FanOut | None:
+    """The exchange as a FanOut if it is one: an attribute look-up, where a runtime
+    Protocol check would cost ~30 µs on every request."""
+    return cast(FanOut, exchange) if hasattr(exchange, "build_all") else None
 
 
 class TokenCounter(Protocol):

@@ -15,36 +15,19 @@ refused (400).
 
 from __future__ import annotations
 
-import base64
-import struct
 from typing import Any
 
-from ..pricing import estimate_prompt_tokens
-from ..types import Usage
 from .base import CallContext, Reply, UpstreamCall, invalid_response
+from .embeddings_shape import (
+    embedding_options,
+    embedding_texts,
+    embeddings_reply,
+    float_vector,
+    token_count,
+)
 from .gemini_relay import GeminiToOpenAIRelay
 from .google_wire import VERTEX, google_headers, method_path, model_resource
-from .shapes import bad_type, need_body, need_int, opt_str, unsupported
-
-
-def _inputs(body: dict[str, Any]) -> tuple[list[str], bool]:
-    """(the texts, whether the input was one string)."""
-    value = body.get("input")
-    if isinstance(value, str):
-        return [value], True
-    if not isinstance(value, list) or not value:
-        raise bad_type("input", "a string or a non-empty list of strings")
-    if not all(isinstance(item, str) for item in value):
-        raise unsupported("input", "Gemini embeds text; send strings, not token arrays")
-    return value, False
-
-
-def _options(body: dict[str, Any]) -> tuple[int | None, str]:
-    dimensions = body.get("dimensions")
-    fmt = opt_str(body.get("encoding_format"), "encoding_format") or "float"
-    if fmt not in ("float", "base64"):
-        raise bad_type("encoding_format", "'float' or 'base64'")
-    return (None if dimensions is None else need_int(dimensions, "dimensions", minimum=1)), fmt
+from .shapes import need_body
 
 
 class GeminiEmbeddings:
@@ -52,9 +35,8 @@ class GeminiEmbeddings:
 
     def build(self, body: dict[str, Any], ctx: CallContext) -> UpstreamCall:
         body = need_body(body)
-        texts, single = _inputs(body)
-        dimensions, ctx.notes["encoding"] = _options(body)
-        ctx.notes["prompt_estimate"] = estimate_prompt_tokens(body)
+        texts, single = embedding_texts(body, "Gemini")
+        dimensions = embedding_options(body, ctx)
         headers = google_headers(ctx)
         if ctx.provider.kind == VERTEX:
             request: dict[str, Any] = {"instances": [{"content": t} for t in texts]}
@@ -74,24 +56,10 @@ class GeminiEmbeddings:
         if not isinstance(data, dict):
             raise invalid_response(ctx, "not a JSON object")
         vectors, tokens = _vectors(data, ctx)
-        base64_out = ctx.notes.get("encoding") == "base64"
-        shown = tokens if tokens is not None else int(ctx.notes.get("prompt_estimate", 0))
-        body = {"object": "list", "data": [
-            {"object": "embedding", "index": i,
-             "embedding": _base64(vector) if base64_out else vector}
-            for i, vector in enumerate(vectors)],
-            "model": ctx.model, "provider": ctx.provider.id,
-            "usage": {"prompt_tokens": shown, "total_tokens": shown}}
-        return Reply(body, Usage(prompt_tokens=tokens) if tokens is not None else None,
-                     None, None)
+        return embeddings_reply(vectors, tokens, ctx)
 
     def translator(self, ctx: CallContext) -> GeminiToOpenAIRelay:
         return GeminiToOpenAIRelay(ctx)  # never used: embeddings do not stream
-
-
-def _base64(values: list[float]) -> str:
-    """OpenAI's base64 encoding: little-endian float32."""
-    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
 
 
 def _embed_request(text: str, dimensions: int | None) -> dict[str, Any]:
@@ -112,15 +80,14 @@ def _vectors(data: dict[str, Any], ctx: CallContext) -> tuple[list[list[float]],
         items = data.get("embeddings") or []
     vectors, tokens = [], None
     for item in items if isinstance(items, list) else ():
-        values = item.get("values") if isinstance(item, dict) else None
-        if not isinstance(values, list) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        vector = float_vector(item.get("values")) if isinstance(item, dict) else None
+        if vector is None:
             raise invalid_response(ctx, "an embedding without its values")
-        vectors.append([float(v) for v in values])
+        vectors.append(vector)
         stats = item.get("statistics")
-        count = stats.get("token_count") if isinstance(stats, dict) else None
-        if isinstance(count, int | float) and not isinstance(count, bool):
-            tokens = (tokens or 0) + int(count)
+        count = token_count(stats.get("token_count")) if isinstance(stats, dict) else None
+        if count is not None:
+            tokens = (tokens or 0) + count
     if not vectors:
         raise invalid_response(ctx, "no embeddings")
     return vectors, tokens

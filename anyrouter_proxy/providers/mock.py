@@ -18,6 +18,7 @@ import orjson
 
 from ..config.model import ProviderConfig
 from ..sse import DONE_EVENT, encode_event
+from .embeddings_shape import pack_base64
 from .mock_answer import ECHO, ECHO_CHARS, MockAnswer, ToolCall, compose_answer, last_user_text
 
 EMBEDDING_DIMENSIONS = 8
@@ -144,11 +145,14 @@ def _tool_deltas(call: ToolCall, pieces: list[str]) -> list[dict[str, Any]]:
 def _embeddings(request: Mapping[str, Any]) -> dict[str, Any]:
     inputs = request.get("input")
     items = inputs if isinstance(inputs, list) else [inputs]
+    # The Node openai SDK asks for base64 unless told otherwise, as OpenAI allows.
+    base64_out = request.get("encoding_format") == "base64"
     data = []
     for i, item in enumerate(items):
         digest = hashlib.sha256(str(item).encode()).digest()
         vector = [round(b / 255 * 2 - 1, 6) for b in digest[:EMBEDDING_DIMENSIONS]]
-        data.append({"object": "embedding", "index": i, "embedding": vector})
+        data.append({"object": "embedding", "index": i,
+                     "embedding": pack_base64(vector) if base64_out else vector})
     tokens = sum(_count_tokens(str(item)) for item in items)
     return {"object": "list", "data": data, "model": request.get("model", "echo"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

@@ -9,6 +9,7 @@ from .aws_eventstream import EventStreamDecoder
 from .azure import AZURE_ADDRESS
 from .base import Exchange, TokenCounter
 from .bedrock import ChatViaBedrock, MessagesViaBedrock
+from .bedrock_embeddings import BedrockEmbeddings
 from .gemini import GeminiChat, GeminiMessages, GeminiTokenCounter
 from .gemini_embeddings import GeminiEmbeddings
 from .openai import OPENAI_ADDRESS, AnthropicViaOpenAI, OpenAIPassthrough
@@ -27,6 +28,7 @@ _ANTHROPIC_WIRE: dict[str, Exchange] = {
 }
 _BEDROCK_WIRE: dict[str, Exchange] = {
     CHAT: ChatViaBedrock(),
+    EMBEDDINGS: BedrockEmbeddings(),
     MESSAGES: MessagesViaBedrock(),
 }
 _AZURE_WIRE: dict[str, Exchange] = {

@@ -3,7 +3,9 @@ the items as an upstream sees them.
 
 `check_request` runs for every route, before anything goes upstream; `input_items` turns
 `input` (a string, or items) into the item list the proxy keeps and lists: every message
-with its content as parts, every item with an `id` (a new one where the client gave none).
+with its content as parts, every item with an `id` (a new one where the client gave none),
+every item reference as `{"type": "item_reference", "id"}` (responses_turn.py replaces
+it with the stored item it names).
 `native_input` is what a provider with `native_responses` gets: the same items, less the
 ids it would refuse and the reasoning items it cannot read (see responses_output.py for
 the reasoning the proxy carries for Anthropic).
@@ -18,6 +20,7 @@ from ..ids import new_item_id
 from .responses_output import FOREIGN_REASONING_PREFIX
 from .shapes import bad_type, need_dict, need_list, need_str, opt_str, unsupported
 
+ITEM_REFERENCE = "item_reference"
 ITEM_ID_PREFIXES = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_",
                     "reasoning": "rs_"}
 INPUT_ROLES = frozenset({"user", "system", "developer"})
@@ -69,6 +72,13 @@ def _item(raw: Any, p: str) -> dict[str, Any]:
     kind = item.get("type")
     if kind is None and "role" in item:
         kind = item["type"] = "message"
+    elif kind is None and "id" in item:  # the SDKs' ItemReference: its type is optional
+        kind = item["type"] = ITEM_REFERENCE
+    if kind == ITEM_REFERENCE:
+        ref = item.get("id")
+        if not isinstance(ref, str) or not ref:
+            raise bad_type(f"{p}.id", "an item id")
+        return {"type": ITEM_REFERENCE, "id": ref}
     if not isinstance(kind, str):
         raise bad_type(f"{p}.type", "a string")
     if kind == "message":

@@ -25,9 +25,9 @@ assistant message. Dropped: reasoning.summary, include, metadata, store, truncat
 top_logprobs, max_tool_calls, and reasoning items no provider but their own can read.
 Refused (400 unsupported_parameter): built-in tools (web_search, file_search,
 code_interpreter, computer_use, image_generation, mcp, ...) and tool choices naming them,
-`prompt` templates, item types that only OpenAI runs, item references, and files or images
-by `file_id` or `file_url` (they need OpenAI's Files API): these work on providers with
-`native_responses`.
+`prompt` templates, item types that only OpenAI runs, and files or images by `file_id` or
+`file_url` (they need OpenAI's Files API): these work on providers with `native_responses`.
+Item references never get here: the proxy replaces them with its stored items first.
 """
 
 from __future__ import annotations
@@ -128,8 +128,7 @@ class _Messages:
                 self._turn().setdefault("thinking_blocks", []).append(block)
         else:
             raise unsupported(f"{p}.type", f"{str(kind)[:60]!r} items: this item type "
-                              f"{NATIVE_ONLY} (item_reference: send the item itself, or "
-                              "use previous_response_id)")
+                              f"{NATIVE_ONLY}")
 
 
 def _user_content(content: Any, p: str) -> str | list[dict[str, Any]]:

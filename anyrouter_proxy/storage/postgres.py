@@ -34,6 +34,7 @@ from .journal import (
     log_recovered,
     new_owner,
 )
+from .response_items import RESPONSE_ITEMS_POSTGRES
 from .responses import RESPONSES_POSTGRES
 from .store import (
     GENERATION_COLUMNS,
@@ -102,6 +103,8 @@ POSTGRES_MIGRATION + SETTINGS_TABLE,
 RESPONSES_POSTGRES,
     # 5 -> 6: the reservation journal of requests in flight (journal.py).
     JOURNAL_TABLE.format(real="DOUBLE PRECISION"),
+    # 6 -> 7: stored responses' items by id, for item_reference input items.
+    RESPONSE_ITEMS_POSTGRES,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # Serialises migrations of replicas starting together (any 64-bit constant: "anyrout" in hex).

@@ -6,7 +6,8 @@ A row keeps every input item the model read (earlier turns included, so that a
 continuation is one row away however long the conversation), the whole output (encrypted
 reasoning included), and the response object as its client got it. A row is queued
 before its answer goes out, and reads let the writer catch up first, so a response is
-readable (and continuable) as soon as its client has it.
+readable (and continuable) as soon as its client has it. The items it brought are also
+indexed by id (response_items.py), for `item_reference` input items.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 
 from ..config.model import KeyConfig
+from .response_items import DELETE_ITEMS, insert_statements, lookup_queries, pick_items
 from .store import Store
 
 READ_WAIT_S = 2.0  # how long a read waits for the writer before it says "not found"
@@ -59,12 +61,36 @@ class ResponseStore:
         self.store = store
 
     def keep(self, response_id: str, key_name: str, input_items: list[dict[str, Any]],
-             output_items: list[dict[str, Any]], response: dict[str, Any]) -> None:
-        """Queue a response (never awaits; not dropped when the queue is full)."""
-        self.store.enqueue(_INSERT, (
-            response_id, key_name, time.time(), orjson.dumps(input_items).decode(),
+             output_items: list[dict[str, Any]], response: dict[str, Any], *,
+             new_items: list[dict[str, Any]]) -> None:
+        """Queue a response (never awaits; not dropped when the queue is full).
+        `new_items`: the input items its own request brought (indexed with its output)."""
+        created = time.time()
+        enqueue = self.store.enqueue
+        enqueue(_INSERT, (
+            response_id, key_name, created, orjson.dumps(input_items).decode(),
             orjson.dumps(output_items).decode(), orjson.dumps(response).decode()),
             bounded=False)
+        for sql, params in insert_statements(response_id, key_name, created,
+                                             [*new_items, *output_items]):
+            enqueue(sql, params, bounded=False)
+
+    async def items(self, ids: list[str], key: KeyConfig) -> dict[str, dict[str, Any]]:
+        """The stored items of `ids` that `key` may use (its own; any key's for an admin
+        key), by id; ids not found are absent."""
+        ids = list(dict.fromkeys(ids))
+        found = await self._items(ids, key)
+        if len(found) < len(ids):
+            # An item of a response just answered may still be in the writer's queue.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.store.flush(), READ_WAIT_S)
+            found = await self._items(ids, key)
+        return found
+
+    async def _items(self, ids: list[str], key: KeyConfig) -> dict[str, dict[str, Any]]:
+        rows = [row for sql, params in lookup_queries(ids, key)
+                for row in await self.store.fetch(sql, params)]
+        return pick_items(rows, key)
 
     async def get(self, response_id: str, key: KeyConfig) -> StoredResponse | None:
         """The response if `key` may read it (its own, or any for an admin key)."""
@@ -85,6 +111,7 @@ class ResponseStore:
         """Delete a response; returns once the deletion is written (a continuation that
         follows finds it gone)."""
         self.store.enqueue(_DELETE, (response_id,), bounded=False)
+        self.store.enqueue(DELETE_ITEMS, (response_id,), bounded=False)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.store.flush(), READ_WAIT_S)
 

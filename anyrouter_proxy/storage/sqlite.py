@@ -32,6 +32,7 @@ from .journal import (
     new_owner,
     recover_sqlite,
 )
+from .response_items import RESPONSE_ITEMS_SQLITE
 from .responses import RESPONSES_SQLITE
 from .store import (
     INSERT_AUDIT,
@@ -48,7 +49,7 @@ from .writer import AUDIT, BILLING, Item, QueuedWriter
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # MIGRATIONS[n] takes a database from user_version n to n + 1; later versions append.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -97,6 +98,8 @@ MIGRATIONS: tuple[str, ...] = (
     RESPONSES_SQLITE,
     # 5 -> 6: the reservation journal of requests in flight (journal.py).
     JOURNAL_TABLE.format(real="REAL"),
+    # 6 -> 7: stored responses' items by id, for item_reference input items.
+    RESPONSE_ITEMS_SQLITE,
 )
 
 _CARRY_SPEND = """

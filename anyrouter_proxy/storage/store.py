@@ -48,6 +48,7 @@ _FINISHED_BATCHES = (
 PRUNE_STATEMENTS: tuple[str, ...] = (
     "DELETE FROM audit WHERE created_at < ?",
     "DELETE FROM responses WHERE created_at < ?",  # stored responses, by their age
+    "DELETE FROM response_items WHERE created_at < ?",  # and their items, the same age
     f"DELETE FROM batch_items WHERE batch_id IN (SELECT id {_FINISHED_BATCHES})",
     f"DELETE {_FINISHED_BATCHES}",
 )

@@ -4,7 +4,9 @@ structured output with JSON that fits the schema, streamed or not."""
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
 from typing import Any, Literal
@@ -186,3 +188,19 @@ async def test_messages_tool_use_round_trip(proxy: Proxy) -> None:
     assert second.stop_reason == "end_turn"
     text = "".join(block.text for block in second.content if block.type == "text")
     assert "get_weather returned 18 C, sunny" in text
+
+
+async def test_embeddings_as_floats_or_base64(proxy: Proxy) -> None:
+    sdk = openai.AsyncOpenAI(base_url=proxy.base_url, api_key=ALICE_KEY, max_retries=0)
+    try:
+        floats = await sdk.embeddings.create(model=MODEL, input=["a", "b"],
+                                             encoding_format="float")
+        raw = await sdk.embeddings.with_raw_response.create(model=MODEL, input=["a", "b"],
+                                                            encoding_format="base64")
+    finally:
+        await sdk.close()
+    for item, encoded in zip(floats.data, raw.http_response.json()["data"], strict=True):
+        assert isinstance(encoded["embedding"], str)
+        packed = base64.b64decode(encoded["embedding"])
+        values = struct.unpack(f"<{len(packed) // 4}f", packed)
+        assert values == pytest.approx(item.embedding, rel=1e-6)

@@ -144,3 +144,37 @@ async def test_built_in_tools_are_refused_for_keys_with_credits(
     assert (status, error["code"], error["param"]) == (400, "unsupported_parameter",
                                                        "tools[0].type")
     assert fake.requests == []
+
+
+@pytest.mark.parametrize("model", [OPENAI_MODEL, NATIVE_MODEL, ANTHROPIC_MODEL])
+async def test_a_referenced_item_is_input_charged_as_such(
+        config_factory: ConfigFactory, aiohttp_server: Any, start_proxy: StartProxy,
+        model: str) -> None:
+    """An item_reference costs what the item it names costs: the upstream reads (and bills)
+    the whole item, and the key pays exactly that, reserved beforehand."""
+    proxy, fake = await metered(config_factory, aiohttp_server, start_proxy, 5.0)
+    story = PROMPT * 20
+    async with aiohttp.ClientSession() as session:
+        status, raw = await post(session, proxy, {"model": model, "max_output_tokens": 50,
+                                                  "input": [{"role": "user", "id": "msg_story",
+                                                             "content": story}]})
+        assert status == 200, raw
+        first_cost = fake.cost(PROMPT_PRICE, COMPLETION_PRICE)
+        fake.meter.gate = asyncio.Event()
+        fake.meter.arrived.clear()
+        task = asyncio.create_task(post(session, proxy, {
+            "model": model, "max_output_tokens": 50,
+            "input": [{"type": "item_reference", "id": "msg_story"},
+                      {"role": "user", "content": "Shorter, please."}]}))
+        await asyncio.wait_for(fake.meter.arrived.wait(), 10)
+        async with session.get(proxy.url("/api/v1/auth/key"), headers=auth()) as answer:
+            reserved = 5.0 - (await answer.json())["data"]["limit_remaining"] - first_cost
+        fake.meter.gate.set()
+        status, raw = await task
+        assert status == 200, raw
+        assert story in json.dumps(fake.requests[-1][1])  # the item itself went upstream
+        first, second = fake.billed
+        assert second.prompt_tokens > first.prompt_tokens  # the story and the request
+        assert usd(second.prompt_tokens, PROMPT_PRICE) <= reserved
+        assert await spent(session, proxy) == pytest.approx(
+            fake.cost(PROMPT_PRICE, COMPLETION_PRICE), abs=1e-9)

@@ -22,7 +22,7 @@ LAYERS = {
     "redaction": PURE, "routing": PURE, "health": PURE, "failures": PURE, "sse": PURE,
     "deprecation": PURE, "exposure": PURE, "output_cap": PURE, "pricing": PURE,
     "output_estimate": PURE, "billed_extras": PURE, "metrics": PURE, "logs": PURE,
-    "error_bodies": PURE,
+    "error_bodies": PURE, "fan_out": PURE,
     "providers": SERVICES, "limits": SERVICES, "storage": SERVICES, "upstream": SERVICES,
     "gateway": REQUEST_PATH, "accounting": REQUEST_PATH, "stream_session": REQUEST_PATH,
     "batch": REQUEST_PATH, "responses_turn": REQUEST_PATH,

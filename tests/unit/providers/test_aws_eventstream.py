@@ -1,7 +1,7 @@
-"""AWS event streams parsed into events. botocore's parser is the oracle: the test encoder
-(tests/fake_bedrock.py) is checked against it, and the proxy's parser must give what it
-gives (the same messages, an error where it fails) on random streams split anywhere, with
-random corruptions, and on random header blocks."""
+"""AWS event streams parsed into events. botocore's parser is the oracle: the encoder the
+fakes use (bench/eventstream.py) is checked against it, and the proxy's parser must give
+what it gives (the same messages, an error where it fails) on random streams split
+anywhere, with random corruptions, and on random header blocks."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from anyrouter_proxy.providers.aws_eventstream import (
     split_messages,
 )
 from anyrouter_proxy.sse import SSEEvent
-from tests.fake_bedrock import encode_frame, event_frame, exception_frame, golden
+from bench.eventstream import encode_frame, event_frame, exception_frame
+from tests.fake_bedrock import golden
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -85,7 +86,7 @@ _FORMATS = {2: ">b", 3: ">h", 4: ">i", 5: ">q", 8: ">q"}
 
 
 def encode_header(name: str, header: Header) -> bytes:
-    """Any header type, as AWS encodes it (tests/fake_bedrock.py writes strings only)."""
+    """Any header type, as AWS encodes it (bench/eventstream.py writes strings only)."""
     kind, value = header
     raw = name.encode()
     out = bytes([len(raw)]) + raw + bytes([kind])

@@ -125,7 +125,7 @@ def test_signed_thinking_goes_back_only_to_signed_routes() -> None:
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"tool_choice": {"type": "file_search"}}, "tool_choice.type"),
     ({"prompt": {"id": "pmpt_1"}}, "prompt"),
-    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+    ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0].type"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
      "input[0].content[0].file_id"),
     ({"input": [{"role": "user", "content": [{"type": "input_file",

@@ -89,11 +89,12 @@ async def test_open_creates_schema_and_sets_version(store: PostgresStore) -> Non
         dsn, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
     assert tables == {"schema_version", "generations", "audit", "spend_carryover", "batches",
                       "batch_items", "activity_daily", "settings", "responses",
-                      "reservation_journal"}
+                      "reservation_journal", "response_items"}
     indexes = {r["indexname"] for r in await query(
         dsn, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
     assert {"generations_key_created", "generations_created", "audit_created",
-            "batches_key", "responses_created"} <= indexes
+            "batches_key", "responses_created", "response_items_pkey",
+            "response_items_response", "response_items_created"} <= indexes
     assert [r["version"] for r in await query(dsn, "SELECT version FROM schema_version")] == [
         SCHEMA_VERSION]
     # The same steps as the SQLite store: adding a migration there needs one here.

@@ -92,7 +92,7 @@ async def test_a_version_2_database_gains_operator_cost_zero_for_old_rows(
         assert new is not None and new["operator_cost"] == 0.25
     finally:
         await store.close()
-    assert rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 6
+    assert rows(path, "PRAGMA user_version")[0][0] == SCHEMA_VERSION == 7
 
 
 async def test_newer_schema_refuses_naming_both_versions(tmp_path: Path) -> None:
