@@ -43,6 +43,7 @@ MESSAGE_OVERHEAD = PRELUDE_BYTES + 4  # the prelude and the message CRC
 MAX_HEADERS_BYTES = 128 * 1024  # botocore's limits
 MAX_PAYLOAD_BYTES = 24 * 1024 * 1024
 HEADER_CACHE_SIZE = 256  # distinct headers blocks remembered (a stream uses a handful)
+CACHED_HEADERS_BYTES = 1024  # larger blocks are parsed each time, never kept
 
 HeaderValue = bool | int | bytes | str
 Headers = Mapping[str, HeaderValue]
@@ -119,7 +120,9 @@ def split_messages(data: bytes) -> tuple[list[Message], int]:
         if crc32(data[start + 8:crc_at], prelude_crc) != _CRC.unpack_from(data, crc_at)[0]:
             raise InvalidFrame("the message's checksum does not match")
         payload_at = start + PRELUDE_BYTES + headers_length
-        messages.append((_headers_block(data[start + PRELUDE_BYTES:payload_at]),
+        raw = data[start + PRELUDE_BYTES:payload_at]
+        messages.append((_cached_block(raw) if headers_length <= CACHED_HEADERS_BYTES
+                         else _headers_block(raw),
                          data[payload_at:crc_at]))
         start = end
     return messages, start
@@ -132,9 +135,9 @@ def _error_event(headers: Headers, payload: bytes) -> SSEEvent:
     return SSEEvent(orjson.dumps(detail).decode(), ERROR_EVENT)
 
 
-@lru_cache(maxsize=HEADER_CACHE_SIZE)
 def _headers_block(raw: bytes) -> HeadersBlock:
-    """A headers block (cached by its bytes: the result is shared, never changed)."""
+    """A headers block read: its headers and the event they make (`_cached_block` keeps
+    small blocks' by their bytes, so the result is shared and never changed)."""
     try:
         headers = _parse_headers(raw)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
@@ -180,3 +183,7 @@ def _parse_headers(raw: bytes) -> dict[str, HeaderValue]:
             raise InvalidFrame(f"header {name!r} appears twice")
         headers[name] = value
     return headers
+
+
+# Bedrock's blocks are under 100 bytes: the cache holds at most 256 KB of keys.
+_cached_block = lru_cache(maxsize=HEADER_CACHE_SIZE)(_headers_block)

@@ -246,6 +246,14 @@ def test_valid_header_blocks_of_every_type_are_read() -> None:
     assert botocore_outcome([data])[0] == ([[(dict(got[0][0].headers), b"{}")]], False)
 
 
+def test_a_large_headers_block_is_read_each_time_alike() -> None:
+    headers = {":message-type": (7, "event"), ":event-type": (7, "metadata"),
+               "x-padding": (7, "p" * 3000)}
+    data = frame_of(b"".join(encode_header(k, v) for k, v in headers.items()), b"{}") * 2
+    assert lean_outcome([data]) == botocore_outcome([data])[0]
+    assert EventStreamDecoder().feed(data) == [SSEEvent("{}", "metadata")] * 2
+
+
 @pytest.mark.parametrize("raw", [
     encode_header("s", (7, "abc"))[:-1],  # a string cut short
     encode_header("u", (9, bytes(16)))[:-3],  # a uuid cut short
