@@ -8,8 +8,6 @@ import logging
 import os
 from collections.abc import Mapping
 
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
 from botocore.exceptions import BotoCoreError
 from botocore.session import Session
@@ -17,6 +15,7 @@ from botocore.session import Session
 from ..config.model import ProviderConfig
 from ..errors import UpstreamError
 from .aws_auth import credential_source
+from .aws_sigv4 import SigV4Signer
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class AwsIdentity:
     """One bedrock provider's credentials: resolved once, refreshed when they must be."""
 
     __slots__ = ("_bearer", "_credentials", "_frozen", "_provider", "_refreshing",
-                 "_resolved", "_resolving", "source")
+                 "_resolved", "_resolving", "_signer", "source")
 
     def __init__(self, provider: ProviderConfig) -> None:
         self._provider = provider
@@ -52,6 +51,7 @@ class AwsIdentity:
         self._resolved = False
         self._resolving: asyncio.Future[None] | None = None
         self._refreshing: asyncio.Future[ReadOnlyCredentials] | None = None
+        self._signer: SigV4Signer | None = None  # for the current frozen credentials
         mode = provider.aws_credentials
         if mode == "bearer":
             self._bearer = provider.api_key
@@ -101,9 +101,11 @@ class AwsIdentity:
         if self._bearer is not None:
             return {**headers, "Authorization": f"Bearer {self._bearer}"}
         frozen = await self._current()
-        request = AWSRequest(method="POST", url=url, data=body, headers=dict(headers))
-        SigV4Auth(frozen, SIGNING_NAME, self._provider.region or "").add_auth(request)
-        return dict(request.headers.items())
+        signer = self._signer
+        if signer is None or signer.credentials is not frozen:
+            signer = self._signer = SigV4Signer(frozen, self._provider.region or "",
+                                                SIGNING_NAME)
+        return signer.sign(url, body, headers)
 
     async def _current(self) -> ReadOnlyCredentials:
         credentials = self._credentials

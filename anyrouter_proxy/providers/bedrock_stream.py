@@ -135,18 +135,19 @@ class ConverseToAnthropicStream:
         index = need_int(data.get("contentBlockIndex"), "contentBlockIndex")
         delta = need_dict(data.get("delta"), "delta")
         block = self._blocks.get(index)
-        if "text" in delta:
+        if "text" in delta:  # the most frequent delta: no list built but the answer
             text = need_str(delta["text"], "delta.text")
-            events = [] if block is not None else [
-                self._open(index, {"type": "text", "text": ""}, "text")]
-            return events + self._emit(index, "text", {"type": "text_delta", "text": text},
-                                       text)
+            if block is not None:
+                return self._emit(block, "text", {"type": "text_delta", "text": text}, text)
+            start = self._open(index, {"type": "text", "text": ""}, "text")
+            return [start, *self._emit(self._blocks[index], "text",
+                                       {"type": "text_delta", "text": text}, text)]
         if "toolUse" in delta:
             partial = need_str(need_dict(delta["toolUse"], "delta.toolUse").get("input"),
                                "delta.toolUse.input")
             if block is None or block.kind != "tool_use":
                 return []
-            return self._emit(index, "tool_use", {"type": "input_json_delta",
+            return self._emit(block, "tool_use", {"type": "input_json_delta",
                                                   "partial_json": partial}, partial)
         if "reasoningContent" in delta:
             return self._reasoning(index, block, need_dict(delta["reasoningContent"],
@@ -162,18 +163,18 @@ class ConverseToAnthropicStream:
         events = [] if block is not None else [
             self._open(index, {"type": "thinking", "thinking": "", "signature": ""},
                        "thinking")]
+        block = self._blocks[index]
         if "text" in delta:
             text = need_str(delta["text"], "delta.reasoningContent.text")
-            return events + self._emit(index, "thinking", {"type": "thinking_delta",
+            return events + self._emit(block, "thinking", {"type": "thinking_delta",
                                                            "thinking": text}, text)
         if "signature" in delta:
             signature = need_str(delta["signature"], "delta.reasoningContent.signature")
-            return events + self._emit(index, "thinking", {"type": "signature_delta",
+            return events + self._emit(block, "thinking", {"type": "signature_delta",
                                                            "signature": signature}, "")
         return events
 
-    def _emit(self, index: int, kind: str, delta: dict[str, Any], text: str) -> list[Event]:
-        block = self._blocks[index]
+    def _emit(self, block: _Block, kind: str, delta: dict[str, Any], text: str) -> list[Event]:
         if block.kind != kind:
             return []
         self.output_tokens += text_tokens(text)

@@ -8,13 +8,12 @@ import datetime as dt
 import threading
 from typing import Any
 
-import botocore.auth
 import pytest
 from botocore.credentials import Credentials, RefreshableCredentials
 
 from anyrouter_proxy.config.model import ProviderConfig
 from anyrouter_proxy.errors import UpstreamError
-from anyrouter_proxy.providers import aws_identity
+from anyrouter_proxy.providers import aws_identity, aws_sigv4
 from anyrouter_proxy.providers.aws_auth import AwsAuth
 
 URL = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m%3A0/converse"
@@ -97,8 +96,7 @@ async def test_nothing_found_is_unavailable_until_a_reload_finds_some(
 
 
 async def test_the_signature_covers_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = dt.datetime(2025, 1, 2, 3, 4, 5)
-    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now)
+    monkeypatch.setattr(aws_sigv4, "current_time", lambda: ("20250102T030405Z", "20250102"))
     keys = ProviderConfig(id="aws", kind="bedrock", region="us-east-1", base_url="https://x",
                           aws_access_key_id="AKIAKEYS", aws_secret_access_key="secret")
     auth = AwsAuth([keys])
