@@ -112,7 +112,7 @@ class Connection(asyncio.Protocol):
         self.closed = True
         response, self.response = self.response, None
         if response is not None:
-            response.lost()
+            response.lost(exc)
         self.pool.lost(self)
 
     def abort(self) -> None:

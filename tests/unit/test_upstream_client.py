@@ -14,7 +14,9 @@ import asyncio
 import datetime as dt
 import gzip
 import ipaddress
+import socket
 import ssl
+import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -725,3 +727,50 @@ async def uvloop_cases(tmp_path: Path) -> None:
 
 def test_under_uvloop(tmp_path: Path) -> None:
     uvloop.run(uvloop_cases(tmp_path))
+
+
+# -- review: connections left in a bad state ---------------------------------------------------
+
+
+async def test_the_start_of_an_unasked_answer_drops_the_connection(client: HttpUpstream) -> None:
+    """Bytes after the end of an answer are the start of one nobody asked for: that
+    connection must not carry the next request (its parser would read their rest)."""
+    first: list[Writer] = []
+
+    async def with_a_partial_extra(reader: Reader, writer: Writer, server: Server) -> bool:
+        first.append(writer)
+        await server.send(writer, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+                          b"HTTP/1.1 200 OK\r\n")
+        return True
+
+    async def rest_of_the_extra(reader: Reader, writer: Writer, server: Server) -> bool:
+        if writer is first[0]:  # the extra answer goes on, then the real one
+            await server.send(writer, b"Content-Length: 5\r\n\r\nstale")
+        return await answer(BODY)(reader, writer, server)
+
+    server = await served(with_a_partial_extra, rest_of_the_extra)
+    try:
+        assert await post(client, server.url()) == b"first"
+        assert await post(client, server.url()) == BODY
+        assert server.connections == 2
+    finally:
+        await server.close()
+
+
+async def test_a_close_delimited_body_cut_by_a_reset_is_not_whole(client: HttpUpstream) -> None:
+    """A body without a length ends with a clean close (FIN), not with a reset."""
+    async def reset(reader: Reader, writer: Writer, server: Server) -> bool:
+        await server.send(writer, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"a\"")
+        await asyncio.sleep(0.05)
+        sock = writer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST
+        return False
+
+    server = await served(reset, reset)
+    try:
+        for stream in (False, True):
+            with pytest.raises(UpstreamError, match="connection closed early"):
+                await post(client, server.url(), stream=stream)
+    finally:
+        await server.close()
