@@ -122,6 +122,9 @@ class Connection(asyncio.Protocol):
 
     def send(self, response: Response, head: bytes, body: bytes) -> None:
         assert self.transport is not None
+        if self.closed:  # closed while it was handed over: no answer (nor loss) will come
+            response.lost()
+            return
         self.response = response
         if len(body) < 65536:  # one write, one syscall
             self.transport.write(head + body)

@@ -20,6 +20,7 @@ import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -772,5 +773,45 @@ async def test_a_close_delimited_body_cut_by_a_reset_is_not_whole(client: HttpUp
         for stream in (False, True):
             with pytest.raises(UpstreamError, match="connection closed early"):
                 await post(client, server.url(), stream=stream)
+    finally:
+        await server.close()
+
+
+async def test_a_connection_closed_as_it_is_handed_over_is_not_waited_on(
+        client: HttpUpstream) -> None:
+    """The next in line gives up just as the only connection is handed to it, and the
+    upstream closes that connection meanwhile: the one after must not send on it and wait
+    first_byte_s for an answer that cannot come (it retries on a new connection)."""
+    go = asyncio.Event()
+
+    async def slow(reader: Reader, writer: Writer, server: Server) -> bool:
+        await go.wait()
+        return await answer(b"first")(reader, writer, server)
+
+    server = await served(slow)
+    try:
+        one = provider(server.url(), Timeouts(1, 3, 5, 10), max_connections=1)
+        first = asyncio.ensure_future(client.send(one, "/a", b"", {}))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(client.send(one, "/b", b"", {}))
+        await asyncio.sleep(0.01)
+        third = asyncio.ensure_future(client.send(one, "/c", b"", {}))
+        await asyncio.sleep(0.05)
+        pool = next(iter(client._pools.values()))
+        release = pool.release
+
+        def handed_over_then_lost(conn: Any) -> None:
+            pool.release = release  # type: ignore[method-assign]
+            release(conn)  # to the second in line...
+            second.cancel()  # ...whose client leaves...
+            conn.abort()  # ...as the upstream closes the connection
+
+        pool.release = handed_over_then_lost  # type: ignore[method-assign]
+        go.set()
+        assert await (await first).read() == b"first"
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        answered = await asyncio.wait_for(third, 1)  # not after first_byte_s
+        assert await answered.read() == BODY
     finally:
         await server.close()
