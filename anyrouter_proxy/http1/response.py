@@ -259,9 +259,9 @@ class Response:
         seen = self._seen
         raw = seen[0] if len(seen) == 1 else b"".join(seen)
         self._seen = []
-        start = 0
+        start = _head_start(raw, 0)
         for _ in range(self._interim):
-            start = raw.index(b"\r\n\r\n", start) + 4
+            start = _head_start(raw, raw.index(b"\r\n\r\n", start) + 4)
         # The status line and the header lines; the parser has checked their syntax.
         head = self._head = raw[start:raw.index(b"\r\n\r\n", start)]
         self.status = status
@@ -356,6 +356,14 @@ class Response:
             return
         start = since if since is not None else now
         self._timer = self._loop.call_at(min(start + self._idle, self._total), self._tick)
+
+
+def _head_start(raw: bytes, at: int) -> int:
+    """Where the head at `at` begins: the parser skips line breaks before a status line
+    (a server's stray CRLF after its previous body)."""
+    while raw[at:at + 1] in (b"\r", b"\n"):
+        at += 1
+    return at
 
 
 class _Decoder:

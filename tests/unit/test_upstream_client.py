@@ -815,3 +815,25 @@ async def test_a_connection_closed_as_it_is_handed_over_is_not_waited_on(
         assert await answered.read() == BODY
     finally:
         await server.close()
+
+
+async def test_stray_line_breaks_before_the_status_line_are_skipped(
+        client: HttpUpstream) -> None:
+    """Blank lines before an answer (a server's CRLF after its previous body, arriving
+    late) are skipped by the parser: its headers must still be the answer's."""
+    packed = gzip.compress(BODY)
+
+    async def late_crlf(reader: Reader, writer: Writer, server: Server) -> bool:
+        await server.send(writer, b"\r\n\r\nHTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+                          b"Retry-After: 3\r\nContent-Length: %d\r\n\r\n%s"
+                          % (len(packed), packed))
+        return True
+
+    server = await served(late_crlf)
+    try:
+        response = await client.send(provider(server.url()), "/x", b"", {})
+        assert response.headers.get("retry-after") == "3"
+        assert await response.read() == BODY
+        response.close()
+    finally:
+        await server.close()
