@@ -19,6 +19,7 @@ Errors are `HttpError`s (errors.py); the response's body readers raise them thro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import Mapping
@@ -283,6 +284,10 @@ class Pool:
                     self._free_slot()
             else:
                 waiter.cancel()
+                # Out of the line now (a pool that stays full would keep one per timeout),
+                # unless a release already took it out.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
 
     async def _connect(self) -> Connection:

@@ -837,3 +837,20 @@ async def test_stray_line_breaks_before_the_status_line_are_skipped(
         response.close()
     finally:
         await server.close()
+
+
+async def test_requests_that_gave_up_waiting_are_not_kept_in_line(client: HttpUpstream) -> None:
+    """While the pool stays full, each request that times out in line must leave it (a
+    stalled upstream would otherwise keep one future per such request)."""
+    server = await served(stall_after_head)
+    try:
+        busy = provider(server.url(), Timeouts(1, 0.02, 5, 10), max_connections=1)
+        held = await client.send(busy, "/s", b"{}", {})
+        for _ in range(20):
+            with pytest.raises(UpstreamTimeout):
+                await client.send(busy, "/s", b"", {})
+        pool = next(iter(client._pools.values()))
+        assert len(pool._waiters) == 0
+        held.close()
+    finally:
+        await server.close()
