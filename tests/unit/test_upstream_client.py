@@ -854,3 +854,19 @@ async def test_requests_that_gave_up_waiting_are_not_kept_in_line(client: HttpUp
         held.close()
     finally:
         await server.close()
+
+
+async def uvloop_review_cases() -> None:
+    for case in (test_the_start_of_an_unasked_answer_drops_the_connection,
+                 test_a_close_delimited_body_cut_by_a_reset_is_not_whole,
+                 test_a_connection_closed_as_it_is_handed_over_is_not_waited_on,
+                 test_stray_line_breaks_before_the_status_line_are_skipped):
+        http = HttpUpstream()
+        try:
+            await case(http)
+        finally:
+            await http.close()
+
+
+def test_connection_state_cases_under_uvloop() -> None:
+    uvloop.run(uvloop_review_cases())
