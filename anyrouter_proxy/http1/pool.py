@@ -19,6 +19,7 @@ Errors are `HttpError`s (errors.py); the response's body readers raise them thro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import Mapping
@@ -112,7 +113,7 @@ class Connection(asyncio.Protocol):
         self.closed = True
         response, self.response = self.response, None
         if response is not None:
-            response.lost()
+            response.lost(exc)
         self.pool.lost(self)
 
     def abort(self) -> None:
@@ -122,6 +123,9 @@ class Connection(asyncio.Protocol):
 
     def send(self, response: Response, head: bytes, body: bytes) -> None:
         assert self.transport is not None
+        if self.closed:  # closed while it was handed over: no answer (nor loss) will come
+            response.lost()
+            return
         self.response = response
         if len(body) < 65536:  # one write, one syscall
             self.transport.write(head + body)
@@ -280,6 +284,10 @@ class Pool:
                     self._free_slot()
             else:
                 waiter.cancel()
+                # Out of the line now (a pool that stays full would keep one per timeout),
+                # unless a release already took it out.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
 
     async def _connect(self) -> Connection:

@@ -53,8 +53,7 @@ class Response:
     # Parser callbacks not used (looked up once per parser; None is the cheap "no"). The
     # headers are not taken one callback each: they are read from the head's bytes, and
     # only when someone asks for them (an error answer's Retry-After).
-    on_message_begin = on_status = on_url = on_header = on_chunk_header = None
-    on_chunk_complete = None
+    on_status = on_url = on_header = on_chunk_header = on_chunk_complete = None
 
     def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop, errors: ErrorMap,
                  max_body: int, head_deadline: float, idle_s: float, total: float) -> None:
@@ -233,17 +232,21 @@ class Response:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def lost(self) -> None:
-        """The connection closed under this response."""
+    def lost(self, exc: Exception | None = None) -> None:
+        """The connection closed under this response (`exc`: not cleanly, a reset)."""
         self._conn = None
         if self._done or self._error is not None:
             return
-        if self.has_head and self._until_eof:  # the end of a body without a length
+        if self.has_head and self._until_eof and exc is None:  # a body without a length ends
             self._done = True
             self._cancel_timer()
             self._wake()
             return
         self._fail(Disconnected("the upstream closed the connection early"))
+
+    def on_message_begin(self) -> None:
+        if self._done:  # the start of an answer nobody asked for (its rest may follow)
+            self._extra = True
 
     def on_headers_complete(self) -> None:
         if self.has_head:
@@ -256,9 +259,9 @@ class Response:
         seen = self._seen
         raw = seen[0] if len(seen) == 1 else b"".join(seen)
         self._seen = []
-        start = 0
+        start = _head_start(raw, 0)
         for _ in range(self._interim):
-            start = raw.index(b"\r\n\r\n", start) + 4
+            start = _head_start(raw, raw.index(b"\r\n\r\n", start) + 4)
         # The status line and the header lines; the parser has checked their syntax.
         head = self._head = raw[start:raw.index(b"\r\n\r\n", start)]
         self.status = status
@@ -353,6 +356,14 @@ class Response:
             return
         start = since if since is not None else now
         self._timer = self._loop.call_at(min(start + self._idle, self._total), self._tick)
+
+
+def _head_start(raw: bytes, at: int) -> int:
+    """Where the head at `at` begins: the parser skips line breaks before a status line
+    (a server's stray CRLF after its previous body)."""
+    while raw[at:at + 1] in (b"\r", b"\n"):
+        at += 1
+    return at
 
 
 class _Decoder:

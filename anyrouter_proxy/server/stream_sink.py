@@ -30,6 +30,8 @@ class StreamSink:
         own write does."""
         writer = self._writer
         protocol = writer.protocol
+        if not data:  # an empty chunk is the last one: it would end the body here
+            return protocol.writing_paused
         transport = protocol.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")

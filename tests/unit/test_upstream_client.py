@@ -14,10 +14,13 @@ import asyncio
 import datetime as dt
 import gzip
 import ipaddress
+import socket
 import ssl
+import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -725,3 +728,145 @@ async def uvloop_cases(tmp_path: Path) -> None:
 
 def test_under_uvloop(tmp_path: Path) -> None:
     uvloop.run(uvloop_cases(tmp_path))
+
+
+# -- review: connections left in a bad state ---------------------------------------------------
+
+
+async def test_the_start_of_an_unasked_answer_drops_the_connection(client: HttpUpstream) -> None:
+    """Bytes after the end of an answer are the start of one nobody asked for: that
+    connection must not carry the next request (its parser would read their rest)."""
+    first: list[Writer] = []
+
+    async def with_a_partial_extra(reader: Reader, writer: Writer, server: Server) -> bool:
+        first.append(writer)
+        await server.send(writer, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+                          b"HTTP/1.1 200 OK\r\n")
+        return True
+
+    async def rest_of_the_extra(reader: Reader, writer: Writer, server: Server) -> bool:
+        if writer is first[0]:  # the extra answer goes on, then the real one
+            await server.send(writer, b"Content-Length: 5\r\n\r\nstale")
+        return await answer(BODY)(reader, writer, server)
+
+    server = await served(with_a_partial_extra, rest_of_the_extra)
+    try:
+        assert await post(client, server.url()) == b"first"
+        assert await post(client, server.url()) == BODY
+        assert server.connections == 2
+    finally:
+        await server.close()
+
+
+async def test_a_close_delimited_body_cut_by_a_reset_is_not_whole(client: HttpUpstream) -> None:
+    """A body without a length ends with a clean close (FIN), not with a reset."""
+    async def reset(reader: Reader, writer: Writer, server: Server) -> bool:
+        await server.send(writer, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"a\"")
+        await asyncio.sleep(0.05)
+        sock = writer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST
+        return False
+
+    server = await served(reset, reset)
+    try:
+        for stream in (False, True):
+            with pytest.raises(UpstreamError, match="connection closed early"):
+                await post(client, server.url(), stream=stream)
+    finally:
+        await server.close()
+
+
+async def test_a_connection_closed_as_it_is_handed_over_is_not_waited_on(
+        client: HttpUpstream) -> None:
+    """The next in line gives up just as the only connection is handed to it, and the
+    upstream closes that connection meanwhile: the one after must not send on it and wait
+    first_byte_s for an answer that cannot come (it retries on a new connection)."""
+    go = asyncio.Event()
+
+    async def slow(reader: Reader, writer: Writer, server: Server) -> bool:
+        await go.wait()
+        return await answer(b"first")(reader, writer, server)
+
+    server = await served(slow)
+    try:
+        one = provider(server.url(), Timeouts(1, 3, 5, 10), max_connections=1)
+        first = asyncio.ensure_future(client.send(one, "/a", b"", {}))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(client.send(one, "/b", b"", {}))
+        await asyncio.sleep(0.01)
+        third = asyncio.ensure_future(client.send(one, "/c", b"", {}))
+        await asyncio.sleep(0.05)
+        pool = next(iter(client._pools.values()))
+        release = pool.release
+
+        def handed_over_then_lost(conn: Any) -> None:
+            pool.release = release  # type: ignore[method-assign]
+            release(conn)  # to the second in line...
+            second.cancel()  # ...whose client leaves...
+            conn.abort()  # ...as the upstream closes the connection
+
+        pool.release = handed_over_then_lost  # type: ignore[method-assign]
+        go.set()
+        assert await (await first).read() == b"first"
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        answered = await asyncio.wait_for(third, 1)  # not after first_byte_s
+        assert await answered.read() == BODY
+    finally:
+        await server.close()
+
+
+async def test_stray_line_breaks_before_the_status_line_are_skipped(
+        client: HttpUpstream) -> None:
+    """Blank lines before an answer (a server's CRLF after its previous body, arriving
+    late) are skipped by the parser: its headers must still be the answer's."""
+    packed = gzip.compress(BODY)
+
+    async def late_crlf(reader: Reader, writer: Writer, server: Server) -> bool:
+        await server.send(writer, b"\r\n\r\nHTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+                          b"Retry-After: 3\r\nContent-Length: %d\r\n\r\n%s"
+                          % (len(packed), packed))
+        return True
+
+    server = await served(late_crlf)
+    try:
+        response = await client.send(provider(server.url()), "/x", b"", {})
+        assert response.headers.get("retry-after") == "3"
+        assert await response.read() == BODY
+        response.close()
+    finally:
+        await server.close()
+
+
+async def test_requests_that_gave_up_waiting_are_not_kept_in_line(client: HttpUpstream) -> None:
+    """While the pool stays full, each request that times out in line must leave it (a
+    stalled upstream would otherwise keep one future per such request)."""
+    server = await served(stall_after_head)
+    try:
+        busy = provider(server.url(), Timeouts(1, 0.02, 5, 10), max_connections=1)
+        held = await client.send(busy, "/s", b"{}", {})
+        for _ in range(20):
+            with pytest.raises(UpstreamTimeout):
+                await client.send(busy, "/s", b"", {})
+        pool = next(iter(client._pools.values()))
+        assert len(pool._waiters) == 0
+        held.close()
+    finally:
+        await server.close()
+
+
+async def uvloop_review_cases() -> None:
+    for case in (test_the_start_of_an_unasked_answer_drops_the_connection,
+                 test_a_close_delimited_body_cut_by_a_reset_is_not_whole,
+                 test_a_connection_closed_as_it_is_handed_over_is_not_waited_on,
+                 test_stray_line_breaks_before_the_status_line_are_skipped):
+        http = HttpUpstream()
+        try:
+            await case(http)
+        finally:
+            await http.close()
+
+
+def test_connection_state_cases_under_uvloop() -> None:
+    uvloop.run(uvloop_review_cases())
