@@ -62,12 +62,12 @@ def load(sc: Scenario, port: int, seconds: float, tmp: Path) -> dict[str, Any]:
     return result
 
 
-def dumped_instructions(tmp: Path, before: set[Path]) -> int:
+def dumped_instructions(tmp: Path, prefix: str, before: set[Path]) -> int:
     """The total of the dump `callgrind_control -d` asked for: valgrind writes it when the
     proxy next runs, so it is waited for (until its totals line is there)."""
     deadline = time.monotonic() + DUMP_TIMEOUT_S
     while time.monotonic() < deadline:
-        for path in set(tmp.glob("callgrind.out*")) - before:
+        for path in set(tmp.glob(f"{prefix}*")) - before:
             for line in path.read_text(errors="replace").splitlines():
                 if line.startswith(("summary:", "totals:")):
                     return int(line.split()[1])
@@ -79,7 +79,7 @@ def measure(procs: Procs, chosen: list[Scenario], config: Path, env: dict[str, s
             args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, Any]]:
     port = free_port()
     log = tmp / f"proxy-{config.stem}.log"
-    out = tmp / "callgrind.out"
+    out = tmp / f"callgrind.out.{config.stem}"  # one name per proxy: dumps never collide
     proxy = procs.start(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                          sys.executable, "-m", "anyrouter_proxy", "serve", "--config",
                          str(config), "--host", HOST, "--port", str(port)], log, env=env)
@@ -89,11 +89,11 @@ def measure(procs: Procs, chosen: list[Scenario], config: Path, env: dict[str, s
         load(sc, port, args.warmup, tmp)
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], capture_output=True,
                        check=True)
-        before = set(tmp.glob("callgrind.out*"))
+        before = set(tmp.glob(f"{out.name}*"))
         res = load(sc, port, args.seconds, tmp)
         subprocess.run(["callgrind_control", "-d", sc.key, str(proxy.pid)],
                        capture_output=True, check=True)
-        ir = dumped_instructions(tmp, before)
+        ir = dumped_instructions(tmp, out.name, before)
         served = res.get("completed") or res["requests"]
         results[sc.key] = {"requests": served, "errors": res["errors"], "instructions": ir,
                            "per_request": round(ir / served) if served else None}

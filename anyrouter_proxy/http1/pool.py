@@ -31,6 +31,10 @@ from .errors import ConnectFailed, Disconnected, ErrorMap, InvalidHeader, Reques
 from .response import Response
 
 KEEPALIVE_S = 15.0  # an idle connection older than this is closed, not reused
+# A reused connection closed this soon after the request went out raced the upstream's
+# keep-alive timer: the request was never worked on. A later close may follow real work
+# (a generation the provider bills), so that request is not sent again.
+STALE_RETRY_S = 1.0
 MAX_TARGETS = 1024  # request targets cached per pool (a provider uses a handful)
 # What goes out unless the caller's headers say otherwise (aiohttp's defaults).
 DEFAULT_HEADERS = (("accept", "Accept: */*\r\n"),
@@ -188,13 +192,15 @@ class Pool:
         while True:
             response = Response(conn, self._loop, self.errors, self.max_body, deadline,
                                 idle_s, total)
+            sent_at = self._loop.time()
             conn.send(response, head, body)
             try:
                 await response.head()
             except Disconnected:
                 # A keep-alive connection the upstream closed as the request went out:
                 # once more on a new one, if not a byte of the answer came back.
-                if not (retry and conn.reused) or response.received:
+                if (not (retry and conn.reused) or response.received
+                        or self._loop.time() - sent_at > STALE_RETRY_S):
                     raise
                 retry = False
                 conn = await self._acquire(deadline, fresh=True)

@@ -342,6 +342,25 @@ async def test_stale_keep_alive_connection_is_retried_once(client: HttpUpstream)
         await server.close()
 
 
+async def test_a_reused_connection_closed_after_work_is_not_retried(client: HttpUpstream,
+                                                                  monkeypatch: Any) -> None:
+    """A close long after the request went out may follow real (billed) work upstream."""
+    monkeypatch.setattr("anyrouter_proxy.http1.pool.STALE_RETRY_S", 0.2)
+
+    async def work_then_close(reader: Reader, writer: Writer, server: Server) -> bool:
+        await asyncio.sleep(0.4)
+        return False
+
+    server = await served(answer(BODY), work_then_close)
+    try:
+        assert await post(client, server.url()) == BODY
+        with pytest.raises(UpstreamError, match="connection closed early"):
+            await post(client, server.url())
+        assert server.connections == 1 and len(server.heads) == 2
+    finally:
+        await server.close()
+
+
 async def test_a_fresh_connection_closed_early_is_not_retried(client: HttpUpstream) -> None:
     server = await served(close_without_answer)
     try:
