@@ -34,6 +34,7 @@ from .journal import (
 )
 from .response_items import RESPONSE_ITEMS_SQLITE
 from .responses import RESPONSES_SQLITE
+from .sqlite_thread import ThreadConnection
 from .store import (
     INSERT_AUDIT,
     PRUNE_STATEMENTS,
@@ -184,7 +185,7 @@ class SqliteStore:
         self.owner = new_owner()  # this process's journal rows (journal.py)
         self._live: LiveLock | None = None
         self.retention = Retention(self.prune, (sqlite3.Error,), str)
-        self._wdb: aiosqlite.Connection | None = None
+        self._wdb: ThreadConnection | None = None
         self._rdb: aiosqlite.Connection | None = None
         self._adb: aiosqlite.Connection | None = None  # reports: never ahead of _rdb's reads
 
@@ -224,7 +225,7 @@ class SqliteStore:
         except OSError as exc:
             raise StoreError(f"cannot create a lock file beside {self.path}: {exc}") from exc
         try:
-            self._wdb = await self._connect()
+            self._wdb = await self._connect_writer()
             self._rdb = await self._connect()
             self._adb = await self._connect()
         except BaseException:
@@ -285,6 +286,12 @@ class SqliteStore:
             raise _open_error(self.path, exc) from exc
         return db
 
+    async def _connect_writer(self) -> ThreadConnection:
+        try:
+            return await ThreadConnection.open(self.path, self.busy_timeout_s)
+        except sqlite3.Error as exc:
+            raise _open_error(self.path, exc) from exc
+
     async def _close_connections(self) -> None:
         for db in (self._adb, self._rdb, self._wdb):
             if db is not None:
@@ -336,22 +343,18 @@ class SqliteStore:
     async def write_batch(self, items: Sequence[Item]) -> None:
         """One transaction of `items`, rows of one statement sent as few statements."""
         assert self._wdb is not None
-        db = self._wdb
         plan = self.writer.plan(items)
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+
+        def write(db: sqlite3.Connection) -> None:
             for sql, rows in plan:
                 statements = multi_row(sql, rows)
                 if statements is None:
-                    await db.executemany(sql, rows)
+                    db.executemany(sql, rows)
                     continue
                 for statement, params in statements:
-                    await db.execute(statement, params)
-            await db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):  # keep the original error, not this one
-                await db.rollback()
-            raise
+                    db.execute(statement, params)
+
+        await self._wdb.transaction(write)
 
     def describe_error(self, exc: BaseException) -> str:
         return f"{type(exc).__name__}: {exc}"

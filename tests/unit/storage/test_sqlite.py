@@ -287,14 +287,15 @@ async def test_read_only_database_is_retried_and_rows_land(
 ) -> None:
     monkeypatch.setattr(writer, "RETRY_MIN_S", 0.01)
     assert store._wdb is not None
-    await store._wdb.execute("PRAGMA query_only = ON")  # writes fail like a read-only mount
+    # writes fail like a read-only mount
+    await store._wdb.run(lambda db: db.execute("PRAGMA query_only = ON"))
     store.record(make_record(1))
     store.audit("reload", detail={"accepted": True})
     while store.write_errors == 0:
         await asyncio.sleep(0.01)
     assert store.last_error is not None and "readonly" in store.last_error
     assert count(store.path) == 0
-    await store._wdb.execute("PRAGMA query_only = OFF")
+    await store._wdb.run(lambda db: db.execute("PRAGMA query_only = OFF"))
     await asyncio.wait_for(store.flush(), 5)
     assert (count(store.path), count(store.path, "audit")) == (1, 1)
 
