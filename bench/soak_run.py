@@ -140,7 +140,8 @@ def run_probe(port: int, interval_s: float) -> None:
 # -- the soak itself ------------------------------------------------------------------------------
 
 
-def _config(workdir: Path, upstream_port: int) -> Path:
+def _config(workdir: Path, upstream_port: int, clients: int) -> Path:
+    pool = max(256, clients)  # every client's stream in flight at once
     config = {
         "version": 1,
         "server": {"log_level": "warning", "shutdown_grace_s": 30},
@@ -148,7 +149,7 @@ def _config(workdir: Path, upstream_port: int) -> Path:
         "providers": {"up": {"kind": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
                              "api_key": PROVIDER_KEY,
                              # One key is the whole load: its share is the whole pool.
-                             "per_key_connections": 256,
+                             "max_connections": pool, "per_key_connections": pool,
                              "timeouts": {"connect_s": 5, "first_byte_s": 30, "idle_s": 30,
                                           "total_s": 60}}},
         "models": {MODEL: {"pricing": {"prompt": 1, "completion": 2},
@@ -213,7 +214,7 @@ async def run_soak(clients: int, seconds: float, workdir: Path) -> dict[str, Any
     upstream = await _spawn_module("upstream", "--port", str(upstream_port))
     try:
         await _wait_port(upstream_port)
-        async with ServeProcess.start(_config(workdir, upstream_port)) as proxy:
+        async with ServeProcess.start(_config(workdir, upstream_port, clients)) as proxy:
             return await _load(proxy, clients, seconds, workdir, upstream.pid)
     finally:
         if upstream.returncode is None:
