@@ -12,8 +12,8 @@ from .config.model import Pricing
 from .errors import ProxyError
 from .limits.quota import Held, Reserved
 from .output_cap import OutputCap
-from .pricing import request_cost
-from .types import ESTIMATED, NONE, PARTIAL, GenerationRecord, Usage
+from .pricing import request_cost, worst_case_cost
+from .types import CANCELLED, ESTIMATED, NONE, PARTIAL, GenerationRecord, Usage
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -101,6 +101,16 @@ class Books:
         # goes past the output reserved: the upstream was told not to write more.
         answered = bool(rec.attempts) and (rec.ttft_ms is not None or (
             error is None and rec.attempts[-1].status == 200))
+        # The client left while the upstream had its request: the prompt is charged (the
+        # upstream has read it); a non-stream answer may still be written and billed
+        # upstream, at most the output reserved: the operator's cost.
+        abandoned = (cancelled and not answered and bool(rec.attempts)
+                     and rec.attempts[-1].status == CANCELLED)
+        if abandoned:
+            answered, completion_estimate = True, 0
+            if not rec.streamed:
+                rec.operator_cost += worst_case_cost(
+                    self.pricing, 0, self.cap.total if self.cap is not None else 0)
         if self.cap is not None:
             completion_estimate = min(completion_estimate, self.cap.total)
         usage = settled_usage(usage, answered, self.prompt_estimate, completion_estimate)

@@ -77,6 +77,7 @@ from .routing import (
 from .storage.responses import ResponseStore
 from .stream_session import StreamSession, discard, first_output
 from .types import (
+    CANCELLED,
     CHAT,
     COMPLETIONS,
     EMBEDDINGS,
@@ -495,16 +496,27 @@ class Gateway:
         record.provider, record.upstream_model = ctx.provider.id, ctx.route.model
         headers = call.headers
         started = time.perf_counter()
+        sent = False
+
+        def went_out() -> None:
+            nonlocal sent
+            sent = True
+
         try:
             if call.signed:  # over exactly the bytes and the URL that are sent
                 headers = await self.aws.sign(ctx.provider, ctx.provider.base_url + call.path,
                                               payload, headers)
             elif ctx.provider.kind == VERTEX:
                 headers = await self._google_auth(ctx.provider, headers)
-            response = await upstream.send(ctx.provider, call.path, payload, headers)
+            response = await upstream.send(ctx.provider, call.path, payload, headers,
+                                           went_out)
         except ProxyError as exc:
             status = "timeout" if isinstance(exc, UpstreamTimeout) else "error"
             record.attempts.append(Attempt(ctx.provider.id, status, _ms_since(started)))
+            raise
+        except asyncio.CancelledError:
+            if sent:  # the upstream has it and may bill it: Books.close charges the prompt
+                record.attempts.append(Attempt(ctx.provider.id, CANCELLED, _ms_since(started)))
             raise
         books.answered_ms = books.elapsed_ms()
         if response.status >= 400:
@@ -560,6 +572,11 @@ class Gateway:
         try:
             return await gather_bounded([functools.partial(answer, call) for call in calls],
                                         exchange.concurrency)
+        except asyncio.CancelledError:  # the client left: it pays for the calls sent
+            sent = sum(1 for attempt in attempts[first:]
+                       if attempt.status in (200, CANCELLED))
+            books.prompt_estimate = math.ceil(books.prompt_estimate * sent / len(calls))
+            raise
         except ProxyError as exc:
             if not slow_answer(exc, books.record.streamed):  # else all of it is counted
                 answered = sum(1 for attempt in attempts[first:] if attempt.status == 200)

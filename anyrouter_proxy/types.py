@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+CANCELLED = "cancelled"  # an attempt the client left while the upstream had it
+
 
 @dataclass(slots=True)
 class Attempt:

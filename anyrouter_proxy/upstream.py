@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Protocol
 
 from . import http1
@@ -38,7 +38,11 @@ class UpstreamResponse(Protocol):
 
 class Upstream(Protocol):
     async def send(self, provider: ProviderConfig, path: str, body: bytes,
-                   headers: Mapping[str, str]) -> UpstreamResponse: ...
+                   headers: Mapping[str, str],
+                   on_sent: Callable[[], None] | None = None) -> UpstreamResponse:
+        """POST; `on_sent` is called once the request has gone out (from then on the
+        upstream may bill it, whatever happens to the caller)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -79,14 +83,16 @@ class HttpUpstream:
         return pool
 
     async def send(self, provider: ProviderConfig, path: str, body: bytes,
-                   headers: Mapping[str, str]) -> UpstreamResponse:
+                   headers: Mapping[str, str],
+                   on_sent: Callable[[], None] | None = None) -> UpstreamResponse:
         known = self._by_provider.get(id(provider))
         timeouts = provider.timeouts
         try:
             pool = known[1] if known is not None and known[0] is provider \
                 and not known[1].closed else self._pool(provider)
             return await pool.post(path, headers, body, first_byte_s=timeouts.first_byte_s,
-                                   idle_s=timeouts.idle_s, total_s=timeouts.total_s)
+                                   idle_s=timeouts.idle_s, total_s=timeouts.total_s,
+                                   on_sent=on_sent)
         except http1.HttpError as exc:
             raise ErrorMap(provider)(exc, False) from exc
 

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import cast
 
 from yarl import URL
@@ -174,10 +174,12 @@ class Pool:
     # -- one exchange ----------------------------------------------------------------
 
     async def post(self, path: str, headers: Mapping[str, str], body: bytes, *,
-                   first_byte_s: float, idle_s: float, total_s: float) -> Response:
+                   first_byte_s: float, idle_s: float, total_s: float,
+                   on_sent: Callable[[], None] | None = None) -> Response:
         """POST `body` to base_url + `path`; the response once its head is in.
         The head must come within first_byte_s (and total_s), a free connection and the
-        connect included; the body then within idle_s per read and total_s in all."""
+        connect included; the body then within idle_s per read and total_s in all.
+        `on_sent` is called when the request has been handed to a connection."""
         target = self._targets.get(path)
         if target is None:
             target = self._target(path)
@@ -194,6 +196,9 @@ class Pool:
                                 idle_s, total)
             sent_at = self._loop.time()
             conn.send(response, head, body)
+            if on_sent is not None:
+                on_sent()
+                on_sent = None
             try:
                 await response.head()
             except Disconnected:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -50,7 +50,10 @@ class MockResponse:
 
 class MockUpstream:
     async def send(self, provider: ProviderConfig, path: str, body: bytes,
-                   headers: Mapping[str, str]) -> MockResponse:
+                   headers: Mapping[str, str],
+                   on_sent: Callable[[], None] | None = None) -> MockResponse:
+        if on_sent is not None:
+            on_sent()
         request = orjson.loads(body)
         if path == "/embeddings":
             return MockResponse(200, orjson.dumps(_embeddings(request)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import sqlite3
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -232,11 +233,18 @@ async def test_a_client_that_leaves_cancels_every_call(proxy: Proxy,
     await proxy.flush()
     db = sqlite3.connect(proxy.config.storage.sqlite_path)
     try:
-        status, cancelled, cost = db.execute(
-            "SELECT status_code, cancelled, cost FROM generations").fetchone()
+        status, cancelled, cost, tokens, source = db.execute(
+            "SELECT status_code, cancelled, cost, tokens_prompt, usage_source "
+            "FROM generations").fetchone()
     finally:
         db.close()
-    assert (status, cancelled, cost) == (499, 1, 0)  # nothing answered: nothing charged
+    # The calls that went out carried their texts upstream: the client that left pays
+    # their share of the prompt estimate, not the texts never sent.
+    sent_share = math.ceil(estimate_prompt_tokens({"input": TEXTS}) * FAN_OUT_CONCURRENCY
+                           / len(TEXTS))
+    assert (status, cancelled, source) == (499, 1, "estimated")
+    assert tokens == sent_share
+    assert cost == pytest.approx(sent_share * PRICE / 1e6, abs=1e-12)
 
 
 # --- refusals -------------------------------------------------------------------------------
