@@ -80,6 +80,7 @@ from .types import (
     CANCELLED,
     CHAT,
     COMPLETIONS,
+    DROPPED,
     EMBEDDINGS,
     ENDPOINT_PATHS,
     MESSAGES,
@@ -519,6 +520,13 @@ class Gateway:
                 record.attempts.append(Attempt(ctx.provider.id, CANCELLED, _ms_since(started)))
             raise
         books.answered_ms = books.elapsed_ms()
+        if response.resent:
+            # The upstream closed a reused connection without answering and the request
+            # went out again: it may have worked on the first one too (the operator's).
+            record.attempts.append(Attempt(ctx.provider.id, DROPPED, 0.0))
+            record.operator_cost += worst_case_cost(
+                ctx.pricing, books.prompt_estimate,
+                books.cap.total if books.cap is not None else 0)
         if response.status >= 400:
             if response.status == 401 and ctx.provider.kind == VERTEX:
                 self.google.forget(ctx.provider)  # the next request gets a new token

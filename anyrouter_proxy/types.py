@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 CANCELLED = "cancelled"  # an attempt the client left while the upstream had it
+DROPPED = "dropped"  # a send on a reused connection that closed unanswered, sent again
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # a non-stream answer larger than this is
 
 class UpstreamResponse(Protocol):
     status: int
+    resent: bool  # the request went out twice: a reused connection closed unanswered
 
     @property
     def headers(self) -> Mapping[str, str]: ...

@@ -194,6 +194,7 @@ class Pool:
         while True:
             response = Response(conn, self._loop, self.errors, self.max_body, deadline,
                                 idle_s, total)
+            response.resent = not retry
             sent_at = self._loop.time()
             conn.send(response, head, body)
             if on_sent is not None:

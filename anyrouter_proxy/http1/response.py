@@ -48,7 +48,7 @@ class Response:
                  "_errors", "_extra", "_head", "_head_bytes", "_head_deadline", "_headers",
                  "_idle", "_interim", "_keep", "_loop", "_max_body", "_parser", "_paused",
                  "_rearm", "_seen", "_since", "_timer", "_total", "_until_eof", "_waiter",
-                 "has_head", "received", "status")
+                 "has_head", "received", "resent", "status")
 
     # Parser callbacks not used (looked up once per parser; None is the cheap "no"). The
     # headers are not taken one callback each: they are read from the head's bytes, and
@@ -69,6 +69,7 @@ class Response:
         self.status = 0
         self.has_head = False
         self.received = False  # a byte of the answer arrived
+        self.resent = False  # sent again after a reused connection closed unanswered
         self._head_bytes = 0
         self._chunks: list[bytes] = []
         self._buffered = 0

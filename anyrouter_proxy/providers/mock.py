@@ -30,6 +30,8 @@ def _count_tokens(text: str) -> int:
 
 
 class MockResponse:
+    resent = False
+
     def __init__(self, status: int, body: bytes = b"", events: list[bytes] | None = None) -> None:
         self.status = status
         self.headers: Mapping[str, str] = {
