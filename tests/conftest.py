@@ -3,7 +3,10 @@ and the proxy itself served on 127.0.0.1 (pytest-aiohttp)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,26 @@ class Proxy:
 
     async def flush(self) -> None:
         await self.app[STORE].flush()
+
+    async def usage_row(self, column: str, value: str, within_s: float = 5) -> dict[str, Any]:
+        """The one usage row whose `column` (id, trace_id) is `value`, read from the SQLite
+        file once written (a client that left does not wait for it)."""
+        assert column in ("id", "trace_id")
+        deadline = time.monotonic() + within_s
+        while True:
+            await self.flush()
+            db = sqlite3.connect(self.config.storage.sqlite_path)
+            db.row_factory = sqlite3.Row
+            try:
+                rows = db.execute(f"SELECT * FROM generations WHERE {column} = ?",
+                                  (value,)).fetchall()
+            finally:
+                db.close()
+            if rows:
+                [row] = rows
+                return dict(row)
+            assert time.monotonic() < deadline, f"no usage row with {column} {value}"
+            await asyncio.sleep(0.05)
 
     @property
     def gateway(self) -> Any:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -68,24 +66,6 @@ async def leave_once_upstream(proxy: Proxy, fake: MeteredUpstream, path: str,
             await task
 
 
-async def row_of(proxy: Proxy, trace_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 5
-    while True:
-        await proxy.flush()
-        db = sqlite3.connect(proxy.config.storage.sqlite_path)
-        db.row_factory = sqlite3.Row
-        try:
-            rows = db.execute("SELECT * FROM generations WHERE trace_id = ?",
-                              (trace_id,)).fetchall()
-        finally:
-            db.close()
-        if rows:
-            [row] = rows
-            return dict(row)
-        assert time.monotonic() < deadline, f"no usage row for {trace_id}"
-        await asyncio.sleep(0.05)
-
-
 async def spent(proxy: Proxy, key: str = ALICE_KEY) -> float:
     async with aiohttp.ClientSession() as session, session.get(
             proxy.url("/api/v1/credits"), headers=auth(key)) as response:
@@ -107,7 +87,7 @@ async def test_a_client_that_leaves_while_the_upstream_has_it_pays_the_prompt(
     client_path, model = PATHS[path]
     await leave_once_upstream(proxy, fake, client_path, body_for(client_path, model, stream),
                               "trace-left")
-    row = await row_of(proxy, "trace-left")
+    row = await proxy.usage_row("trace_id", "trace-left")
     fake.meter.gate.set()
     assert (row["cancelled"], row["status_code"], row["streamed"]) == (1, 499, int(stream))
     assert row["usage_source"] == "estimated"
@@ -129,7 +109,7 @@ async def test_leaving_over_and_over_is_paid_each_time(
         fake.meter.arrived.clear()
         await leave_once_upstream(proxy, fake, "/api/v1/chat/completions",
                                   body_for("", OPENAI_MODEL, False), f"trace-again-{n}")
-    rows = [await row_of(proxy, f"trace-again-{n}") for n in range(5)]
+    rows = [await proxy.usage_row("trace_id", f"trace-again-{n}") for n in range(5)]
     fake.meter.gate.set()
     assert len(fake.requests) == 5
     assert all(row["cost"] > 0 for row in rows)
@@ -156,7 +136,7 @@ async def test_a_client_that_leaves_before_its_request_went_out_pays_nothing(
         fake.meter.gate.set()
         async with await alice as response:
             assert response.status == 200
-    row = await row_of(proxy, "trace-bob")
+    row = await proxy.usage_row("trace_id", "trace-bob")
     assert (row["cancelled"], row["status_code"], row["cost"]) == (1, 499, 0)
     assert row["usage_source"] == "none" and json.loads(row["attempts"]) == []
     assert row["operator_cost"] == 0

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aiohttp
 import pytest
@@ -75,22 +72,6 @@ async def dropping() -> AsyncIterator[DroppingUpstream]:
     await upstream.server.wait_closed()
 
 
-async def row_of(proxy: Proxy, gen_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 5
-    while True:
-        await proxy.flush()
-        db = sqlite3.connect(proxy.config.storage.sqlite_path)
-        db.row_factory = sqlite3.Row
-        try:
-            row = db.execute("SELECT * FROM generations WHERE id = ?", (gen_id,)).fetchone()
-        finally:
-            db.close()
-        if row is not None:
-            return dict(row)
-        assert time.monotonic() < deadline, f"no usage row for {gen_id}"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_request_sent_twice_is_on_the_row_and_the_first_is_the_operators(
         config_factory: ConfigFactory, start_proxy: StartProxy,
         dropping: DroppingUpstream) -> None:
@@ -111,7 +92,7 @@ async def test_a_request_sent_twice_is_on_the_row_and_the_first_is_the_operators
                 assert response.status == 200, await response.text()
                 gen_ids.append(response.headers["X-AnyRouter-Generation-Id"])
     assert dropping.requests == 3  # the second request went out twice
-    first, second = [await row_of(proxy, gen_id) for gen_id in gen_ids]
+    first, second = [await proxy.usage_row("id", gen_id) for gen_id in gen_ids]
     assert [a["status"] for a in json.loads(first["attempts"])] == [200]
     assert first["operator_cost"] == 0
     assert [a["status"] for a in json.loads(second["attempts"])] == ["dropped", 200]
