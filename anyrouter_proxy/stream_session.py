@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import orjson
@@ -127,12 +127,16 @@ class StreamSession:
             await sink.write(b"".join(self._pending))
             if self._failure is not None:
                 raise self._failure
-            async for chunk in self._chunks:
-                out, failure = translate(chunk, decoder, translator)
-                if out and send(b"".join(out)):
-                    await sink.drain()
-                if failure is not None:
-                    raise failure
+            pump = getattr(self._chunks, "pump", None)
+            if pump is None:
+                async for chunk in self._chunks:
+                    out, failure = translate(chunk, decoder, translator)
+                    if out and send(b"".join(out)):
+                        await sink.drain()
+                    if failure is not None:
+                        raise failure
+            else:
+                await self._pump(pump, sink)
             tail = translator.finish()
             if self._completed is not None:
                 self._completed(translator)
@@ -164,6 +168,37 @@ class StreamSession:
                 await end(self._failure_event(failure))
         finally:
             await discard(self._response, self._chunks)
+
+    async def _pump(self, pump: Callable[[Callable[[bytes], bool]], Awaitable[bool]],
+                    sink: Sink) -> None:
+        """The same relay, run from the upstream connection's callback (http1's `pump`):
+        each read is translated and written as it arrives, with no task wake-up per read.
+        The callback never raises: it stops the pump, and this raises or drains."""
+        translator, decoder, send = self._translator, self._decoder, sink.send
+        stop: list[BaseException | None] = [None]  # what the callback stopped for
+        behind = False
+
+        def relay_read(chunk: bytes) -> bool:
+            nonlocal behind
+            try:
+                out, failure = translate(chunk, decoder, translator)
+                if out and send(b"".join(out)):
+                    behind = True
+                if failure is not None:
+                    stop[0] = failure
+                    return True
+            except Exception as exc:  # the client left (ConnectionResetError), or a bug
+                stop[0] = exc
+                return True
+            return behind
+
+        while not await pump(relay_read):
+            if stop[0] is not None:
+                raise stop[0]
+            behind = False
+            await sink.drain()
+        if stop[0] is not None:  # stopped by the very last read
+            raise stop[0]
 
     def _failure_event(self, exc: ProxyError) -> bytes:
         """The translator's own last event for a failure, if it has one (Responses:

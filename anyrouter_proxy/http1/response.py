@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -47,7 +47,7 @@ class Response:
     __slots__ = ("_buffered", "_chunks", "_conn", "_decoder", "_done", "_error",
                  "_errors", "_extra", "_head", "_head_bytes", "_head_deadline", "_headers",
                  "_idle", "_interim", "_keep", "_loop", "_max_body", "_parser", "_paused",
-                 "_rearm", "_seen", "_since", "_timer", "_total", "_until_eof", "_waiter",
+                 "_push", "_rearm", "_seen", "_since", "_timer", "_total", "_until_eof", "_waiter",
                  "has_head", "received", "resent", "status")
 
     # Parser callbacks not used (looked up once per parser; None is the cheap "no"). The
@@ -81,6 +81,7 @@ class Response:
         self._decoder: _Decoder | None = None
         self._error: HttpError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._push: Callable[[bytes], bool] | None = None  # pump's handler, while it waits
         self._since: float | None = None  # when the pending read of the body began
         self._idle = idle_s
         self._head_deadline = head_deadline
@@ -162,6 +163,38 @@ class Response:
             self.close()
             raise self._errors(exc, True) from exc
 
+    async def pump(self, handler: Callable[[bytes], bool]) -> bool:
+        """The body handed to `handler` as it arrives, from the connection's own callback:
+        no wake-up of the reader per read (what a relayed stream spends most per event).
+        True once the body ended; False when `handler` returned True (it wants to stop: a
+        failure, or a client that is behind), and what arrives meanwhile is buffered for
+        the next call. `handler` must not raise. Raises as the iteration does."""
+        try:
+            while True:
+                if self._chunks:
+                    data = self._take()
+                    if data and handler(data):
+                        return False
+                elif self._done:
+                    data = self._flush()  # the end of an inflated body
+                    return not (data and handler(data))
+                elif self._error is not None:
+                    raise self._error
+                elif self._decoder is not None:  # inflated by _take, a step at a time
+                    await self._wait()
+                else:
+                    self._push = handler
+                    try:
+                        await self._wait()
+                    finally:
+                        stopped = self._push is None  # by the handler (on_body)
+                        self._push = None
+                    if stopped:  # before anything that happened after it
+                        return False
+        except HttpError as exc:
+            self.close()
+            raise self._errors(exc, True) from exc
+
     def close(self) -> None:
         """Done with it: an answer not yet whole drops its connection (its rest must not
         be read as the next answer on it)."""
@@ -230,7 +263,7 @@ class Response:
             now = self._loop.time()
             self._timer = self._loop.call_at(min(now + self._idle, self._total), self._tick)
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None and (self._push is None or self._done) and not waiter.done():
             waiter.set_result(None)
 
     def lost(self, exc: Exception | None = None) -> None:
@@ -278,6 +311,13 @@ class Response:
     def on_body(self, body: bytes) -> None:
         if self._done:
             self._extra = True
+            return
+        push = self._push
+        if push is not None:
+            self._since = self._loop.time()  # idle from the latest bytes on
+            if push(body):
+                self._push = None
+                self._wake()
             return
         self._chunks.append(body)
         self._buffered += len(body)

@@ -286,6 +286,142 @@ async def test_a_gzip_bomb_is_cut_at_the_cap(client: HttpUpstream,
         await server.close()
 
 
+# -- pump: the body handed over from the connection's callback ------------------------------
+
+
+async def pumped(response: Any, stop_after: int | None = None) -> tuple[list[bytes], int]:
+    """All of a body through pump; the handler asks to stop after `stop_after` parts (each
+    time): the parts, and how many calls pump took."""
+    parts: list[bytes] = []
+    calls = 0
+
+    def handle(data: bytes) -> bool:
+        parts.append(data)
+        return stop_after is not None and len(parts) % stop_after == 0
+
+    while True:
+        calls += 1
+        if await response.pump(handle):
+            return parts, calls
+
+
+async def test_pump_calls_its_handler_from_the_connection_as_bytes_arrive(
+        client: HttpUpstream) -> None:
+    steps = [asyncio.Event() for _ in range(3)]
+
+    async def events(reader: Reader, writer: Writer, server: Server) -> bool:
+        await server.send(writer, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i, step in enumerate(steps):
+            await step.wait()
+            await server.send(writer, chunk(b"data: %d\n\n" % i))
+        await server.send(writer, b"0\r\n\r\n")
+        return True
+
+    server = await served(events)
+    try:
+        response = await client.send(provider(server.url()), "/s", b"{}", {})
+        seen: list[tuple[bytes, bool]] = []
+
+        def handle(data: bytes) -> bool:
+            # not in the pumping task: the connection's data_received called it
+            seen.append((data, asyncio.current_task() is None))
+            if len(seen) < len(steps):
+                steps[len(seen)].set()
+            return False
+
+        steps[0].set()
+        assert await response.pump(handle) is True
+        assert seen == [(b"data: %d\n\n" % i, True) for i in range(3)]
+        response.close()
+        assert await post(client, server.url()) == BODY  # the connection was kept
+        assert server.connections == 1
+    finally:
+        await server.close()
+
+
+async def test_pump_stops_when_asked_and_buffers_until_called_again(
+        client: HttpUpstream) -> None:
+    async def three(reader: Reader, writer: Writer, server: Server) -> bool:
+        await server.send(writer, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in (b"one", b"two", b"three"):
+            await server.send(writer, chunk(part))
+            await asyncio.sleep(0.02)
+        await server.send(writer, b"0\r\n\r\n")
+        return True
+
+    server = await served(three)
+    try:
+        response = await client.send(provider(server.url()), "/s", b"{}", {})
+        parts, calls = await pumped(response, stop_after=1)
+        assert b"".join(parts) == b"onetwothree"
+        assert calls >= 3  # one stop per part, each ended that call of pump
+    finally:
+        await server.close()
+
+
+async def test_a_stop_comes_before_a_close_that_followed_it(client: HttpUpstream) -> None:
+    """What the handler stopped for (a bad event, say) is what the reader hears of first,
+    even when the upstream reset the connection before the reader ran; the reset next."""
+    async def then_reset(reader: Reader, writer: Writer, server: Server) -> bool:
+        await server.send(writer, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        await asyncio.sleep(0.1)  # the reader is pumping by now
+        writer.write(b"bad")
+        writer.transport.abort()  # right behind those bytes
+        return False
+
+    server = await served(then_reset)
+    try:
+        response = await client.send(provider(server.url()), "/s", b"{}", {})
+        seen: list[bytes] = []
+
+        def stop(data: bytes) -> bool:
+            seen.append(data)
+            return True
+
+        assert await response.pump(stop) is False
+        assert seen == [b"bad"]
+        with pytest.raises(UpstreamError, match="connection closed early"):
+            await response.pump(stop)
+    finally:
+        await server.close()
+
+
+async def test_a_pumped_body_that_keeps_coming_is_not_idle(client: HttpUpstream) -> None:
+    async def steady(reader: Reader, writer: Writer, server: Server) -> bool:
+        await server.send(writer, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(8):  # 0.8 s in all, idle_s is 0.3: never 0.3 s without a byte
+            await asyncio.sleep(0.1)
+            await server.send(writer, chunk(b"."))
+        await server.send(writer, b"0\r\n\r\n")
+        return True
+
+    server = await served(steady, stall_after_head)
+    try:
+        response = await client.send(provider(server.url()), "/s", b"{}", {})
+        parts, _ = await pumped(response)
+        assert b"".join(parts) == b"." * 8
+        response = await client.send(provider(server.url()), "/s", b"{}", {})
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamTimeout) as info:
+            await pumped(response)  # a byte, then nothing: idle after 0.3 s
+        assert 0.25 < asyncio.get_running_loop().time() - started < 0.9
+        assert info.value.message == (
+            "Provider up timed out waiting for the next stream event (0.3 s idle)")
+    finally:
+        await server.close()
+
+
+async def test_a_compressed_body_is_pumped_inflated(client: HttpUpstream) -> None:
+    plain = b"data: " + b"hello " * 200000 + b"\n\n"
+    server = await served(answer(gzip.compress(plain), b"Content-Encoding: gzip\r\n"))
+    try:
+        response = await client.send(provider(server.url()), "/s", b"{}", {})
+        parts, _ = await pumped(response)
+        assert b"".join(parts) == plain
+    finally:
+        await server.close()
+
+
 # -- URLs and headers ------------------------------------------------------------------------
 
 
@@ -725,13 +861,16 @@ async def uvloop_cases(tmp_path: Path) -> None:
     finally:
         await http.close()
         await server.close()
-    big = await served(endless(64 << 20))
+    big = await served(endless(64 << 20), endless(64 << 20))
     http = HttpUpstream()
     try:
         response = await http.send(provider(big.url(), Timeouts(1, 1, 5, 30)), "/s", b"", {})
         await asyncio.sleep(0.3)
         assert big.bytes_sent < 16 << 20
         assert sum([len(p) async for p in response.chunks()]) == 64 << 20
+        response = await http.send(provider(big.url(), Timeouts(1, 1, 5, 30)), "/s", b"", {})
+        parts, _ = await pumped(response, stop_after=4)  # paused and resumed, by pump
+        assert sum(map(len, parts)) == 64 << 20
     finally:
         await http.close()
         await big.close()
