@@ -49,6 +49,12 @@ class SSEDecoder:
         self._pending_cr = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        # Most reads of a relayed stream are one whole `data:` event: its only line break
+        # is the pair that ends it (so it has no CR either).
+        if (chunk.find(b"\n") == len(chunk) - 2 and chunk[-1:] == b"\n" and not self._parts
+                and chunk.startswith(b"data: ") and not self._pending_cr
+                and chunk.find(b"\r") == -1):
+            return [SSEEvent(chunk[6:-2].decode("utf-8", "replace"))]
         if self._pending_cr:
             chunk = b"\r" + chunk
             self._pending_cr = False

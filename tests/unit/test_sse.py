@@ -1,0 +1,50 @@
+"""The SSE decoder: the same events whichever way a stream's bytes are cut into reads
+(a whole event per read takes a shortcut; any other cut takes the general path)."""
+
+from __future__ import annotations
+
+import pytest
+
+from anyrouter_proxy.sse import SSEDecoder, SSEEvent
+
+EVENTS = [
+    b'data: {"a": 1}\n\n',
+    b"data: \n\n",  # empty data
+    b"data:no-space\n\n",
+    b"data: crlf\r\n\r\n",
+    b"data: lone-cr\r\r",
+    b"event: named\ndata: x\n\n",
+    b": a comment\n\n",
+    b"data: one\ndata: two\n\n",
+    "data: é ü 中\n\n".encode(),
+    b"data: \xff\xfe invalid utf-8\n\n",
+    b"data: [DONE]\n\n",
+]
+
+
+def decoded(reads: list[bytes]) -> list[SSEEvent]:
+    decoder = SSEDecoder()
+    return [event for read in reads for event in decoder.feed(read)]
+
+
+EXPECTED = [SSEEvent('{"a": 1}'), SSEEvent(""), SSEEvent("no-space"), SSEEvent("crlf"),
+            SSEEvent("lone-cr"), SSEEvent("x", "named"), SSEEvent("one\ntwo"),
+            SSEEvent("é ü 中"), SSEEvent("\ufffd\ufffd invalid utf-8"), SSEEvent("[DONE]")]
+
+
+def test_one_event_per_read() -> None:
+    assert decoded(EVENTS) == EXPECTED
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 10_000])
+def test_any_cut_of_the_same_bytes(size: int) -> None:
+    stream = b"".join(EVENTS)
+    assert decoded([stream[i:i + size] for i in range(0, len(stream), size)]) == EXPECTED
+
+
+def test_a_whole_event_shape_that_continues_an_unfinished_one() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: par") == []
+    assert decoder.feed(b"data: x\n\n") == [SSEEvent("pardata: x")]
+    assert decoder.feed(b"data: a\r") == []  # a CR that may be half of a CRLF
+    assert decoder.feed(b"data: b\n\n") == [SSEEvent("a\nb")]  # it was a line end
