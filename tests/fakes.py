@@ -55,6 +55,7 @@ class Behaviour:
     chunks: int = 3  # streams: number of content chunks
     content: str | None = None  # streams: every content chunk's text (default "tok<i> ");
     # whole answers (chat, responses): the answer's text
+    numbered: bool = False  # streams: each content chunk's text starts with "<i>"
     stall_after: int | None = None  # streams: stop sending (stay open) after N events
     drop_after: int | None = None  # streams: drop the connection after N events
     no_done: bool = False  # streams: end without [DONE]
@@ -150,6 +151,8 @@ class FakeOpenAI:
         for i in range(len(pieces) if pieces else behaviour.chunks):
             text = pieces[i] if pieces else behaviour.content if behaviour.content is not None \
                 else f"tok{i} "
+            if behaviour.numbered:
+                text = f"<{i}>{text}"
             delta: dict[str, Any] = {"content": text}
             if i == 0:
                 delta["role"] = "assistant"

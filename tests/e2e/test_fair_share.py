@@ -279,6 +279,52 @@ async def test_a_client_that_stops_reading_is_released_within_the_write_timeout(
     assert data["tokens_completion"] > 0 and data["total_cost"] > 0  # what was relayed
 
 
+async def test_a_client_that_reads_slowly_gets_the_whole_stream_in_order(
+        config_factory: ConfigFactory, fake_openai: FakeOpenAI, aiohttp_server: Any) -> None:
+    """The relay stops while the client is behind and goes on once it has caught up: the
+    events in between are buffered, none lost, none repeated, none out of order."""
+    proxy = await serve_like_cli(aiohttp_server, make_config(config_factory, fake_openai))
+    # ~10 MB of events, more than the socket buffers hold (see the test above)
+    pieces = [f"<{i}>" + "x" * 8192 for i in range(1200)]
+    fake_openai.then(Behaviour(chunks=len(pieces), content="x" * 8192, numbered=True,
+                               chunk_delay_s=0.001))
+    sock = await raw_connect(proxy.server.port, receive_buffer=4096)
+    loop = asyncio.get_running_loop()
+    received = b""
+    try:
+        await loop.sock_sendall(sock, raw_request({**CHAT, "stream": True}))
+        async with asyncio.timeout(30):
+            while not received.endswith(b"\r\n0\r\n\r\n"):
+                data = await loop.sock_recv(sock, 65536)
+                assert data, "the proxy closed the stream"
+                received += data
+                await asyncio.sleep(0.002)  # a slow reader: the proxy's writes back up
+    finally:
+        sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    events = dechunked(body).split(b"\n\n")
+    texts = [json.loads(e[6:])["choices"][0]["delta"].get("content", "")
+             for e in events if e.startswith(b"data: {") and b'"content"' in e]
+    assert "".join(texts) == "".join(pieces)
+    assert events[-2:] == [b"data: [DONE]", b""]
+    await proxy.flush()
+    (row,) = await proxy.app[STORE].fetch("SELECT id FROM generations")
+    data = await generation(proxy, row["id"])
+    assert data["cancelled"] is False and data["status_code"] == 200
+
+
+def dechunked(body: bytes) -> bytes:
+    out, at = [], 0
+    while True:
+        end = body.index(b"\r\n", at)
+        size = int(body[at:end], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(body[end + 2:end + 2 + size])
+        at = end + 2 + size + 2
+
+
 # -- request heads that never end, idle keep-alive connections --------------------------------
 
 
