@@ -175,30 +175,30 @@ class StreamSession:
         each read is translated and written as it arrives, with no task wake-up per read.
         The callback never raises: it stops the pump, and this raises or drains."""
         translator, decoder, send = self._translator, self._decoder, sink.send
-        stop: list[BaseException | None] = [None]  # what the callback stopped for
+        stopped: BaseException | None = None  # what the callback stopped for
         behind = False
 
         def relay_read(chunk: bytes) -> bool:
-            nonlocal behind
+            nonlocal behind, stopped
             try:
                 out, failure = translate(chunk, decoder, translator)
                 if out and send(b"".join(out)):
                     behind = True
                 if failure is not None:
-                    stop[0] = failure
+                    stopped = failure
                     return True
             except Exception as exc:  # the client left (ConnectionResetError), or a bug
-                stop[0] = exc
+                stopped = exc
                 return True
             return behind
 
         while not await pump(relay_read):
-            if stop[0] is not None:
-                raise stop[0]
+            if stopped is not None:
+                raise stopped
             behind = False
             await sink.drain()
-        if stop[0] is not None:  # stopped by the very last read
-            raise stop[0]
+        if stopped is not None:  # stopped by the very last read
+            raise stopped
 
     def _failure_event(self, exc: ProxyError) -> bytes:
         """The translator's own last event for a failure, if it has one (Responses:
