@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
@@ -87,6 +88,16 @@ async def first_output(chunks: AsyncIterator[bytes], decoder: EventDecoder,
     return translator.finish(), None  # raises: the stream ended before any event
 
 
+async def pump_iterator(chunks: AsyncIterator[bytes],
+                        handler: Callable[[bytes], bool]) -> bool:
+    """http1's Response.pump for any other body (the mock's): `handler` called on each
+    chunk in turn; False when it asks to stop (the next call goes on from there)."""
+    async for chunk in chunks:
+        if handler(chunk):
+            return False
+    return True
+
+
 async def discard(response: UpstreamResponse | None,
                   chunks: AsyncIterator[bytes] | None) -> None:
     if chunks is not None:
@@ -121,22 +132,14 @@ class StreamSession:
         """Write the whole stream, then end it with its last bytes (the normal end or an
         error event) in the same write as the end of the body. The events of one upstream
         read leave in one write, which awaits only when the client is behind."""
-        translator, books, decoder = self._translator, self._books, self._decoder
-        send, end = sink.send, sink.end
+        translator, books = self._translator, self._books
+        end = sink.end
         try:
             await sink.write(b"".join(self._pending))
             if self._failure is not None:
                 raise self._failure
-            pump = getattr(self._chunks, "pump", None)
-            if pump is None:
-                async for chunk in self._chunks:
-                    out, failure = translate(chunk, decoder, translator)
-                    if out and send(b"".join(out)):
-                        await sink.drain()
-                    if failure is not None:
-                        raise failure
-            else:
-                await self._pump(pump, sink)
+            await self._pump(getattr(self._chunks, "pump", None)
+                             or functools.partial(pump_iterator, self._chunks), sink)
             tail = translator.finish()
             if self._completed is not None:
                 self._completed(translator)
@@ -171,9 +174,9 @@ class StreamSession:
 
     async def _pump(self, pump: Callable[[Callable[[bytes], bool]], Awaitable[bool]],
                     sink: Sink) -> None:
-        """The same relay, run from the upstream connection's callback (http1's `pump`):
-        each read is translated and written as it arrives, with no task wake-up per read.
-        The callback never raises: it stops the pump, and this raises or drains."""
+        """Each read translated and written as it arrives, from the upstream connection's
+        callback (http1's `pump`: no task wake-up per read). The callback never raises: it
+        stops the pump, and this raises or drains."""
         translator, decoder, send = self._translator, self._decoder, sink.send
         stopped: BaseException | None = None  # what the callback stopped for
         behind = False
