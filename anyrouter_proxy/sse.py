@@ -55,6 +55,11 @@ class SSEDecoder:
                 and chunk.startswith(b"data: ") and not self._pending_cr
                 and chunk.find(b"\r") == -1):
             return [SSEEvent(chunk[6:-2].decode("utf-8", "replace"))]
+        # ... or, from Google, the same ended by CRLF CRLF.
+        if (chunk.find(b"\r") == len(chunk) - 4 and chunk.find(b"\n") == len(chunk) - 3
+                and chunk.endswith(b"\r\n\r\n") and not self._parts
+                and chunk.startswith(b"data: ") and not self._pending_cr):
+            return [SSEEvent(chunk[6:-4].decode("utf-8", "replace"))]
         if self._pending_cr:
             chunk = b"\r" + chunk
             self._pending_cr = False

@@ -50,7 +50,8 @@ class GeminiToOpenAIRelay:
         return self._stream.output_tokens
 
     def feed(self, event: SSEEvent) -> list[bytes]:
-        return [encode_event(orjson.dumps(chunk)) for chunk in self.chunks(event)]
+        return [b"data: " + orjson.dumps(chunk) + b"\n\n"
+                for chunk in _feed(self._stream, event, self._ctx)]
 
     def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
         """The chunks `feed` would send, as dicts (for a relay that re-translates them)."""

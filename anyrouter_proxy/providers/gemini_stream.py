@@ -30,7 +30,6 @@ from ..types import PARTIAL, PROVIDER, Usage
 from .anthropic_translate import openai_usage_dict
 from .gemini_response import (
     PromptBlocked,
-    candidate_parts,
     finish_reason,
     gemini_usage,
     prompt_block,
@@ -54,16 +53,30 @@ class GeminiToOpenAIStream:
                       "model": model}
         self._include_usage = include_usage
         self._provider = provider
-        self.usage: Usage | None = None
         self.output_tokens = 0  # estimated from the deltas, for a stream without usage
         self.finish_reason: str | None = None
         self.upstream_id: str | None = None
         self._candidates: dict[int, _Candidate] = {}
+        self._running = 0  # candidates begun and not finished
+        # The last usageMetadata, turned into Usage only when asked for (once, not per event).
+        self._usage_raw: dict[str, Any] | None = None
+        self._usage_final = False  # every candidate had finished when it came
+        self._usage: Usage | None = None
 
     @property
     def complete(self) -> bool:
         """Every candidate begun has finished."""
-        return bool(self._candidates) and all(c.finished for c in self._candidates.values())
+        return self._running == 0 and bool(self._candidates)
+
+    @property
+    def usage(self) -> Usage | None:
+        """The last usage reported: the provider's if every candidate had finished by
+        then, else `partial` (a running count)."""
+        if self._usage is None and self._usage_raw is not None:
+            self._usage = gemini_usage(self._usage_raw)
+            if self._usage is not None:
+                self._usage.source = PROVIDER if self._usage_final else PARTIAL
+        return self._usage
 
     def feed(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         try:
@@ -82,18 +95,18 @@ class GeminiToOpenAIStream:
                  "usage": openai_usage_dict(self.usage or Usage())}]
 
     def _feed(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        blocked = prompt_block(data, self._provider)
-        if blocked is not None:
-            raise blocked
+        if "promptFeedback" in data:
+            blocked = prompt_block(data, self._provider)
+            if blocked is not None:
+                raise blocked
         if self.upstream_id is None and isinstance(data.get("responseId"), str):
             self.upstream_id = data["responseId"]
         chunks: list[dict[str, Any]] = []
         for i, item in enumerate(need_list(data.get("candidates") or [], "candidates")):
             chunks.extend(self._candidate(need_dict(item, f"candidates[{i}]"), i))
-        usage = gemini_usage(data.get("usageMetadata"))
-        if usage is not None:
-            usage.source = PROVIDER if self.complete else PARTIAL
-            self.usage = usage
+        usage = data.get("usageMetadata")
+        if isinstance(usage, dict):
+            self._usage_raw, self._usage_final, self._usage = usage, self.complete, None
         return chunks
 
     def _candidate(self, candidate: dict[str, Any], position: int) -> list[dict[str, Any]]:
@@ -103,15 +116,19 @@ class GeminiToOpenAIStream:
         delta: dict[str, Any] = {}
         if state is None:
             state = self._candidates[index] = _Candidate()
+            self._running += 1
             delta = {"role": "assistant", "content": ""}
         elif state.finished:
             return []
-        _add_parts(delta, candidate_parts(candidate), state)
+        content = candidate.get("content")
+        if content is not None:
+            _add_parts(delta, need_dict(content, "content").get("parts"), state)
         chunks = [self._chunk(index, delta)] if delta else []
         self.output_tokens += openai_delta_tokens(delta)
         reason = finish_reason(candidate.get("finishReason"), state.calls > 0)
         if reason is not None:
             state.finished = True
+            self._running -= 1
             if index == 0 or self.finish_reason is None:
                 self.finish_reason = reason
             chunks.append(self._chunk(index, {}, reason))
@@ -126,12 +143,20 @@ class GeminiToOpenAIStream:
         return chunk
 
 
-def _add_parts(delta: dict[str, Any], parts: list[dict[str, Any]], state: _Candidate) -> None:
+def _add_parts(delta: dict[str, Any], parts: Any, state: _Candidate) -> None:
     """One event's parts of a candidate into its delta: text, thoughts, whole calls."""
+    if parts.__class__ is list and len(parts) == 1:  # most events: one piece of text
+        part = parts[0]
+        text = part.get("text") if part.__class__ is dict else None
+        if text.__class__ is str and len(part) == 1:
+            if text:
+                delta["content"] = text
+            return
     texts: list[str] = []
     thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
-    for part in parts:
+    for part in need_list(parts or [], "content.parts"):
+        need_dict(part, "content.parts[]")
         if "functionCall" in part:
             calls.append({"index": state.calls, **tool_call(part)})
             state.calls += 1

@@ -12,6 +12,7 @@ EVENTS = [
     b"data: \n\n",  # empty data
     b"data:no-space\n\n",
     b"data: crlf\r\n\r\n",
+    b"data: crlf one\r\ndata: crlf two\r\n\r\n",
     b"data: lone-cr\r\r",
     b"event: named\ndata: x\n\n",
     b": a comment\n\n",
@@ -28,6 +29,7 @@ def decoded(reads: list[bytes]) -> list[SSEEvent]:
 
 
 EXPECTED = [SSEEvent('{"a": 1}'), SSEEvent(""), SSEEvent("no-space"), SSEEvent("crlf"),
+            SSEEvent("crlf one\ncrlf two"),
             SSEEvent("lone-cr"), SSEEvent("x", "named"), SSEEvent("one\ntwo"),
             SSEEvent("é ü 中"), SSEEvent("\ufffd\ufffd invalid utf-8"), SSEEvent("[DONE]")]
 
@@ -46,5 +48,7 @@ def test_a_whole_event_shape_that_continues_an_unfinished_one() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b"data: par") == []
     assert decoder.feed(b"data: x\n\n") == [SSEEvent("pardata: x")]
+    assert decoder.feed(b"data: par") == []
+    assert decoder.feed(b"data: y\r\n\r\n") == [SSEEvent("pardata: y")]
     assert decoder.feed(b"data: a\r") == []  # a CR that may be half of a CRLF
     assert decoder.feed(b"data: b\n\n") == [SSEEvent("a\nb")]  # it was a line end

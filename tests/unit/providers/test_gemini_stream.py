@@ -109,7 +109,23 @@ def test_a_blocked_prompt_raises_prompt_blocked() -> None:
         stream().feed(golden("blocked_prompt.json"))
 
 
-def test_an_event_of_the_wrong_shape_is_the_upstreams_fault() -> None:
+@pytest.mark.parametrize("content", [
+    {"parts": [{"functionCall": "x"}]}, {"parts": [5]}, {"parts": "text"}, ["parts"],
+    {"parts": [{"text": "a"}, 5]}])
+def test_an_event_of_the_wrong_shape_is_the_upstreams_fault(content: Any) -> None:
     with pytest.raises(UpstreamError) as caught:
-        stream().feed({"candidates": [{"content": {"parts": [{"functionCall": "x"}]}}]})
+        stream().feed({"candidates": [{"content": content}]})
     assert caught.value.code == "upstream_invalid_response"
+
+
+def test_usage_is_read_from_the_last_event_that_had_it() -> None:
+    translator = stream()
+    translator.feed({"candidates": [{"content": {"parts": [{"text": "a"}]}}],
+                     "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1}})
+    assert translator.usage == Usage(prompt_tokens=3, completion_tokens=1, source=PARTIAL)
+    translator.feed({"candidates": [{"content": {"parts": [{"text": "b"}]},
+                                     "finishReason": "STOP"}]})  # no usage: the last stands
+    assert translator.usage == Usage(prompt_tokens=3, completion_tokens=1, source=PARTIAL)
+    translator.feed({"candidates": [], "usageMetadata": {"promptTokenCount": 3,
+                                                         "candidatesTokenCount": 2}})
+    assert translator.usage == Usage(prompt_tokens=3, completion_tokens=2, source=PROVIDER)
