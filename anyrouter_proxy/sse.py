@@ -118,4 +118,13 @@ def encode_event(data: bytes | str, event: str | None = None) -> bytes:
         data = data.encode()
     if event is None:
         return b"data: " + data + b"\n\n"
-    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+    head = _HEADS.get(event)
+    if head is None:  # a dialect's event names are few: each head is encoded once
+        head = b"event: " + event.encode() + b"\ndata: "
+        if len(_HEADS) < MAX_HEADS:
+            _HEADS[event] = head
+    return head + data + b"\n\n"
+
+
+MAX_HEADS = 256  # event names are ours or an upstream's: a bound all the same
+_HEADS: dict[str, bytes] = {}

@@ -161,7 +161,11 @@ class AnthropicToOpenAIStream:
 
     def _feed(self, event: str, data: Any) -> list[dict[str, Any]]:
         data = need_dict(data, "event data")
-        kind = data.get("type") if isinstance(data.get("type"), str) else event
+        kind = data.get("type")
+        if kind.__class__ is not str:
+            kind = event
+        if kind == "content_block_delta" and self._started:  # the most frequent, first
+            return self._block_delta(data)
         if kind == "error":
             raise _stream_error(data.get("error"), "the upstream stream failed")
         if kind == "message_start":

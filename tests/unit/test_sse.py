@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from anyrouter_proxy.sse import SSEDecoder, SSEEvent
+from anyrouter_proxy import sse
+from anyrouter_proxy.sse import SSEDecoder, SSEEvent, encode_event
 
 EVENTS = [
     b'data: {"a": 1}\n\n',
@@ -52,3 +53,11 @@ def test_a_whole_event_shape_that_continues_an_unfinished_one() -> None:
     assert decoder.feed(b"data: y\r\n\r\n") == [SSEEvent("pardata: y")]
     assert decoder.feed(b"data: a\r") == []  # a CR that may be half of a CRLF
     assert decoder.feed(b"data: b\n\n") == [SSEEvent("a\nb")]  # it was a line end
+
+
+def test_named_events_are_encoded_alike_however_many_names_come() -> None:
+    names = [f"name-{i}" for i in range(sse.MAX_HEADS + 10)] + ["name-0", "é"]
+    for name in names:
+        assert encode_event(b"{}", name) == f"event: {name}\ndata: {{}}\n\n".encode()
+    assert len(sse._HEADS) <= sse.MAX_HEADS
+    assert encode_event("x") == b"data: x\n\n"
