@@ -47,7 +47,7 @@ clean:
 
 # Benchmark (docs/performance.md): fake upstream + proxy pinned to separate cores, wrk +
 # an SSE client; a Markdown table on stdout, JSON in bench/results/latest.json.
-# BENCH_ARGS=--profile adds a py-spy profile of chat c16 (needs `$(VENV)/bin/pip install py-spy`).
+# BENCH_ARGS=--profile adds a py-spy profile of chat c16 (--profile SCENARIO: another; needs `$(VENV)/bin/pip install py-spy`).
 bench: python-version $(VENV)/.installed
 	$(PY) bench/run.py $(BENCH_ARGS)
 

@@ -80,7 +80,13 @@ class SSEDecoder:
             return self._keep(rest)
         self._parts = [rest] if rest else []
         self._size = len(rest)
-        return [event for block in blocks if (event := _parse_block(block)) is not None]
+        events = []
+        for block in blocks:
+            if block.startswith(b"data: ") and block.find(b"\n") == -1:  # most events
+                events.append(SSEEvent(block[6:].decode("utf-8", "replace")))
+            elif (event := _parse_block(block)) is not None:
+                events.append(event)
+        return events
 
     def _keep(self, chunk: bytes) -> list[SSEEvent]:
         """Bytes of an event still unfinished."""
@@ -93,8 +99,6 @@ class SSEDecoder:
 
 
 def _parse_block(block: bytes) -> SSEEvent | None:
-    if block.startswith(b"data: ") and block.find(b"\n") == -1:  # one data line: most events
-        return SSEEvent(block[6:].decode("utf-8", "replace"))
     data: list[str] = []
     event: str | None = None
     for line in block.decode("utf-8", "replace").split("\n"):

@@ -935,8 +935,7 @@ def profile(bench: Bench, sc: Scenario, duration: float) -> dict[str, Any]:
     if not Path(spy).exists():
         return {"error": f"py-spy not found: `{Path(sys.executable).with_name('pip')} "
                          "install py-spy` (not a project dependency)"}
-    assert bench.proxy is not None
-    pid = bench.proxy.pid
+    pid = bench.proxy_for(sc)[0].pid
     RESULTS.mkdir(exist_ok=True)
     raw = RESULTS / f"profile-{sc.key}.txt"
     with contextlib.suppress(FileNotFoundError):
@@ -1091,10 +1090,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         prof = None
         if args.profile:
-            sc = next(s for s in scenarios() if s.key == "chat_c16")
-            print("profiling chat_c16 through the proxy with py-spy ...", file=sys.stderr,
+            sc = next(s for s in scenarios() if s.key == args.profile)
+            print(f"profiling {sc.key} through the proxy with py-spy ...", file=sys.stderr,
                   flush=True)
             prof = profile(bench, sc, max(duration, 10.0))
+            prof["scenario"] = sc.key
         sampler.stopped.set()
 
         def mb(kb: int | None) -> float | None:
@@ -1168,8 +1168,10 @@ def main() -> None:
     ap.add_argument("--starts", type=int, default=3, help="start-up samples (median)")
     ap.add_argument("--settle", type=float, default=3.0,
                     help="seconds idle after the load before 'RSS after load'")
-    ap.add_argument("--profile", action="store_true",
-                    help="then run chat_c16 under py-spy and print the hot spots")
+    ap.add_argument("--profile", nargs="?", const="chat_c16", metavar="SCENARIO",
+                    choices=[s.key for s in scenarios()],
+                    help="then run SCENARIO (default chat_c16) under py-spy and print the "
+                         "hot spots")
     ap.add_argument("--no-pin", action="store_true", help="do not use taskset")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, db)")
     ap.add_argument("--out", type=Path, default=RESULTS / "latest.json")
@@ -1193,7 +1195,7 @@ def main() -> None:
         if "error" in prof:
             print(f"\nprofile: {prof['error']}")
         else:
-            print(f"\nProfile of chat_c16 through the proxy (py-spy, "
+            print(f"\nProfile of {prof['scenario']} through the proxy (py-spy, "
                   f"{prof['samples_main_thread']} main-thread samples; "
                   f"{prof['rps_under_profiler']} rps under the profiler; CPU by thread: "
                   f"{prof['cpu_by_thread_pct']}; raw stacks: {prof['raw']}):\n\n"

@@ -12,6 +12,7 @@ import orjson
 from ..errors import UpstreamError
 from ..output_cap import cap_openai_body
 from ..output_estimate import openai_choice_tokens
+from ..pricing import CHARS_PER_TOKEN
 from ..redaction import redact_error
 from ..sse import DONE, DONE_EVENT, SSEEvent, encode_event
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, ENDPOINT_PATHS, PARTIAL, PROVIDER, Usage
@@ -180,11 +181,18 @@ class OpenAIStreamRelay:
         chunk["id"] = ctx.gen_id
         chunk["model"] = ctx.model
         choices = chunk.get("choices")
-        if choices and isinstance(choices, list):
-            self.output_tokens += openai_choice_tokens(choices)
-            if isinstance(choices[0], dict):
-                reason = choices[0].get("finish_reason")
-                if reason and isinstance(reason, str):
+        if choices.__class__ is list and choices:
+            choice = choices[0]
+            delta: Any = choice.get("delta") if choice.__class__ is dict else None
+            content = delta.get("content") if delta.__class__ is dict else None
+            if content.__class__ is str and len(delta) == 1 and len(choices) == 1 \
+                    and content.isascii():  # the usual chunk: one piece of text
+                self.output_tokens += -(-len(content) // CHARS_PER_TOKEN)
+            else:
+                self.output_tokens += openai_choice_tokens(choices)
+            if choice.__class__ is dict:
+                reason = choice.get("finish_reason")
+                if reason and reason.__class__ is str:
                     self.finish_reason = reason
         raw_usage = chunk.get("usage")
         if raw_usage:
