@@ -17,10 +17,10 @@ MESSAGE_OVERHEAD_TOKENS = 4  # role and separators per chat message (OpenAI's fi
 REPLY_PRIMING_TOKENS = 3
 IMAGE_TOKENS = 1600  # a large image on OpenAI (high detail) or Anthropic stays below this
 IMAGE_PART_TYPES = frozenset({"image_url", "image", "input_image", "image_file"})
-PROMPT_FIELDS = (
+PROMPT_FIELDS = frozenset({
     "messages", "system", "prompt", "suffix", "input", "instructions",
     "tools", "functions", "tool_choice", "response_format", "text",
-)
+})
 
 
 def request_cost(pricing: Pricing, usage: Usage) -> float:
@@ -72,7 +72,8 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     """
     try:
         chars = tokens = 0
-        stack: list[Any] = [body.get(name) for name in PROMPT_FIELDS]
+        # A body has a few fields, the prompt-bearing ones are many: walk the body's.
+        stack: list[Any] = [value for name, value in body.items() if name in PROMPT_FIELDS]
         messages = body.get("messages")
         if isinstance(messages, list):
             tokens += REPLY_PRIMING_TOKENS + MESSAGE_OVERHEAD_TOKENS * len(messages)
