@@ -205,11 +205,27 @@ class BedrockOpenAIRelay:
         return self._stream.output_tokens
 
     def feed(self, event: SSEEvent) -> list[bytes]:
+        return [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in self.chunks(event)]
+
+    def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
+        """The chunks `feed` sends, as dicts (for a relay that re-translates them)."""
         name, data = converse_event(event, self._ctx)
-        return [encode_event(orjson.dumps(chunk)) for kind, out in self._stream.feed(name, data)
+        if name == "contentBlockDelta":
+            # The usual event, a piece of text, straight to its chunk: the Anthropic
+            # text_delta between the two translators is neither built nor checked.
+            found = self._stream.text_delta(data)
+            if found is not None:
+                index, text = found
+                chunks = self._openai.text_delta(index, text)
+                if chunks is not None:
+                    return chunks
+                return self._openai.feed("content_block_delta", {
+                    "type": "content_block_delta", "index": index,
+                    "delta": {"type": "text_delta", "text": text}})
+        return [chunk for kind, out in self._stream.feed(name, data)
                 for chunk in self._openai.feed(kind, out)]
 
-    def finish(self) -> list[bytes]:
+    def finish_chunks(self) -> list[dict[str, Any]]:
         if not self._stream.done:
             raise cut_short(self._ctx, STREAM_END)
         chunks = self._openai.finish()
@@ -217,4 +233,8 @@ class BedrockOpenAIRelay:
         for chunk in chunks:
             if isinstance(chunk.get("usage"), dict) and usage is not None:
                 chunk["usage"]["cost"] = self._ctx.cost_of(usage)
-        return [encode_event(orjson.dumps(chunk)) for chunk in chunks] + [DONE_EVENT]
+        return chunks
+
+    def finish(self) -> list[bytes]:
+        return [encode_event(orjson.dumps(chunk)) for chunk in self.finish_chunks()] + [
+            DONE_EVENT]

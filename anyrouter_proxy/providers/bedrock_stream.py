@@ -83,6 +83,21 @@ class ConverseToAnthropicStream:
                 events.insert(0, self._message_start())
         return events
 
+    def text_delta(self, data: dict[str, Any]) -> tuple[int, str] | None:
+        """The usual contentBlockDelta, a piece of text on a text block already open,
+        booked as `feed` books it: its Anthropic index and text (what `feed` would send as
+        a text_delta). None for any other payload, which `feed` then takes."""
+        delta = data.get("delta")
+        if delta.__class__ is not dict or len(delta) != 1 or not self._started:
+            return None
+        text = delta.get("text")
+        index = data.get("contentBlockIndex")
+        block = self._blocks.get(index) if index.__class__ is int else None
+        if text.__class__ is not str or block is None or block.kind != "text" or self._done:
+            return None
+        self.output_tokens += text_tokens(text)
+        return block.index, text
+
     def _feed(self, event: str, data: dict[str, Any]) -> list[Event]:
         if event == "contentBlockDelta":  # the most frequent event, first
             return self._delta(data)

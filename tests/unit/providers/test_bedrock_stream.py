@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from anyrouter_proxy.config.model import ProviderConfig
 from anyrouter_proxy.errors import UpstreamError
+from anyrouter_proxy.providers.anthropic_stream import AnthropicToOpenAIStream
+from anyrouter_proxy.providers.base import CallContext
+from anyrouter_proxy.providers.bedrock import BedrockOpenAIRelay
 from anyrouter_proxy.providers.bedrock_stream import ConverseToAnthropicStream
+from anyrouter_proxy.routing import Route
+from anyrouter_proxy.sse import SSEEvent
 from tests.fake_bedrock import golden
 
 
@@ -73,3 +80,63 @@ def test_an_event_of_the_wrong_shape_is_the_upstreams_fault() -> None:
     stream = ConverseToAnthropicStream(model="m", message_id="msg_1")
     with pytest.raises(UpstreamError):
         stream.feed("contentBlockDelta", {"contentBlockIndex": "zero", "delta": {}})
+
+
+# --- the OpenAI relay's short path for text: the same chunks as the two translators -------
+
+ODD_EVENTS = [
+    {"event": "messageStart", "data": {"role": "assistant"}},
+    {"event": "contentBlockDelta", "data": {"contentBlockIndex": 0, "delta": {"text": "a"}}},
+    {"event": "contentBlockDelta", "data": {"contentBlockIndex": 0, "delta": {"text": ""}}},
+    {"event": "contentBlockDelta", "data": {"contentBlockIndex": 0,
+                                            "delta": {"text": "b", "extra": 1}}},
+    {"event": "contentBlockDelta", "data": {"contentBlockIndex": 1,
+                                            "delta": {"reasoningContent": {"text": "t"}}}},
+    {"event": "contentBlockDelta", "data": {"contentBlockIndex": 1, "delta": {"text": "d"}}},
+    {"event": "contentBlockDelta", "data": {"contentBlockIndex": 2, "delta": {"text": "é"}}},
+    {"event": "contentBlockStop", "data": {"contentBlockIndex": 0}},
+    {"event": "contentBlockDelta", "data": {"contentBlockIndex": 0, "delta": {"text": "e"}}},
+    {"event": "messageStop", "data": {"stopReason": "end_turn"}},
+    {"event": "metadata", "data": {"usage": {"inputTokens": 3, "outputTokens": 4}}},
+    {"event": "contentBlockDelta", "data": {"contentBlockIndex": 2, "delta": {"text": "f"}}},
+]
+
+
+def relay(response_tool: str | None = None) -> BedrockOpenAIRelay:
+    provider = ProviderConfig("aws", "bedrock", region="us-east-1")
+    return BedrockOpenAIRelay(CallContext(
+        "gen-1", "pub/model", 7, provider, Route("aws", "m", 0), True, True,
+        response_tool=response_tool))
+
+
+def chained(events: list[dict[str, Any]], response_tool: str | None
+            ) -> tuple[list[dict[str, Any]], AnthropicToOpenAIStream, ConverseToAnthropicStream]:
+    """What the relay gives, by the two translators alone (no short path)."""
+    converse = ConverseToAnthropicStream(model="pub/model", message_id="msg_1")
+    openai = AnthropicToOpenAIStream(gen_id="gen-1", model="pub/model", created=7,
+                                     include_usage=True, response_tool=response_tool)
+    chunks = [chunk for e in events for name, data in converse.feed(e["event"], e["data"])
+              for chunk in openai.feed(name, data)]
+    return chunks, openai, converse
+
+
+@pytest.mark.parametrize("events", [golden("stream_text.json"), golden("stream_tool_use.json"),
+                                    golden("stream_reasoning.json"), ODD_EVENTS],
+                         ids=["text", "tool_use", "reasoning", "odd"])
+@pytest.mark.parametrize("response_tool", [None, "get_weather"])
+def test_the_relay_gives_what_the_two_translators_give(events: list[dict[str, Any]],
+                                                       response_tool: str | None) -> None:
+    under_test = relay(response_tool)
+    got = [chunk for e in events
+           for chunk in under_test.chunks(SSEEvent(json.dumps(e["data"]), e["event"]))]
+    want, openai, converse = chained(events, response_tool)
+    assert got == want
+    assert under_test.output_tokens == converse.output_tokens > 0
+    assert under_test.usage == converse.usage
+    assert under_test.finish_reason == (openai.finish_reason or converse.finish_reason)
+    if converse.done:  # the relay's usage chunk also carries the cost
+        tail = under_test.finish_chunks()
+        for chunk in tail:
+            if chunk.get("usage"):
+                assert chunk["usage"].pop("cost") == 0.0  # the context prices nothing
+        assert tail == openai.finish()
