@@ -10,7 +10,9 @@ Rows have a kind, each with its own bound: usage rows (and batch bookkeeping) at
 `queue_max`, audit rows at most `audit_queue_max` (a flood of unauthenticated requests
 never crowds out a billing row), journal rows unbounded (one per request in flight at
 most, see journal.py). A journal row still queued when its request's usage row arrives is
-never written; one already written is deleted in the same transaction as the usage row.
+never written; one already written is deleted in the same transaction as the usage row. A
+usage row dropped at the bound leaves its journal row in place (written, or written later):
+the next start charges that request at its reservation.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class QueuedWriter:
         self._journal_waiting: set[str] = set()
         self._voided = 0  # journal rows in the queue that will not be written
         self._journalled: set[str] = set()
+        self._orphaned: set[str] = set()  # queued journal rows whose usage row was dropped
         self.write_lock = asyncio.Lock()  # held from a batch's BEGIN until it is let go
         self._seq = 0  # last sequence number handed out
         self._done_seq = 0  # every item up to this one has been committed (or rejected)
@@ -129,14 +132,18 @@ class QueuedWriter:
     def record(self, gen_id: str, params: tuple[Any, ...]) -> bool:
         """Queue a usage row; a journal row of its request still queued is never written."""
         waiting = self._journal_waiting
-        if waiting and gen_id in waiting:
-            waiting.discard(gen_id)
-            self._queued[JOURNAL] -= 1
-            self._voided += 1
         if self.enqueue(INSERT_GENERATION, params):
+            if waiting and gen_id in waiting:
+                waiting.discard(gen_id)
+                self._queued[JOURNAL] -= 1
+                self._voided += 1
             return True
-        # A journal row already written stays: the next start charges the reservation.
+        # The usage row is dropped: its journal row stays, so that the next start charges
+        # the request at its reservation, whether it is written already or still queued
+        # (then written once the log takes rows again, and never deleted by a usage row).
         self._journalled.discard(gen_id)
+        if gen_id in waiting:
+            self._orphaned.add(gen_id)
         return False
 
     def journal(self, gen_id: str, params: tuple[Any, ...]) -> bool:
@@ -253,7 +260,10 @@ class QueuedWriter:
                     self._voided -= 1
                     continue
                 waiting.discard(item.params[0])
-                self._journalled.add(item.params[0])
+                if item.params[0] in self._orphaned:  # its usage row was dropped
+                    self._orphaned.discard(item.params[0])
+                else:
+                    self._journalled.add(item.params[0])
             batch.append(item)
         if not batch:
             self._mark_done(self._taken_seq)

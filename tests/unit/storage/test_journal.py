@@ -190,6 +190,33 @@ async def test_a_usage_row_dropped_is_charged_at_its_reservation_next_start(
     assert await later.recover_interrupted() == [Interrupted("gen-1", "alice", 0.25)]
 
 
+async def test_a_usage_row_dropped_before_its_journal_row_was_written_is_charged_too(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = await backend.store(queue_max=2)
+    release = asyncio.Event()
+    write = s.write_batch
+
+    async def stalled(items: Sequence[Any]) -> None:  # the log is down for a while
+        await release.wait()
+        await write(items)
+
+    monkeypatch.setattr(s, "write_batch", stalled)
+    s.record(record(0, cost=0.01))  # waits in the writer
+    s.journal(record(1), 0.25, 42)
+    s.journal(record(2), 0.5, 42)
+    assert s.record(record(2, cost=0.02)) is True
+    assert s.record(record(1, cost=0.01)) is False  # the queue is full: dropped
+    release.set()
+    await s.flush()
+    # gen-1's journal row was written once the log recovered; gen-2's never was.
+    assert await backend.query("SELECT id FROM reservation_journal") == [("gen-1",)]
+    assert sorted(await backend.query("SELECT id FROM generations")) == [("gen-0",),
+                                                                          ("gen-2",)]
+    await s.close()
+    later = await backend.store()
+    assert await later.recover_interrupted() == [Interrupted("gen-1", "alice", 0.25)]
+
+
 async def test_audit_rows_never_take_the_room_of_billing_rows(
         backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
     s = await backend.store(queue_max=5, audit_queue_max=3)
