@@ -35,7 +35,7 @@ from .anthropic_translate import (
 )
 from .aws_eventstream import ERROR_EVENT, EXCEPTION_SUFFIX
 from .base import CallContext, Reply, UpstreamCall, cut_short, event_data
-from .bedrock_stream import ConverseToAnthropicStream
+from .bedrock_stream import ConverseToAnthropicStream, block_delta
 from .bedrock_translate import (
     anthropic_to_converse,
     converse_to_anthropic,
@@ -219,9 +219,8 @@ class BedrockOpenAIRelay:
                 chunks = self._openai.text_delta(index, text)
                 if chunks is not None:
                     return chunks
-                return self._openai.feed("content_block_delta", {
-                    "type": "content_block_delta", "index": index,
-                    "delta": {"type": "text_delta", "text": text}})
+                return self._openai.feed(*block_delta(index, {"type": "text_delta",
+                                                              "text": text}))
         return [chunk for kind, out in self._stream.feed(name, data)
                 for chunk in self._openai.feed(kind, out)]
 

@@ -44,6 +44,12 @@ from anyrouter_proxy.types import PROVIDER, Usage
 Event = tuple[str, dict[str, Any]]
 
 
+def block_delta(index: int, delta: dict[str, Any]) -> Event:
+    """The content_block_delta event of block `index` carrying `delta`."""
+    return ("content_block_delta", {"type": "content_block_delta", "index": index,
+                                    "delta": delta})
+
+
 @dataclass(slots=True)
 class _Block:
     index: int  # the Anthropic index
@@ -193,8 +199,7 @@ class ConverseToAnthropicStream:
         if block.kind != kind:
             return []
         self.output_tokens += text_tokens(text)
-        return [("content_block_delta", {"type": "content_block_delta", "index": block.index,
-                                         "delta": delta})]
+        return [block_delta(block.index, delta)]
 
     def _end(self) -> list[Event]:
         """message_delta and message_stop once both the stop reason and the usage came."""
