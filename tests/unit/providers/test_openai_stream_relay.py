@@ -1,0 +1,182 @@
+"""The OpenAI chat stream relay's short path (the usual text chunk spliced, not parsed and
+re-encoded) against its general path: the same bytes to the client, the same books
+(output estimate, upstream id, finish reason, usage), the same failures, whatever comes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from anyrouter_proxy.config.model import ProviderConfig, Route
+from anyrouter_proxy.errors import ProxyError
+from anyrouter_proxy.providers.base import CallContext
+from anyrouter_proxy.providers.openai import OpenAIStreamRelay
+from anyrouter_proxy.sse import SSEEvent
+
+HEAD = {"id": "chatcmpl-abc123", "object": "chat.completion.chunk", "created": 1735689600,
+        "model": "gpt-4o-mini-2024-07-18", "service_tier": "default",
+        "system_fingerprint": "fp_44709d6fcb"}
+
+
+def context(include_usage: bool) -> CallContext:
+    provider = ProviderConfig(id="p", kind="openai", base_url="http://127.0.0.1:9", api_key="k")
+    return CallContext("gen-1\u00e9\"", "public/model", 1, provider,
+                       Route(provider="p", model="upstream", priority=0), True, include_usage)
+
+
+def compact(value: Any) -> str:
+    """Compact JSON as OpenAI writes it (any integer: json, not orjson)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def chunk(choices: list[Any], head: dict[str, Any] = HEAD, **extra: Any) -> str:
+    return compact({**head, "choices": choices, **extra})
+
+
+def text(content: str, head: dict[str, Any] = HEAD, **extra: Any) -> str:
+    return chunk([{"index": 0, "delta": {"content": content}, "logprobs": None,
+                   "finish_reason": None}], head, **extra)
+
+
+def transcript(**extra: Any) -> list[str]:
+    """A chat stream as OpenAI sends it (`extra` on every chunk)."""
+    return [
+        chunk([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
+                "logprobs": None, "finish_reason": None}], **extra),
+        *(text(piece, **extra) for piece in ("Hello", " world", "", " (it's", " 42)!")),
+        chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}], **extra),
+        chunk([], **{**extra, "usage": {"prompt_tokens": 9, "completion_tokens": 5,
+                                        "total_tokens": 14}}),
+        "[DONE]",
+    ]
+
+
+def relay(events: list[str], include_usage: bool, *, short: bool) -> dict[str, Any]:
+    """What the relay sends and books; `short=False` takes only the general path."""
+    translator = OpenAIStreamRelay(context(include_usage))
+    sent: list[bytes] = []
+    failure = None
+    try:
+        for data in events:
+            event = SSEEvent(data)
+            if short:
+                sent.extend(translator.feed(event))
+            elif (out := translator._chunk(event)) is not None:
+                sent.append(b"data: " + orjson.dumps(out) + b"\n\n")
+    except ProxyError as exc:
+        failure = (type(exc), str(exc))
+    usage = translator.usage
+    return {"sent": sent, "failure": failure, "output_tokens": translator.output_tokens,
+            "upstream_id": translator.upstream_id, "finish_reason": translator.finish_reason,
+            "usage": None if usage is None else (usage.prompt_tokens, usage.completion_tokens,
+                                                 usage.source)}
+
+
+def assert_same(events: list[str], include_usage: bool) -> None:
+    assert relay(events, include_usage, short=True) == relay(events, include_usage, short=False)
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize("extra", [
+    {}, {"usage": None}, {"usage": None, "obfuscation": "xK3"}, {"obfuscation": "a"}])
+def test_openai_transcripts_relay_as_the_general_path_does(extra: dict[str, Any],
+                                                            include_usage: bool) -> None:
+    assert_same(transcript(**extra), include_usage)
+
+
+def test_text_chunks_take_the_short_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    general: list[str] = []
+    original = OpenAIStreamRelay._chunk
+
+    def counted(self: OpenAIStreamRelay, event: SSEEvent) -> Any:
+        general.append(event.data)
+        return original(self, event)
+
+    monkeypatch.setattr(OpenAIStreamRelay, "_chunk", counted)
+    events = transcript(usage=None, obfuscation="xyz")
+    sent = relay(events, True, short=True)["sent"]
+    assert general == [events[0], *events[-3:]]  # role, finish, usage, [DONE]
+    assert sent[1] == (b'data: {"id":"gen-1\xc3\xa9\\"","object":"chat.completion.chunk",'
+                       b'"created":1735689600,"model":"public/model","service_tier":"default",'
+                       b'"system_fingerprint":"fp_44709d6fcb","choices":[{"index":0,"delta":'
+                       b'{"content":"Hello"},"logprobs":null,"finish_reason":null}],'
+                       b'"usage":null,"obfuscation":"xyz"}\n\n')
+
+
+# After a usual chunk, chunks with the same beginning that are not usual ones.
+ODD_AFTER_THE_FIRST = [
+    text("caf\u00e9"), text('say "hi"'), text("back\\slash"), text("line\nbreak"),
+    text("tab\there"), text("del\x7f"), text("emoji \U0001f600"),
+    text("a", usage={"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}),
+    text("b", usage=None, x=1), text("c", obfuscation=None), text("d", obfuscation=5),
+    text("e").replace('"finish_reason":null', '"finish_reason":"length"'),
+    text("e").replace('"finish_reason":null', '"finish_reason":"ab"'),  # as long as null
+    text("e").replace('"logprobs":null', '"logprobs":true'),
+    text("f")[:-1] + ',"usage":null,"usage":{"prompt_tokens":1}}',
+    text("g")[:-1] + ',"obfuscation":"a","obfuscation":"b"}',
+    text("h")[:-1] + ' }', text("i") + " ", text("j")[:-1],
+    text("k").replace('"content":"k"', '"content":"k","role":"assistant"'),
+    text("l").replace('"content":"l"', '"content":"l\x01"'),
+    text("m").replace('{"content":"m"}', '{"content":"m\\u0041"}'),
+    text("n").replace('"index":0', '"index":1'),
+    text("o")[:-1] + ',"error":{"message":"boom"}}',
+    text("p").replace('"content":"p"', '"content":"p"}],"choices":[{"delta":{}'),
+]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize("odd", range(len(ODD_AFTER_THE_FIRST)))
+def test_odd_chunks_after_a_usual_one_relay_as_the_general_path_does(
+        odd: int, include_usage: bool) -> None:
+    assert_same([text("first"), ODD_AFTER_THE_FIRST[odd], text("last")], include_usage)
+
+
+@pytest.mark.parametrize("first", [
+    text("x", head={**HEAD, "created": 1_000_000_000_000_000_000_000}),  # beyond 64 bits
+    text("x", head={**HEAD, "id": "with \"quote\""}), text("x", head={**HEAD, "id": 7}),
+    text("x", head={**HEAD, "model": "m\u00e9"}), text("x", head={**HEAD, "service_tier": None}),
+    text("x", head={k: v for k, v in HEAD.items() if k != "system_fingerprint"}),
+    text("x", head={k: v for k, v in HEAD.items() if k != "service_tier"}),
+    text("x", head={"object": "chat.completion.chunk", **HEAD}),
+    text("x", head={**HEAD, "created": 1.5}),
+    text("x").replace('"created":1735689600', '"created":01735689600'),
+    json.dumps(json.loads(text("x"))),  # not compact
+])
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_first_chunks_of_every_shape_relay_as_the_general_path_does(
+        first: str, include_usage: bool) -> None:
+    assert_same([first, text("second"), text("third\u00e9"), "[DONE]"], include_usage)
+
+
+scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=6)
+heads = st.fixed_dictionaries({}, optional={
+    "id": st.sampled_from(["chatcmpl-1", "x\"y", ""]) | scalars,
+    "object": st.sampled_from(["chat.completion.chunk"]) | scalars,
+    "created": st.integers(0, 2**66) | scalars,
+    "model": st.sampled_from(["gpt-4o", ""]) | scalars,
+    "service_tier": st.sampled_from(["default", None]) | scalars,
+    "system_fingerprint": st.sampled_from(["fp_1", None]) | scalars,
+})
+contents = st.text(alphabet=st.characters(codec="utf-8"), max_size=8) | st.sampled_from(
+    ["", " tok", "a b", "[]{}", "it's"])
+fuzz_chunks = st.builds(
+    lambda head, content, finish, tail, dense: (compact if dense else json.dumps)(
+        {**head, "choices": [{"index": 0, "delta": {"content": content}, "logprobs": None,
+                              "finish_reason": finish}], **tail}),
+    heads, contents, st.sampled_from([None, None, "stop"]),
+    st.fixed_dictionaries({}, optional={"usage": st.none() | scalars,
+                                        "obfuscation": st.text(max_size=4) | scalars}),
+    st.sampled_from([True, True, False]))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(fuzz_chunks, min_size=1, max_size=6), include_usage=st.booleans())
+def test_any_chunks_relay_as_the_general_path_does(events: list[str],
+                                                   include_usage: bool) -> None:
+    assert_same(events, include_usage)
