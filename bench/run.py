@@ -345,9 +345,14 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path,
 
 def cpu_ticks(pid: int) -> int:
     """utime + stime of the whole process (all threads), in clock ticks."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[int, int]:
+    """(utime, stime) of the whole process (all threads), in clock ticks."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
 
 
 def core_times(core: int | None) -> list[int]:
@@ -514,7 +519,8 @@ class Bench:
         port = self.upstream_port if side_name == "direct" else proxy_port
         url = f"http://{HOST}:{port}{side.path}"
         body = self.body_file(side.body)
-        p0, u0, c0 = cpu_ticks(proxy.pid), cpu_ticks(self.upstream.pid), children_cpu_s()
+        (pu0, ps0), u0, c0 = (cpu_split(proxy.pid), cpu_ticks(self.upstream.pid),
+                              children_cpu_s())
         k0 = core_times(self.proxy_core)
         t0 = time.perf_counter()
         if sc.tool == "wrk" and self.wrk:
@@ -524,9 +530,10 @@ class Bench:
                                plain=sc.tool == "wrk", stagger=sc.stagger_s,
                                settle=sc.settle_s)
         wall = time.perf_counter() - t0
-        p1, u1, c1 = cpu_ticks(proxy.pid), cpu_ticks(self.upstream.pid), children_cpu_s()
+        (pu1, ps1), u1, c1 = (cpu_split(proxy.pid), cpu_ticks(self.upstream.pid),
+                              children_cpu_s())
         k1 = core_times(self.proxy_core)
-        proxy_cpu = (p1 - p0) / CLK_TCK
+        proxy_cpu = (pu1 + ps1 - pu0 - ps0) / CLK_TCK
         up_cpu = (u1 - u0) / CLK_TCK
         load_cpu = c1 - c0
         # all the proxy served in the window (the SSE client's own unmeasured start too)
@@ -539,6 +546,9 @@ class Bench:
             per_stream = res["events"] / res["requests"]  # the measured streams' events
             res["proxy_cpu_us_per_event"] = round(proxy_cpu * 1e6 / served / per_stream, 2)
         res["proxy_cpu_pct"] = round(100 * proxy_cpu / wall, 1)
+        # the kernel's share (socket calls): what fewer syscalls would save
+        res["proxy_sys_share_pct"] = (round(100 * (ps1 - ps0) / (pu1 + ps1 - pu0 - ps0), 1)
+                                      if pu1 + ps1 > pu0 + ps0 else None)
         res["upstream_cpu_pct"] = round(100 * up_cpu / wall, 1)
         res["loadgen_cpu_pct"] = round(100 * load_cpu / wall, 1)
         res["load_core_pct"] = round(100 * (up_cpu + load_cpu) / wall, 1)
@@ -655,7 +665,7 @@ def merge_rounds(rs: list[dict[str, Any]]) -> dict[str, Any]:
     out["error_kinds"] = dict(kinds)
     for k in ("elapsed_s", "wall_s", "proxy_cpu_s"):
         out[k] = round(sum(r[k] for r in rs), 3)
-    for k in ("rps", "proxy_cpu_pct", "upstream_cpu_pct", "loadgen_cpu_pct", "load_core_pct",
+    for k in ("rps", "proxy_cpu_pct", "proxy_sys_share_pct", "upstream_cpu_pct", "loadgen_cpu_pct", "load_core_pct",
               "proxy_core_steal_pct", "proxy_core_other_pct"):
         out[k] = med([r.get(k) for r in rs])
     for group in ("latency_ms", "ttft_ms", "ttfb_ms", "first_ttft_ms"):
