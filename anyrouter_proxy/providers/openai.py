@@ -4,7 +4,6 @@ OpenAI-compatible upstream (OpenAI, vLLM, Ollama, llama.cpp, ...)."""
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +36,7 @@ from .base import (
     stream_error,
     upstream_fields,
 )
+from .chunk_template import ChunkTemplate, plain
 
 OPENAI_API_HOST = "api.openai.com"
 
@@ -132,30 +132,6 @@ class OpenAIPassthrough:
         return OpenAIStreamRelay(ctx)
 
 
-# The usual chunk of a chat stream, exactly: one choice whose delta is one piece of
-# printable ASCII text without escapes, beside only the scalar fields OpenAI sends, each
-# key once, in OpenAI's order, in compact JSON. Such a chunk is relayed by splicing our id
-# and model into its text: byte for byte what parsing and re-encoding it gives, for a
-# fraction of the cost. Anything else, or the slightest difference, takes the general path.
-_STRING = r'"[^"\\\x00-\x1f]*"'  # a JSON string without escapes or control characters
-_TEXT_END = '"},"logprobs":null,"finish_reason":null}]'
-_TEXT_CHUNK = re.compile(
-    r'\{"id":(?P<id>' + _STRING + r'),(?P<fields>"object":"chat\.completion\.chunk",'
-    r'"created":(?:0|[1-9][0-9]{0,17}),)"model":' + _STRING
-    + r'(?P<mid>(?:,"service_tier":(?:' + _STRING + r'|null))?'
-    r'(?:,"system_fingerprint":(?:' + _STRING + r'|null))?'
-    r',"choices":\[\{"index":0,"delta":\{"content":")(?P<text>[ !#-\[\]-~]*)'
-    + re.escape(_TEXT_END) + r'(?P<tail>(?:,"usage":null)?(?:,"obfuscation":' + _STRING
-    + r')?\})')
-# What may follow the choices of such a chunk (checked for each; the prefix is not).
-_TEXT_TAIL = re.compile(r'(?:,"usage":null)?(?:,"obfuscation":' + _STRING + r')?\}')
-_USAGE_NULL = ',"usage":null'
-# The usual tails, and what is relayed from the text's end on: `usage: null` only to a
-# client that asked for usage.
-_ENDS_WITH_USAGE = {"}": _TEXT_END + "}\n\n", _USAGE_NULL + "}": _TEXT_END + _USAGE_NULL + "}\n\n"}
-_ENDS_WITHOUT_USAGE = {"}": _TEXT_END + "}\n\n", _USAGE_NULL + "}": _TEXT_END + "}\n\n"}
-
-
 class OpenAIStreamRelay:
     """Relays OpenAI chunks with our id and model; keeps the usage it saw and estimates
     the output it relayed (for a stream that ends without usage).
@@ -166,68 +142,63 @@ class OpenAIStreamRelay:
     usage chunk, one beside a finish_reason, or any once [DONE] came is the provider's.
     """
 
-    __slots__ = ("_ctx", "_done", "_ends", "_prefix", "_relayed_prefix", "finish_reason",
-                 "output_tokens", "upstream_id", "usage")
+    __slots__ = ("_ctx", "_done", "_template", "finish_reason", "output_tokens",
+                 "upstream_id", "usage")
 
     def __init__(self, ctx: CallContext) -> None:
         self._ctx = ctx
         self._done = False
-        # Once a chunk was the usual one: its text up to the content, and ours for it.
-        self._prefix: str | None = None
-        self._relayed_prefix = ""
-        self._ends = _ENDS_WITH_USAGE
+        self._template: ChunkTemplate | None = None  # learnt from the first usual chunk
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
         self.upstream_id: str | None = None
         self.output_tokens = 0
 
     def feed(self, event: SSEEvent) -> list[bytes]:
-        data = event.data
-        prefix = self._prefix
-        if prefix is not None:  # inline: this is most of a stream's events
-            if data.startswith(prefix):
-                start = len(prefix)
-                end = data.find('"', start)
-                content = data[start:end]
-                if (end != -1 and content.isascii() and content.isprintable()
-                        and content.find("\\") == -1 and data.startswith(_TEXT_END, end)):
-                    tail = data[end + len(_TEXT_END):]
-                    relayed_end = self._ends.get(tail)
-                    if relayed_end is None and _TEXT_TAIL.fullmatch(tail) is not None:
-                        relayed_end = self._relayed_end(tail)
-                    if relayed_end is not None:
-                        self.output_tokens += -(-len(content) // CHARS_PER_TOKEN)
-                        return [(self._relayed_prefix + content + relayed_end).encode()]
-        elif data.startswith('{"id":"') and (text := _TEXT_CHUNK.fullmatch(data)) is not None:
-            return [self._first_text_chunk(text)]
+        template = self._template
+        if template is not None and (content := template.match(event.data)) is not None:
+            self.output_tokens += -(-len(content) // CHARS_PER_TOKEN)  # as _chunk counts it
+            return [template.relayed(content)]
         chunk = self._chunk(event)
-        return [] if chunk is None else [b"data: " + orjson.dumps(chunk) + b"\n\n"]
+        if chunk is None:
+            return []
+        relayed = orjson.dumps(chunk)
+        if template is None:
+            self._learn_from(event.data, chunk, relayed)
+        return [b"data: " + relayed + b"\n\n"]
 
-    def _first_text_chunk(self, text: re.Match[str]) -> bytes:
-        """The first usual chunk (_TEXT_CHUNK): booked as `_chunk` would, spliced, and its
-        prefix kept: the stream's next chunks differ only in their text and tail."""
-        ctx = self._ctx
-        self._prefix = text.string[:text.start("text")]
-        self._relayed_prefix = ('data: {"id":' + orjson.dumps(ctx.gen_id).decode() + ","
-                                + text["fields"] + '"model":' + orjson.dumps(ctx.model).decode()
-                                + text["mid"])
-        self._ends = _ENDS_WITH_USAGE if ctx.include_usage else _ENDS_WITHOUT_USAGE
-        if self.upstream_id is None:
-            self.upstream_id = text["id"][1:-1]
-        content = text["text"]
-        self.output_tokens += -(-len(content) // CHARS_PER_TOKEN)
-        return (self._relayed_prefix + content + self._relayed_end(text["tail"])).encode()
+    def text(self, event: SSEEvent) -> str | None:
+        """The text of a chunk that is the usual one (booked); None for any other (not
+        booked: `chunks` takes it)."""
+        template = self._template
+        if template is not None and (content := template.match(event.data)) is not None:
+            self.output_tokens += -(-len(content) // CHARS_PER_TOKEN)
+            return content
+        return None
 
-    def _relayed_end(self, tail: str) -> str:
-        """What is relayed from the text's end on, for a tail of the usual chunk."""
-        if not self._ctx.include_usage and tail.startswith(_USAGE_NULL):
-            tail = tail[len(_USAGE_NULL):]
-        return _TEXT_END + tail + "\n\n"
+    def _learn_from(self, raw: str, chunk: dict[str, Any], relayed: bytes | None) -> None:
+        """A template from this chunk (`relayed`: its encoding, if made) if it is the usual
+        one: one choice, its delta one piece of plain text, no finish reason nor usage
+        (what `feed` books by a formula)."""
+        choices = chunk.get("choices")
+        if chunk.get("usage") is not None or choices.__class__ is not list or len(choices) != 1:
+            return
+        choice = choices[0]
+        delta = choice.get("delta") if choice.__class__ is dict else None
+        content = delta.get("content") if delta.__class__ is dict and len(delta) == 1 else None
+        if content.__class__ is str and choice.get("finish_reason") is None and plain(content):
+            if relayed is None:
+                relayed = orjson.dumps(chunk)
+            self._template = ChunkTemplate.learn(raw, content, relayed.decode())
 
     def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
         """The chunks `feed` would send, as dicts (for a relay that re-translates them)."""
         chunk = self._chunk(event)
-        return [] if chunk is None else [chunk]
+        if chunk is None:
+            return []
+        if self._template is None:  # so that `text` takes the next ones
+            self._learn_from(event.data, chunk, None)
+        return [chunk]
 
     def finish_chunks(self) -> list[dict[str, Any]]:
         if not self._done:

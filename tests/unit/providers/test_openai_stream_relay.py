@@ -1,6 +1,7 @@
-"""The OpenAI chat stream relay's short path (the usual text chunk spliced, not parsed and
-re-encoded) against its general path: the same bytes to the client, the same books
-(output estimate, upstream id, finish reason, usage), the same failures, whatever comes."""
+"""The OpenAI chat stream relay's short path (the usual text chunk relayed by a template
+learnt from the first, not parsed and re-encoded) against its general path: the same bytes
+to the client, the same books (output estimate, upstream id, finish reason, usage), the
+same failures, whatever comes."""
 
 from __future__ import annotations
 
@@ -100,7 +101,8 @@ def test_text_chunks_take_the_short_path(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(OpenAIStreamRelay, "_chunk", counted)
     events = transcript(usage=None, obfuscation="xyz")
     sent = relay(events, True, short=True)["sent"]
-    assert general == [events[0], *events[-3:]]  # role, finish, usage, [DONE]
+    # role, the first text (the template is learnt from it), finish, usage, [DONE]
+    assert general == [events[0], events[1], *events[-3:]]
     assert sent[1] == (b'data: {"id":"gen-1\xc3\xa9\\"","object":"chat.completion.chunk",'
                        b'"created":1735689600,"model":"public/model","service_tier":"default",'
                        b'"system_fingerprint":"fp_44709d6fcb","choices":[{"index":0,"delta":'
@@ -129,11 +131,29 @@ ODD_AFTER_THE_FIRST = [
 ]
 
 
+
+
+def obfuscated(data: str, value: str = "q") -> str:
+    """The chunk as OpenAI ends it: a random obfuscation string last (`value` as written)."""
+    return data[:-1] + ',"obfuscation":"' + value + '"}'
+
+
 @pytest.mark.parametrize("include_usage", [True, False])
 @pytest.mark.parametrize("odd", range(len(ODD_AFTER_THE_FIRST)))
 def test_odd_chunks_after_a_usual_one_relay_as_the_general_path_does(
         odd: int, include_usage: bool) -> None:
     assert_same([text("first"), ODD_AFTER_THE_FIRST[odd], text("last")], include_usage)
+    assert_same([obfuscated(text("first")), obfuscated(ODD_AFTER_THE_FIRST[odd]),
+                 obfuscated(text("last"))], include_usage)
+
+
+@pytest.mark.parametrize("value", ["\\u00e9", "a\\/b", "\\\"", "x\x01", "del\x7f", "",
+                                   'a","x":"b'])
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_odd_obfuscation_strings_relay_as_the_general_path_does(
+        value: str, include_usage: bool) -> None:
+    assert_same([obfuscated(text("first")), obfuscated(text("second"), value),
+                 obfuscated(text("third"))], include_usage)
 
 
 @pytest.mark.parametrize("first", [
@@ -153,6 +173,74 @@ def test_first_chunks_of_every_shape_relay_as_the_general_path_does(
     assert_same([first, text("second"), text("third\u00e9"), "[DONE]"], include_usage)
 
 
+FILTERS = {"hate": {"filtered": False, "severity": "safe"},
+           "self_harm": {"filtered": False, "severity": "safe"}}
+
+
+def azure_text(content: str, filters: dict[str, Any] = FILTERS) -> str:
+    """Azure OpenAI's chunk: keys in alphabetical order, content filter results."""
+    return compact({"choices": [{"content_filter_results": filters,
+                                 "delta": {"content": content}, "finish_reason": None,
+                                 "index": 0, "logprobs": None}],
+                    "created": 1735689600, "id": "chatcmpl-az", "model": "gpt-4o",
+                    "object": "chat.completion.chunk", "system_fingerprint": "fp_az"})
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_azure_chunks_relay_as_the_general_path_does(
+        include_usage: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    flagged = {**FILTERS, "hate": {"filtered": False, "severity": "low"}}
+    events = [compact({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                       "prompt_filter_results": [{"prompt_index": 0}]}),
+              azure_text("Hi"), azure_text(" there"), azure_text(" you", flagged),
+              azure_text(" all"), azure_text("\u00e9t\u00e9"), "[DONE]"]
+    assert_same(events, include_usage)
+    general: list[str] = []
+    original = OpenAIStreamRelay._chunk
+    monkeypatch.setattr(OpenAIStreamRelay, "_chunk",
+                        lambda self, event: general.append(event.data) or original(self, event))
+    relay(events, include_usage, short=True)
+    assert general == [events[0], events[1], events[3], events[5], events[6]]
+
+
+def test_a_content_found_twice_teaches_no_template(monkeypatch: pytest.MonkeyPatch) -> None:
+    events = [text("Hi", note={"content": "Hi"}), text("Hi", note={"content": "Hi"}),
+              text("Ho", note={"content": "Hi"}), "[DONE]"]
+    assert_same(events, True)
+    general: list[str] = []
+    original = OpenAIStreamRelay._chunk
+    monkeypatch.setattr(OpenAIStreamRelay, "_chunk",
+                        lambda self, event: general.append(event.data) or original(self, event))
+    relay(events, True, short=True)
+    assert general == events
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_text_books_what_chunks_would(include_usage: bool) -> None:
+    """`text` (the Responses bridge's short path) against `chunks`."""
+    events = [*transcript(usage=None, obfuscation="o1")[:-3],
+              text("x", usage=None, obfuscation="o\\2"), text("y\u00e9", usage=None)]
+    short, general = OpenAIStreamRelay(context(include_usage)), \
+        OpenAIStreamRelay(context(include_usage))
+    for data in events:
+        taken = short.text(SSEEvent(data))
+        expected = general.chunks(SSEEvent(data))
+        if taken is None:
+            assert short.chunks(SSEEvent(data)) == expected
+        else:
+            assert expected == [{**expected[0], "choices": [{
+                "index": 0, "delta": {"content": taken}, "logprobs": None,
+                "finish_reason": None}]}]
+    assert (short.output_tokens, short.upstream_id, short.finish_reason) == (
+        general.output_tokens, general.upstream_id, general.finish_reason)
+    assert sum(OpenAIStreamRelay(context(include_usage)).text(SSEEvent(e)) is not None
+               for e in events) == 0  # nothing learnt yet: `chunks` teaches it
+    relay_ = OpenAIStreamRelay(context(include_usage))
+    for data in events[:2]:
+        relay_.feed(SSEEvent(data))
+    assert relay_.text(SSEEvent(events[2])) == " world"
+
+
 scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=6)
 heads = st.fixed_dictionaries({}, optional={
     "id": st.sampled_from(["chatcmpl-1", "x\"y", ""]) | scalars,
@@ -163,20 +251,34 @@ heads = st.fixed_dictionaries({}, optional={
     "system_fingerprint": st.sampled_from(["fp_1", None]) | scalars,
 })
 contents = st.text(alphabet=st.characters(codec="utf-8"), max_size=8) | st.sampled_from(
-    ["", " tok", "a b", "[]{}", "it's"])
-fuzz_chunks = st.builds(
-    lambda head, content, finish, tail, dense: (compact if dense else json.dumps)(
+    ["", " tok", "a b", "[]{}", "it's", '"content":"', "Hi"])
+tails = st.fixed_dictionaries({}, optional={
+    "usage": st.none() | scalars, "obfuscation": st.text(max_size=4) | scalars,
+    "note": st.fixed_dictionaries({"content": st.sampled_from(["Hi", " tok"])})})
+
+
+def fuzz_chunk(head: dict[str, Any], content: Any, finish: Any, tail: dict[str, Any],
+               dense: bool) -> str:
+    return (compact if dense else json.dumps)(
         {**head, "choices": [{"index": 0, "delta": {"content": content}, "logprobs": None,
-                              "finish_reason": finish}], **tail}),
-    heads, contents, st.sampled_from([None, None, "stop"]),
-    st.fixed_dictionaries({}, optional={"usage": st.none() | scalars,
-                                        "obfuscation": st.text(max_size=4) | scalars}),
-    st.sampled_from([True, True, False]))
+                              "finish_reason": finish}], **tail})
 
 
-@settings(max_examples=400, deadline=None, derandomize=True,
+# A stream's chunks mostly share one head and tail (as a real stream's do), some do not.
+streams = st.builds(
+    lambda head, tail, parts: [fuzz_chunk(own_head or head, content, finish,
+                                          tail if own_tail is None else own_tail, dense)
+                               for content, finish, own_head, own_tail, dense in parts],
+    heads, tails,
+    st.lists(st.tuples(contents | scalars, st.sampled_from([None, None, None, "stop", 1]),
+                       st.none() | st.none() | heads, st.none() | st.none() | tails,
+                       st.sampled_from([True, True, True, False])),
+             min_size=1, max_size=8))
+
+
+@settings(max_examples=500, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
-@given(events=st.lists(fuzz_chunks, min_size=1, max_size=6), include_usage=st.booleans())
+@given(events=streams, include_usage=st.booleans())
 def test_any_chunks_relay_as_the_general_path_does(events: list[str],
                                                    include_usage: bool) -> None:
     assert_same(events, include_usage)
