@@ -7,6 +7,7 @@ Responses through this bridge without more code."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -97,7 +98,7 @@ class ChatBridgeRelay:
     """Relays a chat stream (as the chat exchange's own relay gives it) as Responses
     events; usage, finish reason and output estimate are the chat relay's."""
 
-    __slots__ = ("_ctx", "_decoder", "_events", "_inner", "_source")
+    __slots__ = ("_ctx", "_decoder", "_events", "_inner", "_source", "_text")
 
     def __init__(self, inner: StreamTranslator, ctx: CallContext) -> None:
         self._inner = inner
@@ -110,6 +111,9 @@ class ChatBridgeRelay:
         # The chat relay's chunks as dicts, when it offers them (no encode and re-parse).
         self._source = cast(ChatChunkSource, inner) \
             if hasattr(inner, "chunks") and hasattr(inner, "finish_chunks") else None
+        # The text of the usual chunk, when the chat relay can tell it without the chunk.
+        self._text: Callable[[SSEEvent], str | None] | None = \
+            getattr(inner, "text", None) if self._source is not None else None
 
     @property
     def usage(self) -> Usage | None:
@@ -138,6 +142,12 @@ class ChatBridgeRelay:
 
     def feed(self, event: SSEEvent) -> list[bytes]:
         machine = self._events
+        if self._text is not None and (text := self._text(event)) is not None:
+            encoded = machine.text_delta(text)  # the usual event, first
+            if encoded is not None:
+                return [encoded]
+            return _encode(machine.feed({"choices": [{"index": 0, "delta": {"content": text},
+                                                      "finish_reason": None}]}))
         if self._source is not None:
             chunks = self._source.chunks(event)
             if len(chunks) == 1:  # the usual event, first

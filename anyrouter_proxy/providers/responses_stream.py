@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..ids import new_item_id
 from .responses_output import (
     REDACTED_PREFIX,
@@ -50,6 +52,7 @@ class _Message:
     parts: list[dict[str, Any]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)  # of the open part
     kind: str = ""  # the open part: output_text | refusal | "" (none)
+    delta_head: bytes = b""  # the open text part's output_text.delta, encoded up to the text
 
 
 @dataclass(slots=True)
@@ -145,6 +148,26 @@ class ChatToResponses:
                     events.extend(self._call(call, position))
         return events
 
+    def text_delta(self, text: str) -> bytes | None:
+        """A delta of text (what a chat chunk `{"content": text}` gives) as its encoded
+        event, when it goes on the open text part: the usual event of a stream, without
+        the event dict. None otherwise: `feed` it as that chunk."""
+        message = self._message
+        if message is None or message.kind != "output_text" or not text:
+            return None
+        message.texts.append(text)
+        head = message.delta_head
+        if not head:
+            head = message.delta_head = (
+                b"event: " + TEXT_DELTA.encode() + b'\ndata: {"item_id":'
+                + orjson.dumps(message.id) + b',"output_index":' + b"%d" % message.index
+                + b',"content_index":' + b"%d" % len(message.parts) + b',"delta":')
+        seq = self._seq
+        self._seq = seq + 1
+        # The keys in the order `_text` and `_event` give them.
+        return (head + orjson.dumps(text) + b',"logprobs":[],"type":"' + TEXT_DELTA.encode()
+                + b'","sequence_number":' + b"%d" % seq + b"}\n\n")
+
     # -- message items -----------------------------------------------------------------------
 
     def _text(self, text: str, kind: str) -> list[Event]:
@@ -189,7 +212,7 @@ class ChatToResponses:
             part = {"type": "refusal", "refusal": text}
             done = self._event("response.refusal.done", {**where, "refusal": text})
         message.parts.append(part)
-        message.kind, message.texts = "", []
+        message.kind, message.texts, message.delta_head = "", [], b""
         return [done, self._event("response.content_part.done", {**where, "part": part})]
 
     def _close_message(self, status: str = "completed") -> list[Event]:

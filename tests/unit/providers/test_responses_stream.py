@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from openai import omit
 from openai._models import construct_type
 from openai.lib.streaming.responses._responses import ResponseStreamState
@@ -150,3 +151,83 @@ def test_the_bridge_reads_a_relay_that_only_writes_bytes() -> None:
     final = accumulate(events)
     assert final is not None and final.output_text == "Hi"
     assert relay.output_items[0]["type"] == "message"
+
+
+def bridge_output(events: list[str], short: bool, monkeypatch: Any) -> tuple[bytes, tuple]:
+    """A chat stream from an OpenAI upstream relayed as Responses events, with the usual
+    chunk's short path (`short`) or without; item ids numbered, not random."""
+    from itertools import count
+
+    from anyrouter_proxy.config.model import ProviderConfig, Route
+    from anyrouter_proxy.providers import responses_stream
+    from anyrouter_proxy.providers.base import CallContext
+    from anyrouter_proxy.providers.openai import OpenAIStreamRelay
+    from anyrouter_proxy.providers.responses import ChatBridgeRelay
+
+    numbers = count()
+    monkeypatch.setattr(responses_stream, "new_item_id", lambda p: f"{p}{next(numbers)}")
+    ctx = CallContext("gen-x", "m", 1, ProviderConfig("p", "openai"), Route("p", "u", 0),
+                      True, True, request={"model": "m", "input": "hi", "stream": True})
+    relay = ChatBridgeRelay(OpenAIStreamRelay(ctx), ctx)
+    if not short:
+        relay._text = None
+    out = b"".join(part for data in events for part in relay.feed(SSEEvent(data)))
+    out += b"".join(relay.finish())
+    return out, (relay.output_tokens, relay.finish_reason, relay.upstream_id,
+                 relay.output_items)
+
+
+def openai_chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+    return json.dumps({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                       "model": "u", "choices": [{"index": 0, "delta": delta,
+                                                  "logprobs": None, "finish_reason": finish}],
+                       "usage": None, **extra}, separators=(",", ":"), ensure_ascii=False)
+
+
+BRIDGED_STREAMS = {
+    "text": [openai_chunk({"role": "assistant", "content": ""}),
+             *(openai_chunk({"content": t}) for t in ("Hi", " there", "", " caf\u00e9", "!"))],
+    "refusal between texts": [
+        openai_chunk({"content": "a"}), openai_chunk({"content": "b"}),
+        openai_chunk({"refusal": "no"}), openai_chunk({"content": "c"}),
+        openai_chunk({"content": "d"}), openai_chunk({"content": "e\\n"}),
+        openai_chunk({"content": "f"})],
+    "reasoning, text, a call, text": [
+        openai_chunk({"reasoning_content": "hmm"}), openai_chunk({"content": "x"}),
+        openai_chunk({"content": "y"}),
+        openai_chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                      "function": {"name": "f", "arguments": "{}"}}]}),
+        openai_chunk({"content": "z"}), openai_chunk({"content": "w"})],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BRIDGED_STREAMS))
+def test_the_bridge_short_path_writes_what_the_general_one_does(name: str,
+                                                                monkeypatch: Any) -> None:
+    events = [*BRIDGED_STREAMS[name], openai_chunk({}, "stop"),
+              openai_chunk({}, None) .replace('"choices":[{"index":0,"delta":{},"logprobs":'
+                                              'null,"finish_reason":null}],"usage":null',
+                                              '"choices":[],"usage":{"prompt_tokens":3,'
+                                              '"completion_tokens":4,"total_tokens":7}'),
+              "[DONE]"]
+    short, general = (bridge_output(events, s, monkeypatch) for s in (True, False))
+    assert short == general
+    final = accumulate([(kind, json.loads(data)) for kind, data in (
+        block.split("\ndata: ") for block in
+        short[0].decode().removeprefix("event: ").strip().split("\n\nevent: "))])
+    assert final is not None and final.status == "completed"
+
+
+def test_the_bridge_takes_the_short_path(monkeypatch: Any) -> None:
+    from anyrouter_proxy.providers.responses_stream import ChatToResponses
+
+    fed: list[Any] = []
+    original = ChatToResponses.feed
+    monkeypatch.setattr(ChatToResponses, "feed",
+                        lambda self, chunk: fed.append(chunk) or original(self, chunk))
+    bridge_output([*BRIDGED_STREAMS["text"], "[DONE]"], True, monkeypatch)
+    # role, the first text (the chat relay learns the usual chunk from it): not " there",
+    # "", " caf\u00e9" (not plain: no short path) nor "!"
+    assert [c["choices"][0]["delta"] for c in fed] == [
+        {"role": "assistant", "content": ""}, {"content": "Hi"}, {"content": ""},
+        {"content": " caf\u00e9"}]
