@@ -16,15 +16,17 @@ from ..types import Usage
 from .anthropic_client import message_id
 from .anthropic_stream import OpenAIToAnthropicStream
 from .base import CallContext, cut_short, event_data, stream_error
+from .chunk_template import TextChunk
 from .gemini_stream import GeminiToOpenAIStream
 
 END = "a finishReason"
 
 
 class GeminiToOpenAIRelay:
-    """Gemini stream events -> OpenAI chunks (SSE), then the usage chunk and [DONE]."""
+    """Gemini stream events -> OpenAI chunks (SSE), then the usage chunk and [DONE]. The
+    usual event (one more piece of text) is encoded straight from its text."""
 
-    __slots__ = ("_ctx", "_stream")
+    __slots__ = ("_ctx", "_parsed", "_stream", "_text_chunk")
 
     def __init__(self, ctx: CallContext) -> None:
         self._ctx = ctx
@@ -32,6 +34,9 @@ class GeminiToOpenAIRelay:
                                             created=ctx.created,
                                             include_usage=ctx.include_usage,
                                             provider=ctx.provider.id)
+        self._text_chunk = TextChunk(gen_id=ctx.gen_id, model=ctx.model, created=ctx.created,
+                                     include_usage=ctx.include_usage)
+        self._parsed: tuple[SSEEvent, dict[str, Any]] | None = None  # what `text` declined
 
     @property
     def usage(self) -> Usage | None:
@@ -50,12 +55,27 @@ class GeminiToOpenAIRelay:
         return self._stream.output_tokens
 
     def feed(self, event: SSEEvent) -> list[bytes]:
+        data = _data(event, self._ctx)
+        text = self._stream.text(data)
+        if text is not None:
+            return [self._text_chunk.encode(text)]
         return [b"data: " + orjson.dumps(chunk) + b"\n\n"
-                for chunk in _feed(self._stream, event, self._ctx)]
+                for chunk in _feed(self._stream, data, self._ctx)]
+
+    def text(self, event: SSEEvent) -> str | None:
+        """The text of the usual event, booked; None for another (then `chunks` it)."""
+        data = _data(event, self._ctx)
+        text = self._stream.text(data)
+        if text is None:
+            self._parsed = event, data
+        return text
 
     def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
         """The chunks `feed` would send, as dicts (for a relay that re-translates them)."""
-        return _feed(self._stream, event, self._ctx)
+        parsed, self._parsed = self._parsed, None
+        data = parsed[1] if parsed is not None and parsed[0] is event else \
+            _data(event, self._ctx)
+        return _feed(self._stream, data, self._ctx)
 
     def finish(self) -> list[bytes]:
         return [encode_event(orjson.dumps(chunk)) for chunk in self.finish_chunks()] + [
@@ -72,11 +92,15 @@ class GeminiToOpenAIRelay:
         return chunks
 
 
-def _feed(stream: GeminiToOpenAIStream, event: SSEEvent,
-          ctx: CallContext) -> list[dict[str, Any]]:
+def _data(event: SSEEvent, ctx: CallContext) -> dict[str, Any]:
     data = event_data(event, ctx)
     if "error" in data:  # an error after the stream began
         raise stream_error(data["error"], ctx)
+    return data
+
+
+def _feed(stream: GeminiToOpenAIStream, data: dict[str, Any],
+          ctx: CallContext) -> list[dict[str, Any]]:
     try:
         return stream.feed(data)
     except UpstreamError as exc:
@@ -112,7 +136,7 @@ class GeminiToAnthropicRelay:
         return self._stream.output_tokens
 
     def feed(self, event: SSEEvent) -> list[bytes]:
-        return self._events(_feed(self._stream, event, self._ctx))
+        return self._events(_feed(self._stream, _data(event, self._ctx), self._ctx))
 
     def finish(self) -> list[bytes]:
         if not self._stream.complete:

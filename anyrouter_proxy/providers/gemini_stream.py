@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidRequest, UpstreamError
-from ..output_estimate import openai_delta_tokens
+from ..output_estimate import openai_delta_tokens, text_tokens
 from ..types import PARTIAL, PROVIDER, Usage
 from .anthropic_translate import openai_usage_dict
 from .gemini_response import (
@@ -77,6 +77,34 @@ class GeminiToOpenAIStream:
             if self._usage is not None:
                 self._usage.source = PROVIDER if self._usage_final else PARTIAL
         return self._usage
+
+    def text(self, data: dict[str, Any]) -> str | None:
+        """The text of the usual event (booked as `feed` books it): one more piece of text
+        of the first candidate, running, nothing else but usage. None for any other event
+        (not booked: `feed` takes it)."""
+        candidates = data.get("candidates")
+        if candidates.__class__ is not list or len(candidates) != 1 or "promptFeedback" in data:
+            return None
+        candidate = candidates[0]
+        if candidate.__class__ is not dict or candidate.get("finishReason") is not None:
+            return None
+        content = candidate.get("content")
+        parts = content.get("parts") if content.__class__ is dict else None
+        if parts.__class__ is not list or len(parts) != 1:
+            return None
+        part = parts[0]
+        text = part.get("text") if part.__class__ is dict and len(part) == 1 else None
+        index = candidate.get("index", 0)  # the first candidate's (TextChunk's index)
+        state = self._candidates.get(0) if index == 0 and index.__class__ is int else None
+        if text.__class__ is not str or not text or state is None or state.finished:
+            return None
+        if self.upstream_id is None and isinstance(data.get("responseId"), str):
+            self.upstream_id = data["responseId"]
+        self.output_tokens += text_tokens(text)
+        usage = data.get("usageMetadata")
+        if usage.__class__ is dict:
+            self._usage_raw, self._usage_final, self._usage = usage, False, None
+        return text
 
     def feed(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         try:
