@@ -30,6 +30,7 @@ from .base import (
     invalid_response,
     stream_error,
 )
+from .chunk_template import TextChunk, plain
 
 MESSAGES_PATH = "/messages"
 FORWARDED_CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -170,8 +171,17 @@ class OpenAIViaAnthropic:
         return AnthropicToOpenAIRelay(ctx)
 
 
+# The usual event of a /messages stream, before and after its text: with a plain text
+# (chunk_template.plain) the event is exactly this object.
+_TEXT_DELTA_HEAD = '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"'
+_TEXT_DELTA_END = '"}}'
+
+
 class AnthropicToOpenAIRelay:
-    __slots__ = ("_ctx", "_stream")
+    """/messages stream events -> OpenAI chunks; the usual event (more text on the first
+    block, written as Anthropic writes it) is encoded straight from its text."""
+
+    __slots__ = ("_ctx", "_stream", "_text_chunk")
 
     def __init__(self, ctx: CallContext) -> None:
         self._ctx = ctx
@@ -179,6 +189,8 @@ class AnthropicToOpenAIRelay:
                                                created=ctx.created,
                                                include_usage=ctx.include_usage,
                                                response_tool=ctx.response_tool)
+        self._text_chunk = TextChunk(gen_id=ctx.gen_id, model=ctx.model, created=ctx.created,
+                                     include_usage=ctx.include_usage)
 
     @property
     def usage(self) -> Usage | None:
@@ -197,7 +209,19 @@ class AnthropicToOpenAIRelay:
         return self._stream.output_tokens
 
     def feed(self, event: SSEEvent) -> list[bytes]:
+        text = self.text(event)
+        if text is not None:
+            return [self._text_chunk.encode(text)]
         return [encode_event(orjson.dumps(chunk)) for chunk in self.chunks(event)]
+
+    def text(self, event: SSEEvent) -> str | None:
+        """The text of the usual event, booked; None for any other (then `chunks` it)."""
+        data = event.data
+        if not data.startswith(_TEXT_DELTA_HEAD) or not data.endswith(_TEXT_DELTA_END) \
+                or event.event == "ping":
+            return None
+        text = data[len(_TEXT_DELTA_HEAD):-len(_TEXT_DELTA_END)]
+        return text if plain(text) and self._stream.takes_text(0, text) else None
 
     def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
         """The chunks `feed` would send, as dicts (for a relay that re-translates them)."""
