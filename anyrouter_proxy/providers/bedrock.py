@@ -42,6 +42,7 @@ from .bedrock_translate import (
     converse_usage,
     message_id,
 )
+from .chunk_template import TextChunk
 
 JSON = "application/json"
 EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -177,7 +178,7 @@ class BedrockAnthropicRelay:
 class BedrockOpenAIRelay:
     """Converse stream -> Anthropic events -> OpenAI chat.completion.chunks."""
 
-    __slots__ = ("_ctx", "_openai", "_stream")
+    __slots__ = ("_ctx", "_openai", "_parsed", "_stream", "_text_chunk")
 
     def __init__(self, ctx: CallContext) -> None:
         self._ctx = ctx
@@ -186,6 +187,9 @@ class BedrockOpenAIRelay:
                                                created=ctx.created,
                                                include_usage=ctx.include_usage,
                                                response_tool=ctx.response_tool)
+        self._text_chunk = TextChunk(gen_id=ctx.gen_id, model=ctx.model, created=ctx.created,
+                                     include_usage=ctx.include_usage)
+        self._parsed: tuple[SSEEvent, str, dict[str, Any]] | None = None  # `text` declined
 
     @property
     def usage(self) -> Usage | None:
@@ -205,11 +209,29 @@ class BedrockOpenAIRelay:
         return self._stream.output_tokens
 
     def feed(self, event: SSEEvent) -> list[bytes]:
+        text = self.text(event)
+        if text is not None:
+            return [self._text_chunk.encode(text)]
         return [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in self.chunks(event)]
+
+    def text(self, event: SSEEvent) -> str | None:
+        """The usual event's text, a chunk `{"content": text}` and nothing else, booked by
+        both translators; None for any other (then `chunks` it)."""
+        name, data = converse_event(event, self._ctx)
+        if name == "contentBlockDelta":
+            found = self._stream.text_block(data)
+            if found is not None and self._openai.is_text(*found):
+                self._stream.book_text(found[1])
+                self._openai.takes_text(*found)
+                return found[1]
+        self._parsed = event, name, data
+        return None
 
     def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
         """The chunks `feed` sends, as dicts (for a relay that re-translates them)."""
-        name, data = converse_event(event, self._ctx)
+        parsed, self._parsed = self._parsed, None
+        name, data = parsed[1:] if parsed is not None and parsed[0] is event else \
+            converse_event(event, self._ctx)
         if name == "contentBlockDelta":
             # The usual event, a piece of text, straight to its chunk: the Anthropic
             # text_delta between the two translators is neither built nor checked.

@@ -93,6 +93,13 @@ class ConverseToAnthropicStream:
         """The usual contentBlockDelta, a piece of text on a text block already open,
         booked as `feed` books it: its Anthropic index and text (what `feed` would send as
         a text_delta). None for any other payload, which `feed` then takes."""
+        found = self.text_block(data)
+        if found is not None:
+            self.book_text(found[1])
+        return found
+
+    def text_block(self, data: dict[str, Any]) -> tuple[int, str] | None:
+        """`text_delta`'s answer, not booked yet (`book_text` does)."""
         delta = data.get("delta")
         if delta.__class__ is not dict or len(delta) != 1 or not self._started:
             return None
@@ -101,8 +108,10 @@ class ConverseToAnthropicStream:
         block = self._blocks.get(index) if index.__class__ is int else None
         if text.__class__ is not str or block is None or block.kind != "text" or self._done:
             return None
-        self.output_tokens += text_tokens(text)
         return block.index, text
+
+    def book_text(self, text: str) -> None:
+        self.output_tokens += text_tokens(text)
 
     def _feed(self, event: str, data: dict[str, Any]) -> list[Event]:
         if event == "contentBlockDelta":  # the most frequent event, first

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 
 from anyrouter_proxy.config.model import ProviderConfig
@@ -87,6 +88,7 @@ def test_an_event_of_the_wrong_shape_is_the_upstreams_fault() -> None:
 ODD_EVENTS = [
     {"event": "messageStart", "data": {"role": "assistant"}},
     {"event": "contentBlockDelta", "data": {"contentBlockIndex": 0, "delta": {"text": "a"}}},
+    {"event": "contentBlockDelta", "data": {"contentBlockIndex": 0, "delta": {"text": "a2"}}},
     {"event": "contentBlockDelta", "data": {"contentBlockIndex": 0, "delta": {"text": ""}}},
     {"event": "contentBlockDelta", "data": {"contentBlockIndex": 0,
                                             "delta": {"text": "b", "extra": 1}}},
@@ -140,3 +142,40 @@ def test_the_relay_gives_what_the_two_translators_give(events: list[dict[str, An
             if chunk.get("usage"):
                 assert chunk["usage"].pop("cost") == 0.0  # the context prices nothing
         assert tail == openai.finish()
+
+
+@pytest.mark.parametrize("events", [golden("stream_text.json"), golden("stream_tool_use.json"),
+                                    golden("stream_reasoning.json"), ODD_EVENTS],
+                         ids=["text", "tool_use", "reasoning", "odd"])
+@pytest.mark.parametrize("response_tool", [None, "get_weather"])
+def test_the_relays_bytes_and_texts_are_the_two_translators(
+        events: list[dict[str, Any]], response_tool: str | None,
+        request: pytest.FixtureRequest) -> None:
+    """`feed` (a text encoded straight from it) and `text` then `chunks` (the Responses
+    bridge's way) give what the two translators give."""
+    kind = request.node.callspec.id.split("-")[-1]
+    want, _, converse = chained(events, response_tool)
+    by_feed = relay(response_tool)
+    sent = [part for e in events
+            for part in by_feed.feed(SSEEvent(json.dumps(e["data"]), e["event"]))]
+    assert sent == [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in want]
+    by_text = relay(response_tool)
+    got: list[dict[str, Any]] = []
+    texts = 0
+    for e in events:
+        event = SSEEvent(json.dumps(e["data"]), e["event"])
+        text = by_text.text(event)
+        if text is None:
+            got.extend(by_text.chunks(event))
+        else:
+            texts += 1
+            got.append({"id": "gen-1", "object": "chat.completion.chunk", "created": 7,
+                        "model": "pub/model", "choices": [{
+                            "index": 0, "delta": {"content": text}, "logprobs": None,
+                            "finish_reason": None}], "usage": None})
+    assert got == want
+    for under_test in (by_feed, by_text):
+        assert under_test.output_tokens == converse.output_tokens
+        assert under_test.usage == converse.usage
+    # the short path is taken (not with a structured answer's fold)
+    assert texts == (0 if response_tool else {"text": 2, "odd": 1}.get(kind, texts))
