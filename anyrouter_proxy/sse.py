@@ -55,6 +55,12 @@ class SSEDecoder:
                 and chunk.startswith(b"data: ") and not self._pending_cr
                 and chunk.find(b"\r") == -1):
             return [SSEEvent(chunk[6:-2].decode("utf-8", "replace"))]
+        # ... or a named one (Anthropic's): `event:` and `data:` lines and nothing else.
+        if (chunk[-2:] == b"\n\n" and chunk.startswith(b"event: ") and not self._parts
+                and not self._pending_cr and chunk.find(b"\r") == -1):
+            event = _named(chunk[:-2])
+            if event is not None:
+                return [event]
         # ... or, from Google, the same ended by CRLF CRLF.
         if (chunk.find(b"\r") == len(chunk) - 4 and chunk.find(b"\n") == len(chunk) - 3
                 and chunk.endswith(b"\r\n\r\n") and not self._parts
@@ -84,7 +90,7 @@ class SSEDecoder:
         for block in blocks:
             if block.startswith(b"data: ") and block.find(b"\n") == -1:  # most events
                 events.append(SSEEvent(block[6:].decode("utf-8", "replace")))
-            elif (event := _parse_block(block)) is not None:
+            elif (event := _named(block) or _parse_block(block)) is not None:
                 events.append(event)
         return events
 
@@ -96,6 +102,17 @@ class SSEDecoder:
             if self._size > MAX_EVENT_BYTES:
                 raise EventTooLarge(f"a stream event exceeds {MAX_EVENT_BYTES} bytes")
         return []
+
+
+def _named(block: bytes) -> SSEEvent | None:
+    """`event: NAME` then `data: DATA` (LF, no further line) as `_parse_block` reads it;
+    None for any other block."""
+    end = block.find(b"\n")
+    if (end == -1 or not block.startswith(b"event: ") or not block.startswith(b"data: ", end + 1)
+            or block.find(b"\n", end + 1) != -1):
+        return None
+    return SSEEvent(block[end + 7:].decode("utf-8", "replace"),
+                    block[7:end].decode("utf-8", "replace"))
 
 
 def _parse_block(block: bytes) -> SSEEvent | None:

@@ -16,6 +16,13 @@ EVENTS = [
     b"data: crlf one\r\ndata: crlf two\r\n\r\n",
     b"data: lone-cr\r\r",
     b"event: named\ndata: x\n\n",
+    b"event: \ndata: \n\n",  # empty name and data
+    b"event: a:b \xff\ndata: y: z\n\n",
+    b"event: twice\nevent: again\ndata: w\n\n",
+    b"event: data-last\ndata: v\ndata: u\n\n",
+    b"event:tight\ndata: t\n\n",
+    b"event: tight-data\ndata:s\n\n",
+    b"event: only-name\n\n",
     b": a comment\n\n",
     b"data: one\ndata: two\n\n",
     "data: é ü 中\n\n".encode(),
@@ -31,7 +38,10 @@ def decoded(reads: list[bytes]) -> list[SSEEvent]:
 
 EXPECTED = [SSEEvent('{"a": 1}'), SSEEvent(""), SSEEvent("no-space"), SSEEvent("crlf"),
             SSEEvent("crlf one\ncrlf two"),
-            SSEEvent("lone-cr"), SSEEvent("x", "named"), SSEEvent("one\ntwo"),
+            SSEEvent("lone-cr"), SSEEvent("x", "named"), SSEEvent("", ""),
+            SSEEvent("y: z", "a:b \ufffd"), SSEEvent("w", "again"), SSEEvent("v\nu", "data-last"),
+            SSEEvent("t", "tight"), SSEEvent("s", "tight-data"), SSEEvent("", "only-name"),
+            SSEEvent("one\ntwo"),
             SSEEvent("é ü 中"), SSEEvent("\ufffd\ufffd invalid utf-8"), SSEEvent("[DONE]")]
 
 
