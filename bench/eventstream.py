@@ -24,11 +24,16 @@ def encode_frame(headers: dict[str, str], payload: bytes) -> bytes:
     return message + struct.pack(">I", zlib.crc32(message))
 
 
+def _json(data: dict[str, Any]) -> bytes:
+    """A payload as Bedrock writes it: compact JSON."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def event_frame(event: str, data: dict[str, Any]) -> bytes:
     return encode_frame({":event-type": event, ":content-type": "application/json",
-                         ":message-type": "event"}, json.dumps(data).encode())
+                         ":message-type": "event"}, _json(data))
 
 
 def exception_frame(exception: str, message: str) -> bytes:
     return encode_frame({":exception-type": exception, ":content-type": "application/json",
-                         ":message-type": "exception"}, json.dumps({"message": message}).encode())
+                         ":message-type": "exception"}, _json({"message": message}))

@@ -665,8 +665,8 @@ def merge_rounds(rs: list[dict[str, Any]]) -> dict[str, Any]:
     out["error_kinds"] = dict(kinds)
     for k in ("elapsed_s", "wall_s", "proxy_cpu_s"):
         out[k] = round(sum(r[k] for r in rs), 3)
-    for k in ("rps", "proxy_cpu_pct", "proxy_sys_share_pct", "upstream_cpu_pct", "loadgen_cpu_pct", "load_core_pct",
-              "proxy_core_steal_pct", "proxy_core_other_pct"):
+    for k in ("rps", "proxy_cpu_pct", "proxy_sys_share_pct", "upstream_cpu_pct",
+              "loadgen_cpu_pct", "load_core_pct", "proxy_core_steal_pct", "proxy_core_other_pct"):
         out[k] = med([r.get(k) for r in rs])
     for group in ("latency_ms", "ttft_ms", "ttfb_ms", "first_ttft_ms"):
         if group in rs[0]:

@@ -147,16 +147,12 @@ class AnthropicToOpenAIStream:
     def takes_text(self, index: int, text: str) -> bool:
         """Whether a text_delta of `text` on block `index` is one chunk `{"content": text}`
         (TextChunk's) and nothing else; if so it is booked, as `feed` books it."""
-        if not self.is_text(index, text):
+        block = self._blocks.get(index)
+        if block is None or block.kind != "text" or not self._started or self._stopped \
+                or self._fold is not None or not text:
             return False
         self.output_tokens += text_tokens(text)
         return True
-
-    def is_text(self, index: int, text: str) -> bool:
-        """`takes_text`'s answer, without booking."""
-        block = self._blocks.get(index)
-        return not (block is None or block.kind != "text" or not self._started
-                    or self._stopped or self._fold is not None or not text)
 
     def _folded(self, fold: ResponseToolFold,
                 chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -220,9 +220,8 @@ class BedrockOpenAIRelay:
         name, data = converse_event(event, self._ctx)
         if name == "contentBlockDelta":
             found = self._stream.text_block(data)
-            if found is not None and self._openai.is_text(*found):
+            if found is not None and self._openai.takes_text(*found):  # booked by that one
                 self._stream.book_text(found[1])
-                self._openai.takes_text(*found)
                 return found[1]
         self._parsed = event, name, data
         return None

@@ -101,14 +101,22 @@ class ConverseToAnthropicStream:
     def text_block(self, data: dict[str, Any]) -> tuple[int, str] | None:
         """`text_delta`'s answer, not booked yet (`book_text` does)."""
         delta = data.get("delta")
-        if delta.__class__ is not dict or len(delta) != 1 or not self._started:
+        if delta.__class__ is not dict or len(delta) != 1:
             return None
         text = delta.get("text")
         index = data.get("contentBlockIndex")
-        block = self._blocks.get(index) if index.__class__ is int else None
-        if text.__class__ is not str or block is None or block.kind != "text" or self._done:
+        if text.__class__ is not str or index.__class__ is not int:
             return None
-        return block.index, text
+        at = self.text_at(index)
+        return None if at is None else (at, text)
+
+    def text_at(self, index: int) -> int | None:
+        """The Anthropic index of text block `index` when text on it is the usual delta
+        (the block open, the stream running); None otherwise."""
+        block = self._blocks.get(index)
+        if block is None or block.kind != "text" or self._done or not self._started:
+            return None
+        return block.index
 
     def book_text(self, text: str) -> None:
         self.output_tokens += text_tokens(text)

@@ -286,5 +286,5 @@ def test_impossible_lengths_fail_as_soon_as_the_prelude_is_here(head: bytes) -> 
 def test_a_message_waits_for_its_last_byte() -> None:
     data = event_frame("messageStart", {"role": "assistant"}) * 2
     decoder = EventStreamDecoder()
-    assert decoder.feed(data[:-1]) == [SSEEvent('{"role": "assistant"}', "messageStart")]
-    assert decoder.feed(data[-1:]) == [SSEEvent('{"role": "assistant"}', "messageStart")]
+    assert decoder.feed(data[:-1]) == [SSEEvent('{"role":"assistant"}', "messageStart")]
+    assert decoder.feed(data[-1:]) == [SSEEvent('{"role":"assistant"}', "messageStart")]

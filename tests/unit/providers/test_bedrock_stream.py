@@ -179,3 +179,90 @@ def test_the_relays_bytes_and_texts_are_the_two_translators(
         assert under_test.usage == converse.usage
     # the short path is taken (not with a structured answer's fold)
     assert texts == (0 if response_tool else {"text": 2, "odd": 1}.get(kind, texts))
+
+
+def compact(data: dict[str, Any]) -> str:
+    """A payload as Bedrock writes it (compact JSON)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def text_delta(text: str, index: int = 0, padding: str | None = "abc") -> str:
+    data: dict[str, Any] = {"contentBlockIndex": index, "delta": {"text": text}}
+    if padding is not None:
+        data["p"] = padding
+    return compact(data)
+
+
+ODD_PAYLOADS: list[str | tuple[str, str]] = [
+    text_delta(""), text_delta("caf\u00e9"), text_delta('say "hi"'), text_delta("a\\b"),
+    text_delta("x", padding=None), text_delta("x", padding=""), text_delta("x", padding='"'),
+    text_delta("x", padding="\u00e9"), text_delta("x", index=1), text_delta("x", index=12),
+    text_delta("x", index=2), text_delta("x")[:-1], text_delta("x", padding=None)[:-1],
+    text_delta("x").replace('"p":"abc"}', '"p":"}'), text_delta("x").replace("abc", "a\u0001"),
+    text_delta("x")[:-1] + ',"q":1}', text_delta("x") + " ",
+    compact({"p": "abc", "contentBlockIndex": 0, "delta": {"text": "x"}}),
+    compact({"contentBlockIndex": 0, "delta": {"text": "x", "more": 1}, "p": "abc"}),
+    compact({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "x"}}}),
+    text_delta("x").replace('"contentBlockIndex":0', '"contentBlockIndex":0.0'),
+    text_delta("x").replace('"contentBlockIndex":0', '"contentBlockIndex":-0'),
+    text_delta("x").replace('"text"', '"tExt"'),
+    ("contentBlockStop", text_delta("x")), ("messageStart", text_delta("x")),
+]
+
+
+@pytest.mark.parametrize("odd", range(len(ODD_PAYLOADS)))
+def test_payloads_as_bedrock_writes_them(odd: int) -> None:
+    """Payloads as Bedrock writes them, odd ones among them, against the two translators."""
+    reasoning = [e for e in golden("stream_reasoning.json") if e["event"] == "contentBlockDelta"]
+    events = [
+        (e["event"], compact(e["data"])) for e in golden("stream_text.json")[:2]
+    ] + [("contentBlockDelta", text_delta(" a")), odd_event(ODD_PAYLOADS[odd]),
+         ("contentBlockDelta", compact({**reasoning[0]["data"], "contentBlockIndex": 1})),
+         ("contentBlockDelta", text_delta(" b", index=1)), ("contentBlockDelta", text_delta("c"))
+         ] + [(e["event"], compact(e["data"])) for e in golden("stream_text.json")[4:]]
+    as_dicts = [{"event": name, "data": json.loads(data)} for name, data in events
+                if _is_json(data)]
+    broken = len(as_dicts) != len(events)
+    by_feed, by_text = relay(), relay()
+    sent: list[bytes] = []
+    got: list[dict[str, Any]] = []
+    failures = []
+    for under_test, out in ((by_feed, sent), (by_text, got)):
+        try:
+            for name, data in events:
+                event = SSEEvent(data, name)
+                if under_test is by_feed:
+                    out.extend(by_feed.feed(event))
+                elif (text := by_text.text(event)) is None:
+                    out.extend(by_text.chunks(event))
+                else:
+                    out.append(text_chunk(text))
+        except UpstreamError as exc:
+            failures.append(exc.code)
+    if broken or failures:  # the upstream's fault (not JSON, a wrong index), told alike
+        assert failures == ["upstream_invalid_response"] * 2
+        return
+    want, _, converse = chained(as_dicts, None)
+    assert sent == [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in want]
+    assert got == want
+    assert by_feed.output_tokens == by_text.output_tokens == converse.output_tokens
+
+
+def odd_event(odd: str | tuple[str, str]) -> tuple[str, str]:
+    return odd if isinstance(odd, tuple) else ("contentBlockDelta", odd)
+
+
+def text_chunk(text: str) -> dict[str, Any]:
+    """The chunk `text` stands for (the relay's context asks for usage)."""
+    return {"id": "gen-1", "object": "chat.completion.chunk", "created": 7,
+            "model": "pub/model", "choices": [{"index": 0, "delta": {"content": text},
+                                               "logprobs": None, "finish_reason": None}],
+            "usage": None}
+
+
+def _is_json(data: str) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
