@@ -144,14 +144,15 @@ class AnthropicToOpenAIStream:
         self.output_tokens += text_tokens(text)
         return self._text(block, text) if text else []
 
-    def takes_text(self, index: int, text: str) -> bool:
+    def takes_text(self, index: int, text: str, tokens: int | None = None) -> bool:
         """Whether a text_delta of `text` on block `index` is one chunk `{"content": text}`
-        (TextChunk's) and nothing else; if so it is booked, as `feed` books it."""
+        (TextChunk's) and nothing else; if so it is booked, as `feed` books it (`tokens`:
+        its text_tokens, when known)."""
         block = self._blocks.get(index)
         if block is None or block.kind != "text" or not self._started or self._stopped \
                 or self._fold is not None or not text:
             return False
-        self.output_tokens += text_tokens(text)
+        self.output_tokens += text_tokens(text) if tokens is None else tokens
         return True
 
     def _folded(self, fold: ResponseToolFold,

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import orjson
 
 from ..errors import InvalidRequest, ProxyError, RateLimited, UpstreamError
-from ..output_estimate import anthropic_content_tokens
+from ..output_estimate import anthropic_content_tokens, text_tokens
 from ..redaction import redact
 from ..sse import DONE_EVENT, SSEEvent, encode_event
 from ..types import Usage
@@ -217,12 +217,23 @@ class BedrockOpenAIRelay:
     def text(self, event: SSEEvent) -> str | None:
         """The usual event's text, a chunk `{"content": text}` and nothing else, booked by
         both translators; None for any other (then `chunks` it)."""
-        name, data = converse_event(event, self._ctx)
-        if name == "contentBlockDelta":
-            found = self._stream.text_block(data)
-            if found is not None and self._openai.takes_text(*found):  # booked by that one
-                self._stream.book_text(found[1])
-                return found[1]
+        if event.event == "contentBlockDelta":  # never an exception: its data is parsed here
+            try:
+                data = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                data = None
+            if data.__class__ is dict:
+                self._parsed = event, "contentBlockDelta", data
+                found = self._stream.text_block(data)
+                if found is not None:
+                    index, text = found
+                    tokens = text_tokens(text)
+                    if self._openai.takes_text(index, text, tokens):  # booked by that one
+                        self._stream.output_tokens += tokens
+                        self._parsed = None
+                        return text
+                return None
+        name, data = converse_event(event, self._ctx)  # raises for an exception, bad data
         self._parsed = event, name, data
         return None
 
