@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anyrouter_proxy.config.model import ProviderConfig, Route
-from anyrouter_proxy.errors import ProxyError
 from anyrouter_proxy.providers import responses_stream
 from anyrouter_proxy.providers.anthropic import AnthropicToOpenAIRelay
 from anyrouter_proxy.providers.base import CallContext
 from anyrouter_proxy.providers.responses import ChatBridgeRelay
 from anyrouter_proxy.sse import SSEDecoder, SSEEvent
+from tests.unit.providers.relay_run import relay_run
 
 DATA = Path(__file__).parents[2] / "data" / "anthropic"
 
@@ -55,24 +55,7 @@ def run(events: list[tuple[str | None, str]], include_usage: bool, *, short: boo
             patch.setattr(AnthropicToOpenAIRelay, "text", lambda self, event: None)
         chat = AnthropicToOpenAIRelay(ctx)
         relay: Any = ChatBridgeRelay(chat, ctx) if bridge else chat
-        sent: list[bytes] = []
-        books: list[Any] = []
-        failure = None
-        try:
-            for name, data in events:
-                sent.extend(relay.feed(SSEEvent(data, name)))
-                books.append(booked(relay))
-            sent.extend(relay.finish())
-        except ProxyError as exc:
-            failure = (type(exc), str(exc))
-    return {"sent": sent, "failure": failure, "books": books, "end": booked(relay)}
-
-
-def booked(relay: Any) -> tuple[Any, ...]:
-    usage = relay.usage
-    return (relay.output_tokens, relay.upstream_id, relay.finish_reason,
-            None if usage is None else (usage.prompt_tokens, usage.completion_tokens,
-                                        usage.source))
+        return relay_run(relay, [SSEEvent(data, name) for name, data in events])
 
 
 def assert_same(events: list[tuple[str | None, str]], include_usage: bool,
@@ -151,3 +134,10 @@ def test_any_text_deltas(pieces: list[tuple[str, int, bool]], include_usage: boo
               ("content_block_delta", json.dumps(json.loads(delta(text, index)[1])))
               for text, index, dense in pieces]
     assert_same([*events[:3], *middle, *events[3:]], include_usage, monkeypatch)
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_text_deltas_on_a_thinking_block(include_usage: bool,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    events = transcript("stream_thinking_tool_use.txt", compact=True)  # block 0: thinking
+    assert_same([*events[:3], delta("x"), delta("y"), *events[3:]], include_usage, monkeypatch)

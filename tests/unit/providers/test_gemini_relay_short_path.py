@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anyrouter_proxy.config.model import ProviderConfig, Route
-from anyrouter_proxy.errors import ProxyError
 from anyrouter_proxy.providers import gemini_response, responses_stream
 from anyrouter_proxy.providers.base import CallContext
 from anyrouter_proxy.providers.gemini_relay import GeminiToOpenAIRelay
 from anyrouter_proxy.providers.responses import ChatBridgeRelay
 from anyrouter_proxy.sse import SSEEvent
 from tests.fake_gemini import sse_events
+from tests.unit.providers.relay_run import relay_run
 
 
 def context(include_usage: bool) -> CallContext:
@@ -49,24 +49,7 @@ def run(events: list[str], include_usage: bool, *, short: bool, bridge: bool,
     if not short:
         chat._stream.text = lambda data: None  # type: ignore[method-assign]
     relay: Any = ChatBridgeRelay(chat, ctx) if bridge else chat
-    sent: list[bytes] = []
-    books: list[Any] = []  # after each event: usage is read at any time (the /generation)
-    failure = None
-    try:
-        for data in events:
-            sent.extend(relay.feed(SSEEvent(data)))
-            books.append(booked(relay))
-        sent.extend(relay.finish())
-    except ProxyError as exc:
-        failure = (type(exc), str(exc))
-    return {"sent": sent, "failure": failure, "books": books, "end": booked(relay)}
-
-
-def booked(relay: Any) -> tuple[Any, ...]:
-    usage = relay.usage
-    return (relay.output_tokens, relay.upstream_id, relay.finish_reason,
-            None if usage is None else (usage.prompt_tokens, usage.completion_tokens,
-                                        usage.source))
+    return relay_run(relay, [SSEEvent(data) for data in events])
 
 
 def assert_same(events: list[str], include_usage: bool,

@@ -90,7 +90,8 @@ def test_openai_transcripts_relay_as_the_general_path_does(extra: dict[str, Any]
     assert_same(transcript(**extra), include_usage)
 
 
-def test_text_chunks_take_the_short_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def general_path_events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The events the relay takes on its general path from now on (filled as it goes)."""
     general: list[str] = []
     original = OpenAIStreamRelay._chunk
 
@@ -99,6 +100,11 @@ def test_text_chunks_take_the_short_path(monkeypatch: pytest.MonkeyPatch) -> Non
         return original(self, event)
 
     monkeypatch.setattr(OpenAIStreamRelay, "_chunk", counted)
+    return general
+
+
+def test_text_chunks_take_the_short_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    general = general_path_events(monkeypatch)
     events = transcript(usage=None, obfuscation="xyz")
     sent = relay(events, True, short=True)["sent"]
     # role, the first text (the template is learnt from it), finish, usage, [DONE]
@@ -195,10 +201,7 @@ def test_azure_chunks_relay_as_the_general_path_does(
               azure_text("Hi"), azure_text(" there"), azure_text(" you", flagged),
               azure_text(" all"), azure_text("\u00e9t\u00e9"), "[DONE]"]
     assert_same(events, include_usage)
-    general: list[str] = []
-    original = OpenAIStreamRelay._chunk
-    monkeypatch.setattr(OpenAIStreamRelay, "_chunk",
-                        lambda self, event: general.append(event.data) or original(self, event))
+    general = general_path_events(monkeypatch)
     relay(events, include_usage, short=True)
     assert general == [events[0], events[1], events[3], events[5], events[6]]
 
@@ -207,10 +210,7 @@ def test_a_content_found_twice_teaches_no_template(monkeypatch: pytest.MonkeyPat
     events = [text("Hi", note={"content": "Hi"}), text("Hi", note={"content": "Hi"}),
               text("Ho", note={"content": "Hi"}), "[DONE]"]
     assert_same(events, True)
-    general: list[str] = []
-    original = OpenAIStreamRelay._chunk
-    monkeypatch.setattr(OpenAIStreamRelay, "_chunk",
-                        lambda self, event: general.append(event.data) or original(self, event))
+    general = general_path_events(monkeypatch)
     relay(events, True, short=True)
     assert general == events
 
