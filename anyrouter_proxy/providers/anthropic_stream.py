@@ -133,17 +133,6 @@ class AnthropicToOpenAIStream:
         fold = self._fold
         return chunks if fold is None or not chunks else self._folded(fold, chunks)
 
-    def text_delta(self, index: int, text: str) -> list[dict[str, Any]] | None:
-        """The chunks `feed` would give for a text_delta on block `index` that a translator
-        of ours made (no shape to check); None when `feed` must take it: a block of another
-        kind, a structured answer being folded, a stream not begun or already stopped."""
-        block = self._blocks.get(index)
-        if block is None or block.kind != "text" or not self._started or self._stopped \
-                or self._fold is not None:
-            return None
-        self.output_tokens += text_tokens(text)
-        return self._text(block, text) if text else []
-
     def takes_text(self, index: int, text: str, tokens: int | None = None) -> bool:
         """Whether a text_delta of `text` on block `index` is one chunk `{"content": text}`
         (TextChunk's) and nothing else; if so it is booked, as `feed` books it (`tokens`:

@@ -35,7 +35,7 @@ from .anthropic_translate import (
 )
 from .aws_eventstream import ERROR_EVENT, EXCEPTION_SUFFIX
 from .base import CallContext, Reply, UpstreamCall, cut_short, event_data
-from .bedrock_stream import ConverseToAnthropicStream, block_delta
+from .bedrock_stream import ConverseToAnthropicStream
 from .bedrock_translate import (
     anthropic_to_converse,
     converse_to_anthropic,
@@ -229,7 +229,7 @@ class BedrockOpenAIRelay:
                     index, text = found
                     tokens = text_tokens(text)
                     if self._openai.takes_text(index, text, tokens):  # booked by that one
-                        self._stream.output_tokens += tokens
+                        self._stream.book_text(tokens)
                         self._parsed = None
                         return text
                 return None
@@ -238,21 +238,11 @@ class BedrockOpenAIRelay:
         return None
 
     def chunks(self, event: SSEEvent) -> list[dict[str, Any]]:
-        """The chunks `feed` sends, as dicts (for a relay that re-translates them)."""
+        """The chunks `feed` sends for an event `text` declined, as dicts (for a relay that
+        re-translates them): through both translators."""
         parsed, self._parsed = self._parsed, None
         name, data = parsed[1:] if parsed is not None and parsed[0] is event else \
             converse_event(event, self._ctx)
-        if name == "contentBlockDelta":
-            # The usual event, a piece of text, straight to its chunk: the Anthropic
-            # text_delta between the two translators is neither built nor checked.
-            found = self._stream.text_delta(data)
-            if found is not None:
-                index, text = found
-                chunks = self._openai.text_delta(index, text)
-                if chunks is not None:
-                    return chunks
-                return self._openai.feed(*block_delta(index, {"type": "text_delta",
-                                                              "text": text}))
         return [chunk for kind, out in self._stream.feed(name, data)
                 for chunk in self._openai.feed(kind, out)]
 

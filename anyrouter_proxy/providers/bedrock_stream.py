@@ -89,37 +89,23 @@ class ConverseToAnthropicStream:
                 events.insert(0, self._message_start())
         return events
 
-    def text_delta(self, data: dict[str, Any]) -> tuple[int, str] | None:
-        """The usual contentBlockDelta, a piece of text on a text block already open,
-        booked as `feed` books it: its Anthropic index and text (what `feed` would send as
-        a text_delta). None for any other payload, which `feed` then takes."""
-        found = self.text_block(data)
-        if found is not None:
-            self.book_text(found[1])
-        return found
-
     def text_block(self, data: dict[str, Any]) -> tuple[int, str] | None:
-        """`text_delta`'s answer, not booked yet (`book_text` does)."""
+        """The usual contentBlockDelta, a piece of text on a text block already open: its
+        Anthropic index and text (what `feed` would send as a text_delta), not booked yet
+        (`book_text`). None for any other payload, which `feed` then takes."""
         delta = data.get("delta")
-        if delta.__class__ is not dict or len(delta) != 1:
+        if delta.__class__ is not dict or len(delta) != 1 or not self._started:
             return None
         text = delta.get("text")
         index = data.get("contentBlockIndex")
-        if text.__class__ is not str or index.__class__ is not int:
+        block = self._blocks.get(index) if index.__class__ is int else None
+        if text.__class__ is not str or block is None or block.kind != "text" or self._done:
             return None
-        at = self.text_at(index)
-        return None if at is None else (at, text)
+        return block.index, text
 
-    def text_at(self, index: int) -> int | None:
-        """The Anthropic index of text block `index` when text on it is the usual delta
-        (the block open, the stream running); None otherwise."""
-        block = self._blocks.get(index)
-        if block is None or block.kind != "text" or self._done or not self._started:
-            return None
-        return block.index
-
-    def book_text(self, text: str) -> None:
-        self.output_tokens += text_tokens(text)
+    def book_text(self, tokens: int) -> None:
+        """A text_block's text relayed: its tokens (text_tokens), as `feed` counts them."""
+        self.output_tokens += tokens
 
     def _feed(self, event: str, data: dict[str, Any]) -> list[Event]:
         if event == "contentBlockDelta":  # the most frequent event, first

@@ -78,7 +78,7 @@ class ChunkTemplate:
         end = data.find('"', start)
         content = data[start:end]
         if (end == -1 or not content.isascii() or not content.isprintable()
-                or content.find("\\") != -1):
+                or content.find("\\") != -1):  # plain(), inline: the quote ends it already
             return None
         suffix = self._suffix
         if not self._varying:
