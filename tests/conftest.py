@@ -20,6 +20,8 @@ from aiohttp.test_utils import TestServer
 from anyrouter_proxy.config.loader import load_config
 from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.server.app import create_app
+from anyrouter_proxy.server.lane import open_lane
+from anyrouter_proxy.server.protocol import guard_connections
 from anyrouter_proxy.server.state import GATEWAY, STORE
 from tests.fakes import FakeAnthropic, FakeOpenAI
 
@@ -146,9 +148,19 @@ def start_proxy(aiohttp_server: Any) -> Callable[[Config], Awaitable[Proxy]]:
     async def start(config: Config) -> Proxy:
         app = create_app(config)
         server = await aiohttp_server(app)
+        serve_connections(server, app)
         return Proxy(server, app, config)
 
     return start
+
+
+def serve_connections(server: Any, app: web.Application) -> None:
+    """Connections served as `anyrouter-proxy serve` serves them: the lean lane for the
+    proxied routes, the connection guard with the config's keep-alive and write timeouts
+    (a TestServer cancels handlers, as serve does)."""
+    assert server.runner is not None and server.runner.server is not None
+    guard_connections(server.runner.server, lambda: app[GATEWAY].config.server)
+    open_lane(server.runner.server, app)
 
 
 @pytest.fixture

@@ -12,16 +12,13 @@ from typing import Any
 
 from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.server.app import create_app
-from anyrouter_proxy.server.protocol import guard_connections
-from anyrouter_proxy.server.state import GATEWAY
-from tests.conftest import Proxy
+from tests.conftest import Proxy, serve_connections
 
 
 async def serve_like_cli(aiohttp_server: Any, config: Config) -> Proxy:
     app = create_app(config)
-    server = await aiohttp_server(app)  # TestServer cancels handlers, as serve does
-    assert server.runner is not None and server.runner.server is not None
-    guard_connections(server.runner.server, lambda: app[GATEWAY].config.server)
+    server = await aiohttp_server(app)
+    serve_connections(server, app)
     return Proxy(server, app, config)
 
 

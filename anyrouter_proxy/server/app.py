@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..accounting import Ledger
 from ..batch import BatchRunner
@@ -35,6 +37,7 @@ from .state import (
     ACCESS_LOG,
     BATCHES,
     GATEWAY,
+    LANE_ROUTES,
     LIFECYCLE,
     LIMITER,
     METRICS,
@@ -114,6 +117,13 @@ def create_app(config: Config, *, http: Upstream | None = None,
     return app
 
 
+def _within_middlewares(app: web.Application, handler: Handler) -> Handler:
+    """`handler` as aiohttp calls it: inside the app's middlewares, outermost first."""
+    for middleware in reversed(app.middlewares):
+        handler = functools.partial(middleware, handler=handler)
+    return handler
+
+
 async def _load_period_spend(quota: Quota, store: Store) -> None:
     """Each key's spend in the current day, week and month, from the usage log."""
     now = time.time()
@@ -124,11 +134,14 @@ async def _load_period_spend(quota: Quota, store: Store) -> None:
 
 def _add_routes(app: web.Application) -> None:
     router = app.router
+    lane = app[LANE_ROUTES] = {}
     for prefix in API_PREFIXES:
         for endpoint, path in ((CHAT, "/chat/completions"), (COMPLETIONS, "/completions"),
                                (EMBEDDINGS, "/embeddings"), (MESSAGES, "/messages"),
                                (RESPONSES, "/responses")):
-            router.add_post(prefix + path, proxy_handler(endpoint))
+            handler = proxy_handler(endpoint)
+            router.add_post(prefix + path, handler)
+            lane[prefix + path] = _within_middlewares(app, handler)
         router.add_get(prefix + "/responses/{response_id}", responses.get_response)
         router.add_delete(prefix + "/responses/{response_id}", responses.delete_response)
         router.add_get(prefix + "/responses/{response_id}/input_items", responses.input_items)

@@ -7,7 +7,6 @@ import contextlib
 import logging
 
 from aiohttp import web
-from aiohttp.http_writer import StreamWriter
 from aiohttp.typedefs import Handler
 
 from ..config.wildcards import resolve_model
@@ -16,12 +15,12 @@ from ..errors import ProxyError, internal_failure
 from ..gateway import Answer, ProxyRequest
 from ..providers.anthropic import FORWARDED_CLIENT_HEADERS
 from ..sse import KEEPALIVE
-from ..stream_session import StreamSession, stream_error_event
+from ..stream_session import Sink, StreamSession, stream_error_event
 from ..types import MESSAGES
 from .inbound import authenticate, read_json
 from .middlewares import decorate
 from .state import GATEWAY, METRICS, context
-from .stream_sink import StreamSink
+from .stream_sink import SSEResponse, open_stream
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +30,6 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",  # nginx: relay each event as it comes
 }
 
-
-
-
-class SSEResponse(web.StreamResponse):
-    """Its headers leave with the first event, in one write (as web.Response does with
-    its body): every stream starts with an event or a keep-alive comment right away."""
-
-    _send_headers_immediately = False
 
 
 def _forwardable(request: web.Request) -> dict[str, str]:
@@ -75,22 +66,21 @@ def proxy_handler(endpoint: str) -> Handler:
 
 
 async def _relay(request: web.Request, session: StreamSession,
-                 response: web.StreamResponse | None = None) -> web.StreamResponse:
-    if response is None:
+                 sink: Sink | None = None, response: SSEResponse | None = None,
+                 ) -> web.StreamResponse:
+    if sink is None or response is None:
         response = SSEResponse(headers={**SSE_HEADERS, **session.headers})
         try:  # decorate may await (Redis rate headers): a client may leave meanwhile
             await decorate(request, response)
-            await response.prepare(request)
+            sink = await open_stream(request, response)
         except BaseException:
             await session.abandon()
             raise
-    writer = await response.prepare(request)  # already prepared: aiohttp's writer
-    assert isinstance(writer, StreamWriter)
     series = request.app[METRICS].series
     series.streams += 1
     try:
         with contextlib.suppress(ConnectionError):
-            await session.relay(StreamSink(response, writer))
+            await session.relay(sink)
     finally:
         series.streams -= 1
     return response
@@ -104,7 +94,8 @@ class _Keepalive:
         self._request, self._req, self._interval = request, req, interval
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
-        self.response: web.StreamResponse | None = None
+        self.response: SSEResponse | None = None
+        self.sink: Sink | None = None
 
     def start(self) -> None:
         self._stop = asyncio.Event()
@@ -119,22 +110,22 @@ class _Keepalive:
             **gateway.endpoint_headers(req.endpoint),
             **(deprecation_headers(model) if model is not None else {})})
         await decorate(request, response)
-        await response.prepare(request)
-        self.response = response  # committed to 200: failures become error events
+        sink = await open_stream(request, response)
+        self.response, self.sink = response, sink  # committed to 200: failures are events
         while True:
-            await response.write(KEEPALIVE)
+            await sink.write(KEEPALIVE)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._interval)
                 return
 
-    async def stop(self) -> web.StreamResponse | None:
-        """Stop before the first event goes out; the response, if one was started."""
+    async def stop(self) -> Sink | None:
+        """Stop before the first event goes out; the stream's sink, if one was begun."""
         if self._task is None:
             return None
         assert self._stop is not None
         self._stop.set()
         await self._task  # never cut a comment or the headers in half
-        return self.response
+        return self.sink
 
 
 async def _stream_with_keepalive(request: web.Request, req: ProxyRequest,
@@ -147,17 +138,17 @@ async def _stream_with_keepalive(request: web.Request, req: ProxyRequest,
         result = await request.app[GATEWAY].proxy(req)
     except Exception as exc:
         timer.cancel()
-        response = await keepalive.stop()
-        if response is None:
+        sink = await keepalive.stop()
+        if sink is None or keepalive.response is None:
             raise  # nothing sent yet: the middleware answers
         # Committed to 200 by the comments: the failure is the stream's last event (a bug
         # of ours too, rather than a second status line in the middle of the body).
         failure = exc if isinstance(exc, ProxyError) else internal_failure(log, "stream")
         with contextlib.suppress(ConnectionError):
-            await response.write_eof(stream_error_event(
+            await sink.end(stream_error_event(
                 req.endpoint, failure, gen_id=req.gen_id,
                 model=request.app[GATEWAY].known_model(req.body)))
-        return response
+        return keepalive.response
     except BaseException:
         timer.cancel()
         with contextlib.suppress(Exception):
@@ -166,14 +157,14 @@ async def _stream_with_keepalive(request: web.Request, req: ProxyRequest,
     timer.cancel()
     assert isinstance(result, StreamSession)
     try:
-        response = await keepalive.stop()
+        sink = await keepalive.stop()
     except ConnectionError:  # the client left during a keep-alive comment
         await result.abandon()
         return keepalive.response or web.StreamResponse(status=499)
     except BaseException:
         await result.abandon()  # opened, but the client left before the relay
         raise
-    return await _relay(request, result, response)
+    return await _relay(request, result, sink, keepalive.response)
 
 
 async def count_tokens(request: web.Request) -> web.Response:

@@ -15,6 +15,7 @@ from ..config.model import Config
 from ..logs import setup_logging
 from ..storage.store import StoreError
 from .app import create_app
+from .lane import open_lane
 from .protocol import guard_connections
 from .state import GATEWAY, LIFECYCLE
 
@@ -77,6 +78,7 @@ async def _serve(config: Config, host: str, port: int, json_lines: bool,
     await runner.setup()
     assert runner.server is not None
     guard_connections(runner.server, lambda: app[GATEWAY].config.server)
+    open_lane(runner.server, app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

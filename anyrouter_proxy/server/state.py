@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..config.model import KeyConfig
 
@@ -43,6 +44,8 @@ BATCHES: web.AppKey[BatchRunner] = web.AppKey("batches")
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 LIFECYCLE: web.AppKey[Lifecycle] = web.AppKey("lifecycle", Lifecycle)
 RELOADS: web.AppKey[ReloadStatus] = web.AppKey("reloads", ReloadStatus)
+# The proxied POST routes by path, each inside the app's middlewares (server/lane.py).
+LANE_ROUTES: web.AppKey[dict[str, Handler]] = web.AppKey("lane_routes", dict)
 
 @dataclass(slots=True)
 class RequestContext:

@@ -4,12 +4,38 @@ every later one straight onto the transport in the answer's framing (chunked, or
 an HTTP/1.0 client), awaiting only while the client is behind (the transport above its
 high-water mark: when server/protocol.py's write timeout runs), and the end through
 aiohttp again (the last chunk and the terminator in one write, its state closed as usual).
+A request served on the lean lane (server/lane.py) gets the lane's sink instead.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
+
+from ..stream_session import Sink
+from .lane_exchange import LaneRequest
+
+
+class SSEResponse(web.StreamResponse):
+    """Its headers leave with the first event, in one write (as web.Response does with
+    its body): every stream starts with an event or a keep-alive comment right away."""
+
+    _send_headers_immediately = False
+    begun = False  # on the lane, where aiohttp never prepares it
+
+    @property
+    def prepared(self) -> bool:
+        return self.begun or super().prepared
+
+
+async def open_stream(request: web.Request, response: SSEResponse) -> Sink:
+    """Commit to `response` (decorated already): its head leaves with the first bytes."""
+    if isinstance(request, LaneRequest):
+        response.begun = True
+        return await request.stream(response)
+    writer = await response.prepare(request)
+    assert isinstance(writer, StreamWriter)
+    return StreamSink(response, writer)
 
 
 class StreamSink:

@@ -1,0 +1,291 @@
+"""The lean lane (server/lane.py): proxied POSTs served without aiohttp's server, and
+everything else handed to aiohttp with the connection. Each proxied answer is held to
+aiohttp's own for the same request (sent chunked, which the lane hands over), and the
+connection's life (keep-alive, pipelining, hand-over, timeouts, Connection: close) is
+driven over raw sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httptools
+import orjson
+import pytest
+from aiohttp import ClientSession, TCPConnector, web
+
+from anyrouter_proxy.server.lane import LaneProtocol
+from anyrouter_proxy.server.protocol import EnvelopeRequestHandler
+from tests.conftest import ALICE_KEY, BOB_KEY, Proxy, auth, openai_provider
+from tests.fakes import Behaviour, FakeOpenAI
+from tests.served import raw_connect, read_until_closed
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def kinds(proxy: Proxy) -> list[type]:
+    """The protocol of each open connection to the proxy."""
+    server = proxy.server.runner.server  # type: ignore[union-attr]
+    return [type(connection) for connection in server._connections]
+
+
+def _masked(data: bytes) -> bytes:
+    """An answer without what differs between two requests (ids, timestamps, dates)."""
+    data = re.sub(rb"gen-[0-9a-f]{24}", b"gen-*", data)
+    data = re.sub(rb"(chatcmpl|msg|resp)[-_][0-9A-Za-z]+", rb"\1-*", data)
+    return re.sub(rb'"created(_at)?":\s*\d+', b'"created":0', data)
+
+
+async def _chunked(data: bytes) -> AsyncIterator[bytes]:
+    yield data  # an async body: aiohttp's client sends it chunked
+
+
+async def _answer(proxy: Proxy, path: str, body: bytes, headers: dict[str, str], *,
+                  chunked: bool) -> tuple[int, dict[str, str], bytes, list[type]]:
+    async with ClientSession(connector=TCPConnector(limit=1)) as session, session.post(
+            proxy.url(path), headers=headers,
+            data=_chunked(body) if chunked else body) as response:
+        raw = await response.read()
+        return response.status, dict(response.headers), raw, kinds(proxy)
+
+
+CASES: list[tuple[str, str, Any, dict[str, str]]] = [
+    ("chat", CHAT, BODY, auth()),
+    ("chat stream", CHAT, {**BODY, "stream": True}, auth()),
+    ("chat stream with usage", "/api/v1/chat/completions",
+     {**BODY, "stream": True, "stream_options": {"include_usage": True}}, auth()),
+    ("embeddings", "/v1/embeddings",
+     {"model": "openai/text-embedding-3-small", "input": "hi"}, auth()),
+    ("bad key", CHAT, BODY, auth("sk-ar-nobody")),
+    ("messages, bad key", "/v1/messages", {"model": "x", "max_tokens": 1},
+     {"x-api-key": "sk-ar-nobody"}),
+    ("invalid JSON", CHAT, b"{not json", auth()),
+    ("not an object", CHAT, [1, 2], auth()),
+    ("unknown model", CHAT, {**BODY, "model": "nope/none"}, auth()),
+    ("wrong content type", CHAT, BODY, {**auth(), "Content-Type": "text/plain"}),
+    ("bad trace id", CHAT, BODY, {**auth(), "X-AnyRouter-Trace-Id": "t" * 200}),
+    ("query string", CHAT + "?api-version=1", BODY, auth()),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "headers"), [case[1:] for case in CASES],
+                         ids=[case[0] for case in CASES])
+async def test_the_lane_answers_as_aiohttp_does(
+        openai_proxy: Proxy, path: str, body: Any, headers: dict[str, str]) -> None:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    headers = {"Content-Type": "application/json", **headers}
+    lane = await _answer(openai_proxy, path, raw, headers, chunked=False)
+    general = await _answer(openai_proxy, path, raw, headers, chunked=True)
+    assert lane[3] == [LaneProtocol] and general[3] == [EnvelopeRequestHandler]
+    assert lane[0] == general[0]
+    assert sorted(lane[1]) == sorted(general[1])
+    for name in ("Content-Type", "Connection", "Transfer-Encoding", "Allow", "Server"):
+        assert lane[1].get(name) == general[1].get(name), name
+    assert _masked(lane[2]) == _masked(general[2])
+
+
+async def _exchange(sock: socket.socket, data: bytes, answers: int,
+                    within_s: float = 5) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Send `data`; read `answers` whole HTTP answers (interim ones left out)."""
+    loop = asyncio.get_running_loop()
+    done: list[tuple[int, dict[bytes, bytes], bytes]] = []
+
+    class Reader:
+        def __init__(self) -> None:
+            self.headers: dict[bytes, bytes] = {}
+            self.body = b""
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers[name.lower()] = value
+
+        def on_body(self, body: bytes) -> None:
+            self.body += body
+
+        def on_message_complete(self) -> None:
+            if parser.get_status_code() >= 200:  # not an interim 100 Continue
+                done.append((parser.get_status_code(), self.headers, self.body))
+            self.headers, self.body = {}, b""
+
+    reader = Reader()
+    parser = httptools.HttpResponseParser(reader)
+    await loop.sock_sendall(sock, data)
+
+    async def read() -> None:
+        while len(done) < answers:
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, f"closed after {len(done)} answers"
+            parser.feed_data(chunk)
+
+    await asyncio.wait_for(read(), within_s)
+    return done
+
+
+def _post(path: str, body: dict[str, Any], key: str = ALICE_KEY, **headers: str) -> bytes:
+    raw = orjson.dumps(body)
+    lines = "".join(f"{name.replace('_', '-')}: {value}\r\n" for name, value in headers.items())
+    return (f"POST {path} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n{lines}\r\n"
+            ).encode() + raw
+
+
+GET_MODELS = (b"GET /v1/models HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer "
+              + ALICE_KEY.encode() + b"\r\n\r\n")
+
+
+async def test_keep_alive_and_pipelined_requests_are_answered_in_order(
+        openai_proxy: Proxy) -> None:
+    sock = await raw_connect(openai_proxy.server.port)  # type: ignore[arg-type]
+    try:
+        first = await _exchange(sock, _post(CHAT, BODY), 1)
+        assert first[0][0] == 200 and kinds(openai_proxy) == [LaneProtocol]
+        # Three at once, each answered after the one before: Alice, Bob, then Alice's
+        # stream; the same connection, still on the lane.
+        streamed = {**BODY, "stream": True}
+        answers = await _exchange(sock, _post(CHAT, BODY) + _post(CHAT, BODY, BOB_KEY)
+                                  + _post(CHAT, streamed), 3)
+        assert [status for status, _, _ in answers] == [200, 200, 200]
+        ids = [orjson.loads(body)["id"] for _, _, body in answers[:2]]
+        rows = [await openai_proxy.usage_row("id", gen_id) for gen_id in ids]
+        assert [row["key_name"] for row in rows] == ["alice", "bob"]
+        assert answers[2][1][b"transfer-encoding"] == b"chunked"
+        assert answers[2][2].endswith(b"data: [DONE]\n\n")
+        assert kinds(openai_proxy) == [LaneProtocol]
+    finally:
+        sock.close()
+
+
+async def test_other_requests_take_the_connection_to_aiohttp(openai_proxy: Proxy) -> None:
+    sock = await raw_connect(openai_proxy.server.port)  # type: ignore[arg-type]
+    try:
+        # A proxied POST, a GET (handed over with the connection, answered by aiohttp in
+        # the same write as the POST that follows it), then the POST on aiohttp's side.
+        [lane] = await _exchange(sock, _post(CHAT, BODY), 1)
+        assert lane[0] == 200 and kinds(openai_proxy) == [LaneProtocol]
+        models, chat = await _exchange(sock, GET_MODELS + _post(CHAT, BODY), 2)
+        assert models[0] == 200 and orjson.loads(models[2])["object"] == "list"
+        assert chat[0] == 200 and orjson.loads(chat[2])["object"] == "chat.completion"
+        assert kinds(openai_proxy) == [EnvelopeRequestHandler]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("request_bytes", [
+    _post(CHAT, BODY, Expect="100-continue"),
+    _post(CHAT, BODY, Content_Encoding="identity"),
+    _post(CHAT, BODY).replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+    _post("/v1/messages/count_tokens", BODY),
+    _post("/v1/chat/completions/", BODY),
+    _post(CHAT, BODY, X_Big="x" * 9000),
+], ids=["expect", "content-encoding", "http/1.0", "another POST route", "trailing slash",
+        "large head"])
+async def test_unusual_requests_are_aiohttps(openai_proxy: Proxy, request_bytes: bytes) -> None:
+    sock = await raw_connect(openai_proxy.server.port)  # type: ignore[arg-type]
+    try:
+        [(status, headers, body)] = await _exchange(sock, request_bytes, 1)
+        assert headers[b"content-type"].startswith(b"application/json")
+        assert status in (200, 400, 404, 431) and orjson.loads(body)
+        if kinds(openai_proxy):  # aiohttp may have closed it (HTTP/1.0, an error)
+            assert kinds(openai_proxy) == [EnvelopeRequestHandler]
+    finally:
+        sock.close()
+
+
+async def test_connection_close_is_honoured(openai_proxy: Proxy) -> None:
+    sock = await raw_connect(openai_proxy.server.port)  # type: ignore[arg-type]
+    try:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, _post(CHAT, BODY, Connection="close"))
+        received = await read_until_closed(sock, 5)
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK") and b"\r\nConnection: close" in head
+        assert orjson.loads(body)["object"] == "chat.completion"
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+async def impatient_proxy(config_factory: Any, fake_openai: FakeOpenAI,
+                          start_proxy: Any) -> Proxy:
+    return await start_proxy(config_factory(
+        providers={"openai": openai_provider(fake_openai)},
+        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
+                                                   "model": "gpt-4o-mini"}]}},
+        server={"keepalive_timeout_s": 0.5, "body_timeout_s": 1}))
+
+
+async def test_a_head_that_never_ends_is_told_408(impatient_proxy: Proxy) -> None:
+    sock = await raw_connect(impatient_proxy.server.port)  # type: ignore[arg-type]
+    try:
+        await asyncio.get_running_loop().sock_sendall(sock, _post(CHAT, BODY)[:60])
+        received = await read_until_closed(sock, 5)
+        assert received.startswith(b"HTTP/1.1 408 Request Timeout")
+        assert orjson.loads(received.partition(b"\r\n\r\n")[2])["error"]["code"] == \
+            "request_timeout"
+    finally:
+        sock.close()
+
+
+async def test_an_idle_connection_is_closed_after_its_answer(impatient_proxy: Proxy) -> None:
+    sock = await raw_connect(impatient_proxy.server.port)  # type: ignore[arg-type]
+    try:
+        [(status, _, _)] = await _exchange(sock, _post(CHAT, BODY), 1)
+        assert status == 200
+        assert await read_until_closed(sock, 3) == b""  # nothing more, then closed
+    finally:
+        sock.close()
+
+
+async def test_a_slow_body_goes_to_aiohttp_and_its_timeout(impatient_proxy: Proxy) -> None:
+    sock = await raw_connect(impatient_proxy.server.port)  # type: ignore[arg-type]
+    try:
+        request = _post(CHAT, BODY)
+        await asyncio.get_running_loop().sock_sendall(sock, request[:-5])
+        received = await read_until_closed(sock, 5)
+        assert received.startswith(b"HTTP/1.1 408 Request Timeout")
+        envelope = orjson.loads(received.partition(b"\r\n\r\n")[2])
+        assert envelope["error"]["message"] == "Request body not received within 1 s"
+    finally:
+        sock.close()
+
+
+async def test_a_client_that_leaves_cancels_its_request(
+        config_factory: Any, fake_openai: FakeOpenAI, start_proxy: Any) -> None:
+    fake_openai.then(Behaviour(delay_s=30))
+    proxy = await start_proxy(config_factory(
+        providers={"openai": openai_provider(fake_openai)},
+        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
+                                                   "model": "gpt-4o-mini"}]}}))
+    sock = await raw_connect(proxy.server.port)
+    await asyncio.get_running_loop().sock_sendall(
+        sock, _post(CHAT, BODY, X_AnyRouter_Trace_Id="leaving"))
+    await asyncio.sleep(0.3)
+    sock.close()
+    row = await proxy.usage_row("trace_id", "leaving")
+    assert row["cancelled"] == 1
+
+
+async def test_shutdown_lets_a_lane_request_finish(
+        config_factory: Any, fake_openai: FakeOpenAI, start_proxy: Any) -> None:
+    fake_openai.then(Behaviour(delay_s=0.5))
+    proxy = await start_proxy(config_factory(
+        providers={"openai": openai_provider(fake_openai)},
+        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
+                                                   "model": "gpt-4o-mini"}]}}))
+    sock = await raw_connect(proxy.server.port)
+    try:
+        answer = asyncio.ensure_future(_exchange(sock, _post(CHAT, BODY), 1))
+        await asyncio.sleep(0.2)
+        assert kinds(proxy) == [LaneProtocol]
+        runner = proxy.server.runner
+        assert runner is not None and isinstance(runner.server, web.Server)
+        runner.server.pre_shutdown()
+        await runner.server.shutdown(5)
+        [(status, headers, body)] = await answer
+        assert status == 200 and orjson.loads(body)["object"] == "chat.completion"
+        assert headers[b"connection"] == b"close"
+    finally:
+        sock.close()
