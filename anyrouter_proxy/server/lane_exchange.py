@@ -17,6 +17,8 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"  # aiohttp's, when none is sent
+SERVER_LINE = f"Server: {SERVER_SOFTWARE}"
+CRLF = "\r\n"
 
 
 class Connection(Protocol):
@@ -107,21 +109,21 @@ def head_bytes(response: web.StreamResponse, keep_alive: bool,
     """The status line and headers of `response`, as aiohttp would write them for an
     HTTP/1.1 client (a body of `length` bytes, or chunked when None)."""
     headers = response.headers
-    if length is None:
-        headers["Transfer-Encoding"] = "chunked"
-    else:
-        headers["Content-Length"] = str(length)
-        if length:
-            headers.setdefault("Content-Type", DEFAULT_CONTENT_TYPE)
-    if "Date" not in headers:
-        headers["Date"] = rfc822_formatted_time()
-    headers.setdefault("Server", SERVER_SOFTWARE)
-    if not keep_alive and "Connection" not in headers:
-        headers["Connection"] = "close"
-    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
+    own = CRLF.join(map(": ".join, headers.items()))
+    breaks = max(len(headers) - 1, 0)  # those the join put in: any other is injected
+    if own.count("\n") != breaks or own.count("\r") != breaks:
         raise ValueError("Newline or carriage return character detected in HTTP header")
-    return f"HTTP/1.1 {response.status} {response.reason}\r\n{lines}\r\n".encode()
+    lines = [own] if headers else []
+    lines.append("Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}")
+    if length and "Content-Type" not in headers:
+        lines.append(f"Content-Type: {DEFAULT_CONTENT_TYPE}")
+    if "Date" not in headers:
+        lines.append(f"Date: {rfc822_formatted_time()}")
+    if "Server" not in headers:
+        lines.append(SERVER_LINE)
+    if not keep_alive and "Connection" not in headers:
+        lines.append("Connection: close")
+    return f"HTTP/1.1 {response.status} {response.reason}\r\n{CRLF.join(lines)}\r\n\r\n".encode()
 
 
 def response_bytes(response: web.Response, keep_alive: bool) -> bytes:
