@@ -48,6 +48,11 @@ class SSEDecoder:
         self._size = 0
         self._pending_cr = False
 
+    @property
+    def idle(self) -> bool:
+        """Between events: no bytes of an unfinished one kept."""
+        return not self._parts and not self._pending_cr
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         # Most reads of a relayed stream are one whole `data:` event: its only line break
         # is the pair that ends it (so it has no CR either).

@@ -20,7 +20,7 @@ from .accounting import Books
 from .errors import ProxyError, UpstreamError, internal_failure
 from .providers.base import StreamTranslator
 from .providers.responses_events import failed_before_start
-from .sse import DONE_EVENT, EventDecoder, EventTooLarge, encode_event
+from .sse import DONE_EVENT, EventDecoder, EventTooLarge, SSEDecoder, encode_event
 from .types import MESSAGES, RESPONSES
 from .upstream import UpstreamResponse
 
@@ -74,6 +74,30 @@ def translate(chunk: bytes, decoder: EventDecoder, translator: StreamTranslator
         return out, UpstreamError(f"The upstream stream is invalid: {exc}",
                                   code="upstream_invalid_response")
     return out, None
+
+
+def translate_read(chunk: bytes, decoder: EventDecoder, translator: StreamTranslator,
+                   whole: Callable[[bytes], bytes | None] | None
+                   ) -> tuple[bytes, ProxyError | None]:
+    """`translate` for a relayed read, joined; `whole` (see `whole_event_path`) first."""
+    if whole is not None and (one := whole(chunk)) is not None:
+        return one, None
+    out, failure = translate(chunk, decoder, translator)
+    return b"".join(out), failure
+
+
+def whole_event_path(decoder: EventDecoder, translator: StreamTranslator
+                     ) -> Callable[[bytes], bytes | None] | None:
+    """The translator's path for a read that is one whole usual event (`relay_read`, on
+    bytes, if it has one), taken while the SSE decoder is between events."""
+    relay_read: Callable[[bytes], bytes | None] | None = getattr(translator, "relay_read", None)
+    if relay_read is None or not isinstance(decoder, SSEDecoder):
+        return None
+
+    def whole(chunk: bytes) -> bytes | None:
+        return relay_read(chunk) if decoder.idle else None
+
+    return whole
 
 
 async def first_output(chunks: AsyncIterator[bytes], decoder: EventDecoder,
@@ -178,14 +202,15 @@ class StreamSession:
         callback (http1's `pump`: no task wake-up per read). The callback never raises: it
         stops the pump, and this raises or drains."""
         translator, decoder, send = self._translator, self._decoder, sink.send
+        whole = whole_event_path(decoder, translator)
         stopped: BaseException | None = None  # what the callback stopped for
         behind = False
 
         def relay_read(chunk: bytes) -> bool:
             nonlocal behind, stopped
             try:
-                out, failure = translate(chunk, decoder, translator)
-                if out and send(b"".join(out)):
+                out, failure = translate_read(chunk, decoder, translator, whole)
+                if out and send(out):
                     behind = True
                 if failure is not None:
                     stopped = failure

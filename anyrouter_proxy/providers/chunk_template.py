@@ -12,6 +12,9 @@ general path would write, without parsing or encoding.
 OpenAI ends each chunk with a random `obfuscation` string; a template learnt from a chunk
 ending so takes any plain value there (it is copied as is).
 
+`relay_read` does the same for a whole upstream read that is one such event (`data: `,
+the chunk, a blank line), on bytes: not even the event is decoded.
+
 `TextChunk` is the other direction: the chat chunk of one piece of text for a relay that
 translates another dialect, encoded without building it.
 """
@@ -22,6 +25,10 @@ import orjson
 
 _CONTENT = '"content":"'
 _OBFUSCATION = ',"obfuscation":"'
+_WIRE_OBFUSCATION = _OBFUSCATION.encode()
+# Printable ASCII but the quote and the backslash: deleting these from a plain string
+# leaves nothing.
+_PLAIN_BYTES = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\')
 
 
 def plain(text: str) -> bool:
@@ -33,7 +40,8 @@ def plain(text: str) -> bool:
 class ChunkTemplate:
     """An upstream chunk's text and its relayed text, each split around the content."""
 
-    __slots__ = ("_prefix", "_suffix", "_varying", "relayed_prefix", "relayed_suffix", "tail")
+    __slots__ = ("_prefix", "_relayed_wire", "_suffix", "_varying", "_wire",
+                 "relayed_prefix", "relayed_suffix", "tail")
 
     def __init__(self, prefix: str, suffix: str, relayed_prefix: str, relayed_suffix: str,
                  varying: bool) -> None:
@@ -43,6 +51,13 @@ class ChunkTemplate:
         self.relayed_prefix = relayed_prefix
         self.relayed_suffix = relayed_suffix
         self.tail = ""  # the obfuscation member of the chunk `match` last took, and its end
+        # The same on the wire: the upstream's read (`data: `, prefix; suffix, then the
+        # blank line unless an obfuscation member comes first) and ours. Only for a chunk
+        # that came on one line (decoded data has no CR: the decoder made them LFs).
+        one_line = prefix.find("\n") == -1 and suffix.find("\n") == -1
+        self._wire = (("data: " + prefix).encode(),
+                      (suffix if varying else suffix + "\n\n").encode()) if one_line else None
+        self._relayed_wire = (relayed_prefix.encode(), relayed_suffix.encode())
 
     @classmethod
     def learn(cls, raw: str, content: str, relayed: str) -> ChunkTemplate | None:
@@ -89,6 +104,32 @@ class ChunkTemplate:
                 and tail.endswith('"}') and plain(tail[len(_OBFUSCATION):-2])):
             self.tail = tail + "\n\n"
             return content
+        return None
+
+    def relay_read(self, read: bytes) -> tuple[bytes, int] | None:
+        """For a read that is exactly one event of this template around a plain string:
+        what `match` then `relayed` make of its decoded data, and the string's length;
+        else None. No byte of such a read is a line break but the blank line's, so it is
+        the one event the SSE decoder would make of it."""
+        wire = self._wire
+        if wire is None or not read.startswith(wire[0]) or not read.endswith(b"\n\n"):
+            return None
+        start = len(wire[0])
+        end = read.find(b'"', start)
+        content = read[start:end]
+        if end == -1 or content.translate(None, _PLAIN_BYTES):  # something not plain
+            return None
+        suffix = wire[1]
+        relayed_prefix, relayed_suffix = self._relayed_wire
+        if not self._varying:
+            if len(read) - end == len(suffix) and read.endswith(suffix):
+                return relayed_prefix + content + relayed_suffix, len(content)
+            return None
+        tail = read[end + len(suffix):-2]
+        if (read.startswith(suffix, end) and tail.startswith(_WIRE_OBFUSCATION)
+                and tail.endswith(b'"}')
+                and not tail[len(_WIRE_OBFUSCATION):-2].translate(None, _PLAIN_BYTES)):
+            return relayed_prefix + content + relayed_suffix + tail + b"\n\n", len(content)
         return None
 
     def relayed(self, content: str) -> bytes:

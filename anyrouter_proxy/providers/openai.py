@@ -167,6 +167,17 @@ class OpenAIStreamRelay:
             self._learn_from(event.data, chunk, relayed)
         return [b"data: " + relayed + b"\n\n"]
 
+    def relay_read(self, read: bytes) -> bytes | None:
+        """What `feed` sends for a read that is one whole usual chunk's event (booked),
+        without decoding it; None for any other read (not booked: the decoder and `feed`
+        take it). Only between events (the SSE decoder idle)."""
+        template = self._template
+        if template is None or (taken := template.relay_read(read)) is None:
+            return None
+        relayed, length = taken
+        self.output_tokens += -(-length // CHARS_PER_TOKEN)  # as feed counts it
+        return relayed
+
     def text(self, event: SSEEvent) -> str | None:
         """The text of a chunk that is the usual one (booked); None for any other (not
         booked: `chunks` takes it)."""

@@ -5,6 +5,7 @@ same failures, whatever comes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -17,7 +18,9 @@ from anyrouter_proxy.config.model import ProviderConfig, Route
 from anyrouter_proxy.errors import ProxyError
 from anyrouter_proxy.providers.base import CallContext
 from anyrouter_proxy.providers.openai import OpenAIStreamRelay
-from anyrouter_proxy.sse import SSEEvent
+from anyrouter_proxy.sse import SSEDecoder, SSEEvent
+from anyrouter_proxy.stream_session import translate_read, whole_event_path
+from tests.unit.providers.relay_run import booked
 
 HEAD = {"id": "chatcmpl-abc123", "object": "chat.completion.chunk", "created": 1735689600,
         "model": "gpt-4o-mini-2024-07-18", "service_tier": "default",
@@ -282,3 +285,132 @@ streams = st.builds(
 def test_any_chunks_relay_as_the_general_path_does(events: list[str],
                                                    include_usage: bool) -> None:
     assert_same(events, include_usage)
+
+
+# -- a whole read at once (relay_read): the same, without even the SSE decoder ---------------
+
+
+def relay_reads(reads: list[bytes], include_usage: bool, *, short: bool) -> dict[str, Any]:
+    """What a relayed stream's reads send and book; `short=False` never takes the path
+    for a read that is one whole event."""
+    translator, decoder = OpenAIStreamRelay(context(include_usage)), SSEDecoder()
+    whole = whole_event_path(decoder, translator) if short else None
+    sent: list[bytes] = []
+    books = []
+    failure = None
+    for read in reads:
+        out, error = translate_read(read, decoder, translator, whole)
+        sent.append(out)
+        books.append(booked(translator))
+        if error is not None:
+            failure = (type(error), str(error))
+            break
+    return {"sent": sent, "books": books, "failure": failure}
+
+
+def wire(events: list[str], line_end: str = "\n", field: str = "data: ") -> list[bytes]:
+    return [f"{field}{data}{line_end}{line_end}".encode() for data in events]
+
+
+def assert_same_reads(reads: list[bytes], include_usage: bool) -> None:
+    assert relay_reads(reads, include_usage, short=True) == \
+        relay_reads(reads, include_usage, short=False)
+
+
+def decoded_reads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The reads the SSE decoder takes from now on (filled as it goes)."""
+    decoded: list[bytes] = []
+    original = SSEDecoder.feed
+
+    def counted(self: SSEDecoder, chunk: bytes) -> Any:
+        decoded.append(chunk)
+        return original(self, chunk)
+
+    monkeypatch.setattr(SSEDecoder, "feed", counted)
+    return decoded
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize("extra", [{}, {"usage": None, "obfuscation": "xK3"}])
+def test_reads_of_one_usual_event_are_not_decoded(
+        extra: dict[str, Any], include_usage: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = wire(transcript(**extra))
+    assert_same_reads(reads, include_usage)
+    decoded = decoded_reads(monkeypatch)
+    sent = relay_reads(reads, include_usage, short=True)["sent"]
+    # role, the first text (the template is learnt from it), finish, usage, [DONE]
+    assert decoded == [reads[0], reads[1], *reads[-3:]]
+    assert sent[2] == relay(transcript(**extra), include_usage, short=False)["sent"][2]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize("reads", [
+    wire([text("a"), text("b"), text("c")], "\r\n"),  # CRLF: decoded
+    wire([text("a"), text("b"), text("c")], "\r"),
+    wire([text("a"), text("b"), text("c")], field="data:"),  # no space: decoded
+    [*wire([text("a")]), b": keep-alive\n\n", *wire([text("b"), text("c")])],
+    [*wire([text("a")]), b": ping\n\n" + wire([text("b")])[0], *wire([text("c")])],
+    [*wire([text("a")]), b"event: x\n" + wire([text("b")])[0], *wire([text("c")])],
+    [*wire([text("a")]), wire([text("b")])[0][:-1], b"\n" + wire([text("c")])[0]],
+    [*wire([text("a")]), wire([text("b")])[0] + wire([text("c")])[0][:9],
+     wire([text("c")])[0][9:]],
+    [*wire([text("a")]), wire([text("b")])[0][:-2] + b"\r", b"\n\r\n", *wire([text("c")])],
+    [*wire([text("a")]), b"data: " + text("b").encode() + b"\ndata: x\n\n"],
+    [*wire([text("a")]), b"data: " + text("b").encode() + b"\n\n\n", *wire([text("c")])],
+    [*wire([text("a")]), b"data: " + text("b\x7f").encode() + b"\n\n"],
+    # a whole usual event while the decoder holds the start of another: one event of both
+    [*wire([text("a")]), b"data: " + text("b").encode() + b"\n", *wire([text("c")])],
+    [*wire([text("a")]), b"data: " + text("b").encode() + b"\r", *wire([text("c")])],
+    # no event ends until its blank line
+    [*wire([text("a")]), b"data: " + text("b").encode() + b"  ", b"\n\n"],
+    [*wire([obfuscated(text("a"))]), b"data: " + obfuscated(text("b")).encode() + b"  ",
+     b"\n\n"],
+    [*wire([obfuscated(text("a"))]), b"data: " + text("b").encode()[:-1]
+     + b',"obfuscation":"zz]}\n\n'],
+    # a template learnt from an event on two data lines (valid JSON, joined by a line
+    # break) does not take a read with that line break raw (its second line is no data)
+    [b"data: " + text("a").encode().replace(b',"choices"', b',\ndata: "choices"') + b"\n\n",
+     b"data: " + text("b").encode().replace(b',"choices"', b',\n"choices"') + b"\n\n"],
+    [b"data: " + text("a").encode().replace(b',"logprobs"', b',\ndata: "logprobs"') + b"\n\n",
+     b"data: " + text("b").encode().replace(b',"logprobs"', b',\n"logprobs"') + b"\n\n"],
+    [*wire([text("a")]), b"data: " + text("b").encode()[:-1] + b"\xff}\n\n"],
+    [*wire([text("a", head={**HEAD, "model": "m\ufffd"})]),  # the same, decoded
+     wire([text("b")])[0].replace(b"gpt-4o-mini-2024-07-18", b"m\xff")],
+])
+def test_odd_reads_relay_as_the_general_path_does(reads: list[bytes],
+                                                  include_usage: bool) -> None:
+    assert_same_reads(reads, include_usage)
+    obfuscated_reads = [read.replace(b'"finish_reason":null}]', b'"finish_reason":null}],'
+                                                                  b'"obfuscation":"z"')
+                        for read in reads]
+    assert_same_reads(obfuscated_reads, include_usage)
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize("odd", range(len(ODD_AFTER_THE_FIRST)))
+def test_odd_chunks_read_whole_relay_as_the_general_path_does(
+        odd: int, include_usage: bool) -> None:
+    assert_same_reads(wire([text("first"), ODD_AFTER_THE_FIRST[odd], text("last")]),
+                      include_usage)
+    assert_same_reads(wire([obfuscated(text("first")), obfuscated(ODD_AFTER_THE_FIRST[odd]),
+                            obfuscated(text("last"))]), include_usage)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(events=streams, include_usage=st.booleans(),
+       cuts=st.lists(st.integers(0, 4000), max_size=6), crlf=st.booleans())
+def test_any_reads_relay_as_the_general_path_does(events: list[str], include_usage: bool,
+                                                  cuts: list[int], crlf: bool) -> None:
+    whole = b"".join(wire([*events, "[DONE]"], "\r\n" if crlf else "\n"))
+    bounds = sorted({0, len(whole), *(cut % (len(whole) + 1) for cut in cuts)})
+    reads = [whole[a:b] for a, b in itertools.pairwise(bounds)]
+    assert_same_reads(reads, include_usage)
+    assert_same_reads(wire([*events, "[DONE]"]), include_usage)
+
+
+@pytest.mark.parametrize("value", ["\\u00e9", "a\\/b", "\\\"", "x\x01", "del\x7f", "",
+                                   'a","x":"b', "\u00e9"])
+def test_odd_obfuscation_strings_read_whole_relay_as_the_general_path_does(value: str) -> None:
+    assert_same_reads(wire([obfuscated(text("first")), obfuscated(text("second"), value),
+                            obfuscated(text("third"))]), True)
