@@ -41,11 +41,12 @@ from .state import LANE_ROUTES
 
 log = logging.getLogger(__name__)
 
+Routes = dict[bytes, tuple[str, Handler]]  # the request target's path -> path, handler
+
 HEAD_END = b"\r\n\r\n"
 MAX_HEAD_BYTES = 8190  # aiohttp's limit for one line; a longer head is its to judge
 MAX_READ_AHEAD = 1 << 18  # bytes waiting behind the request being served: reading pauses
 BODY_GRACE_S = 0.5  # a body not all here this long after its head goes to aiohttp
-HANDED_OVER_HEADERS = ("Transfer-Encoding", "Expect", "Content-Encoding", "Upgrade")
 _INTERNAL_ERROR_BODY = orjson.dumps(error_for_status(500, "Internal error").envelope())
 INTERNAL_ERROR_RESPONSE = (
     b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
@@ -84,7 +85,7 @@ class _Pending:
 
 class LaneProtocol(asyncio.Protocol):
     def __init__(self, server: EnvelopeServer, app: web.Application, settings: ServerConfig,
-                 routes: dict[str, Handler], general: Callable[[], RequestHandler]) -> None:
+                 routes: Routes, general: Callable[[], RequestHandler]) -> None:
         self._server = server
         self._app = app
         self._settings = settings
@@ -228,17 +229,17 @@ class LaneProtocol(asyncio.Protocol):
             parser.feed_data(buffer[:body_at])
         except httptools.HttpParserError:
             return None
-        path, _, _ = head.url.partition(b"?")
-        handler = self._routes.get(path.decode("ascii", "replace"))
+        route = self._routes.get(head.url.partition(b"?")[0])
         headers = head.headers
-        if handler is None or parser.get_http_version() != "1.1" or any(
-                name in headers for name in HANDED_OVER_HEADERS):
-            return None
+        if (route is None or parser.get_http_version() != "1.1"
+                or "Transfer-Encoding" in headers or "Expect" in headers
+                or "Content-Encoding" in headers or "Upgrade" in headers):
+            return None  # aiohttp's: a body sent otherwise, a protocol other than ours
         length = headers.get("Content-Length", "0")
         if not length.isdigit() or int(length) > self._settings.max_body_bytes:
             return None
-        return _Pending(head, path.decode(), handler, parser.should_keep_alive(), body_at,
-                        int(length))
+        path, handler = route
+        return _Pending(head, path, handler, parser.should_keep_alive(), body_at, int(length))
 
     async def _serve(self, request: LaneRequest, handler: Handler) -> None:
         keep_alive = False
@@ -333,13 +334,14 @@ class LaneServer(EnvelopeServer):
     """aiohttp's Server, whose connections start on the lane."""
 
     app: web.Application | None = None
+    routes: Routes = {}  # open_lane sets the server's own
 
     def __call__(self) -> Any:
         app = self.app
         settings = self.settings
         if app is None or settings is None:
             return super().__call__()
-        return LaneProtocol(self, app, settings(), app[LANE_ROUTES],
+        return LaneProtocol(self, app, settings(), self.routes,
                             functools.partial(EnvelopeServer.__call__, self))
 
 
@@ -347,4 +349,6 @@ def open_lane(server: web.Server, app: web.Application) -> None:
     """Serve `app`'s proxied routes on the lane (after `guard_connections`)."""
     assert isinstance(server, EnvelopeServer), "guard_connections first"
     server.__class__ = LaneServer
-    cast(LaneServer, server).app = app
+    lane = cast(LaneServer, server)
+    lane.app = app
+    lane.routes = {path.encode(): (path, handler) for path, handler in app[LANE_ROUTES].items()}
