@@ -153,16 +153,26 @@ class LaneProtocol(asyncio.Protocol):
     # -- web.Server's shutdown (pre_shutdown, then shutdown) -----------------------------------
 
     def close(self) -> None:
+        """Take no new request; close once the one here (or arriving) is answered."""
         self._closing = True
-        if self._task_handler is None and self.transport is not None:
+        if self._task_handler is None and self._pending is None and self.transport is not None:
             self.transport.close()
 
     async def shutdown(self, timeout: float | None) -> None:
+        """Let the request here be answered, for up to `timeout` (its body arrive too)."""
         self._closing = True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    task = self._task_handler
+                    if task is not None and not task.done():
+                        await asyncio.wait({task})  # not cancelled with it
+                    elif self._pending is not None:
+                        await asyncio.sleep(BODY_GRACE_S / 10)
+                    else:
+                        break
         task = self._task_handler
         if task is not None and not task.done():
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), timeout)
             task.cancel()
         if self.transport is not None:
             self.transport.close()
@@ -251,6 +261,8 @@ class LaneProtocol(asyncio.Protocol):
                 keep_alive = (request.keep_alive and not self._closing
                               and response.keep_alive is not False)
                 self.write(response_bytes(cast(web.Response, response), keep_alive))
+                if self._paused:  # the client reads slowly: the next request waits
+                    await self.drain()
             else:  # streamed: the connection is reusable unless the stream was cut short
                 keep_alive = sink.finished and sink.keep_alive and sink.response is response
         except (ConnectionError, asyncio.CancelledError):
@@ -309,9 +321,13 @@ class LaneProtocol(asyncio.Protocol):
         return self._peer[0]
 
     def _hand_over(self) -> None:
-        """The connection becomes aiohttp's, with every byte of the request at hand."""
+        """The connection becomes aiohttp's, with every byte of the request at hand (once
+        shutting down, closed instead: aiohttp's shutdown has counted its connections)."""
         transport = self.transport
         if transport is None or self._task_handler is not None:
+            return
+        if self._closing:
+            transport.close()
             return
         for timer in (self._idle_timer, self._pending.timer if self._pending else None):
             if timer is not None:

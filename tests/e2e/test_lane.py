@@ -289,3 +289,51 @@ async def test_shutdown_lets_a_lane_request_finish(
         assert headers[b"connection"] == b"close"
     finally:
         sock.close()
+
+
+async def test_a_client_that_does_not_read_holds_its_pipelined_requests(
+        openai_proxy: Proxy, fake_openai: FakeOpenAI) -> None:
+    # Requests sent ahead while large answers pile up unread: the lane answers the next
+    # one only once the client takes what is written (as aiohttp does): memory stays
+    # bounded by the socket's buffers and the transport's high-water mark.
+    sent = 200
+    fake_openai.then(*[Behaviour(content="x" * 100_000)] * sent)
+    sock = await raw_connect(openai_proxy.server.port, receive_buffer=4096)  # type: ignore[arg-type]
+    try:
+        loop = asyncio.get_running_loop()
+        writer = asyncio.ensure_future(loop.sock_sendall(sock, _post(CHAT, BODY) * sent))
+        await asyncio.sleep(1.5)
+        held = len(fake_openai.requests)
+        assert 0 < held < sent / 2, held
+        answers = await _exchange(sock, b"", sent, within_s=60)
+        await writer
+        assert [status for status, _, _ in answers] == [200] * sent
+        assert len(answers[-1][2]) > 100_000
+    finally:
+        sock.close()
+
+
+async def test_shutdown_waits_for_a_body_still_arriving(
+        config_factory: Any, fake_openai: FakeOpenAI, start_proxy: Any) -> None:
+    proxy = await start_proxy(config_factory(
+        providers={"openai": openai_provider(fake_openai)},
+        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
+                                                   "model": "gpt-4o-mini"}]}}))
+    sock = await raw_connect(proxy.server.port)
+    try:
+        loop = asyncio.get_running_loop()
+        request = _post(CHAT, BODY)
+        await loop.sock_sendall(sock, request[:-10])
+        await asyncio.sleep(0.1)
+        runner = proxy.server.runner
+        assert runner is not None and isinstance(runner.server, web.Server)
+        runner.server.pre_shutdown()
+        shutdown = asyncio.ensure_future(runner.server.shutdown(5))
+        await asyncio.sleep(0.2)
+        [(status, headers, body)] = await _exchange(sock, request[-10:], 1)
+        assert status == 200 and orjson.loads(body)["object"] == "chat.completion"
+        assert headers[b"connection"] == b"close"
+        await shutdown
+        assert await read_until_closed(sock, 2) == b""
+    finally:
+        sock.close()
