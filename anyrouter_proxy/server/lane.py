@@ -29,6 +29,7 @@ from typing import Any, cast
 import httptools
 import orjson
 from aiohttp import web
+from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
@@ -36,7 +37,7 @@ from multidict import CIMultiDict
 from ..config.model import ServerConfig
 from ..errors import error_for_status
 from .lane_exchange import LaneRequest, response_bytes
-from .protocol import HEAD_TIMEOUT_RESPONSE, EnvelopeServer
+from .protocol import HEAD_TIMEOUT_RESPONSE, EnvelopeRequestHandler, EnvelopeServer
 from .state import LANE_ROUTES
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ Routes = dict[bytes, tuple[str, Handler]]  # the request target's path -> path, 
 
 HEAD_END = b"\r\n\r\n"
 MAX_HEAD_BYTES = 8190  # aiohttp's limit for one line; a longer head is its to judge
+MAX_HEADERS = 128  # aiohttp's too
+REQUEST_START = b"POST /"
 MAX_READ_AHEAD = 1 << 18  # bytes waiting behind the request being served: reading pauses
 BODY_GRACE_S = 0.5  # a body not all here this long after its head goes to aiohttp
 _INTERNAL_ERROR_BODY = orjson.dumps(error_for_status(500, "Internal error").envelope())
@@ -57,18 +60,22 @@ INTERNAL_ERROR_RESPONSE = (
 class _Head:
     """httptools' callbacks for one request head."""
 
-    __slots__ = ("headers", "url")
+    __slots__ = ("headers", "repeated", "url")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: CIMultiDict[str] = CIMultiDict()
+        self.repeated = False  # a header name came twice
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.add(name.decode("utf-8", "surrogateescape"),
-                         value.decode("utf-8", "surrogateescape"))
+        key = name.decode("utf-8", "surrogateescape")
+        if key in self.headers:
+            self.repeated = True
+        # llhttp keeps a value's trailing whitespace; aiohttp (and HTTP) does not.
+        self.headers.add(key, value.rstrip(b" \t").decode("utf-8", "surrogateescape"))
 
 
 class _Pending:
@@ -93,7 +100,7 @@ class LaneProtocol(asyncio.Protocol):
         self._general = general  # builds aiohttp's handler for a connection handed over
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self._buffer = b""
+        self._buffer: bytes | bytearray = b""
         self._pending: _Pending | None = None
         self._task_handler: asyncio.Task[None] | None = None  # the name web.Server reads
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -109,12 +116,19 @@ class LaneProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        tcp_keepalive(self.transport)  # as aiohttp's connections have it
         # aiohttp's registry of open connections: its shutdown closes and awaits them.
         self._server._connections[cast(RequestHandler, self)] = self.transport
         self._rest()
 
     def data_received(self, data: bytes) -> None:
-        self._buffer = self._buffer + data if self._buffer else data
+        buffer = self._buffer
+        if not buffer:
+            self._buffer = data  # the usual read: a whole request, not copied
+        elif buffer.__class__ is bytes:  # more: a bytearray, so that a large body
+            self._buffer = bytearray(buffer) + data  # costs linear time
+        else:
+            cast(bytearray, buffer).extend(data)
         if self._task_handler is None:
             self._next()
         elif len(self._buffer) > MAX_READ_AHEAD and self.transport is not None:
@@ -128,6 +142,7 @@ class LaneProtocol(asyncio.Protocol):
                       self._pending.timer if self._pending else None):
             if timer is not None:
                 timer.cancel()
+        self._pending = None
         task = self._task_handler
         if task is not None and not task.done():
             task.cancel()  # the client went away: so does its upstream call
@@ -208,7 +223,7 @@ class LaneProtocol(asyncio.Protocol):
             buffer = self._buffer
             end = buffer.find(HEAD_END, 0, MAX_HEAD_BYTES + 4)
             if end < 0:
-                if len(buffer) > MAX_HEAD_BYTES:
+                if not self._may_be_ours(buffer):
                     self._hand_over()
                 return  # the idle timer answers a head that never ends
             pending = self._read_head(buffer, end + 4)
@@ -224,24 +239,37 @@ class LaneProtocol(asyncio.Protocol):
             pending.timer.cancel()
         self._pending = None
         end = pending.body_at + pending.size
-        body, self._buffer = self._buffer[pending.body_at:end], self._buffer[end:]
+        buffer = self._buffer
+        body, self._buffer = bytes(buffer[pending.body_at:end]), buffer[end:]
         request = LaneRequest(self._app, pending.path, pending.head.headers, body,
                               pending.keep_alive and not self._closing, self)
         self._task_handler = self._loop.create_task(self._serve(request, pending.handler))
 
-    def _read_head(self, buffer: bytes, body_at: int) -> _Pending | None:
+    @staticmethod
+    def _may_be_ours(buffer: bytes | bytearray) -> bool:
+        """Could this unfinished head still be a lane request's? Else aiohttp answers it
+        now (a GET, a TLS hello, bare LF line ends), not after the keep-alive timeout."""
+        if len(buffer) > MAX_HEAD_BYTES:
+            return False
+        if len(buffer) < len(REQUEST_START):
+            return REQUEST_START.startswith(buffer)
+        return (buffer.startswith(REQUEST_START) and buffer.find(b"\n\n") == -1
+                and buffer.count(b"\n") == buffer.count(b"\r\n"))
+
+    def _read_head(self, buffer: bytes | bytearray, body_at: int) -> _Pending | None:
         """The request's head when it is one for the lane, else None."""
-        if not buffer.startswith(b"POST /"):
+        if not buffer.startswith(REQUEST_START):
             return None
         head = _Head()
         parser = httptools.HttpRequestParser(head)
         try:
-            parser.feed_data(buffer[:body_at])
-        except httptools.HttpParserError:
-            return None
+            parser.feed_data(bytes(buffer[:body_at]))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return None  # aiohttp's to refuse, or to upgrade
         route = self._routes.get(head.url.partition(b"?")[0])
         headers = head.headers
-        if (route is None or parser.get_http_version() != "1.1"
+        if (route is None or parser.get_http_version() != "1.1" or head.repeated
+                or len(headers) > MAX_HEADERS
                 or "Transfer-Encoding" in headers or "Expect" in headers
                 or "Content-Encoding" in headers or "Upgrade" in headers):
             return None  # aiohttp's: a body sent otherwise, a protocol other than ours
@@ -261,14 +289,15 @@ class LaneProtocol(asyncio.Protocol):
                 keep_alive = (request.keep_alive and not self._closing
                               and response.keep_alive is not False)
                 self.write(response_bytes(cast(web.Response, response), keep_alive))
-                if self._paused:  # the client reads slowly: the next request waits
-                    await self.drain()
             else:  # streamed: the connection is reusable unless the stream was cut short
                 keep_alive = sink.finished and sink.keep_alive and sink.response is response
+            if self._paused:  # the client reads slowly: the next request waits (aiohttp's
+                await self.drain()  # write_eof drains too)
         except (ConnectionError, asyncio.CancelledError):
-            pass  # the client went away
+            keep_alive = False  # the client went away
         except Exception:  # the middleware answers a handler's failures: this is ours
             log.exception("answering %s %s", request.method, request.path[:200])
+            keep_alive = False
             if request.sink is None:
                 with contextlib.suppress(ConnectionError):
                     self.write(INTERNAL_ERROR_RESPONSE)
@@ -326,9 +355,11 @@ class LaneProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or self._task_handler is not None:
             return
-        if self._closing:
-            transport.close()
+        if self._closing:  # a body still arriving may be answered yet: shutdown decides
+            if self._pending is None:
+                transport.close()
             return
+        # Never while the client is behind: an answer is drained before the next request.
         for timer in (self._idle_timer, self._pending.timer if self._pending else None):
             if timer is not None:
                 timer.cancel()
@@ -336,14 +367,14 @@ class LaneProtocol(asyncio.Protocol):
         self._pending = None
         self._server._connections.pop(cast(RequestHandler, self), None)
         self.transport = None
-        general = self._general()
+        general = cast(EnvelopeRequestHandler, self._general())
         transport.set_protocol(general)
         general.connection_made(transport)
         if self._reading_paused:
             transport.resume_reading()
         buffer, self._buffer = self._buffer, b""
         if buffer:
-            general.data_received(buffer)
+            general.data_handed_over(bytes(buffer))
 
 
 class LaneServer(EnvelopeServer):

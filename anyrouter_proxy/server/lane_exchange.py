@@ -84,9 +84,8 @@ class LaneRequest:
     @property
     def content_type(self) -> str:
         raw = self.headers.get("Content-Type")
-        if raw is None:
-            return DEFAULT_CONTENT_TYPE
-        return raw.partition(";")[0].strip().lower()
+        kind = raw.partition(";")[0].strip().lower() if raw else ""
+        return kind or DEFAULT_CONTENT_TYPE  # as aiohttp reads an empty one too
 
     def __getitem__(self, key: Any) -> Any:
         return self._state[key]

@@ -64,6 +64,13 @@ class EnvelopeRequestHandler(RequestHandler):
             waiter = self._waiter
             self._head_started = waiter is not None and not waiter.done()
 
+    def data_handed_over(self, data: bytes) -> None:
+        """The bytes the lane (server/lane.py) read before it handed the connection over,
+        which came before this handler waits for a request: when they are not a whole
+        request head, the keep-alive timer answers them as a head begun."""
+        self.data_received(data)
+        self._head_started = not self._messages
+
     def _process_keepalive(self) -> None:
         """aiohttp's keep-alive timer: when it closes a connection on which a request had
         begun to arrive, that client is told why."""

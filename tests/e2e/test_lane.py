@@ -69,6 +69,9 @@ CASES: list[tuple[str, str, Any, dict[str, str]]] = [
     ("wrong content type", CHAT, BODY, {**auth(), "Content-Type": "text/plain"}),
     ("bad trace id", CHAT, BODY, {**auth(), "X-AnyRouter-Trace-Id": "t" * 200}),
     ("query string", CHAT + "?api-version=1", BODY, auth()),
+    ("empty content type", CHAT, BODY, {**auth(), "Content-Type": ""}),
+    ("values with trailing whitespace", CHAT, BODY,
+     {**auth(), "X-AnyRouter-Trace-Id": "abc \t", "X-AnyRouter-Provider": "openai "}),
 ]
 
 
@@ -180,12 +183,22 @@ async def test_other_requests_take_the_connection_to_aiohttp(openai_proxy: Proxy
     _post("/v1/messages/count_tokens", BODY),
     _post("/v1/chat/completions/", BODY),
     _post(CHAT, BODY, X_Big="x" * 9000),
+    _post(CHAT, BODY, Upgrade="h2c", Connection="Upgrade, HTTP2-Settings",
+          HTTP2_Settings="AAMAAABkAARAAAAAAAIAAAAA"),
+    _post(CHAT, BODY, Host="again"),
+    _post(CHAT, BODY, **{f"X_{n}": "1" for n in range(130)}),
+    b"POST /v1/chat/completions HTTP/1.1\nHost: p\nContent-Length: 2\n\n{}",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40),
+    b"GET /v1/models HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer " + ALICE_KEY.encode()
+    + b"\r\n\r\n",
 ], ids=["expect", "content-encoding", "http/1.0", "another POST route", "trailing slash",
-        "large head"])
+        "large head", "upgrade", "repeated header", "many headers", "bare LF", "TLS hello",
+        "GET"])
 async def test_unusual_requests_are_aiohttps(openai_proxy: Proxy, request_bytes: bytes) -> None:
+    # Answered at once (the keep-alive timeout is 75 s), as aiohttp answers them.
     sock = await raw_connect(openai_proxy.server.port)  # type: ignore[arg-type]
     try:
-        [(status, headers, body)] = await _exchange(sock, request_bytes, 1)
+        [(status, headers, body)] = await _exchange(sock, request_bytes, 1, within_s=3)
         assert headers[b"content-type"].startswith(b"application/json")
         assert status in (200, 400, 404, 431) and orjson.loads(body)
         if kinds(openai_proxy):  # aiohttp may have closed it (HTTP/1.0, an error)
@@ -335,5 +348,92 @@ async def test_shutdown_waits_for_a_body_still_arriving(
         assert headers[b"connection"] == b"close"
         await shutdown
         assert await read_until_closed(sock, 2) == b""
+    finally:
+        sock.close()
+
+
+async def test_a_large_head_that_never_ends_is_told_408(impatient_proxy: Proxy) -> None:
+    sock = await raw_connect(impatient_proxy.server.port)  # type: ignore[arg-type]
+    try:
+        head = b"POST /v1/chat/completions HTTP/1.1\r\n" + (b"X-A: " + b"b" * 150 + b"\r\n") * 60
+        await asyncio.get_running_loop().sock_sendall(sock, head)  # 9 KiB, unfinished
+        received = await read_until_closed(sock, 5)
+        assert received.startswith(b"HTTP/1.1 408 Request Timeout")
+    finally:
+        sock.close()
+
+
+async def test_a_body_in_many_reads_is_served_on_the_lane(openai_proxy: Proxy) -> None:
+    big = {**BODY, "messages": [{"role": "user", "content": "x" * 1_000_000}]}
+    request = _post(CHAT, big)
+    sock = await raw_connect(openai_proxy.server.port)  # type: ignore[arg-type]
+    try:
+        loop = asyncio.get_running_loop()
+        for at in range(0, len(request), 65536):
+            await loop.sock_sendall(sock, request[at:at + 65536])
+            await asyncio.sleep(0.005)
+        [(status, _, body)] = await _exchange(sock, b"", 1)
+        assert status == 200 and orjson.loads(body)["object"] == "chat.completion"
+        assert kinds(openai_proxy) == [LaneProtocol]
+        assert orjson.loads(body)["usage"]["prompt_tokens"] > 0
+    finally:
+        sock.close()
+
+
+async def test_pipelined_requests_stop_when_the_client_leaves(
+        openai_proxy: Proxy, fake_openai: FakeOpenAI) -> None:
+    fake_openai.then(Behaviour(content="x" * 8_000_000))
+    sock = await raw_connect(openai_proxy.server.port, receive_buffer=4096)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, _post(CHAT, BODY) * 10)
+    await asyncio.sleep(1)  # the first answer is being written; the client reads nothing
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01" + bytes(7))  # reset
+    sock.close()
+    await asyncio.sleep(1)
+    assert len(fake_openai.requests) == 1
+
+
+async def test_a_client_behind_on_a_stream_is_behind_on_what_follows(
+        config_factory: Any, fake_openai: FakeOpenAI, start_proxy: Any) -> None:
+    # A large stream unread, then requests for aiohttp on the same connection: the write
+    # timeout still cuts the client off (aiohttp is told it is behind).
+    fake_openai.then(Behaviour(chunks=2000, content="y" * 2000))
+    proxy = await start_proxy(config_factory(
+        providers={"openai": openai_provider(fake_openai)},
+        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
+                                                   "model": "gpt-4o-mini"}]}},
+        server={"write_timeout_s": 1}))
+    sock = await raw_connect(proxy.server.port, receive_buffer=4096)
+    try:
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(sock, _post(CHAT, {**BODY, "stream": True}) + GET_MODELS * 50)
+        await asyncio.sleep(4)
+        assert kinds(proxy) == []  # dropped, whichever side had it
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("leave", [False, True])
+async def test_shutdown_after_a_body_stops_arriving(
+        config_factory: Any, fake_openai: FakeOpenAI, start_proxy: Any, leave: bool) -> None:
+    proxy = await start_proxy(config_factory(
+        providers={"openai": openai_provider(fake_openai)},
+        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
+                                                   "model": "gpt-4o-mini"}]}}))
+    sock = await raw_connect(proxy.server.port)
+    try:
+        await asyncio.get_running_loop().sock_sendall(sock, _post(CHAT, BODY)[:-10])
+        await asyncio.sleep(0.1)
+        runner = proxy.server.runner
+        assert runner is not None and isinstance(runner.server, web.Server)
+        runner.server.pre_shutdown()
+        shutdown = asyncio.ensure_future(runner.server.shutdown(3))
+        if leave:  # shutdown ends with the connection, not at its timeout
+            await asyncio.sleep(0.1)
+            sock.close()
+            await asyncio.wait_for(shutdown, 1.5)
+        else:  # the rest never comes: closed at the timeout, unanswered
+            assert await read_until_closed(sock, 5) == b""
+            assert shutdown.done()
     finally:
         sock.close()
