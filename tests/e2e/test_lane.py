@@ -10,7 +10,7 @@ import asyncio
 import re
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httptools
 import orjson
@@ -220,14 +220,30 @@ async def test_connection_close_is_honoured(openai_proxy: Proxy) -> None:
         sock.close()
 
 
-@pytest.fixture
-async def impatient_proxy(config_factory: Any, fake_openai: FakeOpenAI,
-                          start_proxy: Any) -> Proxy:
-    return await start_proxy(config_factory(
+async def proxy_for(fake_openai: FakeOpenAI, config_factory: Any, start_proxy: Any,
+                    **server: float) -> Proxy:
+    """The proxy with the fake as its one provider, and these `server` settings."""
+    return cast(Proxy, await start_proxy(config_factory(
         providers={"openai": openai_provider(fake_openai)},
         models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
                                                    "model": "gpt-4o-mini"}]}},
-        server={"keepalive_timeout_s": 0.5, "body_timeout_s": 1}))
+        server=server)))
+
+
+async def shut_down(proxy: Proxy, timeout_s: float) -> asyncio.Future[None]:
+    """What the runner does on SIGTERM to the connections: close the idle ones, then
+    let those at work finish within `timeout_s` (running in the background)."""
+    runner = proxy.server.runner
+    assert runner is not None and isinstance(runner.server, web.Server)
+    runner.server.pre_shutdown()
+    return asyncio.ensure_future(runner.server.shutdown(timeout_s))
+
+
+@pytest.fixture
+async def impatient_proxy(config_factory: Any, fake_openai: FakeOpenAI,
+                          start_proxy: Any) -> Proxy:
+    return await proxy_for(fake_openai, config_factory, start_proxy,
+                           keepalive_timeout_s=0.5, body_timeout_s=1)
 
 
 async def test_a_head_that_never_ends_is_told_408(impatient_proxy: Proxy) -> None:
@@ -268,10 +284,7 @@ async def test_a_slow_body_goes_to_aiohttp_and_its_timeout(impatient_proxy: Prox
 async def test_a_client_that_leaves_cancels_its_request(
         config_factory: Any, fake_openai: FakeOpenAI, start_proxy: Any) -> None:
     fake_openai.then(Behaviour(delay_s=30))
-    proxy = await start_proxy(config_factory(
-        providers={"openai": openai_provider(fake_openai)},
-        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
-                                                   "model": "gpt-4o-mini"}]}}))
+    proxy = await proxy_for(fake_openai, config_factory, start_proxy)
     sock = await raw_connect(proxy.server.port)
     await asyncio.get_running_loop().sock_sendall(
         sock, _post(CHAT, BODY, X_AnyRouter_Trace_Id="leaving"))
@@ -284,19 +297,13 @@ async def test_a_client_that_leaves_cancels_its_request(
 async def test_shutdown_lets_a_lane_request_finish(
         config_factory: Any, fake_openai: FakeOpenAI, start_proxy: Any) -> None:
     fake_openai.then(Behaviour(delay_s=0.5))
-    proxy = await start_proxy(config_factory(
-        providers={"openai": openai_provider(fake_openai)},
-        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
-                                                   "model": "gpt-4o-mini"}]}}))
+    proxy = await proxy_for(fake_openai, config_factory, start_proxy)
     sock = await raw_connect(proxy.server.port)
     try:
         answer = asyncio.ensure_future(_exchange(sock, _post(CHAT, BODY), 1))
         await asyncio.sleep(0.2)
         assert kinds(proxy) == [LaneProtocol]
-        runner = proxy.server.runner
-        assert runner is not None and isinstance(runner.server, web.Server)
-        runner.server.pre_shutdown()
-        await runner.server.shutdown(5)
+        await (await shut_down(proxy, 5))
         [(status, headers, body)] = await answer
         assert status == 200 and orjson.loads(body)["object"] == "chat.completion"
         assert headers[b"connection"] == b"close"
@@ -328,20 +335,14 @@ async def test_a_client_that_does_not_read_holds_its_pipelined_requests(
 
 async def test_shutdown_waits_for_a_body_still_arriving(
         config_factory: Any, fake_openai: FakeOpenAI, start_proxy: Any) -> None:
-    proxy = await start_proxy(config_factory(
-        providers={"openai": openai_provider(fake_openai)},
-        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
-                                                   "model": "gpt-4o-mini"}]}}))
+    proxy = await proxy_for(fake_openai, config_factory, start_proxy)
     sock = await raw_connect(proxy.server.port)
     try:
         loop = asyncio.get_running_loop()
         request = _post(CHAT, BODY)
         await loop.sock_sendall(sock, request[:-10])
         await asyncio.sleep(0.1)
-        runner = proxy.server.runner
-        assert runner is not None and isinstance(runner.server, web.Server)
-        runner.server.pre_shutdown()
-        shutdown = asyncio.ensure_future(runner.server.shutdown(5))
+        shutdown = await shut_down(proxy, 5)
         await asyncio.sleep(0.2)
         [(status, headers, body)] = await _exchange(sock, request[-10:], 1)
         assert status == 200 and orjson.loads(body)["object"] == "chat.completion"
@@ -398,11 +399,7 @@ async def test_a_client_behind_on_a_stream_is_behind_on_what_follows(
     # A large stream unread, then requests for aiohttp on the same connection: the write
     # timeout still cuts the client off (aiohttp is told it is behind).
     fake_openai.then(Behaviour(chunks=2000, content="y" * 2000))
-    proxy = await start_proxy(config_factory(
-        providers={"openai": openai_provider(fake_openai)},
-        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
-                                                   "model": "gpt-4o-mini"}]}},
-        server={"write_timeout_s": 1}))
+    proxy = await proxy_for(fake_openai, config_factory, start_proxy, write_timeout_s=1)
     sock = await raw_connect(proxy.server.port, receive_buffer=4096)
     try:
         loop = asyncio.get_running_loop()
@@ -416,18 +413,12 @@ async def test_a_client_behind_on_a_stream_is_behind_on_what_follows(
 @pytest.mark.parametrize("leave", [False, True])
 async def test_shutdown_after_a_body_stops_arriving(
         config_factory: Any, fake_openai: FakeOpenAI, start_proxy: Any, leave: bool) -> None:
-    proxy = await start_proxy(config_factory(
-        providers={"openai": openai_provider(fake_openai)},
-        models={"openai/gpt-4o-mini": {"routes": [{"provider": "openai",
-                                                   "model": "gpt-4o-mini"}]}}))
+    proxy = await proxy_for(fake_openai, config_factory, start_proxy)
     sock = await raw_connect(proxy.server.port)
     try:
         await asyncio.get_running_loop().sock_sendall(sock, _post(CHAT, BODY)[:-10])
         await asyncio.sleep(0.1)
-        runner = proxy.server.runner
-        assert runner is not None and isinstance(runner.server, web.Server)
-        runner.server.pre_shutdown()
-        shutdown = asyncio.ensure_future(runner.server.shutdown(3))
+        shutdown = await shut_down(proxy, 3)
         if leave:  # shutdown ends with the connection, not at its timeout
             await asyncio.sleep(0.1)
             sock.close()
