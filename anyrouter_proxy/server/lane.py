@@ -253,8 +253,8 @@ class LaneProtocol(asyncio.Protocol):
             return False
         if len(buffer) < len(REQUEST_START):
             return REQUEST_START.startswith(buffer)
-        return (buffer.startswith(REQUEST_START) and buffer.find(b"\n\n") == -1
-                and buffer.count(b"\n") == buffer.count(b"\r\n"))
+        # Every line break a CRLF (llhttp's rule, not aiohttp's: a bare LF is aiohttp's).
+        return buffer.startswith(REQUEST_START) and buffer.count(b"\n") == buffer.count(b"\r\n")
 
     def _read_head(self, buffer: bytes | bytearray, body_at: int) -> _Pending | None:
         """The request's head when it is one for the lane, else None."""
