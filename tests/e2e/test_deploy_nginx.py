@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from anyrouter_proxy.config.model import Config
 from anyrouter_proxy.metrics import Metrics
+from anyrouter_proxy.server.lane import LaneProtocol
 from tests.conftest import ALICE_KEY, ConfigFactory, Proxy, auth, openai_provider
 from tests.fakes import Behaviour, FakeOpenAI
 from tests.net import free_port
@@ -311,3 +312,17 @@ def test_promtool_accepts_the_prometheus_files_and_dashboard_queries(tmp_path: P
         result = subprocess.run([promtool, *args], cwd=folder, capture_output=True, text=True,
                                 timeout=60)
         assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+
+async def test_api_calls_through_nginx_are_served_on_the_lane(
+        nginx: Nginx, proxy: Proxy, session: aiohttp.ClientSession) -> None:
+    # The shipped site speaks HTTP/1.1 with keep-alive to the proxy: its API calls take
+    # the proxy's fast path (the inbound lane), an HTTP/1.0 hop would not.
+    for stream in (False, True):
+        async with session.post(nginx.url("/v1/chat/completions"), headers=auth(),
+                                json={**CHAT, "stream": stream}) as response:
+            assert response.status == 200, await response.text()
+            await response.read()
+    assert proxy.server.runner is not None and proxy.server.runner.server is not None
+    served = {type(c) for c in proxy.server.runner.server._connections}
+    assert served == {LaneProtocol}
