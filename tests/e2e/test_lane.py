@@ -36,7 +36,7 @@ def kinds(proxy: Proxy) -> list[type]:
 def _masked(data: bytes) -> bytes:
     """An answer without what differs between two requests (ids, timestamps, dates)."""
     data = re.sub(rb"gen-[0-9a-f]{24}", b"gen-*", data)
-    data = re.sub(rb"(chatcmpl|msg|resp)[-_][0-9A-Za-z]+", rb"\1-*", data)
+    data = re.sub(rb"(chatcmpl|msg|resp)[-_][0-9A-Za-z_-]+", rb"\1-*", data)
     return re.sub(rb'"created(_at)?":\s*\d+', b'"created":0', data)
 
 
@@ -58,6 +58,11 @@ CASES: list[tuple[str, str, Any, dict[str, str]]] = [
     ("chat stream", CHAT, {**BODY, "stream": True}, auth()),
     ("chat stream with usage", "/api/v1/chat/completions",
      {**BODY, "stream": True, "stream_options": {"include_usage": True}}, auth()),
+    ("messages", "/v1/messages", {**BODY, "max_tokens": 64}, auth()),
+    ("messages stream", "/v1/messages", {**BODY, "max_tokens": 64, "stream": True}, auth()),
+    ("responses", "/v1/responses", {"model": BODY["model"], "input": "hi"}, auth()),
+    ("responses stream", "/v1/responses", {"model": BODY["model"], "input": "hi",
+                                           "stream": True, "store": False}, auth()),
     ("embeddings", "/v1/embeddings",
      {"model": "openai/text-embedding-3-small", "input": "hi"}, auth()),
     ("bad key", CHAT, BODY, auth("sk-ar-nobody")),
