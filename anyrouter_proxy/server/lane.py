@@ -27,7 +27,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import httptools
-import orjson
 from aiohttp import web
 from aiohttp.tcp_helpers import tcp_keepalive
 from aiohttp.typedefs import Handler
@@ -37,7 +36,12 @@ from multidict import CIMultiDict
 from ..config.model import ServerConfig
 from ..errors import error_for_status
 from .lane_exchange import LaneRequest, response_bytes
-from .protocol import HEAD_TIMEOUT_RESPONSE, EnvelopeRequestHandler, EnvelopeServer
+from .protocol import (
+    HEAD_TIMEOUT_RESPONSE,
+    EnvelopeRequestHandler,
+    EnvelopeServer,
+    closing_envelope,
+)
 from .state import LANE_ROUTES
 
 log = logging.getLogger(__name__)
@@ -50,11 +54,7 @@ MAX_HEADERS = 128  # aiohttp's too
 REQUEST_START = b"POST /"
 MAX_READ_AHEAD = 1 << 18  # bytes waiting behind the request being served: reading pauses
 BODY_GRACE_S = 0.5  # a body not all here this long after its head goes to aiohttp
-_INTERNAL_ERROR_BODY = orjson.dumps(error_for_status(500, "Internal error").envelope())
-INTERNAL_ERROR_RESPONSE = (
-    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
-    b"Content-Length: %d\r\nConnection: close\r\n\r\n%b"
-    % (len(_INTERNAL_ERROR_BODY), _INTERNAL_ERROR_BODY))
+INTERNAL_ERROR_RESPONSE = closing_envelope(error_for_status(500, "Internal error"))
 
 
 class _Head:
@@ -369,9 +369,7 @@ class LaneProtocol(asyncio.Protocol):
         self.transport = None
         general = cast(EnvelopeRequestHandler, self._general())
         transport.set_protocol(general)
-        general.connection_made(transport)
-        if self._reading_paused:
-            transport.resume_reading()
+        general.connection_made(transport)  # reading is never paused here: see _serve
         buffer, self._buffer = self._buffer, b""
         if buffer:
             general.data_handed_over(bytes(buffer))

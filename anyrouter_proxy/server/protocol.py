@@ -24,16 +24,21 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from ..config.model import ServerConfig
-from ..errors import RequestTimeout, error_for_status
+from ..errors import ProxyError, RequestTimeout, error_for_status
 
 log = logging.getLogger(__name__)
 
-_HEAD_TIMEOUT_BODY = orjson.dumps(RequestTimeout(
-    "Request headers not received in time", code="request_timeout").envelope())
-HEAD_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-    b"Content-Length: " + str(len(_HEAD_TIMEOUT_BODY)).encode() + b"\r\n"
-    b"Connection: close\r\n\r\n" + _HEAD_TIMEOUT_BODY)
+def closing_envelope(error: ProxyError) -> bytes:
+    """A whole HTTP/1.1 answer with `error`'s envelope, written below any handler (the
+    connection closes after it)."""
+    body = orjson.dumps(error.envelope())
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%b"
+            % (error.status, HTTPStatus(error.status).phrase.encode(), len(body), body))
+
+
+HEAD_TIMEOUT_RESPONSE = closing_envelope(RequestTimeout(
+    "Request headers not received in time", code="request_timeout"))
 
 
 class EnvelopeRequestHandler(RequestHandler):
