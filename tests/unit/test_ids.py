@@ -26,7 +26,8 @@ def generation_id() -> str:
     return ProxyRequest(CHAT, {}, KEY).gen_id
 
 
-# (id maker, prefix, random bits), each made the way the proxy makes it
+# (id maker, prefix, bits after the prefix), each made the way the proxy makes it; a
+# generation id's first 32 bits are the second it was made, the rest random
 MAKERS: list[tuple[Callable[[], str], str, int]] = [
     (generation_id, "gen-", 96),
     (batch.new_batch_id, "batch_", 96),
@@ -89,6 +90,18 @@ def test_ids_have_the_format_and_are_unique(
     drawn = [make() for _ in range(20000)]  # many times the pool: across refills
     assert all(pattern.fullmatch(i) for i in drawn), [i for i in drawn if not pattern.fullmatch(i)]
     assert len(set(drawn)) == len(drawn)
+
+
+def test_generation_ids_start_with_the_second_they_were_made(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_700_000_000.9]
+    monkeypatch.setattr(ids.time, "time", lambda: now[0])
+    first = [generation_id() for _ in range(100)]
+    now[0] += 1
+    later = [generation_id() for _ in range(100)]
+    assert {i[4:12] for i in first} == {f"{1_700_000_000:08x}"}
+    assert max(first) < min(later)  # a later second sorts after: the index grows at its end
+    assert len({i[12:] for i in first + later}) == 200  # the rest is random
 
 
 def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
