@@ -79,21 +79,35 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
             tokens += REPLY_PRIMING_TOKENS + MESSAGE_OVERHEAD_TOKENS * len(messages)
         while stack:
             node = stack.pop()
-            kind = type(node)  # exact types first: JSON gives only these (a hot loop)
-            if node is None:
-                continue
-            if kind is str or isinstance(node, str):
+            kind = node.__class__
+            if kind is not str and kind is not dict and kind is not list:
+                kind = _json_kind(node)  # rare: JSON gives exactly these (a hot loop)
+            if kind is str:
                 chars += len(node) if node.isascii() else len(node.encode("utf-8"))
-            elif kind is dict or isinstance(node, Mapping):
+            elif kind is dict:
                 part = node.get("type")
                 if part.__class__ is str and part in IMAGE_PART_TYPES:
                     tokens += IMAGE_TOKENS
                 else:
                     stack.extend(node.values())
-            elif kind is list or isinstance(node, list | tuple):
+            elif kind is list:
                 stack.extend(node)
-            elif isinstance(node, int | float):
+            elif kind is int:
                 tokens += 1
         return tokens + -(-chars // CHARS_PER_TOKEN)
     except Exception:  # an odd shape must not fail the request here; upstream judges it
         return 0
+
+
+def _json_kind(node: Any) -> type | None:
+    """What `estimate_prompt_tokens` counts `node` as: str, dict or list for their kin,
+    int for any number, None for the rest."""
+    if node is None:
+        return None
+    if isinstance(node, int | float):  # numbers before the Mapping ABC's slower check
+        return int
+    if isinstance(node, str):
+        return str
+    if isinstance(node, list | tuple):
+        return list
+    return dict if isinstance(node, Mapping) else None

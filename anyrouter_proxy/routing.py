@@ -180,6 +180,8 @@ def _or(value: float | None, default: float) -> float:
 
 def order_routes(routes: list[Route], draw: Callable[[], float]) -> list[Route]:
     """Priority order; weighted random order within each priority."""
+    if len(routes) < 2:  # the usual model: one route
+        return routes
     result: list[Route] = []
     for _, group_iter in groupby(sorted(routes, key=lambda r: r.priority),
                                  key=lambda r: r.priority):

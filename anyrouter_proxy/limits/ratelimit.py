@@ -216,7 +216,7 @@ class Admission:
     def __init__(self, clock: Clock, gates: tuple[_Gate, ...], estimate: int) -> None:
         self._clock = clock
         self._gates = gates
-        self._buckets = tuple(g.tokens for g in gates if g.tokens is not None)
+        self._buckets = [g.tokens for g in gates if g.tokens is not None]
         self._estimate = estimate
         self._settled = False
         self._released = False

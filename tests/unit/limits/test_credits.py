@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from types import MappingProxyType
 
 import pytest
 
@@ -122,6 +123,22 @@ def test_estimate_anthropic_system_and_tools() -> None:
 
 def test_estimate_counts_non_ascii_by_utf8_bytes() -> None:
     assert estimate_prompt_tokens({"prompt": "日本語"}) == 3  # 9 bytes
+
+
+def test_estimate_counts_kin_of_json_types_as_json() -> None:
+    """Bodies built in code (batch items, translations) may hold tuples, mappings other
+    than dict, str subclasses: counted as the JSON they become."""
+    class Text(str):
+        pass
+
+    json_body = {"messages": [{"role": "user", "content": ["x" * 30, 1.5, True, None]}],
+                 "tools": [{"name": "n" * 9, "image": {"type": "image_url"}}]}
+    kin_body = {"messages": [MappingProxyType({"role": Text("user"),
+                                               "content": ("x" * 30, 1.5, True, None)})],
+                "tools": ({"name": Text("n" * 9), "image": MappingProxyType(
+                    {"type": "image_url"})},)}
+    assert estimate_prompt_tokens(kin_body) == estimate_prompt_tokens(json_body) \
+        == IMAGE_TOKENS + 2 + 15 + 4 + 3  # 2 numbers; "user" + 30 + 9 chars round to 15
 
 
 @pytest.mark.parametrize(
